@@ -1,0 +1,400 @@
+"""The canonical model every wire format converts to and from (hub and spoke).
+
+Requests, whole responses and stream events are frozen, slotted dataclasses. A format module
+(`anthropic.py`, `openai_chat.py`, ...) converts its own wire format to and from these; no format
+ever converts directly into another. What a format cannot express but another can (thinking
+signatures, cache markers, provider extras) has a slot here so a round trip loses nothing.
+
+Usage follows Anthropic's accounting, because it is the only one that keeps every figure apart:
+`input_tokens` are the prompt tokens that were neither read from nor written to a cache;
+`cache_read_tokens` and `cache_write_tokens` are the cached ones; `output_tokens` include
+`reasoning_tokens`. OpenAI's `prompt_tokens` is therefore input + cache_read + cache_write.
+"""
+
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+class TranslationError(ValueError):
+    """Input a translator cannot turn into valid output. `path` names the offending field."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.reason = message
+
+
+class StreamProtocolError(TranslationError):
+    """A stream event arrived that the target grammar forbids in the current state."""
+
+
+# ---------------------------------------------------------------- content parts
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    text: str
+    cache_control: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """An image given inline (`data`, base64, with `media_type`) or by `url`."""
+
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    cache_control: dict | None = None
+
+    def __post_init__(self):
+        if (self.data is None) == (self.url is None):
+            raise TranslationError("an image needs exactly one of data or url")
+
+
+@dataclass(frozen=True, slots=True)
+class Thinking:
+    """Model reasoning. `signature` (Anthropic) must travel back unchanged; `redacted` holds
+    Anthropic's opaque redacted_thinking data (then `text` is empty)."""
+
+    text: str
+    signature: str | None = None
+    redacted: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolUse:
+    """A tool call. `input` is the parsed argument object; `raw_arguments` keeps the provider's
+    argument text when it was not a JSON object, so nothing is silently replaced."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+    raw_arguments: str | None = None
+    cache_control: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    tool_use_id: str
+    content: tuple["Text | Image", ...]
+    is_error: bool = False
+    cache_control: dict | None = None
+
+
+Part = Text | Image | Thinking | ToolUse | ToolResult
+Role = Literal["user", "assistant", "system"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn. `role="system"` occurs mid-conversation (Claude Code's
+    mid-conversation-system beta) besides the request's top-level `system`."""
+
+    role: Role
+    parts: tuple[Part, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str | None
+    input_schema: dict[str, Any]
+    cache_control: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """auto: model decides; any: must call some tool; none: must not; tool: must call `name`.
+    `parallel=False` forbids several calls in one turn (None: provider default)."""
+
+    mode: Literal["auto", "any", "none", "tool"]
+    name: str | None = None
+    parallel: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    model: str
+    messages: tuple[Message, ...]
+    system: tuple[Text, ...] = ()
+    tools: tuple[Tool, ...] = ()
+    tool_choice: ToolChoice | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    stream: bool = False
+    # Anthropic `thinking` object ({"type": "enabled", "budget_tokens": N} | adaptive | disabled)
+    thinking: dict | None = None
+    # "low" | "medium" | "high" ...: OpenAI reasoning_effort, Anthropic output_config.effort
+    reasoning_effort: str | None = None
+    user: str | None = None
+    # Fields of the source format with no canonical slot, keyed "<format>:<field>"; a format
+    # module re-emits only its own keys, so same-format round trips lose nothing.
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- responses
+
+StopReason = Literal[
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal", "pause_turn", "error"
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def prompt_tokens(self) -> int:
+        """All prompt tokens, cached or not (OpenAI's prompt_tokens)."""
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def merge(self, newer: "Usage") -> "Usage":
+        """Streams report usage piecemeal (start, then final): a later non-zero figure wins."""
+        return Usage(
+            newer.input_tokens or self.input_tokens,
+            newer.output_tokens or self.output_tokens,
+            newer.cache_read_tokens or self.cache_read_tokens,
+            newer.cache_write_tokens or self.cache_write_tokens,
+            newer.reasoning_tokens or self.reasoning_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    id: str
+    model: str
+    parts: tuple[Part, ...]
+    stop_reason: StopReason | None
+    usage: Usage
+    stop_sequence: str | None = None
+
+
+# ---------------------------------------------------------------- stream events
+# Shaped after Anthropic's event grammar, the most explicit of the vendors':
+#   MessageStart (BlockStart Delta* BlockStop)* MessageDelta MessageStop
+# with Ping allowed anywhere after MessageStart and StreamError ending a stream at any point.
+
+BlockKind = Literal["text", "thinking", "redacted_thinking", "tool_use"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStart:
+    id: str
+    model: str
+    usage: Usage = Usage()
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStart:
+    index: int
+    kind: BlockKind
+    tool_id: str | None = None  # tool_use only
+    tool_name: str | None = None  # tool_use only
+    redacted: str | None = None  # redacted_thinking only
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureDelta:
+    index: int
+    signature: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInputDelta:
+    index: int
+    partial_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStop:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDelta:
+    stop_reason: StopReason | None
+    usage: Usage  # cumulative: the final figures known when the message ends
+    stop_sequence: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """The stream failed after it began; `kind` uses Anthropic's error types
+    (api_error, overloaded_error, rate_limit_error, invalid_request_error, ...)."""
+
+    kind: str
+    message: str
+
+
+Delta = TextDelta | ThinkingDelta | SignatureDelta | ToolInputDelta
+Event = MessageStart | BlockStart | Delta | BlockStop | MessageDelta | MessageStop | Ping | StreamError
+
+_DELTA_KINDS: dict[type, tuple[str, ...]] = {
+    TextDelta: ("text",),
+    ThinkingDelta: ("thinking",),
+    SignatureDelta: ("thinking",),
+    ToolInputDelta: ("tool_use",),
+}
+
+
+class StreamState(enum.Enum):
+    IDLE = "idle"  # nothing yet
+    IN_MESSAGE = "in_message"  # between blocks
+    IN_BLOCK = "in_block"
+    MESSAGE_ENDING = "message_ending"  # MessageDelta seen, MessageStop due
+    DONE = "done"  # MessageStop or StreamError seen
+
+
+# state -> event type -> next state. Anything absent is illegal.
+_TRANSITIONS: dict[StreamState, dict[type, StreamState]] = {
+    StreamState.IDLE: {MessageStart: StreamState.IN_MESSAGE, StreamError: StreamState.DONE},
+    StreamState.IN_MESSAGE: {
+        BlockStart: StreamState.IN_BLOCK,
+        MessageDelta: StreamState.MESSAGE_ENDING,
+        Ping: StreamState.IN_MESSAGE,
+        StreamError: StreamState.DONE,
+    },
+    StreamState.IN_BLOCK: {
+        TextDelta: StreamState.IN_BLOCK,
+        ThinkingDelta: StreamState.IN_BLOCK,
+        SignatureDelta: StreamState.IN_BLOCK,
+        ToolInputDelta: StreamState.IN_BLOCK,
+        BlockStop: StreamState.IN_MESSAGE,
+        Ping: StreamState.IN_BLOCK,
+        StreamError: StreamState.DONE,
+    },
+    StreamState.MESSAGE_ENDING: {
+        MessageStop: StreamState.DONE,
+        Ping: StreamState.MESSAGE_ENDING,
+        StreamError: StreamState.DONE,
+    },
+    StreamState.DONE: {},
+}
+
+
+class StreamGrammar:
+    """Checks a canonical event sequence: one message, blocks strictly sequential with indexes
+    0, 1, 2, ..., each delta of its block's kind. Encoders run every event through `check`, so
+    an out-of-order stream raises StreamProtocolError instead of reaching a client."""
+
+    __slots__ = ("state", "block_index", "block_kind", "next_index")
+
+    def __init__(self):
+        self.state = StreamState.IDLE
+        self.block_index = -1
+        self.block_kind: str | None = None
+        self.next_index = 0
+
+    def check(self, event: Event) -> None:
+        t = type(event)
+        nxt = _TRANSITIONS[self.state].get(t)
+        if nxt is None:
+            raise StreamProtocolError(f"{t.__name__} is not allowed in state {self.state.value}")
+        if t is BlockStart:
+            if event.index != self.next_index:
+                raise StreamProtocolError(
+                    f"block {event.index} started, expected index {self.next_index}"
+                )
+            self.block_index, self.block_kind = event.index, event.kind
+            self.next_index += 1
+        elif t in _DELTA_KINDS:
+            if event.index != self.block_index:
+                raise StreamProtocolError(
+                    f"{t.__name__} for block {event.index} while block {self.block_index} is open"
+                )
+            if self.block_kind not in _DELTA_KINDS[t]:
+                raise StreamProtocolError(f"{t.__name__} inside a {self.block_kind} block")
+        elif t is BlockStop:
+            if event.index != self.block_index:
+                raise StreamProtocolError(
+                    f"block {event.index} stopped while block {self.block_index} is open"
+                )
+        self.state = nxt
+
+    @property
+    def done(self) -> bool:
+        return self.state is StreamState.DONE
+
+
+def collect_response(events: list[Event]) -> Response:
+    """Fold a complete canonical event stream into a Response (a non-streamed client served by a
+    streaming provider, and the round-trip tests)."""
+    msg_id, model, usage = "", "", Usage()
+    stop_reason: StopReason | None = None
+    stop_sequence = None
+    parts: list[Part] = []
+    cur: dict | None = None
+    for ev in events:
+        t = type(ev)
+        if t is MessageStart:
+            msg_id, model, usage = ev.id, ev.model, usage.merge(ev.usage)
+        elif t is BlockStart:
+            cur = {"kind": ev.kind, "text": [], "sig": None, "id": ev.tool_id,
+                   "name": ev.tool_name, "redacted": ev.redacted}
+        elif t is TextDelta or t is ThinkingDelta or t is ToolInputDelta:
+            cur["text"].append(ev.text if t is not ToolInputDelta else ev.partial_json)
+        elif t is SignatureDelta:
+            cur["sig"] = (cur["sig"] or "") + ev.signature
+        elif t is BlockStop:
+            text = "".join(cur["text"])
+            kind = cur["kind"]
+            if kind == "text":
+                parts.append(Text(text))
+            elif kind == "thinking":
+                parts.append(Thinking(text, signature=cur["sig"]))
+            elif kind == "redacted_thinking":
+                parts.append(Thinking("", redacted=cur["redacted"]))
+            else:
+                parts.append(tool_use_from_arguments(cur["id"], cur["name"], text))
+            cur = None
+        elif t is MessageDelta:
+            stop_reason, stop_sequence = ev.stop_reason, ev.stop_sequence
+            usage = usage.merge(ev.usage)
+        elif t is StreamError:
+            raise TranslationError(f"{ev.kind}: {ev.message}")
+    return Response(msg_id, model, tuple(parts), stop_reason, usage, stop_sequence)
+
+
+def tool_use_from_arguments(tool_id: str, name: str, arguments: str) -> ToolUse:
+    """A ToolUse from argument text as streamed; empty text is `{}` (a call without arguments),
+    text that is not a JSON object is kept verbatim in `raw_arguments`."""
+    if not arguments.strip():
+        return ToolUse(tool_id, name, {})
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return ToolUse(tool_id, name, {}, raw_arguments=arguments)
+    if not isinstance(value, dict):
+        return ToolUse(tool_id, name, {}, raw_arguments=arguments)
+    return ToolUse(tool_id, name, value)
