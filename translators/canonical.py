@@ -398,3 +398,32 @@ def tool_use_from_arguments(tool_id: str, name: str, arguments: str) -> ToolUse:
     if not isinstance(value, dict):
         return ToolUse(tool_id, name, {}, raw_arguments=arguments)
     return ToolUse(tool_id, name, value)
+
+
+def response_to_events(resp: Response) -> list[Event]:
+    """A whole Response as the event stream that would have carried it (a provider that
+    answered a streamed request in one piece still reaches a streaming client as a stream)."""
+    events: list[Event] = [MessageStart(resp.id, resp.model, Usage(resp.usage.input_tokens, 0,
+                                                                   resp.usage.cache_read_tokens,
+                                                                   resp.usage.cache_write_tokens))]
+    for i, part in enumerate(resp.parts):
+        t = type(part)
+        if t is Text:
+            events += [BlockStart(i, "text"), TextDelta(i, part.text), BlockStop(i)]
+        elif t is Thinking:
+            if part.redacted is not None:
+                events += [BlockStart(i, "redacted_thinking", redacted=part.redacted), BlockStop(i)]
+                continue
+            events += [BlockStart(i, "thinking"), ThinkingDelta(i, part.text)]
+            if part.signature:
+                events.append(SignatureDelta(i, part.signature))
+            events.append(BlockStop(i))
+        elif t is ToolUse:
+            args = part.raw_arguments if part.raw_arguments is not None else json.dumps(
+                part.input, separators=(",", ":"), ensure_ascii=False)
+            events += [BlockStart(i, "tool_use", tool_id=part.id, tool_name=part.name),
+                       ToolInputDelta(i, args), BlockStop(i)]
+        else:
+            raise TranslationError(f"a response cannot contain a {t.__name__} part")
+    events += [MessageDelta(resp.stop_reason, resp.usage, resp.stop_sequence), MessageStop()]
+    return events

@@ -1,0 +1,222 @@
+"""detour's configuration: `config.yaml` in DETOUR_HOME, validated by pydantic.
+
+Unknown keys are errors (a typo must not silently change routing), and every error names the
+path of the bad field. Secrets may be written literally, as `env:NAME` or as `file:PATH`; they
+are resolved once, at load, so a missing variable fails at start and never mid-flow.
+"""
+
+import fnmatch
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_HOME = "~/.detour"
+CONFIG_NAME = "config.yaml"
+
+# Where each vendor host's own API lives: passthrough sends there. One table, overridable with
+# `vendors:` in config (tests point it at loopback fakes; a corporate gateway can go here too).
+VENDOR_ORIGINS: dict[str, str] = {
+    "api.anthropic.com": "https://api.anthropic.com",
+    "api.openai.com": "https://api.openai.com",
+}
+
+PROVIDER_KINDS = ("openai", "anthropic")
+PASSTHROUGH = "passthrough"
+
+DEFAULT_CONFIG_YAML = """\
+# detour configuration. Reloaded on change; a bad edit is reported and the previous
+# configuration stays in force. Full reference: README.md, section "Configuration".
+
+# Providers answer model calls. `kind` is the wire format the provider speaks:
+#   openai    - any OpenAI-compatible Chat Completions endpoint (OpenAI, DeepSeek, OpenRouter,
+#               Qwen/DashScope, a local vLLM or Ollama /v1 ...)
+#   anthropic - the Anthropic Messages API
+# api_keys are the provider's accounts, tried in order: a literal key, env:VARIABLE or
+# file:/path/to/key. An account that fails (429, 5xx, 401/403, timeout) is cooled down and the
+# next account, then the next candidate of the route, is tried.
+providers: {}
+#  deepseek:
+#    kind: openai
+#    base_url: https://api.deepseek.com/v1
+#    api_keys: [env:DEEPSEEK_API_KEY]
+#    max_output_tokens: 8192        # cap max_tokens for providers with a lower limit
+
+# Routes: requested model -> candidates, tried in order. A candidate is `provider/model`,
+# `provider/*` (the requested model name, unchanged) or `passthrough` (the original vendor,
+# untouched, with the client's own credentials). Keys may be glob patterns; an exact name wins,
+# then patterns in the order written, then "*".
+routes:
+  "*": [passthrough]       # observe mode: forward everything untouched, record usage
+#  claude-*: [deepseek/deepseek-chat, passthrough]
+
+# Combos: a model name of your own that clients can request, with its candidates.
+combos: {}
+#  coding: [deepseek/deepseek-reasoner, passthrough]
+
+# Prices in USD per million tokens, for the cost column of `detour usage`.
+prices: {}
+#  deepseek-chat: {input: 0.27, output: 1.10, cache_read: 0.07}
+"""
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; the message names the file and the bad field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    connect: Annotated[float, Field(gt=0)] = 10.0
+    # until the provider's status line and headers arrive (a fallback is still possible then)
+    first_byte: Annotated[float, Field(gt=0)] = 120.0
+    # between two reads of a body once it flows
+    read: Annotated[float, Field(gt=0)] = 300.0
+
+
+class Provider(_Strict):
+    kind: Literal["openai", "anthropic"]
+    base_url: str
+    api_keys: list[str] = Field(default_factory=list, repr=False)  # may hold literal secrets
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    timeouts: Timeouts = Timeouts()
+    verify_tls: bool = True
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class Price(_Strict):
+    input: float = 0.0
+    output: float = 0.0
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+class Config(_Strict):
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    routes: dict[str, list[str]] = Field(default_factory=lambda: {"*": [PASSTHROUGH]})
+    combos: dict[str, list[str]] = Field(default_factory=dict)
+    vendors: dict[str, str] = Field(default_factory=dict)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    # how long an account rests after a 429 without Retry-After, or a 5xx / connection failure
+    cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _candidates_exist(self):
+        for section in ("routes", "combos"):
+            for name, cands in getattr(self, section).items():
+                if not cands:
+                    raise ValueError(f"{section}.{name}: needs at least one candidate")
+                for i, cand in enumerate(cands):
+                    if cand == PASSTHROUGH:
+                        continue
+                    provider, sep, model = cand.partition("/")
+                    if not sep or not model:
+                        raise ValueError(
+                            f"{section}.{name}[{i}]: {cand!r} is not provider/model or passthrough"
+                        )
+                    if provider not in self.providers:
+                        raise ValueError(
+                            f"{section}.{name}[{i}]: unknown provider {provider!r}"
+                            f" (configured: {', '.join(self.providers) or 'none'})"
+                        )
+        return self
+
+    def vendor_origin(self, host: str) -> str:
+        return self.vendors.get(host) or VENDOR_ORIGINS.get(host) or f"https://{host}"
+
+    def candidates(self, model: str) -> list[str]:
+        """The candidate list for a requested model: combo or exact route, then the first glob
+        route that matches in the order written, then "*", then passthrough."""
+        if model in self.combos:
+            return self.combos[model]
+        if model in self.routes:
+            return self.routes[model]
+        for pattern, cands in self.routes.items():
+            if pattern != "*" and fnmatch.fnmatchcase(model, pattern):
+                return cands
+        return self.routes.get("*", [PASSTHROUGH])
+
+
+def resolve_secret(value: str, where: str) -> str:
+    """`env:NAME` / `file:PATH` / literal -> the secret itself."""
+    if value.startswith("env:"):
+        name = value[4:]
+        secret = os.environ.get(name)
+        if not secret:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return secret
+    if value.startswith("file:"):
+        path = Path(value[5:]).expanduser()
+        try:
+            secret = path.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"{where}: cannot read {path}: {e.strerror}") from None
+        if not secret:
+            raise ConfigError(f"{where}: {path} is empty")
+        return secret
+    return value
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{path}: {msg}" if path else msg.removeprefix("Value error, "))
+    return "; ".join(lines)
+
+
+def parse_config(text: str, source: str = CONFIG_NAME) -> Config:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format_validation_error(e)}") from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    return parse_config(text, str(path))
+
+
+def home_dir(value: str | None = None) -> Path:
+    return Path(value or os.environ.get("DETOUR_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+def ensure_home(home: Path) -> Path:
+    """Create DETOUR_HOME (0700) and a commented default config.yaml if there is none.
+    Returns the config path."""
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cfg = home / CONFIG_NAME
+    if not cfg.exists():
+        # O_EXCL: two processes starting at once must not truncate each other's file
+        try:
+            fd = os.open(cfg, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return cfg
+        with os.fdopen(fd, "w") as f:
+            f.write(DEFAULT_CONFIG_YAML)
+    return cfg

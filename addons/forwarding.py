@@ -1,0 +1,464 @@
+"""How a model call is sent: try the route's candidates in order until one answers well, then
+translate its answer (whole or streamed) back into the client's format.
+
+Nothing here decides *which* account (routing.py does) and nothing here knows mitmproxy: the
+relay (streamed calls) and the router's request hook (whole calls) both drive a `Forwarder`.
+A fallback is possible until the first byte reaches the client; so a candidate counts as
+answering well only once it sent a 2xx status *and* its first body chunk.
+"""
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from addons.config import Config, Timeouts
+from addons.routing import Candidate, CooldownBook, retry_after_seconds
+from addons.usage import UsageRow
+from translators import anthropic, canonical, openai_chat
+
+log = logging.getLogger(__name__)
+
+# client/provider wire format -> translator module (hub and spoke: each speaks canonical)
+FORMATS = {"anthropic": anthropic, "openai-chat": openai_chat}
+# config `kind:` -> wire format
+PROVIDER_FORMATS = {"anthropic": "anthropic", "openai": "openai-chat"}
+# path under a provider's base_url for each format
+PROVIDER_PATHS = {"anthropic": "/v1/messages", "openai-chat": "/chat/completions"}
+
+# never forwarded from the client to a vendor, nor from a provider back to the client
+HOP_BY_HOP = frozenset({
+    "host", "content-length", "connection", "keep-alive", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate",
+    "accept-encoding", "content-encoding",
+})
+# Anthropic headers a client's request carries that still apply when detour picks the account
+ANTHROPIC_FORWARDED = ("anthropic-version", "anthropic-beta")
+MAX_ERROR_BODY = 64 * 1024
+AUTH_COOLDOWN = 600.0
+PASSTHROUGH_TIMEOUTS = Timeouts()
+
+
+@dataclass
+class Job:
+    """One intercepted model call and what happened to it."""
+
+    flow_id: str
+    client_format: str
+    client_headers: dict[str, str]  # lower-cased
+    vendor_url: str  # where passthrough sends it (original URL, or its configured override)
+    raw_body: bytes
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    candidates: list[Candidate]
+    row: UsageRow
+    started: float = field(default_factory=time.perf_counter)
+    _canonical: canonical.Request | None = None
+
+    def canonical(self) -> canonical.Request:
+        """The client's request in canonical form, decoded once, only if a translated candidate
+        is tried (passthrough and same-format candidates never need it)."""
+        if self._canonical is None:
+            self._canonical = FORMATS[self.client_format].decode_request(self.body)
+        return self._canonical
+
+
+@dataclass
+class Attempt:
+    provider: str
+    account: str
+    model: str
+    status: int | None = None  # HTTP status, None when no answer came
+    error: str | None = None
+    ms: float = 0.0
+
+    def describe(self) -> str:
+        what = f"HTTP {self.status}" if self.status else "no answer"
+        return f"{self.provider}/{self.account} ({self.model}): {what}" + (
+            f", {self.error}" if self.error else "")
+
+
+@dataclass
+class Opened:
+    """A candidate that answered well: its response, already holding the first chunk."""
+
+    candidate: Candidate
+    response: httpx.Response
+    provider_format: str
+    first_chunk: bytes
+    chunks: AsyncIterator[bytes]
+    is_sse: bool
+
+
+class Failure(Exception):
+    """No candidate answered well; `status` and `message` are what the client is told."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Forwarder:
+    def __init__(self, config: Config, cooldowns: CooldownBook):
+        self.config = config
+        self.cooldowns = cooldowns
+        self._clients: dict[bool, httpx.AsyncClient] = {}
+
+    def client(self, verify: bool) -> httpx.AsyncClient:
+        c = self._clients.get(verify)
+        if c is None:
+            # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
+            # through mitmproxy; timeouts are set per request from the provider's config.
+            c = httpx.AsyncClient(trust_env=False, verify=verify, timeout=None,
+                                  limits=httpx.Limits(max_connections=None,
+                                                      max_keepalive_connections=64))
+            self._clients[verify] = c
+        return c
+
+    async def aclose(self) -> None:
+        for c in self._clients.values():
+            await c.aclose()
+        self._clients.clear()
+
+    # ------------------------------------------------------------ building a provider request
+
+    @staticmethod
+    def needs_translation(job: Job, cand: Candidate) -> bool:
+        return cand.provider is not None and PROVIDER_FORMATS[cand.provider.spec.kind] != job.client_format
+
+    def build(self, job: Job, cand: Candidate) -> tuple[str, str, dict[str, str], bytes]:
+        """(provider format, url, headers, body) for one candidate."""
+        if cand.provider is None:
+            headers = {k: v for k, v in job.client_headers.items() if k not in HOP_BY_HOP}
+            return job.client_format, job.vendor_url, headers, job.raw_body
+        spec = cand.provider.spec
+        fmt = PROVIDER_FORMATS[spec.kind]
+        headers = {"content-type": "application/json", "user-agent": "detour/0.1"}
+        if fmt == "anthropic":
+            headers["anthropic-version"] = "2023-06-01"
+            if job.client_format == "anthropic":
+                for h in ANTHROPIC_FORWARDED:
+                    if h in job.client_headers:
+                        headers[h] = job.client_headers[h]
+            if cand.account.secret:
+                headers["x-api-key"] = cand.account.secret
+        elif cand.account.secret:
+            headers["authorization"] = f"Bearer {cand.account.secret}"
+        headers["accept"] = "text/event-stream" if job.stream else "application/json"
+        headers.update(spec.headers)
+        url = spec.base_url + PROVIDER_PATHS[fmt]
+        cap = spec.max_output_tokens
+        if fmt == job.client_format:
+            # same format in and out: the client's bytes, only the model (and a cap) change
+            if cand.model == job.model and not _over_cap(job.body, fmt, cap):
+                return fmt, url, headers, job.raw_body
+            body = dict(job.body, model=cand.model)
+            if _over_cap(body, fmt, cap):
+                body["max_tokens"] = cap
+            return fmt, url, headers, _dumps(body)
+        req = job.canonical()
+        changes: dict[str, Any] = {"model": cand.model, "stream": job.stream}
+        if cap and (req.max_tokens is None or req.max_tokens > cap):
+            changes["max_tokens"] = cap
+        req = dataclasses.replace(req, **changes)
+        return fmt, url, headers, _dumps(FORMATS[fmt].encode_request(req))
+
+    # ------------------------------------------------------------ trying candidates
+
+    async def open(self, job: Job) -> Opened:
+        """Try candidates in order; return the first that answered 2xx with a first chunk, or
+        raise Failure naming every attempt."""
+        attempts: list[Attempt] = []
+        skip_provider: set[str] = set()
+        cooling: list[float] = []
+        for cand in job.candidates:
+            att = Attempt(cand.provider_name, cand.account_label, cand.model)
+            if cand.provider_name in skip_provider:
+                continue
+            left = self.cooldowns.remaining(cand.key)
+            if left > 0:
+                att.error = f"cooling down for {left:.0f}s"
+                cooling.append(left)
+                attempts.append(att)
+                continue
+            attempts.append(att)
+            t0 = time.perf_counter()
+            try:
+                opened = await self._try(job, cand, att)
+            finally:
+                att.ms = round((time.perf_counter() - t0) * 1000, 1)
+            if opened is not None:
+                self._record(job, attempts)
+                return opened
+            if att.status in (400, 404, 413, 422):
+                # the request itself was refused: another account of the same provider would
+                # refuse it too, and no account deserves a cooldown for it
+                skip_provider.add(cand.provider_name)
+        self._record(job, attempts)
+        raise self._failure(job, attempts, cooling)
+
+    async def _try(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
+        try:
+            fmt, url, headers, body = self.build(job, cand)
+        except canonical.TranslationError as e:
+            att.error = f"cannot translate the request: {e}"
+            att.status = 400
+            return None
+        spec = cand.provider.spec if cand.provider else None
+        timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
+        client = self.client(spec.verify_tls if spec else True)
+        req = client.build_request("POST", url, headers=headers, content=body, timeout=httpx.Timeout(
+            connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect))
+        resp = None
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                resp = await client.send(req, stream=True)
+                att.status = resp.status_code
+                if resp.status_code >= 300:
+                    detail = await _read_error(resp)
+                    att.error = detail
+                    self._cool_after(cand, resp)
+                    await resp.aclose()
+                    return None
+                chunks = resp.aiter_bytes()
+                first = b""
+                async for first in chunks:
+                    if first:
+                        break
+                if not first:
+                    att.error = "empty body"
+                    self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
+                    await resp.aclose()
+                    return None
+        except TimeoutError:
+            att.error = f"no answer within {timeouts.first_byte:g}s"
+        except httpx.TimeoutException as e:
+            att.error = f"timed out ({type(e).__name__})"
+        except httpx.HTTPError as e:
+            att.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        else:
+            ctype = resp.headers.get("content-type", "")
+            self.cooldowns.clear(cand.key)
+            return Opened(cand, resp, fmt, first, chunks, "text/event-stream" in ctype)
+        if resp is not None:
+            await resp.aclose()
+        self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
+        return None
+
+    def _cool_after(self, cand: Candidate, resp: httpx.Response) -> None:
+        status = resp.status_code
+        if status == 429:
+            after = retry_after_seconds(resp.headers.get("retry-after"))
+            self.cooldowns.cool(cand.key, self.config.cooldown_seconds if after is None else after)
+        elif status in (401, 403):
+            self.cooldowns.cool(cand.key, AUTH_COOLDOWN)
+        elif status >= 500:
+            self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
+
+    def _record(self, job: Job, attempts: list[Attempt]) -> None:
+        job.row.attempts = sum(1 for a in attempts if a.status is not None or a.ms)
+        job.row.route = [
+            {k: v for k, v in vars(a).items() if v is not None} for a in attempts
+        ]
+
+    def _failure(self, job: Job, attempts: list[Attempt], cooling: list[float]) -> Failure:
+        tried = [a for a in attempts if a.status is not None or a.ms]
+        detail = "; ".join(a.describe() for a in attempts) or "no candidates"
+        message = f"detour: no provider answered {job.model!r}: {detail}"
+        statuses = {a.status for a in tried}
+        if not tried and cooling:
+            return Failure(429, message, retry_after=min(cooling))
+        if statuses == {429}:
+            return Failure(429, message, retry_after=min(cooling) if cooling else None)
+        client_errors = [a.status for a in tried if a.status in (400, 404, 413, 422)]
+        if client_errors and len(client_errors) == len(tried):
+            return Failure(client_errors[-1], message)
+        if tried and all(a.status is None and a.error and "within" in a.error for a in tried):
+            return Failure(504, message)
+        return Failure(502, message)
+
+    # ------------------------------------------------------------ answers
+
+    @staticmethod
+    def stream_content_type(job: Job) -> str:
+        return FORMATS[job.client_format].STREAM_CONTENT_TYPE
+
+    async def complete(self, job: Job) -> tuple[int, dict[str, str], bytes]:
+        """A whole (non-streamed) call: status, headers, body in the client's format."""
+        client_mod = FORMATS[job.client_format]
+        try:
+            opened = await self.open(job)
+        except Failure as f:
+            return self._failure_response(job, f)
+        try:
+            data = opened.first_chunk + b"".join([c async for c in opened.chunks])
+        except httpx.HTTPError as e:
+            await opened.response.aclose()
+            return self._failure_response(job, Failure(
+                502, f"detour: {opened.candidate.key} broke off its answer: {type(e).__name__}"))
+        provider_mod = FORMATS[opened.provider_format]
+        try:
+            if opened.is_sse:
+                dec = provider_mod.StreamDecoder()
+                events = dec.feed(data) + dec.close()
+                resp = canonical.collect_response(events)
+            else:
+                resp = provider_mod.decode_response(json.loads(data))
+        except (ValueError, canonical.TranslationError) as e:
+            return self._failure_response(job, Failure(
+                502, f"detour: {opened.candidate.key} answered something unreadable: {e}"))
+        self.account(job, opened.candidate, resp.usage, resp.model)
+        if opened.provider_format == job.client_format and not opened.is_sse:
+            body = data  # same format: the provider's bytes, untouched
+        else:
+            body = _dumps(client_mod.encode_response(resp))
+        job.row.status = 200
+        return 200, {"content-type": client_mod.JSON_CONTENT_TYPE}, body
+
+    def _failure_response(self, job: Job, f: Failure) -> tuple[int, dict[str, str], bytes]:
+        job.row.status = f.status
+        job.row.error = f.message
+        headers = {"content-type": "application/json"}
+        if f.retry_after is not None:
+            headers["retry-after"] = str(max(1, round(f.retry_after)))
+        return f.status, headers, FORMATS[job.client_format].error_body(f.status, f.message)
+
+    async def stream(self, job: Job, opened: Opened) -> AsyncIterator[bytes]:
+        """The client-format byte stream of an opened candidate, translated chunk by chunk.
+        A failure after the first byte cannot fall back any more: it ends the stream with a
+        well-formed error event in the client's format."""
+        cand = opened.candidate
+        provider_mod = FORMATS[opened.provider_format]
+        client_mod = FORMATS[job.client_format]
+        same = opened.provider_format == job.client_format and opened.is_sse
+        decoder = provider_mod.StreamDecoder()
+        encoder = None if same else client_mod.StreamEncoder()
+        error: str | None = None
+        try:
+            if not opened.is_sse:
+                # asked for a stream, got one whole JSON answer: stream it anyway
+                data = opened.first_chunk + b"".join([c async for c in opened.chunks])
+                resp = provider_mod.decode_response(json.loads(data))
+                self.account(job, cand, resp.usage, resp.model)
+                yield encoder.encode_all(canonical.response_to_events(resp)) if encoder else data
+                return
+            chunk = opened.first_chunk
+            while True:
+                events = decoder.feed(chunk)
+                out = chunk if same else b""
+                for ev in events:
+                    if type(ev) is canonical.StreamError:
+                        error = f"{cand.key}: {ev.kind}: {ev.message}"
+                    if encoder is not None:
+                        out += encoder.encode(ev)
+                if out:
+                    yield out
+                try:
+                    chunk = await anext(opened.chunks)
+                except StopAsyncIteration:
+                    break
+            tail = decoder.close()
+            out = b""
+            for ev in tail:
+                if type(ev) is canonical.StreamError:
+                    error = f"{cand.key}: {ev.kind}: {ev.message}"
+                    if same:
+                        # the vendor's stream ended early without saying so: tell the client
+                        out += self._stream_error(job, None, ev.kind, error)
+                if encoder is not None:
+                    out += encoder.encode(ev)
+            if out:
+                yield out
+        except httpx.HTTPError as e:
+            error = f"{cand.key} broke off the stream: {type(e).__name__}"
+            yield self._stream_error(job, encoder, "api_error", error)
+        except (ValueError, canonical.TranslationError) as e:
+            error = f"{cand.key} sent an answer detour cannot translate: {e}"
+            yield self._stream_error(job, encoder, "api_error", error)
+        finally:
+            await opened.response.aclose()
+            if opened.is_sse:
+                self.account(job, cand, decoder.usage, None)
+            if error:
+                job.row.error = error
+                log.warning("%s", error)
+
+    def _stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
+        if encoder is None:
+            # bytes passed through untouched: a fresh encoder, whose grammar allows an error
+            # event anywhere a stream can be
+            encoder = FORMATS[job.client_format].StreamEncoder()
+        try:
+            return encoder.encode(canonical.StreamError(kind, message))
+        except canonical.StreamProtocolError:
+            return b""
+
+    def account(self, job: Job, cand: Candidate, usage: canonical.Usage, model: str | None) -> None:
+        row = job.row
+        row.provider = cand.provider_name if cand.provider else _host_of(job.vendor_url)
+        row.account = cand.account_label
+        row.model_upstream = model or cand.model
+        self.set_usage(row, usage)
+
+    def set_usage(self, row: UsageRow, usage: canonical.Usage) -> None:
+        row.input_tokens = usage.input_tokens
+        row.output_tokens = usage.output_tokens
+        row.cache_read_tokens = usage.cache_read_tokens
+        row.cache_write_tokens = usage.cache_write_tokens
+        row.reasoning_tokens = usage.reasoning_tokens
+        row.cost_usd = self.cost(row.model_upstream, usage)
+
+    def cost(self, model: str, usage: canonical.Usage) -> float | None:
+        price = self.config.prices.get(model)
+        if price is None:
+            return None
+        cache_read = price.cache_read if price.cache_read is not None else price.input
+        cache_write = price.cache_write if price.cache_write is not None else price.input
+        return round((usage.input_tokens * price.input + usage.output_tokens * price.output
+                      + usage.cache_read_tokens * cache_read
+                      + usage.cache_write_tokens * cache_write) / 1e6, 8)
+
+
+def _over_cap(body: dict, fmt: str, cap: int | None) -> bool:
+    if not cap:
+        return False
+    value = body.get("max_tokens")
+    return isinstance(value, int) and value > cap
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _host_of(url: str) -> str:
+    return httpx.URL(url).host
+
+
+async def _read_error(resp: httpx.Response) -> str:
+    """A provider's error answer, shortened, for the attempt log and the client's message."""
+    data = b""
+    try:
+        async for chunk in resp.aiter_bytes():
+            data += chunk
+            if len(data) > MAX_ERROR_BODY:
+                break
+    except httpx.HTTPError:
+        pass
+    text = data.decode("utf-8", "replace").strip()
+    try:
+        obj = json.loads(text)
+        err = obj.get("error", obj) if isinstance(obj, dict) else obj
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            text = err["message"]
+    except ValueError:
+        pass
+    return " ".join(text.split())[:300]

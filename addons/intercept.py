@@ -1,0 +1,272 @@
+"""Which flows are detour's, and what happens to each: the request hook decides.
+
+- A host detour never handles is tunnelled without TLS interception (`tls_clienthello`).
+- On a handled host, only the model endpoints (host + path) are intercepted; every other path
+  (Claude Code's `/api/claude_code/*`, telemetry, ...) passes through untouched and is never
+  counted as a model call.
+- A model call whose route is only `passthrough` goes to its original vendor through
+  mitmproxy's own connection, untouched; its usage is read on the way back (observe mode).
+- Any other model call becomes a `Job`: streamed ones are rerouted to the relay, whole ones
+  are answered inline here.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from urllib.parse import urlsplit
+
+from mitmproxy import http, tls
+from mitmproxy.utils.asyncio_utils import create_task
+
+from addons.config import PASSTHROUGH
+from addons.forwarding import FORMATS, Forwarder, Job
+from addons.routing import plan
+from addons.settings import DetourSettings
+from addons.usage import UsageRow, now_iso
+from translators import canonical
+
+log = logging.getLogger(__name__)
+
+# (host, path without query) -> client format. Vendor URLs live in one table (config.py).
+ENDPOINTS: dict[tuple[str, str], str] = {
+    ("api.anthropic.com", "/v1/messages"): "anthropic",
+    ("api.openai.com", "/v1/chat/completions"): "openai-chat",
+}
+HANDLED_HOSTS = frozenset(host for host, _ in ENDPOINTS)
+MARK = ":twisted_rightwards_arrows:"
+META = "detour"
+
+
+def client_format_of(host: str, path: str) -> str | None:
+    return ENDPOINTS.get((host, path.partition("?")[0]))
+
+
+def client_name(headers) -> str:
+    return headers.get("user-agent", "")[:120]
+
+
+class PassthroughTap:
+    """Reads usage off a vendor's answer while mitmproxy forwards it untouched."""
+
+    __slots__ = ("row", "decoder", "started")
+
+    def __init__(self, row: UsageRow, client_format: str):
+        self.row = row
+        self.decoder = FORMATS[client_format].StreamDecoder()
+        self.started = time.perf_counter()
+
+    def __call__(self, chunk: bytes) -> bytes:
+        # a stream callable: synchronous, once per chunk, and once more with b"" at the end
+        if chunk:
+            self.decoder.feed(chunk)
+        return chunk
+
+
+class Interceptor:
+    def __init__(self, settings: DetourSettings):
+        self.settings = settings
+        self._inline: dict[str, set[asyncio.Task]] = {}  # client connection id -> our tasks
+        settings.on_finished(self._relay_finished)
+        self._relay_flows: dict[str, http.HTTPFlow] = {}
+
+    # ------------------------------------------------------------ TLS: decrypt only our hosts
+
+    def tls_clienthello(self, data: tls.ClientHelloData):
+        host = data.client_hello.sni or (data.context.server.address or ("",))[0]
+        if host not in HANDLED_HOSTS:
+            data.ignore_connection = True
+
+    # ------------------------------------------------------------ the decision
+
+    async def request(self, flow: http.HTTPFlow):
+        req = flow.request
+        fmt = client_format_of(req.pretty_host, req.path) if req.method == "POST" else None
+        rt = self.settings.runtime
+        if fmt is None:
+            # not a model call: untouched, except that a configured vendor override applies
+            # to the whole host
+            origin = rt.config.vendors.get(req.pretty_host)
+            if origin:
+                _retarget(req, origin)
+            return
+        row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
+        try:
+            raw = req.get_content()
+        except ValueError as e:
+            return self._reject(flow, fmt, row, 400, f"cannot decode the request body: {e}")
+        try:
+            body = json.loads(raw)
+        except ValueError as e:
+            return self._reject(flow, fmt, row, 400, f"the request body is not JSON: {e}")
+        if not isinstance(body, dict):
+            return self._reject(flow, fmt, row, 400, "the request body must be a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return self._reject(flow, fmt, row, 400, "model: a model name (string) is required")
+        row.model_requested = model
+        row.stream = body.get("stream") is True
+        config = rt.config
+        candidates = plan(config, rt.providers, model)
+        origin = config.vendor_origin(req.pretty_host)
+        vendor_url = origin + req.path
+        if all(c.provider is None for c in candidates):
+            return self._passthrough(flow, fmt, row, origin)
+        job = Job(flow.id, fmt, {k.lower(): v for k, v in req.headers.items()}, vendor_url,
+                  raw, body, model, row.stream, candidates, row)
+        if any(c.provider is not None and Forwarder.needs_translation(job, c)
+               for c in candidates):
+            # validate now: a malformed request is the client's error, whichever route it takes
+            try:
+                job.canonical()
+            except canonical.TranslationError as e:
+                return self._reject(flow, fmt, row, 400, f"invalid request: {e}")
+        flow.metadata[META] = {"client_format": fmt, "model": model, "stream": row.stream}
+        flow.marked = MARK
+        if row.stream:
+            url = rt.relay.submit(job)
+            flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {req.pretty_url}"
+            self._relay_flows[flow.id] = flow
+            flow.request.url = url
+            flow.request.headers.pop("content-encoding", None)
+            flow.request.content = raw
+            return
+        await self._inline_answer(flow, job)
+
+    async def _inline_answer(self, flow: http.HTTPFlow, job: Job) -> None:
+        rt = self.settings.runtime
+        conn = flow.client_conn.id
+        task = create_task(rt.forwarder.complete(job), name=f"detour call {flow.id}",
+                           keep_ref=True)
+        self._inline.setdefault(conn, set()).add(task)
+        try:
+            status, headers, body = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # mitmproxy itself is shutting the hook down
+            job.row.error = "client-aborted"
+            self._finish(flow, job)
+            return
+        finally:
+            tasks = self._inline.get(conn)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._inline[conn]
+        job.row.ttfb_ms = job.row.latency_ms = _ms_since(job.started)
+        headers["x-detour-route"] = job.row.provider + "/" + job.row.account
+        flow.response = http.Response.make(status, body, headers)
+        self._finish(flow, job)
+
+    def client_disconnected(self, client):
+        for task in self._inline.pop(client.id, ()):
+            task.cancel()
+
+    # ------------------------------------------------------------ relay flows
+
+    def responseheaders(self, flow: http.HTTPFlow):
+        if flow.id in self._relay_flows:
+            flow.response.stream = True
+            return
+        tap = flow.metadata.get(META + ".tap")
+        if tap is not None and "text/event-stream" in flow.response.headers.get("content-type", ""):
+            flow.response.stream = tap
+
+    def error(self, flow: http.HTTPFlow):
+        if flow.id in self._relay_flows:
+            self.settings.runtime.relay.cancel(flow.id)
+            return
+        tap = flow.metadata.pop(META + ".tap", None)
+        if tap is not None:
+            tap.row.error = flow.error.msg if flow.error else "error"
+            self._record(tap.row, tap.started)
+
+    def _relay_finished(self, job: Job) -> None:
+        flow = self._relay_flows.pop(job.flow_id, None)
+        if flow is not None:
+            self._finish(flow, job)
+        else:
+            self._record(job.row, job.started)
+
+    # ------------------------------------------------------------ passthrough (observe)
+
+    def _passthrough(self, flow: http.HTTPFlow, fmt: str, row: UsageRow, origin: str) -> None:
+        row.provider = flow.request.pretty_host
+        row.account = "client"
+        row.model_upstream = row.model_requested
+        row.attempts = 1
+        row.route = [{"provider": PASSTHROUGH, "account": "client", "model": row.model_requested}]
+        if not origin.endswith("://" + flow.request.pretty_host):
+            _retarget(flow.request, origin)  # a configured vendor override
+        flow.metadata[META + ".tap"] = PassthroughTap(row, fmt)
+        flow.comment = f"detour: {fmt} {row.model_requested} -> passthrough"
+
+    def response(self, flow: http.HTTPFlow):
+        tap = flow.metadata.pop(META + ".tap", None)
+        if tap is None:
+            return
+        row = tap.row
+        row.status = flow.response.status_code
+        if flow.response.stream:
+            tap.decoder.close()
+            usage = tap.decoder.usage
+        else:
+            usage = _usage_of_whole(row.client_format, flow.response)
+        if usage is not None:
+            self.settings.runtime.forwarder.set_usage(row, usage)
+        if row.status >= 400:
+            row.error = flow.response.get_text(strict=False)[:300] if not flow.response.stream \
+                else f"HTTP {row.status}"
+        if flow.response.timestamp_start and flow.request.timestamp_start:
+            row.ttfb_ms = round((flow.response.timestamp_start
+                                 - flow.request.timestamp_start) * 1000, 2)
+        self._record(row, tap.started)
+
+    # ------------------------------------------------------------ endings
+
+    def _reject(self, flow, fmt: str, row: UsageRow, status: int, message: str) -> None:
+        """Bad input: an error in the client's own format; the proxy serves on."""
+        mod = FORMATS[fmt]
+        flow.response = http.Response.make(status, mod.error_body(status, f"detour: {message}"),
+                                           {"content-type": mod.JSON_CONTENT_TYPE})
+        flow.comment = f"detour: rejected ({status}): {message}"
+        row.status, row.error = status, message
+        self._record(row, None)
+
+    def _finish(self, flow: http.HTTPFlow, job: Job) -> None:
+        row = job.row
+        route = " -> ".join(
+            f"{a['provider']}/{a['account']} {a.get('status') or a.get('error', '')}".strip()
+            for a in row.route)
+        flow.comment = (f"detour: {job.client_format} {job.model} -> "
+                        f"{row.provider or '-'} ({row.model_upstream or '-'}) {row.status}"
+                        f" | {route}" + (f" | {row.error}" if row.error else ""))
+        flow.metadata[META] = dict(flow.metadata.get(META, {}), route=row.route,
+                                   status=row.status, error=row.error)
+        self._record(row, job.started)
+
+    def _record(self, row: UsageRow, started: float | None) -> None:
+        if started is not None and row.latency_ms is None:
+            row.latency_ms = _ms_since(started)
+        self.settings.runtime.store.add(row)
+
+
+def _retarget(req: http.Request, origin: str) -> None:
+    """Send a request to another origin (scheme://host:port), path unchanged."""
+    u = urlsplit(origin)
+    req.scheme = u.scheme
+    req.host = u.hostname
+    req.port = u.port or (443 if u.scheme == "https" else 80)
+
+
+def _ms_since(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 2)
+
+
+def _usage_of_whole(fmt: str, response: http.Response) -> canonical.Usage | None:
+    if response.status_code >= 300:
+        return None
+    try:
+        return FORMATS[fmt].decode_response(json.loads(response.get_content())).usage
+    except (ValueError, canonical.TranslationError):
+        return None

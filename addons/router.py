@@ -1,0 +1,19 @@
+"""mitmproxy entry point: `mitmdump -s addons/router.py [--set detour_home=DIR]`.
+
+A thin shim: the addons live in the `addons` package, imported normally, because mitmproxy
+executes a script outside `sys.modules` (dataclasses and relative imports break there) and
+does not reload the modules a script imports.
+"""
+
+import sys
+from pathlib import Path
+
+_root = str(Path(__file__).resolve().parent.parent)
+if _root not in sys.path:
+    sys.path.insert(0, _root)
+
+from addons.intercept import Interceptor  # noqa: E402
+from addons.settings import DetourSettings  # noqa: E402
+
+_settings = DetourSettings()
+addons = [_settings, Interceptor(_settings)]

@@ -1,0 +1,153 @@
+"""The `detour_*` mitmproxy options, the configuration they point at, and the runtime every
+detour addon shares (providers, cooldowns, forwarder, relay, usage store).
+
+Bad configuration fails at start with an OptionsError naming the field; a bad edit of a
+running proxy's config.yaml is logged and the previous configuration stays in force.
+"""
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mitmproxy import ctx, exceptions
+from mitmproxy.utils.asyncio_utils import create_task
+
+from addons.config import CONFIG_NAME, Config, ConfigError, ensure_home, home_dir, load_config
+from addons.forwarding import Forwarder
+from addons.relay import RelayServer
+from addons.routing import CooldownBook, ProviderRuntime, build_providers
+from addons.usage import UsageStore
+
+log = logging.getLogger(__name__)
+
+CONFIG_POLL_SECONDS = 1.0
+
+
+@dataclass
+class Runtime:
+    """What the addons share. Replaced parts (config, providers) are swapped whole, so a flow
+    that already started keeps the configuration it started with."""
+
+    home: Path
+    config_path: Path
+    config: Config
+    providers: dict[str, ProviderRuntime]
+    cooldowns: CooldownBook
+    forwarder: Forwarder
+    store: UsageStore
+    relay: RelayServer | None = None
+
+
+class DetourSettings:
+    def __init__(self):
+        self.runtime: Runtime | None = None
+        self._finished_hooks: list = []
+        self._watch: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
+        self._mtime: float | None = None
+
+    def load(self, loader):
+        loader.add_option(
+            "detour_home", str, "",
+            "detour's home folder: config.yaml, detour.db. Default: $DETOUR_HOME or ~/.detour.",
+        )
+        loader.add_option(
+            "detour_config", str, "",
+            f"The configuration file. Default: <detour_home>/{CONFIG_NAME} (created, commented, "
+            "if missing).",
+        )
+        loader.add_option(
+            "detour_relay_ports", int, 8,
+            "Loopback ports of the streaming relay (mitmproxy opens at most 5 connections per "
+            "client connection and upstream address, so HTTP/2 clients need several).",
+        )
+
+    def configure(self, updated):
+        if "connection_strategy" in updated or self.runtime is None:
+            if ctx.options.connection_strategy != "lazy":
+                # eager would dial the vendor on CONNECT, before detour could reroute the call
+                ctx.options.update(connection_strategy="lazy")
+        if self.runtime is not None and not updated & {"detour_home", "detour_config"}:
+            return
+        home = home_dir(ctx.options.detour_home or None)
+        try:
+            if ctx.options.detour_config:
+                cfg_path = Path(ctx.options.detour_config).expanduser().resolve()
+                home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            else:
+                cfg_path = ensure_home(home)
+            config = load_config(cfg_path)
+            providers = build_providers(config)
+        except (ConfigError, OSError) as e:
+            raise exceptions.OptionsError(f"detour: {e}") from None
+        self._mtime = _mtime(cfg_path)
+        cooldowns = CooldownBook()
+        if self.runtime is None:
+            store = UsageStore(home / "detour.db")
+            self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
+                                   Forwarder(config, cooldowns), store)
+        else:
+            rt = self.runtime
+            rt.home, rt.config_path = home, cfg_path
+            self._apply(config, providers)
+        log.info("detour: home %s, config %s (%d providers)", home, cfg_path, len(providers))
+
+    def _apply(self, config: Config, providers: dict[str, ProviderRuntime]) -> None:
+        rt = self.runtime
+        rt.config, rt.providers = config, providers
+        rt.forwarder.config = config
+
+    def running(self):
+        rt = self.runtime
+        self._flusher = create_task(rt.store.run(), name="detour usage flush", keep_ref=True)
+        self._watch = create_task(self._watch_config(), name="detour config watch", keep_ref=True)
+        if rt.relay is None:
+            rt.relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports)
+            create_task(rt.relay.start(), name="detour relay start", keep_ref=True)
+
+    def done(self):
+        rt = self.runtime
+        if rt is None:
+            return
+        for task in (self._watch, self._flusher):
+            if task is not None:
+                task.cancel()
+        if rt.relay is not None:
+            relay, rt.relay = rt.relay, None
+            create_task(relay.stop(), name="detour relay stop", keep_ref=True)
+        create_task(rt.forwarder.aclose(), name="detour http close", keep_ref=True)
+        rt.store.close()
+
+    def finished(self, job) -> None:
+        for hook in self._finished_hooks:
+            hook(job)
+
+    def on_finished(self, hook) -> None:
+        """Register what runs when a relay job ends (the interceptor records it)."""
+        self._finished_hooks.append(hook)
+
+    async def _watch_config(self) -> None:
+        """Hot reload: poll the file's mtime (cheap, and works on every filesystem)."""
+        while True:
+            await asyncio.sleep(CONFIG_POLL_SECONDS)
+            rt = self.runtime
+            mtime = _mtime(rt.config_path)
+            if mtime is None or mtime == self._mtime:
+                continue
+            self._mtime = mtime
+            try:
+                config = load_config(rt.config_path)
+                providers = build_providers(config)
+            except ConfigError as e:
+                log.error("detour: %s; keeping the previous configuration", e)
+                continue
+            self._apply(config, providers)
+            log.info("detour: reloaded %s (%d providers)", rt.config_path, len(providers))
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

@@ -1,0 +1,104 @@
+"""Real mitmdump processes for integration tests and benchmarks: started on an ephemeral
+loopback port with their own confdir, stopped by their PID (never anyone else's)."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTER = ROOT / "addons" / "router.py"
+MITMDUMP = Path(sys.executable).parent / "mitmdump"
+LISTENING = re.compile(rb"proxy listening at (?:\*|[\d.]+):(\d+)")
+
+
+class Mitmdump:
+    """`mitmdump [-s addons/router.py] --listen-port 0`, its port read from its own output."""
+
+    def __init__(self, confdir: Path, home: Path | None = None, router: bool = True,
+                 extra: list[str] = (), env: dict | None = None):
+        self.confdir = confdir
+        self.home = home
+        self.args = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0",
+                     "--set", f"confdir={confdir}", "--set", "flow_detail=0"]
+        if router:
+            self.args += ["-s", str(ROUTER)]
+            if home is not None:
+                self.args += ["--set", f"detour_home={home}"]
+        self.args += list(extra)
+        self.env = dict(os.environ if env is None else env)
+        for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+            self.env.pop(var, None)
+        self.proc: subprocess.Popen | None = None
+        self.port: int | None = None
+        self.output = bytearray()
+        self._reader: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.confdir / "mitmproxy-ca-cert.pem"
+
+    def start(self, timeout: float = 30.0) -> "Mitmdump":
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        found = threading.Event()
+
+        def pump():
+            for line in iter(self.proc.stdout.readline, b""):
+                self.output += line
+                m = LISTENING.search(line)
+                if m and self.port is None:
+                    self.port = int(m.group(1))
+                    found.set()
+            found.set()
+
+        self._reader = threading.Thread(target=pump, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while not found.wait(0.05):
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mitmdump did not start:\n{self.text}")
+        if self.port is None:
+            self.stop()
+            raise RuntimeError(f"mitmdump exited:\n{self.text}")
+        return self
+
+    @property
+    def text(self) -> str:
+        return self.output.decode(errors="replace")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far (from /proc, Linux)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        self.proc.stdout.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Mitmdump":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
