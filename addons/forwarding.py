@@ -278,7 +278,10 @@ class Forwarder:
         if not tried and cooling:
             return Failure(429, message, retry_after=min(cooling))
         if statuses == {429}:
-            return Failure(429, message, retry_after=min(cooling) if cooling else None)
+            # every account is resting now: the client may come back when the first one wakes
+            waits = cooling + [self.cooldowns.remaining(c.key) for c in job.candidates]
+            waits = [w for w in waits if w > 0]
+            return Failure(429, message, retry_after=min(waits) if waits else None)
         client_errors = [a.status for a in tried if a.status in (400, 404, 413, 422)]
         if client_errors and len(client_errors) == len(tried):
             return Failure(client_errors[-1], message)

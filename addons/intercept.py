@@ -154,7 +154,8 @@ class Interceptor:
                 if not tasks:
                     del self._inline[conn]
         job.row.ttfb_ms = job.row.latency_ms = _ms_since(job.started)
-        headers["x-detour-route"] = job.row.provider + "/" + job.row.account
+        if status < 300:
+            headers["x-detour-route"] = f"{job.row.provider}/{job.row.account}"
         flow.response = http.Response.make(status, body, headers)
         self._finish(flow, job)
 

@@ -20,6 +20,8 @@ from addons.routing import CooldownBook, ProviderRuntime, build_providers
 from addons.usage import UsageStore
 
 log = logging.getLogger(__name__)
+# httpx logs every request at INFO: noise in mitmproxy's event log, and CPU on every call
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 CONFIG_POLL_SECONDS = 1.0
 
@@ -64,12 +66,13 @@ class DetourSettings:
         )
 
     def configure(self, updated):
-        if "connection_strategy" in updated or self.runtime is None:
-            if ctx.options.connection_strategy != "lazy":
-                # eager would dial the vendor on CONNECT, before detour could reroute the call
-                ctx.options.update(connection_strategy="lazy")
-        if self.runtime is not None and not updated & {"detour_home", "detour_config"}:
-            return
+        if self.runtime is None or updated & {"detour_home", "detour_config"}:
+            self._load()
+        if ctx.options.connection_strategy != "lazy":
+            # eager would dial the vendor on CONNECT, before detour could reroute the call
+            ctx.options.update(connection_strategy="lazy")
+
+    def _load(self) -> None:
         home = home_dir(ctx.options.detour_home or None)
         try:
             if ctx.options.detour_config:
@@ -105,6 +108,8 @@ class DetourSettings:
         if rt.relay is None:
             rt.relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports)
             create_task(rt.relay.start(), name="detour relay start", keep_ref=True)
+        # build the HTTP clients (and their TLS contexts) now, not on the first call
+        rt.forwarder.client(True)
 
     def done(self):
         rt = self.runtime

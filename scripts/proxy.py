@@ -1,0 +1,204 @@
+"""`detour up` (run the proxy) and `detour env` (the shell variables that send clients to it)."""
+
+import ipaddress
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import click
+
+import addons
+from addons.config import DEFAULT_HOME, ensure_home
+from certs.ca import default_confdir
+from certs.env import client_env, detect_shell, proxy_url, render_exports
+from scripts.certs import prepare_trust
+from scripts.config import checked_config
+from scripts.options import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DetourError,
+    Settings,
+    address_options,
+    pass_settings,
+    shell_option,
+)
+
+DEFAULT_WEB_PORT = 8081
+
+
+def router_script() -> Path:
+    """addons/router.py of the installed package: the `-s` script mitmproxy loads."""
+    return Path(addons.__file__).parent / "router.py"
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # another name may resolve to anything: treat it as remote
+
+
+def mitmproxy_command(tool: str) -> list[str]:
+    """How to run `tool` (mitmdump or mitmweb) from the venv detour runs in: its console script
+    next to sys.executable, else the same entry point through this interpreter."""
+    bin_dir = Path(sys.executable).parent  # not resolved: a venv's python is a symlink
+    exe = shutil.which(tool, path=str(bin_dir))
+    if exe:
+        return [exe]
+    return [
+        sys.executable,
+        "-c",
+        f"import sys; from mitmproxy.tools.main import {tool}; sys.exit({tool}())",
+    ]
+
+
+def up_argv(
+    *,
+    home: Path,
+    confdir: Path,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    web: bool = False,
+    web_port: int = DEFAULT_WEB_PORT,
+    quiet: bool = False,
+) -> list[str]:
+    """The mitmdump (or mitmweb) command line that runs the router; argv[0] is the program."""
+    argv = mitmproxy_command("mitmweb" if web else "mitmdump")
+    argv += [
+        "-s", str(router_script()),
+        "--listen-host", host,
+        "--listen-port", str(port),
+        # absolute: a mitmproxy started with another HOME would mint a CA nobody trusts
+        "--set", f"confdir={confdir}",
+        "--set", f"detour_home={home}",
+    ]  # fmt: skip
+    if web:
+        argv += ["--web-port", str(web_port)]
+    if quiet:
+        argv.append("--quiet")
+    return argv
+
+
+def env_hint(settings: Settings, host: str, port: int, shell: str) -> str:
+    """The command that loads `detour env` in another shell, with the options it needs here."""
+    args = ["detour"]
+    if settings.home != Path(DEFAULT_HOME).expanduser().resolve():
+        args += ["--home", str(settings.home)]
+    if settings.confdir != default_confdir().absolute():
+        args += ["--confdir", str(settings.confdir)]
+    args.append("env")
+    # a wildcard bind is reached through loopback on this machine
+    if host not in ("0.0.0.0", "::", "") and host != DEFAULT_HOST:
+        args += ["--host", host]
+    if port != DEFAULT_PORT:
+        args += ["--port", str(port)]
+    if shell == "fish":
+        return f"{shlex.join(args)} | source"
+    if shell == "powershell":
+        return f"{shlex.join([*args, '--shell', 'powershell'])} | Invoke-Expression"
+    return f'eval "$({shlex.join(args)})"'
+
+
+@click.command()
+@address_options
+@click.option("--web", is_flag=True, help="Run mitmweb (a browser UI) instead of mitmdump.")
+@click.option(
+    "--web-port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_WEB_PORT,
+    show_default=True,
+    help="mitmweb UI port (with --web).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No banner; mitmproxy logs errors only.")
+@click.option(
+    "--allow-remote",
+    is_flag=True,
+    help="Allow --host other than loopback. The proxy has no authentication.",
+)
+@pass_settings
+def up(
+    settings: Settings,
+    host: str,
+    port: int,
+    web: bool,
+    web_port: int,
+    quiet: bool,
+    allow_remote: bool,
+):
+    """Run the proxy: mitmdump (or mitmweb with --web) with the detour router.
+
+    Validates config.yaml first (writing the commented default if there is none), creates or
+    reuses the mitmproxy CA and the trust bundle, then replaces itself with mitmproxy.
+
+    \b
+    Example:
+        detour up --port 8080
+        # in another shell:
+        eval "$(detour env)" && claude
+    """
+    if not is_loopback(host):
+        warning = (
+            f"listening on {host} exposes the proxy to the network, and it has no"
+            " authentication: anyone who can reach the port can spend your provider accounts"
+            " (gateways like this one have been exploited through 0.0.0.0 binds)"
+        )
+        if not allow_remote:
+            raise DetourError(f"refusing: {warning}. Pass --allow-remote to do it anyway.")
+        click.secho(f"detour: WARNING: {warning}", fg="red", err=True)
+    config_path = ensure_home(settings.home)
+    checked_config(config_path)
+    router = router_script()
+    if not router.is_file():
+        raise DetourError(f"{router}: not found; is detour installed completely?")
+    ca, bundle = prepare_trust(settings)
+    argv = up_argv(
+        home=settings.home,
+        confdir=settings.confdir,
+        host=host,
+        port=port,
+        web=web,
+        web_port=web_port,
+        quiet=quiet,
+    )
+    if not quiet:
+        banner = [
+            f"detour: proxy on {proxy_url(host, port)}"
+            + (f", mitmweb UI on port {web_port} (its login URL follows)" if web else ""),
+            f"  config  {config_path}",
+            f"  CA      {ca.cert_path}  (SHA-256 {ca.fingerprint_sha256[:23]}...)",
+            f"  bundle  {bundle}",
+            f"in another shell: {env_hint(settings, host, port, detect_shell())}",
+        ]
+        if ca.expired:
+            banner.insert(3, f"  WARNING: the CA expired on {ca.not_after:%Y-%m-%d}")
+        click.echo("\n".join(banner), err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # exec, not a child: Ctrl-C and SIGTERM go straight to mitmproxy, which shuts down cleanly
+    os.execv(argv[0], argv)
+
+
+@click.command()
+@address_options
+@shell_option
+@pass_settings
+def env(settings: Settings, host: str, port: int, shell: str | None):
+    """Print the variables that send a shell's tools through the proxy and make them trust it.
+
+    HTTPS_PROXY and friends, NO_PROXY for loopback, NODE_EXTRA_CA_CERTS and
+    CODEX_CA_CERTIFICATE (the CA), SSL_CERT_FILE, REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE (the
+    bundle of system CAs + ours). Creates the CA and the bundle if needed.
+
+    \b
+    Example:
+        eval "$(detour env)"                          # bash, zsh
+        detour env | source                           # fish
+        detour env --shell powershell | Invoke-Expression
+    """
+    ca, bundle = prepare_trust(settings)
+    variables = client_env(proxy_url(host, port), ca.cert_path, bundle)
+    click.echo(render_exports(variables, shell or detect_shell()), nl=False)

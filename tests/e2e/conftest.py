@@ -1,0 +1,83 @@
+"""Integration fixtures: loopback fake vendors and a real `mitmdump -s addons/router.py`."""
+
+import functools
+import json
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlite_utils
+
+from tests.fakes.anthropic_vendor import FakeAnthropic
+from tests.fakes.openai_provider import FakeOpenAI
+from tests.harness import Mitmdump
+
+CAPTURES = Path(__file__).resolve().parent.parent / "data" / "captures"
+CLIENT_KEY = "test-client-key-not-real"
+PROVIDER_KEY = "sk-fake-provider-key"
+VENDOR_KEY = "sk-ant-fake-vendor-key"
+
+
+def capture(name: str) -> dict:
+    return json.loads((CAPTURES / f"claude-code.messages.{name}.request.json").read_text())
+
+
+def free_port() -> int:
+    """A port nothing listens on (connection refused), for dead-provider tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def confdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mitmproxy-confdir")
+
+
+@pytest.fixture(scope="module")
+def fake_openai():
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def fake_anthropic():
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+class Proxy:
+    def __init__(self, mitm: Mitmdump, home: Path):
+        self.mitm = mitm
+        self.home = home
+
+    def client(self, **kw) -> httpx.Client:
+        """An HTTPS client that goes through the proxy and trusts only its CA."""
+        kw.setdefault("timeout", 20)
+        return httpx.Client(proxy=self.mitm.url, verify=self.ssl_context, trust_env=False, **kw)
+
+    @functools.cached_property
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.mitm.ca_cert))
+
+    def rows(self, expect: int | None = None, timeout: float = 5.0) -> list[dict]:
+        """Usage rows, waiting for the batched flush when `expect` rows are due."""
+        deadline = time.monotonic() + timeout
+        while True:
+            db = sqlite_utils.Database(self.home / "detour.db")
+            try:
+                rows = list(db["usage"].rows_where(order_by="id"))
+            finally:
+                db.close()
+            if expect is None or len(rows) >= expect or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.05)
+
+
+def start_proxy(confdir: Path, home: Path, config: str) -> Proxy:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text(config)
+    return Proxy(Mitmdump(confdir, home).start(), home)

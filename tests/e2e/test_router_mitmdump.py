@@ -1,0 +1,407 @@
+"""Claude Code's calls through a real mitmdump with addons/router.py, answered by a loopback
+OpenAI-compatible provider (and, for passthrough, a loopback Anthropic vendor)."""
+
+import json
+import ssl
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, capture, free_port, start_proxy
+from tests.fakes.openai_provider import FakeOpenAI
+from tests.fakes.replies import (CutAfter, Garbage, Stall, Status, StreamError, Text, ToolCall,
+                                 Usage)
+from translators import anthropic, canonical
+
+URL = "https://api.anthropic.com/v1/messages?beta=true"
+HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01",
+           "anthropic-beta": "claude-code-20250219", "user-agent": "claude-cli/2.1.197 (test)"}
+
+
+@pytest.fixture(scope="module")
+def proxy(confdir, tmp_path_factory, fake_openai, fake_anthropic):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    config = f"""
+providers:
+  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
+  rotating:
+    kind: openai
+    base_url: "{fake_openai.base_url}/v1"
+    api_keys: [sk-wrong-key, {PROVIDER_KEY}]
+  dead: {{kind: openai, base_url: "{dead}", api_keys: [k], timeouts: {{connect: 2}}}}
+  slow:
+    kind: openai
+    base_url: "{fake_openai.base_url}/v1"
+    api_keys: [{PROVIDER_KEY}]
+    timeouts: {{first_byte: 1}}
+  ant: {{kind: anthropic, base_url: "{fake_anthropic.base_url}", api_keys: [{VENDOR_KEY}]}}
+routes:
+  claude-opus-4-8: [fake/fake-model]
+  via-dead: [dead/m, fake/fake-model]
+  via-rotating: [rotating/fake-model]
+  via-slow: [slow/slow-model, fake/fake-model]
+  only-fake: [fake/fake-model]
+  to-anthropic: [ant/claude-fake-sonnet]
+  "*": [passthrough]
+vendors:
+  api.anthropic.com: "{fake_anthropic.base_url}"
+cooldown_seconds: 1
+prices:
+  fake-model: {{input: 3, output: 15, cache_read: 0.3}}
+"""
+    p = start_proxy(confdir, tmp_path_factory.mktemp("home"), config)
+    yield p
+    p.mitm.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_fakes(fake_openai, fake_anthropic):
+    fake_openai.clear()
+    fake_anthropic.clear()
+    yield
+
+
+@pytest.fixture
+def client(proxy):
+    with proxy.client() as c:
+        yield c
+
+
+def events_of(data: bytes) -> list:
+    """Decode an Anthropic SSE body, checking it against the event grammar."""
+    dec = anthropic.StreamDecoder()
+    events = dec.feed(data) + dec.close()
+    grammar = canonical.StreamGrammar()
+    for ev in events:
+        grammar.check(ev)
+    return events
+
+
+def post(client, body: dict, **kw) -> httpx.Response:
+    return client.post(URL, json=body, headers=HEADERS, **kw)
+
+
+def rows_for(proxy, n: int) -> list[dict]:
+    return proxy.rows(expect=n)
+
+
+# ---------------------------------------------------------------- the main path
+
+
+def test_text_whole(proxy, client, fake_openai):
+    before = len(proxy.rows())
+    r = post(client, dict(capture("text"), stream=False))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["type"] == "message" and body["role"] == "assistant"
+    assert body["content"] == [{"type": "text", "text": "Hello from the fake provider"}]
+    assert body["stop_reason"] == "end_turn"
+    sent = fake_openai.requests[-1]
+    assert sent.route == "/v1/chat/completions"
+    assert sent.json["model"] == "fake-model"
+    assert sent.json["messages"][0]["role"] == "system"
+    # Claude Code's mid-conversation system message keeps its place
+    assert [m["role"] for m in sent.json["messages"]][1:3] == ["user", "system"]
+    rows = rows_for(proxy, before + 1)
+    assert rows[-1]["status"] == 200 and rows[-1]["stream"] == 0
+    assert rows[-1]["provider"] == "fake" and rows[-1]["model_upstream"] == "fake-model"
+
+
+def test_client_key_never_leaves(proxy, client, fake_openai):
+    post(client, dict(capture("text"), stream=True)).read()
+    sent = fake_openai.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert "x-api-key" not in sent.headers
+    assert CLIENT_KEY.encode() not in sent.body
+    assert all(CLIENT_KEY not in v for v in sent.headers.values())
+
+
+def test_text_streamed_event_by_event(proxy, client, fake_openai):
+    fake_openai.enqueue(Text(pieces=["one ", "two ", "three ", "four ", "five"], delay=0.25))
+    arrivals = []
+    t0 = time.monotonic()
+    with client.stream("POST", URL, json=capture("text"), headers=HEADERS) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        data = b""
+        for chunk in r.iter_raw():
+            data += chunk
+            arrivals.append((time.monotonic() - t0, chunk))
+    events = events_of(data)
+    text = "".join(e.text for e in events if isinstance(e, canonical.TextDelta))
+    assert text == "one two three four five"
+    first_delta = next(t for t, c in arrivals if b"text_delta" in c)
+    # the first words reached the client a second before the provider sent its last
+    assert arrivals[-1][0] - first_delta > 0.8
+    assert isinstance(events[-1], canonical.MessageStop)
+
+
+def test_usage_exact_with_cache_and_reasoning(proxy, client, fake_openai):
+    before = len(proxy.rows())
+    fake_openai.enqueue(Text("cached answer", usage=Usage(prompt=1000, completion=50, cached=600,
+                                                          reasoning=10)))
+    r = post(client, capture("text"))
+    delta = [e for e in events_of(r.content) if isinstance(e, canonical.MessageDelta)][0]
+    assert delta.usage == canonical.Usage(input_tokens=400, output_tokens=50,
+                                          cache_read_tokens=600, cache_write_tokens=0,
+                                          reasoning_tokens=0)  # Anthropic has no reasoning field
+    row = rows_for(proxy, before + 1)[-1]
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"],
+            row["reasoning_tokens"]) == (400, 600, 50, 10)
+    assert row["cost_usd"] == pytest.approx((400 * 3 + 600 * 0.3 + 50 * 15) / 1e6)
+    assert row["stream"] == 1 and row["ttfb_ms"] > 0 and row["latency_ms"] >= row["ttfb_ms"]
+
+
+def test_tool_call_and_its_follow_up(proxy, client, fake_openai):
+    fake_openai.enqueue(ToolCall("Bash", {"command": "echo hi", "description": "Print hi"},
+                                 id="call_abc123", pieces=4))
+    r = post(client, capture("tool-call"))
+    events = events_of(r.content)
+    start = next(e for e in events if isinstance(e, canonical.BlockStart))
+    assert (start.kind, start.tool_name, start.tool_id) == ("tool_use", "Bash", "call_abc123")
+    args = "".join(e.partial_json for e in events if isinstance(e, canonical.ToolInputDelta))
+    assert json.loads(args) == {"command": "echo hi", "description": "Print hi"}
+    assert [e for e in events if isinstance(e, canonical.MessageDelta)][0].stop_reason == "tool_use"
+    # Claude Code runs the tool and sends the result back: the captured follow-up, whose ids
+    # now are the provider's
+    follow = json.loads(json.dumps(capture("tool-result")).replace(
+        _tool_id(capture("tool-result")), "call_abc123"))
+    r2 = post(client, follow)
+    assert r2.status_code == 200
+    msgs = fake_openai.requests[-1].json["messages"]
+    call_msg = next(m for m in msgs if m.get("tool_calls"))
+    assert call_msg["tool_calls"][0]["id"] == "call_abc123"
+    assert call_msg["tool_calls"][0]["function"]["name"] == "Bash"
+    tool_msg = msgs[msgs.index(call_msg) + 1]
+    assert tool_msg["role"] == "tool" and tool_msg["tool_call_id"] == "call_abc123"
+    assert "hi" in json.dumps(tool_msg["content"])
+
+
+def _tool_id(body: dict) -> str:
+    for m in body["messages"]:
+        for block in m["content"] if isinstance(m["content"], list) else []:
+            if block.get("type") == "tool_use":
+                return block["id"]
+    raise AssertionError("no tool_use in the capture")
+
+
+def test_tool_call_whole(proxy, client, fake_openai):
+    fake_openai.enqueue(ToolCall("Bash", {"command": "ls"}, id="call_w1"))
+    r = post(client, dict(capture("tool-call"), stream=False))
+    block = r.json()["content"][0]
+    assert block == {"type": "tool_use", "id": "call_w1", "name": "Bash", "input": {"command": "ls"}}
+    assert r.json()["stop_reason"] == "tool_use"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_not_json_gets_an_anthropic_400_and_the_proxy_serves_on(proxy, client):
+    r = client.post(URL, content=b"{not json", headers=dict(HEADERS, **{"content-type": "application/json"}))
+    assert r.status_code == 400
+    err = r.json()
+    assert err["type"] == "error" and err["error"]["type"] == "invalid_request_error"
+    assert "not JSON" in err["error"]["message"]
+    assert post(client, dict(capture("text"), stream=False)).status_code == 200
+
+
+@pytest.mark.parametrize("body, names", [
+    ({"model": "claude-opus-4-8", "max_tokens": 10, "messages": "hello"}, "messages"),
+    ({"model": "claude-opus-4-8", "max_tokens": 10,
+      "messages": [{"role": "user", "content": [{"type": "bogus"}]}]}, "messages[0].content[0]"),
+    ({"max_tokens": 10, "messages": []}, "model"),
+    ([1, 2, 3], "JSON object"),
+])
+def test_invalid_request_400_names_the_problem(proxy, client, body, names):
+    before = len(proxy.rows())
+    r = client.post(URL, json=body, headers=HEADERS)
+    assert r.status_code == 400
+    assert names in r.json()["error"]["message"]
+    assert rows_for(proxy, before + 1)[-1]["status"] == 400
+
+
+# ---------------------------------------------------------------- provider faults
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("reply, status, says", [
+    (Status(500), 502, "HTTP 500"),
+    (Status(429, headers={"retry-after": "2"}), 429, "HTTP 429"),
+    (Garbage(), 502, ""),
+])
+def test_provider_failure_is_an_anthropic_error(proxy, client, fake_openai, reply, status, says,
+                                                stream):
+    fake_openai.enqueue(reply)
+    r = post(client, dict(capture("text"), model="only-fake", stream=stream))
+    if isinstance(reply, Garbage) and stream:
+        # a 200 with an SSE content type whose body is garbage: detected on the first chunk?
+        # No: garbage with an SSE type parses as no events; the stream ends with an error event
+        assert r.status_code in (200, 502)
+        if r.status_code == 200:
+            assert isinstance(events_of(r.content)[-1], canonical.StreamError)
+            return
+    assert r.status_code == status, r.text
+    err = r.json()
+    assert err["type"] == "error"
+    assert "fake/" in err["error"]["message"] and says in err["error"]["message"]
+    if status == 429:
+        assert r.headers.get("retry-after")
+    # the account cooled down by the failure must not block the next test
+    _reset_cooldowns(proxy, client, fake_openai)
+
+
+def _reset_cooldowns(proxy, client, fake_openai):
+    """Failures cool the account down; wait it out by asking until it serves again."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = post(client, dict(capture("text"), model="only-fake", stream=False))
+        if r.status_code == 200:
+            return
+        time.sleep(0.25)
+    raise AssertionError("the account never came back from its cooldown")
+
+
+def test_provider_cuts_the_stream_midway(proxy, client, fake_openai):
+    before = len(proxy.rows())
+    fake_openai.enqueue(CutAfter(3))
+    t0 = time.monotonic()
+    r = post(client, capture("text"))
+    assert time.monotonic() - t0 < 10  # never a hang
+    assert r.status_code == 200
+    events = events_of(r.content)
+    assert isinstance(events[-1], canonical.StreamError)
+    assert events[-1].kind == "api_error"
+    row = rows_for(proxy, before + 1)[-1]
+    assert row["error"]
+
+
+def test_provider_error_event_midway(proxy, client, fake_openai):
+    fake_openai.enqueue(StreamError(after=2, message="boom from provider"))
+    r = post(client, capture("text"))
+    events = events_of(r.content)
+    assert isinstance(events[-1], canonical.StreamError)
+    assert "boom from provider" in events[-1].message
+
+
+# ---------------------------------------------------------------- fallback
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fallback_on_connection_refused(proxy, client, fake_openai, stream):
+    before = len(proxy.rows())
+    r = post(client, dict(capture("text"), model="via-dead", stream=stream))
+    assert r.status_code == 200
+    assert b"Hello from the fake provider" in r.content or "Hello" in "".join(
+        e.text for e in events_of(r.content) if isinstance(e, canonical.TextDelta))
+    row = rows_for(proxy, before + 1)[-1]
+    route = json.loads(row["route"])
+    assert route[-1]["provider"] == "fake" and route[-1]["status"] == 200
+    assert row["provider"] == "fake"
+
+
+def test_fallback_to_next_account_on_401(proxy, client, fake_openai):
+    r = post(client, dict(capture("text"), model="via-rotating"))
+    assert r.status_code == 200
+    auths = [q.headers["authorization"] for q in fake_openai.requests]
+    assert auths[-1] == f"Bearer {PROVIDER_KEY}"
+    assert "Bearer sk-wrong-key" in auths or len(auths) == 1  # 2nd run: the bad key cools down
+
+
+def test_fallback_when_a_provider_never_answers(proxy, client, fake_openai):
+    fake_openai.enqueue(Stall(5))
+    t0 = time.monotonic()
+    r = post(client, dict(capture("text"), model="via-slow"))
+    assert r.status_code == 200
+    assert time.monotonic() - t0 < 4
+    assert "Hello from the fake provider" in "".join(
+        e.text for e in events_of(r.content) if isinstance(e, canonical.TextDelta))
+
+
+# ---------------------------------------------------------------- same format, passthrough
+
+
+def test_anthropic_provider_gets_the_bytes_with_its_own_key(proxy, client, fake_anthropic):
+    r = post(client, dict(capture("text"), model="to-anthropic"))
+    assert r.status_code == 200
+    sent = fake_anthropic.requests[-1]
+    assert sent.headers["x-api-key"] == VENDOR_KEY
+    assert sent.json["model"] == "claude-fake-sonnet"
+    assert sent.json["messages"] == capture("text")["messages"]
+    assert "Hello from the fake Anthropic vendor" in "".join(
+        e.text for e in events_of(r.content) if isinstance(e, canonical.TextDelta))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_observe_mode_forwards_untouched_and_records_usage(proxy, client, fake_anthropic, stream):
+    before = len(proxy.rows())
+    fake_anthropic.keys.add(CLIENT_KEY)  # in observe mode the client's own key is the one used
+    body = dict(capture("text"), model="claude-haiku-4-5", stream=stream)
+    raw = json.dumps(body).encode()
+    r = client.post(URL, content=raw, headers=dict(HEADERS, **{"content-type": "application/json"}))
+    assert r.status_code == 200
+    sent = fake_anthropic.requests[-1]
+    assert sent.body == raw  # byte for byte
+    assert sent.headers["x-api-key"] == CLIENT_KEY  # the client's own vendor call
+    assert sent.path == "/v1/messages?beta=true"
+    row = rows_for(proxy, before + 1)[-1]
+    assert row["provider"] == "api.anthropic.com" and row["account"] == "client"
+    if stream:
+        usage = [e for e in events_of(r.content) if isinstance(e, canonical.MessageDelta)][0].usage
+    else:
+        usage = anthropic.decode_response(r.json()).usage
+    assert row["input_tokens"] == usage.input_tokens > 0
+    assert row["output_tokens"] == usage.output_tokens > 0
+    assert row["stream"] == int(stream)
+
+
+def test_other_paths_of_a_vendor_pass_through_and_are_not_counted(proxy, client, fake_anthropic):
+    before = len(proxy.rows())
+    r = client.get("https://api.anthropic.com/api/claude_code/settings", headers=HEADERS)
+    assert fake_anthropic.requests[-1].path == "/api/claude_code/settings"
+    assert r.status_code == 404  # what the fake vendor answers, passed on
+    time.sleep(1.0)
+    assert len(proxy.rows()) == before
+
+
+def test_hosts_detour_does_not_handle_are_tunnelled_not_decrypted(proxy):
+    with FakeOpenAI(tls=True) as other:
+        # trusting only the other server's own CA works only if mitmproxy did not intercept
+        with httpx.Client(proxy=proxy.mitm.url, verify=ssl.create_default_context(cafile=other.ca_pem_path), trust_env=False,
+                          timeout=10) as c:
+            r = c.get(other.base_url + "/v1/models",
+                      headers={"authorization": f"Bearer {PROVIDER_KEY}"})
+        assert r.status_code == 200
+
+
+def test_client_disconnect_mid_stream_cancels_the_provider_call(proxy, fake_openai):
+    before = len(proxy.rows())
+    aborted = fake_openai.aborted_streams
+    fake_openai.enqueue(Text(pieces=["x"] * 40, delay=0.1))
+    with proxy.client() as c:
+        with c.stream("POST", URL, json=capture("text"), headers=HEADERS) as r:
+            for chunk in r.iter_raw():
+                if b"text_delta" in chunk:
+                    break
+    assert fake_openai.wait_until(lambda f: f.aborted_streams > aborted, timeout=5)
+    row = rows_for(proxy, before + 1)[-1]
+    assert row["error"] and "client-aborted" in row["error"]
+
+
+def test_parallel_streams_all_complete(proxy, fake_openai):
+    results = []
+
+    def one():
+        with proxy.client() as c:
+            r = post(c, capture("text"))
+            results.append((r.status_code, events_of(r.content)[-1]))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 12
+    assert all(s == 200 and isinstance(last, canonical.MessageStop) for s, last in results)
