@@ -26,8 +26,8 @@ from tests.fakes.replies import (CutAfter, Events, Garbage, Stall, Status, Strea
 from tests.fakes.server import Received
 
 REPO = Path(__file__).resolve().parents[2]
-CAPTURES = Path("/work/shared/clients/captures")
-needs_captures = pytest.mark.skipif(not CAPTURES.is_dir(), reason="client captures not present")
+from tests.captures import CAPTURES  # noqa: E402
+
 
 OPENAI_KEY = "sk-fake-provider-key"
 ANTHROPIC_KEY = "sk-ant-fake-vendor-key"
@@ -739,7 +739,6 @@ def _received(body: dict) -> Received:
     return Received("POST", "/", {}, json.dumps(body).encode(), body)
 
 
-@needs_captures
 def test_captured_claude_code_requests_pass_and_drive_the_agent():
     with FakeAnthropic(default_reply=anthropic_agent) as fake:
         with anthropic_client(fake) as client:
@@ -758,7 +757,6 @@ def test_captured_claude_code_requests_pass_and_drive_the_agent():
         Text("FAKE-TOOL-RESULT: hi")
 
 
-@needs_captures
 def test_captured_qwen_requests_pass_and_drive_the_agent():
     with FakeOpenAI(default_reply=openai_agent) as fake:
         with openai_client(fake) as client:

@@ -3,28 +3,20 @@
 import copy
 import dataclasses
 import json
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from translators import anthropic as a
+from tests.captures import CAPTURES
 from translators import canonical as c
 
-# The real Claude Code captures (48-85 KB each). Looked up in the repo first, then in the
-# shared folder they were recorded to; the stream tests below carry their own copies.
-CAPTURE_DIRS = [Path(d) for d in [os.environ.get("DETOUR_CAPTURES")] if d] + [
-    Path(__file__).parent.parent / "data" / "captures", Path("/work/shared/clients/captures")]
-CAPTURES = next(
-    (d for d in CAPTURE_DIRS if (d / "claude-code.messages.text.request.json").exists()), None)
+# The real Claude Code captures (48-85 KB each); the stream tests below carry their own copies.
 REQUEST_CAPTURES = ["text", "tool-call", "tool-result", "oauth-token"]
 
 
 def load_capture(name: str) -> dict:
-    if CAPTURES is None:
-        pytest.skip("Claude Code captures not found (set DETOUR_CAPTURES)")
     return json.loads((CAPTURES / f"claude-code.messages.{name}.request.json").read_text())
 
 
@@ -464,8 +456,6 @@ def test_decode_tool_call_capture():
 
 @pytest.mark.parametrize("name", ["text", "tool-call", "tool-result"])
 def test_capture_response_files(name):
-    if CAPTURES is None:
-        pytest.skip("Claude Code captures not found (set DETOUR_CAPTURES)")
     raw = (CAPTURES / f"claude-code.messages.{name}.response.txt").read_bytes()
     events = decode_stream(raw)
     assert check_grammar(events).done

@@ -1,29 +1,20 @@
 """OpenAI Chat Completions <-> canonical: requests, responses, streams (both directions)."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from translators import canonical as c
+from tests.captures import CAPTURES
 from translators import openai_chat as oc
 
-# The real Qwen Code captures (53-65 KB each). Looked up in the repo first, then in the shared
-# folder they were recorded to; the stream tests below carry their own copies of the answers.
-CAPTURE_DIRS = [Path(os.environ.get("DETOUR_CAPTURES", "/nonexistent")),
-                Path(__file__).parent.parent / "data" / "captures",
-                Path("/work/shared/clients/captures")]
-CAPTURES = next((d for d in CAPTURE_DIRS
-                 if (d / "qwen-code.chat-completions.text.request.json").exists()), None)
+# The real Qwen Code captures (53-65 KB each); the stream tests carry copies of the answers.
 CAPTURE_NAMES = ["text", "tool-call", "tool-result"]
 
 
 def load_capture(name: str, kind: str = "request.json"):
-    if CAPTURES is None:
-        pytest.skip("Qwen Code captures not found (set DETOUR_CAPTURES)")
     path = CAPTURES / f"qwen-code.chat-completions.{name}.{kind}"
     return json.loads(path.read_text()) if kind.endswith(".json") else path.read_bytes()
 
