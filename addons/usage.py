@@ -8,6 +8,7 @@ nothing. The schema is the public interface described in DESIGN.md (`usage` tabl
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -81,6 +82,9 @@ def now_iso() -> str:
 
 def open_db(path: Path) -> sqlite_utils.Database:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        # accounts and credentials will share this database: private from the first byte
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     db = sqlite_utils.Database(path)
     db.enable_wal()
     if "usage" not in db.table_names():
