@@ -42,6 +42,7 @@ HOP_BY_HOP = frozenset({
 ANTHROPIC_FORWARDED = ("anthropic-version", "anthropic-beta")
 MAX_ERROR_BODY = 64 * 1024
 AUTH_COOLDOWN = 600.0
+SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
 PASSTHROUGH_TIMEOUTS = Timeouts()
 
 
@@ -95,6 +96,8 @@ class Opened:
     first_chunk: bytes
     chunks: AsyncIterator[bytes]
     is_sse: bool
+    data: bytes = b""  # a whole (non-SSE) answer, already read and decoded
+    whole: canonical.Response | None = None
 
 
 class Failure(Exception):
@@ -246,12 +249,33 @@ class Forwarder:
         except httpx.HTTPError as e:
             att.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         else:
-            ctype = resp.headers.get("content-type", "")
-            self.cooldowns.clear(cand.key)
-            return Opened(cand, resp, fmt, first, chunks, "text/event-stream" in ctype)
+            opened = await self._check_answer(cand, resp, fmt, first, chunks, att)
+            if opened is not None:
+                self.cooldowns.clear(cand.key)
+                return opened
         if resp is not None:
             await resp.aclose()
         self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
+        return None
+
+    async def _check_answer(self, cand: Candidate, resp: httpx.Response, fmt: str, first: bytes,
+                            chunks: AsyncIterator[bytes], att: Attempt) -> Opened | None:
+        """A 2xx is not yet a good answer: an event stream must start like one, and a whole
+        answer must decode; otherwise the next candidate can still take over."""
+        if "text/event-stream" in resp.headers.get("content-type", ""):
+            if first.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(SSE_FIELDS):
+                return Opened(cand, resp, fmt, first, chunks, True)
+            att.error = f"not an event stream: {_snippet(first)}"
+            return None
+        try:
+            data = first + b"".join([c async for c in chunks])
+            whole = FORMATS[fmt].decode_response(json.loads(data))
+        except httpx.HTTPError as e:
+            att.error = f"broke off its answer: {type(e).__name__}"
+        except (ValueError, canonical.TranslationError) as e:
+            att.error = f"unreadable answer ({str(e)[:120]}): {_snippet(first)}"
+        else:
+            return Opened(cand, resp, fmt, first, chunks, False, data, whole)
         return None
 
     def _cool_after(self, cand: Candidate, resp: httpx.Response) -> None:
@@ -302,23 +326,18 @@ class Forwarder:
             opened = await self.open(job)
         except Failure as f:
             return self._failure_response(job, f)
-        try:
-            data = opened.first_chunk + b"".join([c async for c in opened.chunks])
-        except httpx.HTTPError as e:
-            await opened.response.aclose()
-            return self._failure_response(job, Failure(
-                502, f"detour: {opened.candidate.key} broke off its answer: {type(e).__name__}"))
-        provider_mod = FORMATS[opened.provider_format]
-        try:
-            if opened.is_sse:
-                dec = provider_mod.StreamDecoder()
-                events = dec.feed(data) + dec.close()
-                resp = canonical.collect_response(events)
-            else:
-                resp = provider_mod.decode_response(json.loads(data))
-        except (ValueError, canonical.TranslationError) as e:
-            return self._failure_response(job, Failure(
-                502, f"detour: {opened.candidate.key} answered something unreadable: {e}"))
+        resp, data = opened.whole, opened.data
+        if opened.is_sse:
+            # asked for a whole answer, got a stream: fold it
+            try:
+                data = opened.first_chunk + b"".join([c async for c in opened.chunks])
+                dec = FORMATS[opened.provider_format].StreamDecoder()
+                resp = canonical.collect_response(dec.feed(data) + dec.close())
+            except (httpx.HTTPError, canonical.TranslationError) as e:
+                return self._failure_response(job, Failure(
+                    502, f"detour: {opened.candidate.key} broke off its answer: {e!r}"))
+            finally:
+                await opened.response.aclose()
         self.account(job, opened.candidate, resp.usage, resp.model)
         if opened.provider_format == job.client_format and not opened.is_sse:
             body = data  # same format: the provider's bytes, untouched
@@ -348,11 +367,11 @@ class Forwarder:
         error: str | None = None
         try:
             if not opened.is_sse:
-                # asked for a stream, got one whole JSON answer: stream it anyway
-                data = opened.first_chunk + b"".join([c async for c in opened.chunks])
-                resp = provider_mod.decode_response(json.loads(data))
+                # asked for a stream, got one whole answer: stream it anyway
+                resp = opened.whole
                 self.account(job, cand, resp.usage, resp.model)
-                yield encoder.encode_all(canonical.response_to_events(resp)) if encoder else data
+                encoder = encoder or client_mod.StreamEncoder()
+                yield encoder.encode_all(canonical.response_to_events(resp))
                 return
             chunk = opened.first_chunk
             while True:
@@ -440,6 +459,10 @@ def _over_cap(body: dict, fmt: str, cap: int | None) -> bool:
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _snippet(data: bytes) -> str:
+    return " ".join(data[:80].decode("utf-8", "replace").split())
 
 
 def _host_of(url: str) -> str:

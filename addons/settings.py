@@ -85,11 +85,10 @@ class DetourSettings:
         except (ConfigError, OSError) as e:
             raise exceptions.OptionsError(f"detour: {e}") from None
         self._mtime = _mtime(cfg_path)
-        cooldowns = CooldownBook()
         if self.runtime is None:
-            store = UsageStore(home / "detour.db")
+            cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
             self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
-                                   Forwarder(config, cooldowns), store)
+                                   Forwarder(config, cooldowns), UsageStore(home / "detour.db"))
         else:
             rt = self.runtime
             rt.home, rt.config_path = home, cfg_path
