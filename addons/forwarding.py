@@ -111,9 +111,11 @@ class Failure(Exception):
 
 
 class Forwarder:
-    def __init__(self, config: Config, cooldowns: CooldownBook):
+    def __init__(self, config: Config, cooldowns: CooldownBook,
+                 transport: httpx.AsyncBaseTransport | None = None):
         self.config = config
         self.cooldowns = cooldowns
+        self.transport = transport  # tests script upstreams with httpx.MockTransport
         self._clients: dict[bool, httpx.AsyncClient] = {}
 
     def client(self, verify: bool) -> httpx.AsyncClient:
@@ -122,6 +124,7 @@ class Forwarder:
             # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
             # through mitmproxy; timeouts are set per request from the provider's config.
             c = httpx.AsyncClient(trust_env=False, verify=verify, timeout=None,
+                                  transport=self.transport,
                                   limits=httpx.Limits(max_connections=None,
                                                       max_keepalive_connections=64))
             self._clients[verify] = c

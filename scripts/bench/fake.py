@@ -1,0 +1,69 @@
+"""The loopback fake vendors of `tests/fakes`, run for benchmarks:
+
+    python -m scripts.bench.fake openai|anthropic [--tls] [--events N] [--delay S] [--stamp] ...
+
+The same command line as `python -m tests.fakes.openai_provider` (every option of `run_cli`),
+with two differences that matter in a long benchmark:
+- the history of received requests is bounded (the test fakes keep every request and its
+  parsed body for assertions: ~160 KB per Claude Code request, thousands per run);
+- `--stamp`: after each streamed response, one line on stdout
+  `stream <first> <last> <n>`: the `time.monotonic()` (CLOCK_MONOTONIC, comparable across
+  processes) at which the first and the last of its n events had been written and drained.
+"""
+
+import collections
+import dataclasses
+import sys
+import time
+
+from tests.fakes.anthropic_vendor import FakeAnthropic
+from tests.fakes.openai_provider import FakeOpenAI
+from tests.fakes.server import Stream, run_cli
+
+KINDS = {"openai": FakeOpenAI, "anthropic": FakeAnthropic}
+HISTORY = 8
+
+
+def _stamped(events):
+    first = last = None
+    n = 0
+    for event in events:
+        yield event
+        # the server asks for the next event once this one was written and drained
+        last = time.monotonic()
+        if first is None:
+            first = last
+        n += 1
+    print(f"stream {first!r} {last!r} {n}", flush=True)
+
+
+def bench_class(cls, stamp: bool):
+    class Bench(cls):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self._requests = collections.deque(maxlen=HISTORY)
+
+        def render(self, reply, received, stream):
+            plan = super().render(reply, received, stream)
+            if stamp and isinstance(plan, Stream):
+                plan = dataclasses.replace(plan, events=_stamped(plan.events))
+            return plan
+
+    Bench.__name__ = Bench.__qualname__ = cls.__name__
+    Bench.__doc__ = cls.__doc__
+    return Bench
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in KINDS:
+        print(f"usage: python -m scripts.bench.fake {{{'|'.join(KINDS)}}} [--stamp] "
+              "[options of the test fakes' CLI]", file=sys.stderr)
+        return 2
+    kind, rest = argv[0], argv[1:]
+    stamp = "--stamp" in rest
+    rest = [a for a in rest if a != "--stamp"]
+    return run_cli(bench_class(KINDS[kind], stamp), rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
