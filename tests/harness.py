@@ -13,6 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 ROUTER = ROOT / "addons" / "router.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
+PROXY_VARS = {"https_proxy", "http_proxy", "all_proxy", "no_proxy"}
 LISTENING = re.compile(rb"proxy listening at (?:\*|[\d.]+):(\d+)")
 
 
@@ -30,9 +31,10 @@ class Mitmdump:
             if home is not None:
                 self.args += ["--set", f"detour_home={home}"]
         self.args += list(extra)
-        self.env = dict(os.environ if env is None else env)
-        for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
-            self.env.pop(var, None)
+        if env is None:
+            # the test runner's own proxy settings must not leak into the proxy under test
+            env = {k: v for k, v in os.environ.items() if k.lower() not in PROXY_VARS}
+        self.env = dict(env)
         self.proc: subprocess.Popen | None = None
         self.port: int | None = None
         self.output = bytearray()

@@ -2,6 +2,7 @@
 OpenAI-compatible provider (and, for passthrough, a loopback Anthropic vendor)."""
 
 import json
+import os
 import ssl
 import threading
 import time
@@ -9,10 +10,12 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, capture, free_port, start_proxy
+from tests.e2e.conftest import (CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, Proxy, capture, free_port,
+                                start_proxy)
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.fakes.replies import (CutAfter, Garbage, Stall, Status, StreamError, Text, ToolCall,
                                  Usage)
+from tests.harness import Mitmdump
 from translators import anthropic, canonical
 
 URL = "https://api.anthropic.com/v1/messages?beta=true"
@@ -428,3 +431,83 @@ def test_openai_chat_client_answered_by_an_anthropic_provider(proxy, client, fak
         text = r.json()["choices"][0]["message"]["content"]
         assert r.json()["usage"]["prompt_tokens"] > 0
     assert text == "Hello from the fake Anthropic vendor"
+
+
+# ---------------------------------------------------------------- what peers get wrong
+
+
+def test_reasoning_streams_as_thinking_and_is_passed_back(proxy, client, fake_openai):
+    """DeepSeek-style reasoning_content becomes a thinking block, and when Claude Code sends
+    that block back next turn, the provider gets its reasoning_content again (peers.md #4)."""
+    fake_openai.enqueue(Text("the answer", reasoning="step one, step two"))
+    events = events_of(post(client, capture("text")).content)
+    kinds = [e.kind for e in events if isinstance(e, canonical.BlockStart)]
+    assert kinds == ["thinking", "text"]
+    thought = "".join(e.text for e in events if isinstance(e, canonical.ThinkingDelta))
+    assert thought == "step one, step two"
+    follow = capture("text")
+    follow["messages"] = follow["messages"][:1] + [
+        {"role": "assistant", "content": [
+            {"type": "thinking", "thinking": thought, "signature": ""},
+            {"type": "text", "text": "the answer"}]},
+        {"role": "user", "content": "and then?"}]
+    assert post(client, follow).status_code == 200
+    sent = fake_openai.requests[-1].json["messages"]
+    assistant = next(m for m in sent if m["role"] == "assistant")
+    assert assistant["reasoning_content"] == "step one, step two"
+    assert assistant["content"] == "the answer"
+
+
+def test_a_refused_request_does_not_lock_the_account(proxy, client, fake_openai):
+    """A 400 is the request's fault: the same account serves the next call (peers.md #6)."""
+    fake_openai.enqueue(Status(400, message="max_tokens too large"))
+    r = post(client, dict(capture("text"), model="only-fake", stream=False))
+    assert r.status_code == 400 and "max_tokens too large" in r.json()["error"]["message"]
+    r = post(client, dict(capture("text"), model="only-fake", stream=False))
+    assert r.status_code == 200
+
+
+def test_config_edits_apply_without_restart(proxy, client, fake_openai, fake_anthropic):
+    path = proxy.home / "config.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(original.replace("  claude-opus-4-8: [fake/fake-model]",
+                                         "  claude-opus-4-8: [ant/claude-fake-sonnet]"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            body = post(client, dict(capture("text"), stream=False)).json()
+            if body.get("model") == "claude-fake-sonnet":
+                break
+            time.sleep(0.3)
+        assert body["content"][0]["text"] == "Hello from the fake Anthropic vendor"
+        # a broken edit is refused and the running configuration stays
+        path.write_text(original.replace("routes:", "routez:"))
+        time.sleep(2.5)
+        assert post(client, dict(capture("text"), stream=False)).json()["model"] == \
+            "claude-fake-sonnet"
+        assert "routez: unknown key" in proxy.mitm.text
+    finally:
+        path.write_text(original)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if post(client, dict(capture("text"), stream=False)).json().get("model") == "fake-model":
+            return
+        time.sleep(0.3)
+    raise AssertionError("the original configuration did not come back")
+
+
+def test_the_users_proxy_variables_never_loop_detour_back(confdir, tmp_path, fake_openai):
+    """mitmdump runs in the shell whose HTTPS_PROXY points at mitmdump itself (or at anything):
+    detour's own calls to providers must ignore it (peers.md #9)."""
+    env = dict(os.environ, HTTPS_PROXY=f"http://127.0.0.1:{free_port()}",
+               HTTP_PROXY=f"http://127.0.0.1:{free_port()}", ALL_PROXY="socks5://127.0.0.1:1")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text(
+        f'providers: {{fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", '
+        f'api_keys: [{PROVIDER_KEY}]}}}}\nroutes: {{"*": [fake/fake-model]}}\n')
+    with Mitmdump(confdir, home, env=env) as m:
+        with Proxy(m, home).client() as c:
+            for stream in (False, True):
+                r = post(c, dict(capture("text"), stream=stream))
+                assert r.status_code == 200, r.text

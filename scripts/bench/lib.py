@@ -1,0 +1,263 @@
+"""Benchmark plumbing shared by the scenarios: the fake vendors as processes of their own, a
+lean HTTPS-through-a-proxy client, timed phases with the proxy's CPU, small statistics.
+
+The client is h11 over a blocking TLS socket (no httpx): its own cost per request is small and
+steady, so the proxy stays the bottleneck at concurrency 16 and latencies are the proxy's.
+"""
+
+import os
+import queue
+import re
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h11
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+LISTENING = re.compile(r"listening on (https?)://([\d.]+):(\d+)")
+_NO_PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                 "all_proxy")
+
+
+def cpu_of_pid(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (from /proc, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class FakeProcess:
+    """`python -m scripts.bench.fake KIND ARGS...` in a process of its own (its CPU is neither
+    the proxy's nor the client's); lines it prints after the listening line are queued."""
+
+    def __init__(self, kind: str, *args: str):
+        self.argv = [sys.executable, "-m", "scripts.bench.fake", kind, "--port", "0", *args]
+        self.proc: subprocess.Popen | None = None
+        self.base_url = ""
+        self.port = 0
+        self.lines: queue.Queue[str] = queue.Queue()
+        self._listening = threading.Event()
+        self._reader: threading.Thread | None = None
+        self._early: list[str] = []
+
+    def launch(self) -> "FakeProcess":
+        """Start the process; `wait_ready()` waits for its port."""
+        env = {k: v for k, v in os.environ.items() if k not in _NO_PROXY_ENV}
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        return self
+
+    def _pump(self) -> None:
+        for line in iter(self.proc.stdout.readline, ""):
+            line = line.rstrip("\n")
+            m = LISTENING.search(line)
+            if m and not self._listening.is_set():
+                self.base_url = f"{m.group(1)}://{m.group(2)}:{m.group(3)}"
+                self.port = int(m.group(3))
+                self._listening.set()
+            elif self._listening.is_set():
+                self.lines.put(line)
+            else:
+                self._early.append(line)
+        self._listening.set()
+
+    def wait_ready(self, timeout: float = 30.0) -> "FakeProcess":
+        if not self._listening.wait(timeout) or not self.port:
+            raise RuntimeError(f"fake {' '.join(self.argv[3:])} did not start:\n"
+                               + "\n".join(self._early))
+        return self
+
+    def cpu_seconds(self) -> float:
+        return cpu_of_pid(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._reader is not None:
+            self._reader.join(5)
+        self.proc.stdout.close()
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    t0: float  # time.monotonic() when the request started to be written
+    t_mark: float | None  # when the first chunk holding the marker arrived
+    t_end: float  # when the end of the response arrived
+    size: int
+    tail: bytes  # the last bytes of the body
+    body: bytes | None  # the whole body, when asked for
+
+
+class TunnelClient:
+    """One keep-alive HTTPS connection through an HTTP proxy: `CONNECT host:port`, TLS to the
+    proxy (which intercepts it: `ctx` trusts the proxy's CA), then HTTP/1.1 requests (h11)."""
+
+    def __init__(self, proxy_port: int, host: str, port: int, ctx: ssl.SSLContext,
+                 timeout: float = 60.0):
+        sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        authority = f"{host}:{port}"
+        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(4096)
+            if not data:
+                sock.close()
+                raise ConnectionError("the proxy closed the connection after CONNECT")
+            head += data
+        if head.split(b" ", 2)[1] != b"200":
+            sock.close()
+            raise ConnectionError(f"CONNECT refused: {head[:200]!r}")
+        self.sock = ctx.wrap_socket(sock, server_hostname=host)
+        self.conn = h11.Connection(h11.CLIENT)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, request: h11.Request, body: bytes, marker: bytes | None = None,
+             keep: bool = False) -> Reply:
+        conn = self.conn
+        t0 = time.monotonic()
+        self.sock.sendall(conn.send(request) + conn.send(h11.Data(data=body))
+                          + conn.send(h11.EndOfMessage()))
+        status, t_mark, size, tail = 0, None, 0, b""
+        parts: list[bytes] | None = [] if keep else None
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(self.sock.recv(262144))
+                continue
+            kind = type(event)
+            if kind is h11.Data:
+                data = event.data
+                if t_mark is None and marker is not None and marker in tail + data:
+                    t_mark = time.monotonic()
+                size += len(data)
+                tail = (tail + data)[-128:]
+                if parts is not None:
+                    parts.append(data)
+            elif kind is h11.Response:
+                status = event.status_code
+            elif kind is h11.EndOfMessage:
+                t_end = time.monotonic()
+                break
+            elif kind is h11.ConnectionClosed:
+                raise ConnectionError("the proxy closed the connection mid-response")
+        conn.start_next_cycle()
+        return Reply(status, t0, t_mark, t_end, size, tail,
+                     b"".join(parts) if parts is not None else None)
+
+
+@dataclass
+class Phase:
+    """What one timed phase measured: every reply, the wall time and the proxy's CPU."""
+
+    replies: list[Reply] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.replies)
+
+    def latencies_ms(self) -> list[float]:
+        return [(r.t_end - r.t0) * 1000 for r in self.replies]
+
+    def marks_ms(self) -> list[float]:
+        return [(r.t_mark - r.t0) * 1000 for r in self.replies if r.t_mark is not None]
+
+
+def run_phase(clients: list[TunnelClient], per_client: int, request: h11.Request, body: bytes,
+              cpu: Callable[[], float], check: Callable[[Reply], str | None],
+              marker: bytes | None = None, warm: int = 1, settle: float = 0.03) -> Phase:
+    """Each client (one thread each) sends `warm` untimed requests, then all start together and
+    send `per_client` timed requests back to back on their keep-alive connection. CPU is the
+    proxy's, read just before the start and `settle` seconds after the last reply."""
+    phase = Phase()
+    ready = threading.Barrier(len(clients) + 1)
+    go = threading.Barrier(len(clients) + 1)
+    lock = threading.Lock()
+
+    def work(client: TunnelClient) -> None:
+        mine: list[Reply] = []
+        try:
+            for _ in range(warm):
+                reply = client.send(request, body, marker)
+                if problem := check(reply):
+                    raise RuntimeError(f"warm-up: {problem}")
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            with lock:
+                phase.errors.append(f"{type(e).__name__}: {e}")
+            ready.abort()
+            return
+        try:
+            ready.wait()
+            go.wait()
+            for _ in range(per_client):
+                reply = client.send(request, body, marker)
+                if problem := check(reply):
+                    raise RuntimeError(problem)
+                mine.append(reply)
+        except threading.BrokenBarrierError:
+            return
+        except Exception as e:  # noqa: BLE001
+            with lock:
+                phase.errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            with lock:
+                phase.replies.extend(mine)
+
+    threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in clients]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        for t in threads:
+            t.join(60)
+        return phase
+    cpu0, t0 = cpu(), time.monotonic()
+    go.wait()
+    for t in threads:
+        t.join()
+    phase.wall = time.monotonic() - t0
+    time.sleep(settle)
+    phase.cpu = cpu() - cpu0
+    return phase
+
+
+def median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def percentile(values, q: float) -> float | None:
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return None
+    k = (len(values) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
