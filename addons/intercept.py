@@ -81,6 +81,9 @@ class Interceptor:
 
     async def request(self, flow: http.HTTPFlow):
         req = flow.request
+        if req.pretty_host not in HANDLED_HOSTS:
+            return
+        flow.metadata[META + ".host"] = req.pretty_host  # survives a vendor override
         fmt = client_format_of(req.pretty_host, req.path) if req.method == "POST" else None
         rt = self.settings.runtime
         if fmt is None:
@@ -123,6 +126,9 @@ class Interceptor:
                 return self._reject(flow, fmt, row, 400, f"invalid request: {e}")
         flow.metadata[META] = {"client_format": fmt, "model": model, "stream": row.stream}
         flow.marked = MARK
+        # the job keeps the client's headers (a passthrough candidate needs them); the flow
+        # that mitmweb shows and Save writes does not
+        redact_credentials(flow.request.headers)
         if row.stream:
             url = rt.relay.submit(job)
             flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {req.pretty_url}"
@@ -166,6 +172,8 @@ class Interceptor:
     # ------------------------------------------------------------ relay flows
 
     def responseheaders(self, flow: http.HTTPFlow):
+        # mitmproxy's own Save addon writes the flow before script addons see `response`
+        self._redact_sent(flow)
         if flow.id in self._relay_flows:
             flow.response.stream = True
             return
@@ -174,6 +182,7 @@ class Interceptor:
             flow.response.stream = tap
 
     def error(self, flow: http.HTTPFlow):
+        self._redact_sent(flow)
         if flow.id in self._relay_flows:
             self.settings.runtime.relay.cancel(flow.id)
             return
@@ -202,7 +211,14 @@ class Interceptor:
         flow.metadata[META + ".tap"] = PassthroughTap(row, fmt)
         flow.comment = f"detour: {fmt} {row.model_requested} -> passthrough"
 
+    def _redact_sent(self, flow: http.HTTPFlow) -> None:
+        """Once a vendor host's request has gone out, its credentials have no business in the
+        flow mitmweb shows and `save_stream_file` writes."""
+        if META + ".host" in flow.metadata:
+            redact_credentials(flow.request.headers)
+
     def response(self, flow: http.HTTPFlow):
+        self._redact_sent(flow)
         tap = flow.metadata.pop(META + ".tap", None)
         if tap is None:
             return
@@ -228,6 +244,7 @@ class Interceptor:
     def _reject(self, flow, fmt: str, row: UsageRow, status: int, message: str) -> None:
         """Bad input: an error in the client's own format; the proxy serves on."""
         mod = FORMATS[fmt]
+        redact_credentials(flow.request.headers)
         flow.response = http.Response.make(status, mod.error_body(status, f"detour: {message}"),
                                            {"content-type": mod.JSON_CONTENT_TYPE})
         flow.comment = f"detour: rejected ({status}): {message}"
@@ -250,6 +267,20 @@ class Interceptor:
         if started is not None and row.latency_ms is None:
             row.latency_ms = _ms_since(started)
         self.settings.runtime.store.add(row)
+
+
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "proxy-authorization",
+                      "cookie")
+
+
+def redact_credentials(headers) -> None:
+    """Replace secrets by a recognisable stub (scheme and last 4 characters kept)."""
+    for name in CREDENTIAL_HEADERS:
+        value = headers.get(name)
+        if value and not value.endswith("[redacted]"):
+            scheme, _, secret = value.rpartition(" ")
+            tail = secret[-4:] if len(secret) >= 16 else ""
+            headers[name] = f"{scheme + ' ' if scheme else ''}...{tail}[redacted]"
 
 
 def _retarget(req: http.Request, origin: str) -> None:

@@ -511,3 +511,28 @@ def test_the_users_proxy_variables_never_loop_detour_back(confdir, tmp_path, fak
             for stream in (False, True):
                 r = post(c, dict(capture("text"), stream=stream))
                 assert r.status_code == 200, r.text
+
+
+def test_saved_flows_hold_no_credentials(confdir, tmp_path, fake_openai, fake_anthropic):
+    """mitmdump's own flow file (save_stream_file): the flows are all there, the keys are not."""
+    from mitmproxy import io as mitmio
+    fake_anthropic.keys.add(CLIENT_KEY)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.yaml").write_text(
+        f'providers: {{fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", '
+        f'api_keys: [{PROVIDER_KEY}]}}}}\nroutes: {{claude-opus-4-8: [fake/fake-model], '
+        f'"*": [passthrough]}}\nvendors: {{api.anthropic.com: "{fake_anthropic.base_url}"}}\n')
+    flows = tmp_path / "flows.mitm"
+    with Mitmdump(confdir, home, extra=["--set", f"save_stream_file={flows}"]) as m:
+        with Proxy(m, home).client() as c:
+            for model in ("claude-opus-4-8", "claude-haiku-4-5"):  # rerouted, passthrough
+                for stream in (False, True):
+                    assert post(c, dict(capture("text"), model=model, stream=stream)).status_code == 200
+            c.get("https://api.anthropic.com/api/claude_code/settings", headers=HEADERS)
+    data = flows.read_bytes()
+    with flows.open("rb") as f:
+        saved = list(mitmio.FlowReader(f).stream())
+    assert len(saved) == 5
+    assert CLIENT_KEY.encode() not in data and PROVIDER_KEY.encode() not in data
+    assert all(f.request.headers["x-api-key"].endswith("[redacted]") for f in saved)
