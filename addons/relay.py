@@ -41,7 +41,7 @@ class RelayServer:
         self._servers: list[asyncio.Server] = []
         self._jobs: dict[str, tuple[Job, float]] = {}
         self._by_flow: dict[str, str] = {}
-        self._running: dict[str, asyncio.Task] = {}  # flow id -> task serving it
+        self._running: dict[str, tuple[asyncio.Task, Job]] = {}  # flow id -> its work
         self._next = 0
 
     async def start(self) -> None:
@@ -50,14 +50,22 @@ class RelayServer:
             self._servers.append(server)
             self.ports.append(server.sockets[0].getsockname()[1])
 
-    async def stop(self) -> None:
+    def stop(self) -> None:
+        """Synchronous, for mitmproxy's `done`: every job still open is recorded now, while the
+        usage store can still take it (`finished` must tolerate a second call for the same
+        job, which the cancelled task may still make)."""
         for server in self._servers:
             server.close()
-        for task in list(self._running.values()):
+        for task, job in list(self._running.values()):
+            job.row.error = job.row.error or "proxy stopped mid-answer"
+            self.finished(job)
             task.cancel()
         for job, _ in self._jobs.values():
+            job.row.error = job.row.error or "proxy stopped before the relay was reached"
             self.finished(job)
+        self._running.clear()
         self._jobs.clear()
+        self._by_flow.clear()
         self._servers.clear()
 
     def submit(self, job: Job) -> str:
@@ -77,9 +85,9 @@ class RelayServer:
             job, _ = self._jobs.pop(token)
             job.row.error = job.row.error or "client-aborted before the relay was reached"
             self.finished(job)
-        task = self._running.get(flow_id)
-        if task is not None:
-            task.cancel()
+        running = self._running.get(flow_id)
+        if running is not None:
+            running[0].cancel()
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -135,7 +143,7 @@ class RelayServer:
         self._by_flow.pop(job.flow_id, None)
         work = create_task(self._serve(job, writer), name=f"detour relay {job.flow_id}",
                            keep_ref=True)
-        self._running[job.flow_id] = work
+        self._running[job.flow_id] = (work, job)
         # mitmproxy sends nothing more on this connection until the answer is complete, so
         # anything readable now is its EOF: the client went away, and the provider call with it
         gone = create_task(reader.read(1), name="detour relay watch", keep_ref=True)

@@ -119,7 +119,7 @@ class DetourSettings:
                 task.cancel()
         if rt.relay is not None:
             relay, rt.relay = rt.relay, None
-            create_task(relay.stop(), name="detour relay stop", keep_ref=True)
+            relay.stop()
         create_task(rt.forwarder.aclose(), name="detour http close", keep_ref=True)
         rt.store.close()
 

@@ -67,9 +67,11 @@ class UsageRow:
     ttfb_ms: float | None = None
     error: str | None = None
     route: list[dict] = field(default_factory=list)
+    recorded: bool = False  # set once queued: a row is stored exactly once
 
     def as_record(self) -> dict:
         rec = asdict(self)
+        del rec["recorded"]
         rec["stream"] = int(self.stream)
         rec["route"] = json.dumps(self.route, separators=(",", ":"))
         return rec
@@ -113,6 +115,9 @@ class UsageStore:
         open_db(path).close()
 
     def add(self, row: UsageRow) -> None:
+        if row.recorded:
+            return
+        row.recorded = True
         with self._lock:
             self._queue.append(row.as_record())
             full = len(self._queue) >= self.batch

@@ -32,7 +32,7 @@ async def test_unknown_or_reused_tokens_get_404():
         assert again.status_code == 404
     assert finished == [job]
     assert relay._jobs == {} and relay._by_flow == {} and relay._running == {}
-    await relay.stop()
+    relay.stop()
     await fwd.aclose()
 
 
@@ -41,7 +41,7 @@ async def test_tokens_are_long_and_random():
     urls = {relay.submit(job) for _ in range(50)}
     assert len(urls) == 50
     assert all(len(u.rsplit("/", 1)[1]) >= 32 for u in urls)
-    await relay.stop()
+    relay.stop()
 
 
 async def test_failure_before_the_first_byte_is_a_whole_error_response():
@@ -52,7 +52,7 @@ async def test_failure_before_the_first_byte_is_a_whole_error_response():
     assert r.json()["error"]["type"] == "api_error"
     assert "ConnectError" in r.json()["error"]["message"]
     assert finished == [job] and job.row.status == 502
-    await relay.stop()
+    relay.stop()
 
 
 async def test_client_leaving_cancels_the_provider_call():
@@ -85,7 +85,7 @@ async def test_client_leaving_cancels_the_provider_call():
         await asyncio.sleep(0.01)
     assert finished == [job] and job.row.error == "client-aborted"
     assert relay._running == {}
-    await relay.stop()
+    relay.stop()
 
 
 async def test_cancel_before_delivery_records_the_job_once():
@@ -95,4 +95,32 @@ async def test_cancel_before_delivery_records_the_job_once():
     relay.cancel(job.flow_id)
     assert finished == [job] and "client-aborted" in job.row.error
     assert relay._jobs == {}
-    await relay.stop()
+    relay.stop()
+
+
+async def test_stop_records_every_open_job_once():
+    gate = asyncio.Event()
+
+    async def endless():
+        yield chat_stream("first")[:120]
+        await gate.wait()
+        yield b""
+
+    up = Upstreams(**{"p.test": [httpx.Response(200, content=endless(),
+                                                headers={"content-type": "text/event-stream"})]})
+    relay, fwd, job, finished = await start(up)
+    other, _, waiting, _ = await start(Upstreams())
+    other.stop()  # only its job is wanted
+    url = httpx.URL(relay.submit(job))
+    relay.submit(waiting)  # never delivered
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(f"POST {url.raw_path.decode()} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
+                 .encode())
+    await reader.readuntil(b"\r\n\r\n")
+    relay.stop()
+    assert finished == [job, waiting]
+    assert job.row.error == "proxy stopped mid-answer"
+    assert "before the relay" in waiting.row.error
+    writer.close()
+    await asyncio.sleep(0.05)  # the cancelled task winds down and may report again
+    assert finished[:2] == [job, waiting]

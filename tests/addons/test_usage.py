@@ -58,3 +58,12 @@ def test_failed_write_keeps_rows(tmp_path):
     path.rmdir()
     UsageStore(path)
     assert store.flush() == 1
+
+
+def test_a_row_is_stored_once_even_if_reported_twice(tmp_path):
+    store = UsageStore(tmp_path / "detour.db")
+    r = row(1)
+    store.add(r)
+    store.add(r)
+    store.close()
+    assert sqlite_utils.Database(tmp_path / "detour.db")["usage"].count == 1
