@@ -11,11 +11,11 @@
 """
 
 import asyncio
-import json
 import logging
 import time
 from urllib.parse import urlsplit
 
+import orjson
 from mitmproxy import http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
@@ -99,8 +99,8 @@ class Interceptor:
         except ValueError as e:
             return self._reject(flow, fmt, row, 400, f"cannot decode the request body: {e}")
         try:
-            body = json.loads(raw)
-        except ValueError as e:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
             return self._reject(flow, fmt, row, 400, f"the request body is not JSON: {e}")
         if not isinstance(body, dict):
             return self._reject(flow, fmt, row, 400, "the request body must be a JSON object")
@@ -299,6 +299,6 @@ def _usage_of_whole(fmt: str, response: http.Response) -> canonical.Usage | None
     if response.status_code >= 300:
         return None
     try:
-        return FORMATS[fmt].decode_response(json.loads(response.get_content())).usage
+        return FORMATS[fmt].decode_response(orjson.loads(response.get_content())).usage
     except (ValueError, canonical.TranslationError):
         return None
