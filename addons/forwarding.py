@@ -20,6 +20,7 @@ import httpx
 import orjson
 
 from addons.config import Config, Timeouts
+from addons.transport import StreamsTransport
 from addons.routing import Candidate, CooldownBook, retry_after_seconds
 from addons.usage import UsageRow
 from translators import anthropic, canonical, openai_chat
@@ -124,10 +125,8 @@ class Forwarder:
         if c is None:
             # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
             # through mitmproxy; timeouts are set per request from the provider's config.
-            c = httpx.AsyncClient(trust_env=False, verify=verify, timeout=None,
-                                  transport=self.transport,
-                                  limits=httpx.Limits(max_connections=None,
-                                                      max_keepalive_connections=64))
+            c = httpx.AsyncClient(trust_env=False, timeout=None,
+                                  transport=self.transport or StreamsTransport(verify))
             self._clients[verify] = c
         return c
 
