@@ -142,7 +142,11 @@ class StreamsTransport(httpx.AsyncBaseTransport):
             conn.close()
             raise httpx.RemoteProtocolError(
                 "server disconnected without sending a response", request=request) from e
-        status, headers, length, chunked, close = _parse_head(raw, request)
+        try:
+            status, headers, length, chunked, close = _parse_head(raw, request)
+        except httpx.RemoteProtocolError:
+            conn.close()
+            raise
         if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             length, chunked = 0, False
         stream = _Body(self, conn, request, length, chunked, close, read_timeout)
