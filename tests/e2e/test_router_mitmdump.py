@@ -3,7 +3,9 @@ OpenAI-compatible provider (and, for passthrough, a loopback Anthropic vendor)."
 
 import json
 import os
+import shutil
 import ssl
+import subprocess
 import threading
 import time
 
@@ -536,3 +538,30 @@ def test_saved_flows_hold_no_credentials(confdir, tmp_path, fake_openai, fake_an
     assert len(saved) == 5
     assert CLIENT_KEY.encode() not in data and PROVIDER_KEY.encode() not in data
     assert all(f.request.headers["x-api-key"].endswith("[redacted]") for f in saved)
+
+
+@pytest.mark.skipif(not shutil.which("curl"), reason="curl drives HTTP/2 multiplexing here")
+def test_parallel_streams_of_one_http2_connection_run_concurrently(proxy, fake_openai, tmp_path):
+    """mitmproxy opens at most 5 connections per client connection and upstream address; the
+    relay listens on several ports so an HTTP/2 client's parallel streams do not queue.
+    (curl: httpx offers http/1.1 before h2 in ALPN, so mitmproxy would pick HTTP/1.1.)"""
+    n, pace = 8, 0.15
+    fake_openai.enqueue(*[Text(pieces=["a", "b", "c", "d"], delay=pace) for _ in range(n)])
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps(capture("text")))
+    args = ["curl", "-s", "--http2", "--parallel", "--parallel-max",
+            str(n), "-x", proxy.mitm.url, "--cacert", str(proxy.mitm.ca_cert),
+            "-w", "%{http_version} %{http_code}\n"]
+    for h, v in HEADERS.items():
+        args += ["-H", f"{h}: {v}"]
+    args += ["-H", "content-type: application/json", "--data-binary", f"@{body}"]
+    for i in range(n):
+        args += ["-o", str(tmp_path / f"out{i}"), URL]
+    t0 = time.monotonic()
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - t0
+    assert done.stdout.split("\n")[:n] == ["2 200"] * n, done.stdout + done.stderr
+    for i in range(n):
+        assert isinstance(events_of((tmp_path / f"out{i}").read_bytes())[-1], canonical.MessageStop)
+    one_stream = 5 * pace  # each stream takes about this long
+    assert elapsed < 2.5 * one_stream, f"{n} streams took {elapsed:.2f}s: they queued"
