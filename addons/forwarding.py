@@ -81,6 +81,12 @@ class Attempt:
     status: int | None = None  # HTTP status, None when no answer came
     error: str | None = None
     ms: float = 0.0
+    skipped: bool = False  # resting after an earlier failure: not asked at all
+    timed_out: bool = False  # asked, but no status line came in time
+
+    @property
+    def tried(self) -> bool:
+        return not self.skipped
 
     def describe(self) -> str:
         what = f"HTTP {self.status}" if self.status else "no answer"
@@ -139,7 +145,8 @@ class Forwarder:
 
     @staticmethod
     def needs_translation(job: Job, cand: Candidate) -> bool:
-        return cand.provider is not None and PROVIDER_FORMATS[cand.provider.spec.kind] != job.client_format
+        return (cand.provider is not None
+                and PROVIDER_FORMATS[cand.provider.spec.kind] != job.client_format)
 
     def build(self, job: Job, cand: Candidate) -> tuple[str, str, dict[str, str], bytes]:
         """(provider format, url, headers, body) for one candidate."""
@@ -165,10 +172,10 @@ class Forwarder:
         cap = spec.max_output_tokens
         if fmt == job.client_format:
             # same format in and out: the client's bytes, only the model (and a cap) change
-            if cand.model == job.model and not _over_cap(job.body, fmt, cap):
+            if cand.model == job.model and not _over_cap(job.body, cap):
                 return fmt, url, headers, job.raw_body
             body = dict(job.body, model=cand.model)
-            if _over_cap(body, fmt, cap):
+            if _over_cap(body, cap):
                 body["max_tokens"] = cap
             return fmt, url, headers, _dumps(body)
         req = job.canonical()
@@ -193,6 +200,7 @@ class Forwarder:
             left = self.cooldowns.remaining(cand.key)
             if left > 0:
                 att.error = f"cooling down for {left:.0f}s"
+                att.skipped = True
                 cooling.append(left)
                 attempts.append(att)
                 continue
@@ -247,6 +255,7 @@ class Forwarder:
                     return None
         except TimeoutError:
             att.error = f"no answer within {timeouts.first_byte:g}s"
+            att.timed_out = True
         except httpx.TimeoutException as e:
             att.error = f"timed out ({type(e).__name__})"
         except httpx.HTTPError as e:
@@ -292,13 +301,14 @@ class Forwarder:
             self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
 
     def _record(self, job: Job, attempts: list[Attempt]) -> None:
-        job.row.attempts = sum(1 for a in attempts if a.status is not None or a.ms)
+        job.row.attempts = sum(a.tried for a in attempts)
         job.row.route = [
-            {k: v for k, v in vars(a).items() if v is not None} for a in attempts
+            {k: v for k, v in vars(a).items() if v is not None and v is not False}
+            for a in attempts
         ]
 
     def _failure(self, job: Job, attempts: list[Attempt], cooling: list[float]) -> Failure:
-        tried = [a for a in attempts if a.status is not None or a.ms]
+        tried = [a for a in attempts if a.tried]
         detail = "; ".join(a.describe() for a in attempts) or "no candidates"
         message = f"detour: no provider answered {job.model!r}: {detail}"
         statuses = {a.status for a in tried}
@@ -312,7 +322,7 @@ class Forwarder:
         client_errors = [a.status for a in tried if a.status in (400, 404, 413, 422)]
         if client_errors and len(client_errors) == len(tried):
             return Failure(client_errors[-1], message)
-        if tried and all(a.status is None and a.error and "within" in a.error for a in tried):
+        if tried and all(a.timed_out for a in tried):
             return Failure(504, message)
         return Failure(502, message)
 
@@ -453,7 +463,7 @@ class Forwarder:
                       + usage.cache_write_tokens * cache_write) / 1e6, 8)
 
 
-def _over_cap(body: dict, fmt: str, cap: int | None) -> bool:
+def _over_cap(body: dict, cap: int | None) -> bool:
     if not cap:
         return False
     value = body.get("max_tokens")

@@ -1,6 +1,7 @@
 """The forwarder against scripted upstreams (httpx.MockTransport): which failures fall back,
 which cool an account down, what the client is told, and that translation keeps usage exact."""
 
+import asyncio
 import json
 
 import httpx
@@ -18,7 +19,10 @@ providers:
   p: {kind: openai, base_url: "http://p.test/v1", api_keys: [key-a, key-b]}
   q: {kind: openai, base_url: "http://q.test/v1", api_keys: [key-q], max_output_tokens: 8192}
   ant: {kind: anthropic, base_url: "http://ant.test", api_keys: [key-ant]}
+  slow: {kind: openai, base_url: "http://slow.test/v1", api_keys: [k1, k2],
+         timeouts: {first_byte: 0.2}}
 routes:
+  only-slow: [slow/sm]
   two-providers: [p/pm, q/qm]
   only-q: [q/qm]
   same-format: [ant/claude-x]
@@ -239,3 +243,18 @@ async def test_passthrough_keeps_the_clients_request_and_key():
     assert sent.content == job.raw_body and sent.headers["x-api-key"] == "client-key"
     assert str(sent.url) == "http://vendor.test/v1/messages?beta=true"
     assert job.row.provider == "vendor.test" and job.row.account == "client"
+
+
+async def test_every_attempt_timing_out_is_a_504():
+    async def never(request):
+        await asyncio.sleep(5)
+
+    config = parse_config(CONFIG)
+    fwd = Forwarder(config, CooldownBook(), transport=httpx.MockTransport(never))
+    _, job = setup(Upstreams(), "only-slow")
+    job.candidates = plan(config, build_providers(config), "only-slow")
+    status, _, body = await fwd.complete(job)
+    assert status == 504
+    assert json.loads(body)["error"]["message"].count("no answer within 0.2s") == 2
+    assert job.row.attempts == 2
+    assert all(a["timed_out"] for a in job.row.route)
