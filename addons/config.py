@@ -43,6 +43,7 @@ providers: {}
 #    base_url: https://api.deepseek.com/v1
 #    api_keys: [env:DEEPSEEK_API_KEY]
 #    max_output_tokens: 8192        # cap max_tokens for providers with a lower limit
+#    reasoning_effort: drop         # drop | pass | minimal | low | medium | high
 
 # Routes: requested model -> candidates, tried in order. A candidate is `provider/model`,
 # `provider/*` (the requested model name, unchanged) or `passthrough` (the original vendor,
@@ -84,6 +85,10 @@ class Provider(_Strict):
     api_keys: list[str] = Field(default_factory=list, repr=False)  # may hold literal secrets
     headers: dict[str, str] = Field(default_factory=dict)
     max_output_tokens: Annotated[int, Field(gt=0)] | None = None
+    # What to do with the client's reasoning effort (Claude Code always asks "high") when the
+    # call is translated: models without reasoning refuse the field, so it is dropped unless
+    # you say "pass" or name the effort to send.
+    reasoning_effort: Literal["drop", "pass", "minimal", "low", "medium", "high"] = "drop"
     timeouts: Timeouts = Timeouts()
     verify_tls: bool = True
 

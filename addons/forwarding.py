@@ -179,7 +179,13 @@ class Forwarder:
                 body["max_tokens"] = cap
             return fmt, url, headers, _dumps(body)
         req = job.canonical()
-        changes: dict[str, Any] = {"model": cand.model, "stream": job.stream}
+        # `user` is dropped: Claude Code's metadata.user_id carries its device and account ids,
+        # which have no business at another vendor
+        changes: dict[str, Any] = {"model": cand.model, "stream": job.stream, "user": None}
+        if spec.reasoning_effort == "drop":
+            changes["reasoning_effort"] = None
+        elif spec.reasoning_effort != "pass":
+            changes["reasoning_effort"] = spec.reasoning_effort
         if cap and (req.max_tokens is None or req.max_tokens > cap):
             changes["max_tokens"] = cap
         req = dataclasses.replace(req, **changes)

@@ -17,7 +17,8 @@ from translators import anthropic, canonical
 CONFIG = """
 providers:
   p: {kind: openai, base_url: "http://p.test/v1", api_keys: [key-a, key-b]}
-  q: {kind: openai, base_url: "http://q.test/v1", api_keys: [key-q], max_output_tokens: 8192}
+  q: {kind: openai, base_url: "http://q.test/v1", api_keys: [key-q], max_output_tokens: 8192,
+      reasoning_effort: medium}
   ant: {kind: anthropic, base_url: "http://ant.test", api_keys: [key-ant]}
   slow: {kind: openai, base_url: "http://slow.test/v1", api_keys: [k1, k2],
          timeouts: {first_byte: 0.2}}
@@ -258,3 +259,16 @@ async def test_every_attempt_timing_out_is_a_504():
     assert json.loads(body)["error"]["message"].count("no answer within 0.2s") == 2
     assert job.row.attempts == 2
     assert all(a["timed_out"] for a in job.row.route)
+
+
+async def test_translated_requests_carry_no_client_identity_and_chosen_effort():
+    up = Upstreams(**{"p.test": [httpx.Response(200, json=CHAT_OK)],
+                      "q.test": [httpx.Response(200, json=CHAT_OK)]})
+    for model in ("two-providers", "only-q"):
+        fwd, job = setup(up, model)
+        assert (await fwd.complete(job))[0] == 200
+    to_p, to_q = (json.loads(r.content) for r in up.seen)
+    assert "user" not in to_p and "user" not in to_q  # Claude Code's device/account ids
+    assert b"device_id" not in up.seen[0].content
+    assert "reasoning_effort" not in to_p  # default: dropped
+    assert to_q["reasoning_effort"] == "medium"  # configured
