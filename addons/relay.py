@@ -25,6 +25,7 @@ from addons.forwarding import Failure, Forwarder, Job
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
+YIELD_EVERY = 0.01  # seconds of relaying before the relay lets other tasks run
 JOB_TTL = 120.0  # a job mitmproxy never delivered (the client left first) is dropped after this
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 413: "Payload Too Large", 422: "Unprocessable Entity",
@@ -192,11 +193,20 @@ class RelayServer:
         _write_head(writer, 200, {"content-type": fwd.stream_content_type(job),
                                   "cache-control": "no-cache",
                                   "x-detour-route": opened.candidate.key}, None)
+        turn = 0.0  # the first chunk goes out at once: time to first token is what users see
         async for data in fwd.stream(job, opened):
             if job.row.ttfb_ms is None:
                 job.row.ttfb_ms = round((time.perf_counter() - job.started) * 1000, 2)
             writer.write(b"%x\r\n%s\r\n" % (len(data), data))
             await writer.drain()
+            # drain() does not yield while the buffer is small; a provider that answers faster
+            # than we translate would keep the loop to itself and mitmproxy would pass nothing
+            # on until the end: give the loop back now and then (each turn costs mitmproxy a
+            # read and a write, so not after every chunk)
+            now = time.perf_counter()
+            if now - turn > YIELD_EVERY:
+                await asyncio.sleep(0)
+                turn = now
         writer.write(b"0\r\n\r\n")
         await writer.drain()
         return True
