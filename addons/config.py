@@ -89,6 +89,11 @@ class Provider(_Strict):
     # call is translated: models without reasoning refuse the field, so it is dropped unless
     # you say "pass" or name the effort to send.
     reasoning_effort: Literal["drop", "pass", "minimal", "low", "medium", "high"] = "drop"
+    # kind openai only: OpenAI's reasoning models refuse max_tokens and want
+    # max_completion_tokens; content_parts sends content as part arrays that keep cache_control
+    # markers (as Qwen Code does with DashScope) instead of plain strings
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    content_parts: bool = False
     timeouts: Timeouts = Timeouts()
     verify_tls: bool = True
 

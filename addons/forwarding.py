@@ -189,7 +189,12 @@ class Forwarder:
         if cap and (req.max_tokens is None or req.max_tokens > cap):
             changes["max_tokens"] = cap
         req = dataclasses.replace(req, **changes)
-        return fmt, url, headers, _dumps(FORMATS[fmt].encode_request(req))
+        if fmt == "openai-chat":
+            wire = openai_chat.encode_request(req, content_parts=spec.content_parts,
+                                              max_tokens_field=spec.max_tokens_field)
+        else:
+            wire = FORMATS[fmt].encode_request(req)
+        return fmt, url, headers, _dumps(wire)
 
     # ------------------------------------------------------------ trying candidates
 
@@ -379,17 +384,16 @@ class Forwarder:
         well-formed error event in the client's format."""
         cand = opened.candidate
         provider_mod = FORMATS[opened.provider_format]
-        client_mod = FORMATS[job.client_format]
         same = opened.provider_format == job.client_format and opened.is_sse
         decoder = provider_mod.StreamDecoder()
-        encoder = None if same else client_mod.StreamEncoder()
+        encoder = None if same else client_encoder(job)
         error: str | None = None
         try:
             if not opened.is_sse:
                 # asked for a stream, got one whole answer: stream it anyway
                 resp = opened.whole
                 self.account(job, cand, resp.usage, resp.model)
-                encoder = encoder or client_mod.StreamEncoder()
+                encoder = encoder or client_encoder(job)
                 yield encoder.encode_all(canonical.response_to_events(resp))
                 return
             chunk = opened.first_chunk
@@ -437,7 +441,7 @@ class Forwarder:
         if encoder is None:
             # bytes passed through untouched: a fresh encoder, whose grammar allows an error
             # event anywhere a stream can be
-            encoder = FORMATS[job.client_format].StreamEncoder()
+            encoder = client_encoder(job)
         try:
             return encoder.encode(canonical.StreamError(kind, message))
         except canonical.StreamProtocolError:
@@ -467,6 +471,16 @@ class Forwarder:
         return round((usage.input_tokens * price.input + usage.output_tokens * price.output
                       + usage.cache_read_tokens * cache_read
                       + usage.cache_write_tokens * cache_write) / 1e6, 8)
+
+
+def client_encoder(job: Job):
+    """The stream encoder of the client's format, as the client asked for it."""
+    if job.client_format == "openai-chat":
+        # the usage chunk (empty `choices`) only for clients that asked: others read choices[0]
+        options = job.body.get("stream_options")
+        wants = isinstance(options, dict) and options.get("include_usage") is True
+        return openai_chat.StreamEncoder(include_usage=wants)
+    return FORMATS[job.client_format].StreamEncoder()
 
 
 def _over_cap(body: dict, cap: int | None) -> bool:

@@ -33,15 +33,24 @@ def proxy_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def client_env(proxy_url: str, ca_cert: Path, bundle: Path) -> dict[str, str]:
+def no_proxy(existing: str | None) -> str:
+    """Loopback first, then whatever the user already exempts (a corporate intranet must not
+    start going through the proxy just because its tools now do)."""
+    extra = [h.strip() for h in (existing or "").split(",") if h.strip()]
+    return ",".join([NO_PROXY] + [h for h in extra if h not in NO_PROXY.split(",")])
+
+
+def client_env(proxy_url: str, ca_cert: Path, bundle: Path,
+               environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     ca, roots = str(ca_cert), str(bundle)
+    exempt = no_proxy(environ.get("NO_PROXY") or environ.get("no_proxy"))
     return {
         "HTTPS_PROXY": proxy_url,
         "https_proxy": proxy_url,
         "HTTP_PROXY": proxy_url,
         "http_proxy": proxy_url,
-        "NO_PROXY": NO_PROXY,
-        "no_proxy": NO_PROXY,
+        "NO_PROXY": exempt,
+        "no_proxy": exempt,
         "NODE_EXTRA_CA_CERTS": ca,
         "CODEX_CA_CERTIFICATE": ca,
         "SSL_CERT_FILE": roots,

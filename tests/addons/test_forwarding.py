@@ -18,7 +18,7 @@ CONFIG = """
 providers:
   p: {kind: openai, base_url: "http://p.test/v1", api_keys: [key-a, key-b]}
   q: {kind: openai, base_url: "http://q.test/v1", api_keys: [key-q], max_output_tokens: 8192,
-      reasoning_effort: medium}
+      reasoning_effort: medium, max_tokens_field: max_completion_tokens}
   ant: {kind: anthropic, base_url: "http://ant.test", api_keys: [key-ant]}
   slow: {kind: openai, base_url: "http://slow.test/v1", api_keys: [k1, k2],
          timeouts: {first_byte: 0.2}}
@@ -178,7 +178,9 @@ async def test_max_tokens_capped_for_the_provider():
     up = Upstreams(**{"q.test": [httpx.Response(200, json=CHAT_OK)]})
     fwd, job = setup(up, "only-q")
     await fwd.complete(job)
-    assert json.loads(up.seen[0].content)["max_tokens"] == 8192  # Claude Code asked for 64000
+    sent = json.loads(up.seen[0].content)
+    assert sent["max_completion_tokens"] == 8192  # Claude Code asked for 64000
+    assert "max_tokens" not in sent  # OpenAI's reasoning models refuse it
 
 
 async def test_stream_translated_and_usage_recorded():

@@ -11,7 +11,7 @@ NASTY = "it's \"$HOME\" `id` $(id) \\n \\ ; & | * ~ ‘x’ ‚y‛\nsecond line
 
 
 def test_client_env_sends_everything_through_the_proxy_and_trusts_it():
-    env = client_env("http://127.0.0.1:8080", Path("/c/ca.pem"), Path("/h/bundle.pem"))
+    env = client_env("http://127.0.0.1:8080", Path("/c/ca.pem"), Path("/h/bundle.pem"), {})
     assert env == {
         "HTTPS_PROXY": "http://127.0.0.1:8080",
         "https_proxy": "http://127.0.0.1:8080",
@@ -25,6 +25,12 @@ def test_client_env_sends_everything_through_the_proxy_and_trusts_it():
         "REQUESTS_CA_BUNDLE": "/h/bundle.pem",
         "CURL_CA_BUNDLE": "/h/bundle.pem",
     }
+
+
+def test_no_proxy_keeps_what_the_user_already_exempts():
+    env = client_env("http://127.0.0.1:8080", Path("/c/ca.pem"), Path("/h/bundle.pem"),
+                     {"no_proxy": "intranet.corp, 127.0.0.1,.internal"})
+    assert env["NO_PROXY"] == env["no_proxy"] == "localhost,127.0.0.1,::1,intranet.corp,.internal"
 
 
 @pytest.mark.parametrize(

@@ -416,6 +416,8 @@ def test_openai_chat_client_answered_by_an_anthropic_provider(proxy, client, fak
     body = {"model": "to-anthropic", "stream": stream, "max_tokens": 100,
             "messages": [{"role": "system", "content": "be brief"},
                          {"role": "user", "content": "Say hi"}]}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
     r = client.post("https://api.openai.com/v1/chat/completions", json=body,
                     headers={"authorization": f"Bearer {CLIENT_KEY}"})
     assert r.status_code == 200, r.text
@@ -565,3 +567,15 @@ def test_parallel_streams_of_one_http2_connection_run_concurrently(proxy, fake_o
         assert isinstance(events_of((tmp_path / f"out{i}").read_bytes())[-1], canonical.MessageStop)
     one_stream = 5 * pace  # each stream takes about this long
     assert elapsed < 2.5 * one_stream, f"{n} streams took {elapsed:.2f}s: they queued"
+
+
+def test_openai_chat_stream_without_include_usage_has_no_usage_chunk(proxy, client):
+    """Clients that did not ask for it must not get the `choices: []` chunk (some read
+    choices[0] of every chunk)."""
+    body = {"model": "to-anthropic", "stream": True, "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Say hi"}]}
+    r = client.post("https://api.openai.com/v1/chat/completions", json=body,
+                    headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert chunks and all(c["choices"] for c in chunks)
+    assert r.text.rstrip().endswith("data: [DONE]")
