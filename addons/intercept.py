@@ -124,7 +124,8 @@ class Interceptor:
                 job.canonical()
             except canonical.TranslationError as e:
                 return self._reject(flow, fmt, row, 400, f"invalid request: {e}")
-        flow.metadata[META] = {"client_format": fmt, "model": model, "stream": row.stream}
+        flow.metadata[META] = {"client_format": fmt, "model": model, "stream": row.stream,
+                               "url": req.pretty_url}
         flow.marked = MARK
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
@@ -256,7 +257,10 @@ class Interceptor:
         route = " -> ".join(
             f"{a['provider']}/{a['account']} {a.get('status') or a.get('error', '')}".strip()
             for a in row.route)
-        flow.comment = (f"detour: {job.client_format} {job.model} -> "
+        # a relayed flow shows the relay's address in mitmweb: say what the client called
+        url = flow.metadata.get(META, {}).get("url")
+        origin = f" (called {url})" if url and url != flow.request.pretty_url else ""
+        flow.comment = (f"detour: {job.client_format} {job.model}{origin} -> "
                         f"{row.provider or '-'} ({row.model_upstream or '-'}) {row.status}"
                         f" | {route}" + (f" | {row.error}" if row.error else ""))
         flow.metadata[META] = dict(flow.metadata.get(META, {}), route=row.route,
