@@ -11,6 +11,14 @@ canonical -> Anthropic gives back an equal request. Choices a reader must know:
 - A ToolUse with `raw_arguments` (argument text that was not a JSON object) is written with input
   `{"_raw_arguments": "<text>"}`, so the model and client see what was produced and the tool's
   schema check fails visibly rather than a tool running without arguments; decoding reverses it.
+- Anthropic rejects empty text blocks and empty messages: `encode_request` leaves out empty Text
+  parts (a Chat assistant turn's `"content": ""` beside its tool_calls) and messages left with no
+  content, and sends tool_choice only with tools.
+- A mid-conversation system message is sent as `role: system` only to a client that sent it so
+  (Claude Code, with its mid-conversation-system beta; decode_request marks such requests in
+  extras). From any other client (a Chat system or developer message) it becomes user text in
+  `<system-reminder>` tags, Claude Code's own convention, merged into the neighbouring user turn
+  (after its tool_results, which Anthropic wants first), so roles still alternate.
 - Anthropic requires max_tokens: without one, DEFAULT_MAX_TOKENS (above any thinking budget).
 - Canonical stop reason "error" is sent as "end_turn"; Anthropic's
   "model_context_window_exceeded" is read as "max_tokens", unknown ones as "end_turn".
@@ -20,6 +28,7 @@ import json
 from typing import Any
 
 from . import canonical as c
+from .canonical import dumps_compact, fail, need
 from .sse import SSEParser
 
 STREAM_CONTENT_TYPE = "text/event-stream; charset=utf-8"
@@ -29,8 +38,9 @@ DEFAULT_MAX_TOKENS = 32000
 
 _P = "anthropic:"
 # Not top-level fields (a "/" cannot be in one): where custom tools' extra keys and server
-# tools wait for encode_request.
+# tools wait for encode_request, and the mark of a client that sends role=system messages.
 _TOOL_FIELDS, _SERVER_TOOLS = _P + "tools/fields", _P + "tools/server"
+_SYSTEM_MESSAGES = _P + "messages/system"
 _KNOWN_FIELDS = frozenset({
     "model", "messages", "system", "tools", "tool_choice", "max_tokens", "temperature", "top_p",
     "top_k", "stop_sequences", "stream", "thinking", "output_config", "metadata",
@@ -42,24 +52,8 @@ _RAW_ARGS = "_raw_arguments"
 
 
 # ---------------------------------------------------------------- validation helpers
-_WHAT = {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-         int: "an integer", (int, float): "a number"}
-
-
-def _fail(message: str, path: str):
-    raise c.TranslationError(message, path)
-
-
-def _need(v: Any, t: type | tuple, path: str, optional: bool = False) -> Any:
-    """`v` if it is a `t` (or None, when optional); else a TranslationError naming `path`.
-    JSON true/false are never numbers, though Python's bool is an int."""
-    if (isinstance(v, t) and (t is bool or not isinstance(v, bool))) or (optional and v is None):
-        return v
-    _fail(f"must be {_WHAT[t]}, not {type(v).__name__}", path)
-
-
 def _get(d: dict, key: str, t: type, path: str, optional: bool = False) -> Any:
-    return _need(d.get(key), t, f"{path}.{key}" if path else key, optional)
+    return need(d.get(key), t, f"{path}.{key}" if path else key, optional)
 
 
 def _cache(block: dict, path: str) -> dict | None:
@@ -75,20 +69,20 @@ def _with_cache(block: dict, cc: dict | None) -> dict:
 # ---------------------------------------------------------------- requests: decode
 def decode_request(body: dict) -> c.Request:
     """An Anthropic Messages request body -> canonical; TranslationError names a bad field."""
-    _need(body, dict, "")
+    need(body, dict, "")
     model, msgs = body.get("model"), body.get("messages")
     if not isinstance(model, str) or not model:
-        _fail("required: a non-empty string", "model")
+        fail("required: a non-empty string", "model")
     if not isinstance(msgs, list) or not msgs:
-        _fail("required: a non-empty list", "messages")
+        fail("required: a non-empty list", "messages")
     messages = tuple(_decode_message(m, f"messages[{i}]") for i, m in enumerate(msgs))
     extras: dict[str, Any] = {}
     tools = _decode_tools(body.get("tools"), extras)
     max_tokens = _get(body, "max_tokens", int, "", True)
     if max_tokens is not None and max_tokens < 1:
-        _fail("must be a positive integer", "max_tokens")
+        fail("must be a positive integer", "max_tokens")
     stop = _get(body, "stop_sequences", list, "", True) or ()
-    stop = tuple(_need(s, str, f"stop_sequences[{i}]") for i, s in enumerate(stop))
+    stop = tuple(need(s, str, f"stop_sequences[{i}]") for i, s in enumerate(stop))
     stream = _get(body, "stream", bool, "", True)
     # output_config.effort and metadata.user_id have slots; their siblings wait in extras
     slots: dict[str, str | None] = {}
@@ -101,21 +95,23 @@ def decode_request(body: dict) -> c.Request:
     for k, v in body.items():
         if k not in _KNOWN_FIELDS:
             extras[_P + k] = v
+    if any(m.role == "system" for m in messages):
+        extras[_SYSTEM_MESSAGES] = True
     system = body.get("system")
     return c.Request(
         model=model, messages=messages,
         system=() if system is None else _decode_content(system, "system", ("text",)),
         tools=tools, tool_choice=_decode_tool_choice(body.get("tool_choice")),
-        max_tokens=max_tokens, temperature=_get(body, "temperature", (int, float), "", True),
-        top_p=_get(body, "top_p", (int, float), "", True), top_k=_get(body, "top_k", int, "", True),
+        max_tokens=max_tokens, temperature=_get(body, "temperature", c.NUMBER, "", True),
+        top_p=_get(body, "top_p", c.NUMBER, "", True), top_k=_get(body, "top_k", int, "", True),
         stop=stop, stream=bool(stream), thinking=_get(body, "thinking", dict, "", True),
         reasoning_effort=slots.get("output_config"), user=slots.get("metadata"), extras=extras)
 
 
 def _decode_message(m: Any, path: str) -> c.Message:
-    role = _need(m, dict, path).get("role")
+    role = need(m, dict, path).get("role")
     if role not in ("user", "assistant", "system"):
-        _fail(f"must be user, assistant or system, not {role!r}", path + ".role")
+        fail(f"must be user, assistant or system, not {role!r}", path + ".role")
     return c.Message(role, _decode_content(m.get("content"), path + ".content"))
 
 
@@ -124,15 +120,15 @@ def _decode_content(content: Any, path: str, only: tuple[str, ...] = ()) -> tupl
     if isinstance(content, str):
         return (c.Text(content),)
     if not isinstance(content, list):
-        _fail("must be a string or a list of content blocks", path)
+        fail("must be a string or a list of content blocks", path)
     for i, b in enumerate(content if only else ()):
         if isinstance(b, dict) and b.get("type") not in only:
-            _fail(f"only {', '.join(only)} blocks are allowed here", f"{path}[{i}].type")
+            fail(f"only {', '.join(only)} blocks are allowed here", f"{path}[{i}].type")
     return tuple(_decode_block(b, f"{path}[{i}]") for i, b in enumerate(content))
 
 
 def _decode_block(b: Any, path: str) -> c.Part:
-    t = _need(b, dict, path).get("type")
+    t = need(b, dict, path).get("type")
     if t == "text":
         return c.Text(_get(b, "text", str, path), _cache(b, path))
     if t == "image":
@@ -145,7 +141,7 @@ def _decode_block(b: Any, path: str) -> c.Part:
         if kind == "url":
             return c.Image(url=_get(src, "url", str, path + ".source"),
                            cache_control=_cache(b, path))
-        _fail(f"unsupported image source type {kind!r}", path + ".source.type")
+        fail(f"unsupported image source type {kind!r}", path + ".source.type")
     if t == "tool_use":
         inp = _get(b, "input", dict, path)
         raw = inp.get(_RAW_ARGS)
@@ -155,7 +151,7 @@ def _decode_block(b: Any, path: str) -> c.Part:
                          raw if isinstance(raw, str) else None, _cache(b, path))
     if t == "tool_result":
         if not _get(b, "tool_use_id", str, path):
-            _fail("must not be empty", path + ".tool_use_id")
+            fail("must not be empty", path + ".tool_use_id")
         content = b.get("content")
         parts = () if content is None else _decode_content(content, path + ".content",
                                                            ("text", "image"))
@@ -166,14 +162,14 @@ def _decode_block(b: Any, path: str) -> c.Part:
                           signature=_get(b, "signature", str, path, True) or None)
     if t == "redacted_thinking":
         return c.Thinking("", redacted=_get(b, "data", str, path))
-    _fail(f"unknown content block type {t!r}", path + ".type")
+    fail(f"unknown content block type {t!r}", path + ".type")
 
 
 def _decode_tools(tools: Any, extras: dict) -> tuple[c.Tool, ...]:
     out, fields, server = [], {}, []
-    for i, t in enumerate(_need(tools, list, "tools", True) or ()):
+    for i, t in enumerate(need(tools, list, "tools", True) or ()):
         path = f"tools[{i}]"
-        if _need(t, dict, path).get("type", "custom") not in ("custom", None):
+        if need(t, dict, path).get("type", "custom") not in ("custom", None):
             server.append([i, t])  # server tools (web_search_..., bash_...): no canonical form
             continue
         name = _get(t, "name", str, path)
@@ -191,9 +187,9 @@ def _decode_tools(tools: Any, extras: dict) -> tuple[c.Tool, ...]:
 def _decode_tool_choice(tc: Any) -> c.ToolChoice | None:
     if tc is None:
         return None
-    mode = _need(tc, dict, "tool_choice").get("type")
+    mode = need(tc, dict, "tool_choice").get("type")
     if mode not in ("auto", "any", "none", "tool"):
-        _fail(f"must be auto, any, none or tool, not {mode!r}", "tool_choice.type")
+        fail(f"must be auto, any, none or tool, not {mode!r}", "tool_choice.type")
     name = _get(tc, "name", str, "tool_choice") if mode == "tool" else None
     disable = _get(tc, "disable_parallel_tool_use", bool, "tool_choice", True)
     return c.ToolChoice(mode, name, None if disable is None else not disable)
@@ -202,30 +198,26 @@ def _decode_tool_choice(tc: Any) -> c.ToolChoice | None:
 # ---------------------------------------------------------------- requests: encode
 def encode_request(req: c.Request, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> dict:
     """Canonical -> an Anthropic Messages request body."""
-    system = [_encode_part(t) for t in req.system]
+    system = [_encode_part(t) for t in req.system if t.text]
     messages = list(req.messages)
     # System messages before the first turn belong in `system`: a leading role=system message
     # is not what the mid-conversation-system beta is for.
     while messages and messages[0].role == "system" and all(
             type(p) is c.Text for p in messages[0].parts):
-        system.extend(_encode_part(t) for t in messages.pop(0).parts)
-    out: dict[str, Any] = {"model": req.model, "messages": []}
-    for m in messages:
-        blocks = [_encode_part(p) for p in m.parts
-                  if type(p) is not c.Thinking or p.redacted is not None or p.signature]
-        if blocks or not m.parts:  # a message made only of unsigned thinking is left out
-            out["messages"].append({"role": m.role, "content": _content_value(blocks)})
+        system.extend(_encode_part(t) for t in messages.pop(0).parts if t.text)
+    out: dict[str, Any] = {"model": req.model, "messages": _encode_messages(
+        messages, len(req.messages) - len(messages), _SYSTEM_MESSAGES in req.extras)}
     if system:
         out["system"] = _content_value(system)
     if req.tools or _SERVER_TOOLS in req.extras:
         out["tools"] = _encode_tools(req)
-    if (tc := req.tool_choice) is not None:
-        choice: dict[str, Any] = {"type": tc.mode}
-        if tc.mode == "tool":
-            choice["name"] = tc.name
-        if tc.parallel is not None:
-            choice["disable_parallel_tool_use"] = not tc.parallel
-        out["tool_choice"] = choice
+        if (tc := req.tool_choice) is not None:  # Anthropic rejects a tool_choice without tools
+            choice: dict[str, Any] = {"type": tc.mode}
+            if tc.mode == "tool":
+                choice["name"] = tc.name
+            if tc.parallel is not None:
+                choice["disable_parallel_tool_use"] = not tc.parallel
+            out["tool_choice"] = choice
     max_tokens = req.max_tokens
     if max_tokens is None:
         budget = (req.thinking or {}).get("budget_tokens")
@@ -248,6 +240,55 @@ def encode_request(req: c.Request, default_max_tokens: int = DEFAULT_MAX_TOKENS)
         if key.startswith(_P) and "/" not in key:
             out.setdefault(key[len(_P):], value)
     return out
+
+
+def _sendable(p: c.Part) -> bool:
+    """Anthropic rejects empty text blocks, and thinking without a signature (another provider's
+    reasoning)."""
+    t = type(p)
+    if t is c.Text:
+        return bool(p.text)
+    return t is not c.Thinking or p.redacted is not None or bool(p.signature)
+
+
+def _encode_messages(messages: list[c.Message], offset: int, keep_system: bool) -> list[dict]:
+    """The `messages` list; `offset` is the index of messages[0] in the request (for errors)."""
+    turns: list[tuple[str, list[dict]]] = []  # role ("reminder": a system message to place)
+    for i, m in enumerate(messages, offset):
+        if m.role == "system" and not keep_system:
+            if reminder := _system_reminder(m, f"messages[{i}]"):
+                turns.append(("reminder", [reminder]))
+        elif blocks := [_encode_part(p) for p in m.parts if _sendable(p)]:
+            turns.append((m.role, blocks))  # a message left with nothing is left out
+    out: list[dict] = []
+    for k, (role, blocks) in enumerate(turns):
+        if role == "reminder":
+            if out and out[-1]["role"] == "user":  # at the end of the user turn before it
+                out[-1]["content"] += blocks
+                continue
+            if k + 1 < len(turns) and turns[k + 1][0] == "user":  # or at the start of the next,
+                after = turns[k + 1][1]  # after its tool_results (Anthropic wants those first)
+                at = next((j for j, b in enumerate(after) if b["type"] != "tool_result"),
+                          len(after))
+                after[at:at] = blocks
+                continue
+            role = "user"  # between two assistant turns: a user turn of its own
+        out.append({"role": role, "content": blocks})
+    for m in out:
+        m["content"] = _content_value(m["content"])
+    return out
+
+
+def _system_reminder(m: c.Message, path: str) -> dict | None:
+    """A system message as a user turn's text block (None when it holds no text)."""
+    if any(type(p) is not c.Text for p in m.parts):
+        fail("a system message can only carry text", path)
+    texts = [p for p in m.parts if p.text]
+    if not texts:
+        return None
+    body = "\n\n".join(p.text for p in texts)
+    return _with_cache({"type": "text", "text": f"<system-reminder>\n{body}\n</system-reminder>"},
+                       texts[-1].cache_control)
 
 
 def _content_value(blocks: list[dict]) -> str | list[dict]:
@@ -318,6 +359,7 @@ def _encode_tools(req: c.Request) -> list[dict]:
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_input_tokens",
                "cache_creation_input_tokens")  # in canonical Usage's order
 _RESPONSE_PARTS = (c.Text, c.Thinking, c.ToolUse)
+_BLOCK_KINDS = frozenset({"text", "thinking", "redacted_thinking", "tool_use"})  # canonical ones
 
 
 def _usage(u: Any) -> c.Usage:
@@ -342,11 +384,14 @@ def _encode_stop_reason(v: c.StopReason | None) -> str | None:
 
 
 def decode_response(body: dict) -> c.Response:
-    """A non-streamed Anthropic Messages response -> canonical."""
-    content = _get(_need(body, dict, ""), "content", list, "")
+    """A non-streamed Anthropic Messages response -> canonical. Blocks without a canonical kind
+    (server_tool_use, web_search_tool_result, ...) are skipped, as StreamDecoder skips them."""
+    content = _get(need(body, dict, ""), "content", list, "")
     return c.Response(
         _get(body, "id", str, ""), _get(body, "model", str, ""),
-        _decode_content(content, "content", ("text", "thinking", "redacted_thinking", "tool_use")),
+        tuple(_decode_block(b, f"content[{i}]") for i, b in enumerate(content)
+              if not (isinstance(b, dict) and isinstance(b.get("type"), str)
+                      and b["type"] not in _BLOCK_KINDS)),
         _stop_reason(_get(body, "stop_reason", str, "", True)), _usage(body.get("usage")),
         _get(body, "stop_sequence", str, "", True))
 
@@ -362,14 +407,13 @@ def encode_response(resp: c.Response) -> dict:
 
 
 # ---------------------------------------------------------------- streams: decode
-_BLOCK_KINDS = frozenset({"text", "thinking", "redacted_thinking", "tool_use"})
 _DELTAS = {"text_delta": (c.TextDelta, "text"), "thinking_delta": (c.ThinkingDelta, "thinking"),
            "input_json_delta": (c.ToolInputDelta, "partial_json"),
            "signature_delta": (c.SignatureDelta, "signature")}
 
 
 def _s(v: Any) -> str:
-    return _need(v, str, "a stream event field")
+    return need(v, str, "a stream event field")
 
 
 class StreamDecoder:
@@ -381,7 +425,7 @@ class StreamDecoder:
     renumbered, since canonical indexes must run 0, 1, 2, ...
     """
 
-    __slots__ = ("_sse", "_grammar", "_index", "_skipped", "_finished", "usage", "stop_reason")
+    __slots__ = ("_sse", "_grammar", "_index", "_skipped", "_finished", "usage")
 
     def __init__(self):
         self._sse = SSEParser()
@@ -390,7 +434,6 @@ class StreamDecoder:
         self._skipped: set[int] = set()
         self._finished = False  # message_stop or an error emitted: the rest is ignored
         self.usage = c.Usage()
-        self.stop_reason: c.StopReason | None = None
 
     def feed(self, chunk: bytes) -> list[c.Event]:
         return [] if self._finished else self._run(self._sse.feed(chunk))
@@ -420,7 +463,7 @@ class StreamDecoder:
     def _handle(self, name: str, data: str, out: list) -> None:
         try:
             payload = json.loads(data) if data else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply for json
             return self._error(out, f"malformed JSON in upstream {name or 'SSE'} event")
         if not isinstance(payload, dict):
             return self._error(out, f"upstream {name or 'SSE'} event is not a JSON object")
@@ -459,9 +502,8 @@ class StreamDecoder:
         elif kind == "message_delta":
             delta = p.get("delta") or {}
             self.usage = self.usage.merge(_usage(p.get("usage")))
-            self.stop_reason = _stop_reason(delta.get("stop_reason"))
             seq = delta.get("stop_sequence")
-            self._emit(out, c.MessageDelta(self.stop_reason, self.usage,
+            self._emit(out, c.MessageDelta(_stop_reason(delta.get("stop_reason")), self.usage,
                                            None if seq is None else _s(seq)))
         elif kind == "message_stop":
             self._emit(out, c.MessageStop())
@@ -484,7 +526,7 @@ class StreamDecoder:
             self._emit(out, c.BlockStart(i, bt, tool_id=_s(block["id"]),
                                          tool_name=_s(block["name"])))
             if inp := block.get("input"):  # always {} when streamed; kept if not
-                self._emit(out, c.ToolInputDelta(i, json.dumps(inp)))
+                self._emit(out, c.ToolInputDelta(i, dumps_compact(inp).decode()))
         elif bt == "redacted_thinking":
             self._emit(out, c.BlockStart(i, bt, redacted=_s(block["data"])))
         else:
@@ -496,25 +538,13 @@ class StreamDecoder:
 
 
 # ---------------------------------------------------------------- streams: encode
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def _j(value: Any) -> bytes:
-    """Compact JSON as UTF-8; a lone surrogate (not encodable) falls back to \\u escapes."""
-    try:
-        return _dumps(value).encode()
-    except UnicodeEncodeError:
-        return _dumps_ascii(value).encode()
-
-
 def _event(name: str, payload: dict) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (name.encode(), _j(payload))
+    return b"event: %s\ndata: %s\n\n" % (name.encode(), dumps_compact(payload))
 
 
 def _delta(index: int, kind: bytes, field: bytes, value: str) -> bytes:
     return (b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
-            b'"delta":{"type":"%s","%s":%s}}\n\n' % (index, kind, field, _j(value)))
+            b'"delta":{"type":"%s","%s":%s}}\n\n' % (index, kind, field, dumps_compact(value)))
 
 
 _EMPTY_BLOCKS = {"text": {"type": "text", "text": ""},
@@ -555,12 +585,11 @@ _ENCODERS = {
                   "stop_sequence": ev.stop_sequence},
         "usage": _encode_usage(ev.usage)}),
     c.MessageStop: lambda ev: b'event: message_stop\ndata: {"type":"message_stop"}\n\n',
-    c.StreamError: lambda ev: _event("error", {
-        "type": "error", "error": {"type": ev.kind, "message": ev.message}}),
+    c.StreamError: lambda ev: _event("error", _error_object(ev.kind, ev.message)),
 }
 
 
-class StreamEncoder:
+class StreamEncoder(c.EventEncoder):
     """Canonical events -> Anthropic SSE bytes. Every event is checked against StreamGrammar
     first: an illegal order raises StreamProtocolError instead of reaching the client."""
 
@@ -573,21 +602,12 @@ class StreamEncoder:
         self._grammar.check(event)
         return _ENCODERS[type(event)](event)
 
-    def encode_all(self, events) -> bytes:
-        return b"".join([self.encode(ev) for ev in events])
-
 
 # ---------------------------------------------------------------- errors
-_ERROR_KINDS = {
-    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
-    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-    429: "rate_limit_error", 529: "overloaded_error",
-}
+def _error_object(kind: str, message: str) -> dict:
+    return {"type": "error", "error": {"type": kind, "message": message}}
 
 
 def error_body(status: int, message: str, kind: str | None = None) -> bytes:
-    """An Anthropic error body; `kind` defaults from the status (5xx: api_error)."""
-    if kind is None:
-        kind = _ERROR_KINDS.get(status) or (
-            "api_error" if status >= 500 else "invalid_request_error")
-    return _j({"type": "error", "error": {"type": kind, "message": message}})
+    """An Anthropic error body; `kind` defaults from the status (canonical.error_kind)."""
+    return dumps_compact(_error_object(kind or c.error_kind(status), message))

@@ -9,12 +9,16 @@ Usage follows Anthropic's accounting, because it is the only one that keeps ever
 `input_tokens` are the prompt tokens that were neither read from nor written to a cache;
 `cache_read_tokens` and `cache_write_tokens` are the cached ones; `output_tokens` include
 `reasoning_tokens`. OpenAI's `prompt_tokens` is therefore input + cache_read + cache_write.
+
+At the end, what every format module shares: field checks (`need`, `fail`), compact JSON
+(`dumps_compact`) and the error kinds with their HTTP statuses (`ERROR_KINDS`, `error_kind`).
 """
 
+import dataclasses
 import enum
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 
 class TranslationError(ValueError):
@@ -89,8 +93,9 @@ Role = Literal["user", "assistant", "system"]
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One turn. `role="system"` occurs mid-conversation (Claude Code's
-    mid-conversation-system beta) besides the request's top-level `system`."""
+    """One turn. `role="system"` is an instruction given mid-conversation (a Chat system or
+    developer message, or Claude Code's mid-conversation-system beta), besides the request's
+    top-level `system`."""
 
     role: Role
     parts: tuple[Part, ...]
@@ -250,8 +255,8 @@ class Ping:
 
 @dataclass(frozen=True, slots=True)
 class StreamError:
-    """The stream failed after it began; `kind` uses Anthropic's error types
-    (api_error, overloaded_error, rate_limit_error, invalid_request_error, ...)."""
+    """The stream failed after it began; `kind` is one of ERROR_KINDS (Anthropic's error types:
+    api_error, overloaded_error, rate_limit_error, invalid_request_error, ...)."""
 
     kind: str
     message: str
@@ -347,6 +352,39 @@ class StreamGrammar:
         return self.state is StreamState.DONE
 
 
+class EventEncoder:
+    """Base of the format modules' StreamEncoders: `encode(event) -> bytes` is theirs."""
+
+    __slots__ = ()
+
+    def encode(self, event: Event) -> bytes:
+        raise NotImplementedError
+
+    def encode_all(self, events) -> bytes:
+        return b"".join([self.encode(ev) for ev in events])
+
+
+class _OpenBlock:
+    """What collect_response knows of the block being streamed."""
+
+    __slots__ = ("start", "chunks", "signature")
+
+    def __init__(self, start: BlockStart):
+        self.start = start
+        self.chunks: list[str] = []  # text, thinking or tool argument pieces
+        self.signature: str | None = None
+
+    def part(self) -> Part:
+        start, text = self.start, "".join(self.chunks)
+        if start.kind == "text":
+            return Text(text)
+        if start.kind == "thinking":
+            return Thinking(text, signature=self.signature)
+        if start.kind == "redacted_thinking":
+            return Thinking("", redacted=start.redacted)
+        return tool_use_from_arguments(start.tool_id, start.tool_name, text)
+
+
 def collect_response(events: list[Event]) -> Response:
     """Fold a complete canonical event stream into a Response (a non-streamed client served by a
     streaming provider, and the round-trip tests)."""
@@ -354,30 +392,22 @@ def collect_response(events: list[Event]) -> Response:
     stop_reason: StopReason | None = None
     stop_sequence = None
     parts: list[Part] = []
-    cur: dict | None = None
+    block: _OpenBlock | None = None
     for ev in events:
         t = type(ev)
-        if t is MessageStart:
-            msg_id, model, usage = ev.id, ev.model, usage.merge(ev.usage)
-        elif t is BlockStart:
-            cur = {"kind": ev.kind, "text": [], "sig": None, "id": ev.tool_id,
-                   "name": ev.tool_name, "redacted": ev.redacted}
-        elif t is TextDelta or t is ThinkingDelta or t is ToolInputDelta:
-            cur["text"].append(ev.text if t is not ToolInputDelta else ev.partial_json)
+        if t is TextDelta or t is ThinkingDelta:
+            block.chunks.append(ev.text)
+        elif t is ToolInputDelta:
+            block.chunks.append(ev.partial_json)
         elif t is SignatureDelta:
-            cur["sig"] = (cur["sig"] or "") + ev.signature
+            block.signature = (block.signature or "") + ev.signature
+        elif t is BlockStart:
+            block = _OpenBlock(ev)
         elif t is BlockStop:
-            text = "".join(cur["text"])
-            kind = cur["kind"]
-            if kind == "text":
-                parts.append(Text(text))
-            elif kind == "thinking":
-                parts.append(Thinking(text, signature=cur["sig"]))
-            elif kind == "redacted_thinking":
-                parts.append(Thinking("", redacted=cur["redacted"]))
-            else:
-                parts.append(tool_use_from_arguments(cur["id"], cur["name"], text))
-            cur = None
+            parts.append(block.part())
+            block = None
+        elif t is MessageStart:
+            msg_id, model, usage = ev.id, ev.model, usage.merge(ev.usage)
         elif t is MessageDelta:
             stop_reason, stop_sequence = ev.stop_reason, ev.stop_sequence
             usage = usage.merge(ev.usage)
@@ -393,7 +423,7 @@ def tool_use_from_arguments(tool_id: str, name: str, arguments: str) -> ToolUse:
         return ToolUse(tool_id, name, {})
     try:
         value = json.loads(arguments)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply for json
         return ToolUse(tool_id, name, {}, raw_arguments=arguments)
     if not isinstance(value, dict):
         return ToolUse(tool_id, name, {}, raw_arguments=arguments)
@@ -403,9 +433,9 @@ def tool_use_from_arguments(tool_id: str, name: str, arguments: str) -> ToolUse:
 def response_to_events(resp: Response) -> list[Event]:
     """A whole Response as the event stream that would have carried it (a provider that
     answered a streamed request in one piece still reaches a streaming client as a stream)."""
-    events: list[Event] = [MessageStart(resp.id, resp.model, Usage(resp.usage.input_tokens, 0,
-                                                                   resp.usage.cache_read_tokens,
-                                                                   resp.usage.cache_write_tokens))]
+    # the prompt figures are known at the start, the output ones only at the end
+    start_usage = dataclasses.replace(resp.usage, output_tokens=0, reasoning_tokens=0)
+    events: list[Event] = [MessageStart(resp.id, resp.model, start_usage)]
     for i, part in enumerate(resp.parts):
         t = type(part)
         if t is Text:
@@ -419,11 +449,72 @@ def response_to_events(resp: Response) -> list[Event]:
                 events.append(SignatureDelta(i, part.signature))
             events.append(BlockStop(i))
         elif t is ToolUse:
-            args = part.raw_arguments if part.raw_arguments is not None else json.dumps(
-                part.input, separators=(",", ":"), ensure_ascii=False)
+            args = part.raw_arguments if part.raw_arguments is not None else dumps_compact(
+                part.input).decode()
             events += [BlockStart(i, "tool_use", tool_id=part.id, tool_name=part.name),
                        ToolInputDelta(i, args), BlockStop(i)]
         else:
             raise TranslationError(f"a response cannot contain a {t.__name__} part")
     events += [MessageDelta(resp.stop_reason, resp.usage, resp.stop_sequence), MessageStop()]
     return events
+
+
+# ---------------------------------------------------------------- shared by the format modules
+
+
+def fail(message: str, path: str) -> NoReturn:
+    raise TranslationError(message, path)
+
+
+NUMBER = (int, float)
+_WHAT = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+         int: "an integer", NUMBER: "a number"}
+_JSON_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "an integer", float: "a number", type(None): "null"}
+
+
+def need(value: Any, kind: type | tuple, path: str, optional: bool = False) -> Any:
+    """`value` if it is a `kind` (or None, when optional), else a TranslationError naming `path`.
+    JSON true/false are never numbers, though Python's bool is an int."""
+    if (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))) or (
+            optional and value is None):
+        return value
+    fail(f"must be {_WHAT[kind]}, not {_JSON_NAMES.get(type(value), type(value).__name__)}",
+         path)
+
+
+_dumps_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def dumps_compact(value: Any) -> bytes:
+    """Compact JSON as UTF-8 (every encoder's output, so the encoders are built once). A lone
+    surrogate, which upstream JSON can carry ("\\ud83d") but UTF-8 cannot, falls back to \\u
+    escapes; nesting too deep for the encoder is a TranslationError."""
+    try:
+        try:
+            return _dumps_utf8(value).encode()
+        except UnicodeEncodeError:
+            return _dumps_ascii(value).encode()
+    except RecursionError:
+        raise TranslationError("a value nested too deeply to encode as JSON") from None
+
+
+# Canonical error kinds are Anthropic's error types. HTTP status -> kind, as Anthropic documents
+# it (docs.anthropic.com/en/api/errors); 422 is a request the server could not use. Other 4xx are
+# invalid_request_error, other 5xx api_error (Anthropic sends no 503; an OpenAI-compatible 503
+# is a generic server failure, not Anthropic's overload).
+ERROR_KINDS = frozenset({
+    "invalid_request_error", "authentication_error", "billing_error", "permission_error",
+    "not_found_error", "request_too_large", "rate_limit_error", "timeout_error", "api_error",
+    "overloaded_error"})
+_STATUS_KINDS = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
+    403: "permission_error", 404: "not_found_error", 413: "request_too_large",
+    422: "invalid_request_error", 429: "rate_limit_error", 500: "api_error",
+    504: "timeout_error", 529: "overloaded_error"}
+
+
+def error_kind(status: int) -> str:
+    """The canonical error kind for an HTTP status."""
+    return _STATUS_KINDS.get(status) or ("api_error" if status >= 500 else "invalid_request_error")

@@ -15,19 +15,12 @@ import time
 from dataclasses import dataclass, field
 
 from translators import canonical as c
+from translators.canonical import dumps_compact, fail, need
 from translators.sse import SSEParser
 
 STREAM_CONTENT_TYPE = "text/event-stream"
 JSON_CONTENT_TYPE = "application/json"
 _EXTRA = "openai_chat:"  # our keys in Request.extras
-
-
-def _dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _fail(message: str, path: str):
-    raise c.TranslationError(message, path)
 
 
 FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -49,7 +42,7 @@ def _stop_reason(finish, has_tool_calls: bool) -> c.StopReason | None:
 
 
 def _count(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, c.NUMBER) or value < 0:
         return 0
     return int(value)
 
@@ -89,21 +82,11 @@ _REQUEST_FIELDS = frozenset({
     "max_completion_tokens", "temperature", "top_p", "stop", "stream", "stream_options",
     "reasoning_effort", "user"})
 _TOOL_CHOICE_MODES = {"auto": "auto", "none": "none", "required": "any"}
-_WHAT = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-         int: "an integer", int | float: "a number"}
-
-
-def _need(value, kind, path: str, optional: bool = False):
-    """`value` if it is of `kind` (a bool is not a number), else TranslationError at `path`."""
-    if (value is None and optional) or (
-            isinstance(value, kind) and (kind is bool or not isinstance(value, bool))):
-        return value
-    _fail(f"must be {_WHAT[kind]}", path)
 
 
 def _name(value, path: str) -> str:
     if not isinstance(value, str) or not value:
-        _fail("must be a non-empty string", path)
+        fail("must be a non-empty string", path)
     return value
 
 
@@ -111,13 +94,13 @@ def _part(content: list, i: int, path: str, allowed: frozenset):
     p = f"{path}[{i}]"
     part = content[i]
     kind = part.get("type") if isinstance(part, dict) else None
-    if kind not in allowed:
-        _fail(f"unsupported content part type {kind!r}", p)
-    cache = _need(part.get("cache_control"), dict, p + ".cache_control", optional=True)
+    if not isinstance(kind, str) or kind not in allowed:  # a list would not even hash
+        fail(f"unsupported content part type {kind!r}", p)
+    cache = need(part.get("cache_control"), dict, p + ".cache_control", optional=True)
     if kind != "image_url":  # {"type": "text", "text": ...} or {"type": "refusal", "refusal": ...}
-        return c.Text(_need(part.get(kind), str, f"{p}.{kind}"), cache)
+        return c.Text(need(part.get(kind), str, f"{p}.{kind}"), cache)
     url = part.get("image_url")
-    url = _need(url.get("url") if isinstance(url, dict) else url, str, p + ".image_url.url")
+    url = need(url.get("url") if isinstance(url, dict) else url, str, p + ".image_url.url")
     if url.startswith("data:"):
         header, sep, data = url[5:].partition(",")
         if sep and header.endswith(";base64"):
@@ -130,7 +113,7 @@ def _parts(content, path: str, allowed: frozenset) -> tuple:
     if isinstance(content, str):
         return (c.Text(content),)
     if not isinstance(content, list):
-        _fail("must be a string or an array of content parts", path)
+        fail("must be a string or an array of content parts", path)
     return tuple(_part(content, i, path, allowed) for i in range(len(content)))
 
 
@@ -140,15 +123,15 @@ _ASSISTANT = frozenset({"text", "refusal"})
 
 
 def _tool_call(call, path: str) -> c.ToolUse:
-    _need(call, dict, path)
+    need(call, dict, path)
     if call.get("type", "function") != "function":
-        _fail(f"unsupported tool call type {call.get('type')!r}", path + ".type")
-    ident = _need(call.get("id"), str, path + ".id")
-    fn = _need(call.get("function"), dict, path + ".function")
+        fail(f"unsupported tool call type {call.get('type')!r}", path + ".type")
+    ident = need(call.get("id"), str, path + ".id")
+    fn = need(call.get("function"), dict, path + ".function")
     name, args = _name(fn.get("name"), path + ".function.name"), fn.get("arguments")
     if isinstance(args, dict):  # some clients send the object itself
         return c.ToolUse(ident, name, args)
-    _need(args, str, path + ".function.arguments", optional=True)
+    need(args, str, path + ".function.arguments", optional=True)
     return c.tool_use_from_arguments(ident, name, args or "")
 
 
@@ -158,14 +141,14 @@ def _assistant_parts(m: dict, path: str) -> tuple:
     if reasoning is None:
         reasoning = m.get("reasoning")  # OpenRouter, vLLM
     if reasoning is not None:
-        parts.append(c.Thinking(_need(reasoning, str, path + ".reasoning_content")))
+        parts.append(c.Thinking(need(reasoning, str, path + ".reasoning_content")))
     if m.get("content") is not None:
         parts += _parts(m["content"], path + ".content", _ASSISTANT)
     if isinstance(m.get("refusal"), str) and m["refusal"]:
         parts.append(c.Text(m["refusal"]))
     if m.get("function_call") is not None:
-        _fail("the legacy function_call is not supported; use tool_calls", path + ".function_call")
-    calls = _need(m.get("tool_calls"), list, path + ".tool_calls", optional=True) or ()
+        fail("the legacy function_call is not supported; use tool_calls", path + ".function_call")
+    calls = need(m.get("tool_calls"), list, path + ".tool_calls", optional=True) or ()
     parts += [_tool_call(call, f"{path}.tool_calls[{i}]") for i, call in enumerate(calls)]
     return tuple(parts)
 
@@ -176,9 +159,9 @@ def _decode_messages(messages: list) -> tuple[list, list]:
     results: list | None = None  # the ToolResults of a run of consecutive tool messages
     for i, m in enumerate(messages):
         path = f"messages[{i}]"
-        role = _need(m, dict, path).get("role")
+        role = need(m, dict, path).get("role")
         if role == "tool":
-            call_id = _need(m.get("tool_call_id"), str, path + ".tool_call_id")
+            call_id = need(m.get("tool_call_id"), str, path + ".tool_call_id")
             content = m.get("content")
             content = () if content in (None, "") else _parts(content, path + ".content", _USER)
             if results is None:
@@ -199,23 +182,23 @@ def _decode_messages(messages: list) -> tuple[list, list]:
         elif role == "assistant":
             out.append(c.Message("assistant", _assistant_parts(m, path)))
         else:
-            _fail(f"unsupported role {role!r}", path + ".role")  # incl. the legacy "function"
+            fail(f"unsupported role {role!r}", path + ".role")  # incl. the legacy "function"
     return system, out
 
 
 def _tool(tool, path: str) -> c.Tool:
     if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-        _fail("only function tools are supported", path)
-    fn = _need(tool.get("function"), dict, path + ".function")
-    params = _need(fn.get("parameters"), dict, path + ".function.parameters", optional=True)
+        fail("only function tools are supported", path)
+    fn = need(tool.get("function"), dict, path + ".function")
+    params = need(fn.get("parameters"), dict, path + ".function.parameters", optional=True)
     return c.Tool(_name(fn.get("name"), path + ".function.name"),
-                  _need(fn.get("description"), str, path + ".function.description", True),
+                  need(fn.get("description"), str, path + ".function.description", True),
                   {"type": "object", "properties": {}} if params is None else params,
-                  _need(tool.get("cache_control"), dict, path + ".cache_control", True))
+                  need(tool.get("cache_control"), dict, path + ".cache_control", True))
 
 
 def _decode_tool_choice(choice, parallel) -> c.ToolChoice | None:
-    _need(parallel, bool, "parallel_tool_calls", optional=True)
+    need(parallel, bool, "parallel_tool_calls", optional=True)
     if choice is None:
         return None if parallel is None else c.ToolChoice("auto", parallel=parallel)
     if isinstance(choice, str) and choice in _TOOL_CHOICE_MODES:
@@ -224,33 +207,33 @@ def _decode_tool_choice(choice, parallel) -> c.ToolChoice | None:
         fn = choice.get("function")
         name = _name(fn.get("name") if isinstance(fn, dict) else None, "tool_choice.function.name")
         return c.ToolChoice("tool", name, parallel)
-    _fail("must be auto, none, required or {type: function, function: {name}}", "tool_choice")
+    fail("must be auto, none, required or {type: function, function: {name}}", "tool_choice")
 
 
 def decode_request(body: dict) -> c.Request:
-    _need(body, dict, "")
-    messages = _need(body.get("messages"), list, "messages")
+    need(body, dict, "")
+    messages = need(body.get("messages"), list, "messages")
     system, msgs = _decode_messages(messages)
-    tools = _need(body.get("tools"), list, "tools", optional=True) or ()
-    max_tokens = _need(body.get("max_completion_tokens"), int, "max_completion_tokens", True)
+    tools = need(body.get("tools"), list, "tools", optional=True) or ()
+    max_tokens = need(body.get("max_completion_tokens"), int, "max_completion_tokens", True)
     if max_tokens is None:
-        max_tokens = _need(body.get("max_tokens"), int, "max_tokens", optional=True)
+        max_tokens = need(body.get("max_tokens"), int, "max_tokens", optional=True)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = (stop,)
     elif stop is not None and not (isinstance(stop, list)
                                    and all(isinstance(s, str) for s in stop)):
-        _fail("must be a string or an array of strings", "stop")
+        fail("must be a string or an array of strings", "stop")
 
     def opt(key: str, kind):
-        return _need(body.get(key), kind, key, optional=True)
+        return need(body.get(key), kind, key, optional=True)
 
     return c.Request(
         model=_name(body.get("model"), "model"), messages=tuple(msgs), system=tuple(system),
         tools=tuple(_tool(t, f"tools[{i}]") for i, t in enumerate(tools)),
         tool_choice=_decode_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls")),
-        max_tokens=max_tokens, temperature=opt("temperature", int | float),
-        top_p=opt("top_p", int | float), stop=tuple(stop or ()), stream=bool(opt("stream", bool)),
+        max_tokens=max_tokens, temperature=opt("temperature", c.NUMBER),
+        top_p=opt("top_p", c.NUMBER), stop=tuple(stop or ()), stream=bool(opt("stream", bool)),
         reasoning_effort=opt("reasoning_effort", str), user=opt("user", str),
         extras={_EXTRA + k: v for k, v in body.items() if k not in _REQUEST_FIELDS})
 
@@ -286,11 +269,12 @@ def _encode_assistant(parts, markers: bool, path: str) -> dict:
             if p.redacted is None:
                 thinking.append(p.text)
         elif t is c.ToolUse:
-            args = p.raw_arguments if p.raw_arguments is not None else _dumps(p.input)
+            args = p.raw_arguments if p.raw_arguments is not None else dumps_compact(
+                p.input).decode()
             calls.append({"id": p.id, "type": "function",
                           "function": {"name": p.name, "arguments": args}})
         else:
-            _fail(f"an assistant message cannot carry a {t.__name__} in Chat", f"{path}.parts[{i}]")
+            fail(f"an assistant message cannot carry a {t.__name__} in Chat", f"{path}.parts[{i}]")
     marked = markers and any(t.cache_control is not None for t in texts)
     msg = {"role": "assistant", "content": _content(texts, marked, markers) if texts else None}
     if thinking:  # DeepSeek wants its reasoning passed back (peers.md item 4)
@@ -317,7 +301,7 @@ def _encode_user(m: c.Message, as_parts: bool, path: str) -> list[dict]:
         elif t is c.Text or t is c.Image:
             rest.append(p)
         else:
-            _fail(f"a user message cannot carry a {t.__name__}", f"{path}.parts[{i}]")
+            fail(f"a user message cannot carry a {t.__name__}", f"{path}.parts[{i}]")
     if images:
         out.append({"role": "user", "content": _content(images, True, as_parts)})
     if rest or not out:
@@ -356,7 +340,7 @@ def encode_request(req: c.Request, *, content_parts: bool = False,
             messages += _encode_user(m, content_parts, path)
         else:
             if any(type(p) is not c.Text for p in m.parts):
-                _fail("a system message can only carry text", path)
+                fail("a system message can only carry text", path)
             messages.append({"role": "system",
                              "content": _content(m.parts, content_parts, content_parts)})
     body: dict = {"model": req.model, "messages": messages, "stream": req.stream}
@@ -388,15 +372,15 @@ def encode_request(req: c.Request, *, content_parts: bool = False,
 
 
 def decode_response(body: dict) -> c.Response:
-    if _need(body, dict, "").get("error") and "choices" not in body:
-        _fail(_error_message(body["error"]), "error")
-    choices = _need(body.get("choices"), list, "choices")
+    if need(body, dict, "").get("error") and "choices" not in body:
+        fail(_error_message(body["error"]), "error")
+    choices = need(body.get("choices"), list, "choices")
     parts, stop = (), None
     if choices:  # n > 1 is not supported: choice 0 only
-        choice = _need(choices[0], dict, "choices[0]")
-        parts = _assistant_parts(_need(choice.get("message"), dict, "choices[0].message"),
+        choice = need(choices[0], dict, "choices[0]")
+        parts = _assistant_parts(need(choice.get("message"), dict, "choices[0].message"),
                                  "choices[0].message")
-        finish = _need(choice.get("finish_reason"), str, "choices[0].finish_reason", True)
+        finish = need(choice.get("finish_reason"), str, "choices[0].finish_reason", True)
         stop = _stop_reason(finish, any(type(p) is c.ToolUse for p in parts))
     ident, model = body.get("id"), body.get("model")
     return c.Response(ident if isinstance(ident, str) else "",
@@ -417,35 +401,33 @@ def encode_response(resp: c.Response, *, created: int | None = None) -> dict:
 
 # canonical (Anthropic) error kind -> OpenAI (type, code); unlisted kinds keep their name
 _KIND_TO_OPENAI = {"rate_limit_error": ("requests", "rate_limit_exceeded"),
+                   "billing_error": ("insufficient_quota", "insufficient_quota"),
                    "api_error": ("server_error", None), "overloaded_error": ("server_error", None),
+                   "timeout_error": ("server_error", None),
                    "not_found_error": ("invalid_request_error", None),
                    "request_too_large": ("invalid_request_error", None)}
-_KINDS = frozenset({"invalid_request_error", "authentication_error", "permission_error",
-                    "not_found_error", "rate_limit_error", "overloaded_error", "api_error"})
 # OpenAI error type or code -> canonical kind, beyond the kinds both share
 _OPENAI_TO_KIND = {"rate_limit_exceeded": "rate_limit_error", "requests": "rate_limit_error",
-                   "tokens": "rate_limit_error", "insufficient_quota": "rate_limit_error",
+                   "tokens": "rate_limit_error", "insufficient_quota": "billing_error",
                    "server_error": "api_error", "overloaded": "overloaded_error"}
-_STATUS_TO_KIND = {400: "invalid_request_error", 401: "authentication_error",
-                   403: "permission_error", 404: "not_found_error", 413: "request_too_large",
-                   422: "invalid_request_error", 429: "rate_limit_error", 503: "overloaded_error",
-                   529: "overloaded_error"}
+
+
+def _error_object(kind: str, message: str) -> dict:
+    """The OpenAI error object for a canonical kind (or an OpenAI type, kept as it is)."""
+    typ, code = _KIND_TO_OPENAI.get(kind, (kind, None))
+    return {"error": {"message": message, "type": typ, "param": None, "code": code}}
 
 
 def error_body(status: int, message: str, kind: str | None = None) -> bytes:
-    """An OpenAI error object. `kind`: a canonical (Anthropic) error kind or an OpenAI type."""
-    if kind is None:
-        kind = _STATUS_TO_KIND.get(status,
-                                   "api_error" if status >= 500 else "invalid_request_error")
-    typ, code = _KIND_TO_OPENAI.get(kind, (kind, None))
-    return _dumps({"error": {"message": message, "type": typ, "param": None,
-                             "code": code}}).encode()
+    """An OpenAI error body. `kind`: a canonical (Anthropic) error kind or an OpenAI type;
+    without one, canonical.error_kind of the status."""
+    return dumps_compact(_error_object(kind or c.error_kind(status), message))
 
 
 def _error_message(err) -> str:
     if isinstance(err, dict) and isinstance(err.get("message"), str):
         return err["message"]
-    return err if isinstance(err, str) else _dumps(err)
+    return err if isinstance(err, str) else dumps_compact(err).decode()
 
 
 def _error_kind(err) -> str:
@@ -453,10 +435,10 @@ def _error_kind(err) -> str:
         return "api_error"
     for key in ("type", "code"):
         value = err.get(key)
-        if isinstance(value, str) and (value in _KINDS or value in _OPENAI_TO_KIND):
+        if isinstance(value, str) and (value in c.ERROR_KINDS or value in _OPENAI_TO_KIND):
             return _OPENAI_TO_KIND.get(value, value)
-        if isinstance(value, int) and not isinstance(value, bool):  # OpenRouter: numeric code
-            return _STATUS_TO_KIND.get(value, "api_error")
+        if type(value) is int and 400 <= value < 600:  # OpenRouter: the HTTP status as code
+            return c.error_kind(value)
     return "api_error"
 
 
@@ -530,10 +512,6 @@ class StreamDecoder:
     def usage(self) -> c.Usage:
         return self._usage
 
-    @property
-    def stop_reason(self) -> c.StopReason | None:
-        return self._stop
-
     def feed(self, chunk: bytes) -> list[c.Event]:
         out: list[c.Event] = []
         for ev in self._sse.feed(chunk):
@@ -551,14 +529,17 @@ class StreamDecoder:
     # -- one SSE event
 
     def _event(self, name: str, data: str, out: list) -> None:
-        if self._phase is _Phase.DONE or not data.strip():
+        if self._phase is _Phase.DONE:
             return
-        if data.strip() == "[DONE]":
-            self._end(out, done_marker=True)
-            return
+        if data[:1] != "{":  # not a chunk: blank, [DONE], or garbage (JSON may start with space)
+            stripped = data.strip()
+            if not stripped:
+                return
+            if stripped == "[DONE]":
+                return self._end(out, done_marker=True)
         try:
             chunk = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply for json
             chunk = None
         if not isinstance(chunk, dict):
             return self._error("api_error", f"malformed chunk from upstream: {data[:200]!r}", out)
@@ -581,14 +562,15 @@ class StreamDecoder:
                 break
         if self._phase is _Phase.DONE:
             return
-        if isinstance(chunk.get("usage"), dict):  # null on all but the last chunk (OpenAI)
-            self._usage = decode_usage(chunk["usage"])
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):  # null on all but the last chunk (OpenAI)
+            self._usage = decode_usage(usage)
         if isinstance(finish, str):
             if finish == "error":  # OpenRouter: a provider failed mid-stream
                 return self._error("api_error", "upstream finished with an error", out)
             self._stop = _stop_reason(finish, bool(self._calls))
             self._flush(out)
-            if isinstance(chunk.get("usage"), dict) and self._phase is not _Phase.DONE:
+            if isinstance(usage, dict) and self._phase is not _Phase.DONE:
                 self._end(out)  # nothing more is due
 
     def _delta(self, delta: dict, out: list) -> None:
@@ -719,7 +701,7 @@ class StreamDecoder:
 # ---------------------------------------------------------------- stream: canonical -> Chat
 
 
-class StreamEncoder:
+class StreamEncoder(c.EventEncoder):
     """Canonical events -> Chat completion chunks (SSE bytes). Every event is checked against
     canonical.StreamGrammar first, so an out-of-order stream raises instead of reaching a client.
     `include_usage=False` leaves out the final usage chunk (`choices: []`) for clients that did
@@ -731,24 +713,24 @@ class StreamEncoder:
         self._grammar = c.StreamGrammar()
         self._created = int(time.time()) if created is None else created
         self._include_usage = include_usage
-        self._head = self._usage_head = ""
+        self._head = self._usage_head = b""
         self._tool = -1  # index among tool calls only
 
-    def _chunk(self, delta: str, finish: str = "null") -> bytes:
-        return f'{self._head}{delta},"finish_reason":{finish}}}]}}\n\n'.encode()
+    def _chunk(self, delta: bytes, finish: bytes = b"null") -> bytes:
+        return b'%s%s,"finish_reason":%s}]}\n\n' % (self._head, delta, finish)
 
     def encode(self, event: c.Event) -> bytes:
         self._grammar.check(event)
         t = type(event)
         if t is c.TextDelta:
-            return self._chunk('{"content":' + _dumps(event.text) + "}") if event.text else b""
+            return self._chunk(b'{"content":%s}' % dumps_compact(event.text)) if event.text else b""
         if t is c.ToolInputDelta:
             if not event.partial_json:
                 return b""
-            return self._chunk('{"tool_calls":[{"index":%d,"function":{"arguments":%s}}]}'
-                               % (self._tool, _dumps(event.partial_json)))
+            return self._chunk(b'{"tool_calls":[{"index":%d,"function":{"arguments":%s}}]}'
+                               % (self._tool, dumps_compact(event.partial_json)))
         if t is c.ThinkingDelta:
-            return (self._chunk('{"reasoning_content":' + _dumps(event.text) + "}")
+            return (self._chunk(b'{"reasoning_content":%s}' % dumps_compact(event.text))
                     if event.text else b"")
         if t is c.BlockStart:
             if event.kind != "tool_use":
@@ -756,25 +738,21 @@ class StreamEncoder:
             self._tool += 1
             call = {"index": self._tool, "id": event.tool_id, "type": "function",
                     "function": {"name": event.tool_name, "arguments": ""}}
-            return self._chunk('{"tool_calls":[' + _dumps(call) + "]}")
+            return self._chunk(b'{"tool_calls":[%s]}' % dumps_compact(call))
         if t is c.MessageStart:
-            prefix = '{"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,' % (
-                _dumps(event.id), self._created, _dumps(event.model))
-            self._head = "data: " + prefix + '"choices":[{"index":0,"delta":'
-            self._usage_head = "data: " + prefix + '"choices":[],"usage":'
-            return self._chunk('{"role":"assistant","content":""}')
+            prefix = b'data: {"id":%s,"object":"chat.completion.chunk","created":%d,"model":%s,' % (
+                dumps_compact(event.id), self._created, dumps_compact(event.model))
+            self._head = prefix + b'"choices":[{"index":0,"delta":'
+            self._usage_head = prefix + b'"choices":[],"usage":'
+            return self._chunk(b'{"role":"assistant","content":""}')
         if t is c.MessageDelta:
-            out = self._chunk("{}", '"%s"' % STOP_TO_FINISH.get(event.stop_reason, "stop"))
+            out = self._chunk(b"{}", b'"%s"' % STOP_TO_FINISH.get(event.stop_reason,
+                                                                   "stop").encode())
             if self._include_usage:
-                out += f"{self._usage_head}{_dumps(encode_usage(event.usage))}}}\n\n".encode()
+                out += b"%s%s}\n\n" % (self._usage_head, dumps_compact(encode_usage(event.usage)))
             return out
         if t is c.MessageStop:
             return b"data: [DONE]\n\n"
         if t is c.StreamError:
-            typ = _KIND_TO_OPENAI.get(event.kind, (event.kind, None))[0]
-            return b"data: " + _dumps({"error": {"message": event.message, "type": typ,
-                                                  "code": None}}).encode() + b"\n\n"
+            return b"data: %s\n\n" % dumps_compact(_error_object(event.kind, event.message))
         return b""  # BlockStop, Ping, SignatureDelta: nothing to say in Chat
-
-    def encode_all(self, events) -> bytes:
-        return b"".join([self.encode(e) for e in events])

@@ -3,7 +3,8 @@
 Follows the WHATWG event-stream rules: lines end in CRLF, LF or CR; a blank line dispatches;
 `data:` lines join with "\\n"; a line starting with ":" is a comment; one space after the colon
 is dropped. A CR at the very end of a chunk may be the first half of a CRLF, so it waits for the
-next chunk (as httpx's LineDecoder does).
+next chunk (as httpx's LineDecoder does). `id` and `retry` lines are ignored: no translator
+resumes a stream.
 """
 
 from dataclasses import dataclass
@@ -13,20 +14,18 @@ from dataclasses import dataclass
 class SSEEvent:
     event: str  # "" when the server sent no `event:` line (the spec's default "message")
     data: str
-    id: str | None = None
 
 
 class SSEParser:
     """`feed(chunk) -> [SSEEvent]`, `close() -> [SSEEvent]` (a final event the server did not end
     with a blank line is still dispatched: some providers omit it before closing)."""
 
-    __slots__ = ("_buf", "_event", "_data", "_id", "_pending_cr")
+    __slots__ = ("_buf", "_event", "_data", "_pending_cr")
 
     def __init__(self):
         self._buf = b""
         self._event = ""
         self._data: list[str] = []
-        self._id: str | None = None
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -60,7 +59,7 @@ class SSEParser:
     def _line(self, raw: bytes, out: list[SSEEvent]) -> None:
         if not raw:
             if self._data or self._event:
-                out.append(SSEEvent(self._event, "\n".join(self._data), self._id))
+                out.append(SSEEvent(self._event, "\n".join(self._data)))
             self._event, self._data = "", []
             return
         line = raw.decode("utf-8", "replace")
@@ -73,17 +72,5 @@ class SSEParser:
             self._data.append(value)
         elif name == "event":
             self._event = value
-        elif name == "id":
-            self._id = value
-        # "retry" and unknown fields are ignored, as the spec says
+        # "id", "retry" and unknown fields: nothing here needs them
 
-
-def format_event(data: str, event: str | None = None) -> bytes:
-    """One SSE event; multi-line data becomes several `data:` lines."""
-    if "\n" in data:
-        body = "".join(f"data: {line}\n" for line in data.split("\n"))
-    else:
-        body = f"data: {data}\n"
-    if event:
-        return f"event: {event}\n{body}\n".encode()
-    return f"{body}\n".encode()

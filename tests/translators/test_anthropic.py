@@ -8,9 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from translators import anthropic as a
 from tests.captures import CAPTURES
+from translators import anthropic as a
 from translators import canonical as c
+from translators import openai_chat as oc
 
 # The real Claude Code captures (48-85 KB each); the stream tests below carry their own copies.
 REQUEST_CAPTURES = ["text", "tool-call", "tool-result", "oauth-token"]
@@ -128,7 +129,9 @@ def test_capture_request_decodes_what_claude_code_sends(name):
     assert req.model == body["model"] and req.stream is True and req.max_tokens == 64000
     assert req.thinking == {"type": "adaptive"} and req.reasoning_effort == "high"
     assert req.user == body["metadata"]["user_id"]
-    assert req.extras == {"anthropic:context_management": body["context_management"]}
+    # Claude Code sends role=system messages (its beta): marked so they go back as such
+    assert req.extras == {"anthropic:context_management": body["context_management"],
+                          "anthropic:messages/system": True}
     assert len(req.system) == 4 and req.system[2].cache_control["scope"] == "global"
     assert req.messages[1].role == "system"  # mid-conversation system message
     assert req.messages[1].parts == (c.Text(body["messages"][1]["content"]),)
@@ -310,18 +313,67 @@ def test_encode_request_defaults_max_tokens():
     assert a.encode_request(req_of(user, max_tokens=7))["max_tokens"] == 7
 
 
-def test_encode_request_system_messages():
+SYSTEM_MESSAGES = {"anthropic:messages/system": True}  # what decode_request marks
+
+
+def test_encode_request_system_messages_for_an_anthropic_client():
     body = a.encode_request(req_of(
         c.Message("system", (c.Text("lead"),)),
         c.Message("user", (c.Text("a"),)),
         c.Message("user", (c.Text("b"),)),  # consecutive same-role messages stay as they are
         c.Message("system", (c.Text("mid"),)),
-        system=(c.Text("top", {"type": "ephemeral"}),)))
+        system=(c.Text("top", {"type": "ephemeral"}),), extras=SYSTEM_MESSAGES))
     assert body["system"] == [
         {"type": "text", "text": "top", "cache_control": {"type": "ephemeral"}},
         {"type": "text", "text": "lead"}]
     assert body["messages"] == [{"role": "user", "content": "a"}, {"role": "user", "content": "b"},
                                 {"role": "system", "content": "mid"}]
+    assert "anthropic:messages/system" not in json.dumps(body)
+
+
+def reminder(text: str) -> dict:
+    return {"type": "text", "text": f"<system-reminder>\n{text}\n</system-reminder>"}
+
+
+def test_mid_conversation_system_messages_from_other_clients_become_system_reminders():
+    # Anthropic takes role=system messages only with Claude Code's beta: from a Chat client
+    # they become user text, merged so that roles still alternate
+    user, assistant = c.Message("user", (c.Text("u"),)), c.Message("assistant", (c.Text("a"),))
+    result = c.Message("user", (c.ToolResult("t1", (c.Text("out"),)), c.Text("more")))
+    body = a.encode_request(req_of(
+        c.Message("system", (c.Text("lead"),)), user,
+        c.Message("system", (c.Text("after a user turn"),)), assistant,
+        c.Message("system", (c.Text("before a user turn"), c.Text("two parts"))), result,
+        assistant, c.Message("system", (c.Text("between"), c.Text(""))), assistant,
+        c.Message("system", (c.Text("", {"type": "ephemeral"}),)),  # nothing to say: left out
+        c.Message("system", (c.Text("last", {"type": "ephemeral"}),))))
+    assert body["system"] == "lead"
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "u"},
+                                     reminder("after a user turn")]},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": [  # tool_results first, as Anthropic demands
+            {"type": "tool_result", "tool_use_id": "t1", "content": "out", "is_error": False},
+            reminder("before a user turn\n\ntwo parts"), {"type": "text", "text": "more"}]},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": reminder("between")["text"]},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": [dict(reminder("last"), cache_control={"type": "ephemeral"})]}]
+    roles = [m["role"] for m in body["messages"]]
+    assert all(x != y for x, y in zip(roles, roles[1:]))
+    with pytest.raises(c.TranslationError) as e:
+        a.encode_request(req_of(user, c.Message("system", (c.Image(url="https://e/x.png"),))))
+    assert e.value.path == "messages[1]"
+
+
+def test_chat_request_with_a_mid_conversation_developer_message_encodes_for_anthropic():
+    chat = oc.decode_request({"model": "m", "messages": [
+        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "developer", "content": "plan mode is on"}, {"role": "user", "content": "go"}]})
+    assert a.encode_request(chat)["messages"] == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": [reminder("plan mode is on"), {"type": "text", "text": "go"}]}]
 
 
 def test_encode_request_drops_unsigned_thinking():
@@ -336,8 +388,28 @@ def test_encode_request_drops_unsigned_thinking():
         {"role": "assistant", "content": "answer"},
         {"role": "assistant", "content": [
             {"type": "thinking", "thinking": "y", "signature": "s"},
-            {"type": "redacted_thinking", "data": "r"}]},
-        {"role": "assistant", "content": []}]
+            {"type": "redacted_thinking", "data": "r"}]}]  # an empty message is left out
+
+
+def test_encode_request_leaves_out_empty_text_and_messages_left_empty():
+    # Anthropic rejects empty text blocks (400 "text content blocks must be non-empty"); a
+    # Chat assistant turn with tool calls often carries "content": ""
+    chat = oc.decode_request({"model": "m", "messages": [
+        {"role": "system", "content": ""}, {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "Bash", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+        {"role": "assistant", "content": ""}, {"role": "user", "content": [
+            {"type": "text", "text": ""}, {"type": "text", "text": "next"}]}]})
+    body = a.encode_request(chat)
+    assert "system" not in body
+    assert body["messages"] == [
+        {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "c1", "name": "Bash", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "c1", "content": "ok", "is_error": False}]},
+        {"role": "user", "content": "next"}]
 
 
 def test_raw_arguments_stay_visible_and_round_trip():
@@ -356,6 +428,7 @@ def test_encode_request_tool_choice_and_images():
         c.Message("user", (c.Image(url="data:image/gif;base64,R0lGODlh"),
                            c.Image(data="iVBORw0KGgo"), c.Image(data="/9j/4AAQ"),
                            c.Image(url="https://e/x.png"))),
+        tools=(c.Tool("Bash", None, {"type": "object"}),),
         tool_choice=c.ToolChoice("tool", "Bash", parallel=True)))
     assert body["tool_choice"] == {"type": "tool", "name": "Bash",
                                    "disable_parallel_tool_use": False}
@@ -365,6 +438,16 @@ def test_encode_request_tool_choice_and_images():
         {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"},
         {"type": "url", "url": "https://e/x.png"}]
     assert "tool_choice" not in a.encode_request(req_of(c.Message("user", (c.Text("x"),))))
+
+
+def test_tool_choice_only_with_tools():
+    # Anthropic rejects a tool_choice without tools; Chat clients send one regardless
+    user = c.Message("user", (c.Text("x"),))
+    body = a.encode_request(req_of(user, tool_choice=c.ToolChoice("auto", parallel=False)))
+    assert "tool_choice" not in body and "tools" not in body
+    server = {"anthropic:tools/server": [[0, {"type": "web_search_20250305", "name": "ws"}]]}
+    body = a.encode_request(req_of(user, tool_choice=c.ToolChoice("any"), extras=server))
+    assert body["tool_choice"] == {"type": "any"} and body["tools"][0]["name"] == "ws"
 
 
 def test_encode_request_ignores_other_formats_extras():
@@ -409,11 +492,24 @@ def test_response_extra_fields_and_stop_reasons():
     assert a.encode_response(err)["stop_reason"] == "end_turn"
 
 
+def test_response_server_tool_blocks_are_skipped_as_in_streams():
+    server_blocks = [
+        {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search",
+         "input": {"query": "x"}},
+        {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []}]
+    body = dict(RESPONSE_BODY, content=server_blocks + RESPONSE_BODY["content"],
+                usage=dict(RESPONSE_BODY["usage"], server_tool_use={"web_search_requests": 1}))
+    assert a.decode_response(body) == a.decode_response(RESPONSE_BODY)
+    assert a.decode_response(body).usage.cache_read_tokens == 700
+
+
 def test_response_errors():
     with pytest.raises(c.TranslationError) as e:
-        a.decode_response(dict(RESPONSE_BODY, content=[{"type": "tool_result",
-                                                        "tool_use_id": "t"}]))
+        a.decode_response(dict(RESPONSE_BODY, content=[{"type": ["text"], "text": "t"}]))
     assert e.value.path == "content[0].type"
+    with pytest.raises(c.TranslationError) as e:
+        a.decode_response(dict(RESPONSE_BODY, content=["text"]))
+    assert e.value.path == "content[0]"
     with pytest.raises(c.TranslationError) as e:
         a.decode_response(dict(RESPONSE_BODY, content=None))
     assert e.value.path == "content"
@@ -443,7 +539,7 @@ def test_decode_text_capture():
         c.BlockStart(0, "text"), c.Ping(),
         c.TextDelta(0, "STUB-OK: hello fr"), c.TextDelta(0, "om the stub vendor"),
         c.BlockStop(0), c.MessageDelta("end_turn", usage), c.MessageStop()]
-    assert d.usage == usage and d.stop_reason == "end_turn"
+    assert d.usage == usage
     assert c.collect_response(events).parts == (c.Text("STUB-OK: hello from the stub vendor"),)
 
 
@@ -480,7 +576,7 @@ def test_rich_stream_events_and_usage():
     events = d.feed(RICH_RESPONSE) + d.close()
     final = c.Usage(input_tokens=100, output_tokens=57, cache_read_tokens=3000,
                     cache_write_tokens=20)
-    assert d.usage == final and d.stop_reason == "tool_use"
+    assert d.usage == final
     assert events[-3:] == [c.MessageDelta("tool_use", final), c.Ping(), c.MessageStop()]
     assert c.SignatureDelta(0, "EqoBCkgIARAB==") in events
     assert c.BlockStart(1, "redacted_thinking", redacted="opaque==") in events
@@ -509,11 +605,11 @@ def test_any_chunking_gives_the_same_events(name, crlf, cuts):
 
 def test_anthropic_usage_in_message_delta_merges():
     d = a.StreamDecoder()
-    d.feed(sse(msg_start(usage={"input_tokens": 50, "cache_read_input_tokens": 900,
-                                "output_tokens": 1}),
-               msg_delta("max_tokens", {"output_tokens": 300})))
+    events = d.feed(sse(msg_start(usage={"input_tokens": 50, "cache_read_input_tokens": 900,
+                                         "output_tokens": 1}),
+                        msg_delta("max_tokens", {"output_tokens": 300})))
     assert d.usage == c.Usage(input_tokens=50, output_tokens=300, cache_read_tokens=900)
-    assert d.stop_reason == "max_tokens"
+    assert events[-1] == c.MessageDelta("max_tokens", d.usage)
 
 
 def test_last_event_without_blank_line_is_read_at_close():
@@ -710,11 +806,12 @@ def test_encoder_rejects_out_of_order_events(events):
 # ---------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("status, kind", [
-    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
-    (404, "not_found_error"), (413, "request_too_large"), (429, "rate_limit_error"),
-    (500, "api_error"), (502, "api_error"), (503, "api_error"), (504, "api_error"),
-    (529, "overloaded_error"), (418, "invalid_request_error"),
+@pytest.mark.parametrize("status, kind", [  # Anthropic's documented mapping
+    (400, "invalid_request_error"), (401, "authentication_error"), (402, "billing_error"),
+    (403, "permission_error"), (404, "not_found_error"), (413, "request_too_large"),
+    (422, "invalid_request_error"), (429, "rate_limit_error"), (500, "api_error"),
+    (502, "api_error"), (503, "api_error"), (504, "timeout_error"), (529, "overloaded_error"),
+    (418, "invalid_request_error"),
 ])
 def test_error_body(status, kind):
     assert json.loads(a.error_body(status, "why: account x failed")) == {
@@ -726,9 +823,9 @@ def test_error_body_explicit_kind():
         "overloaded_error"
 
 
-def test_constants():
-    assert a.STREAM_CONTENT_TYPE == "text/event-stream; charset=utf-8"
-    assert a.JSON_CONTENT_TYPE == "application/json"
+def test_error_body_and_stream_error_agree():
+    event = a.StreamEncoder().encode(c.StreamError("rate_limit_error", "slow down é \ud83d"))
+    assert event == b"event: error\ndata: " + a.error_body(429, "slow down é \ud83d") + b"\n\n"
 
 
 # ---------------------------------------------------------------- fuzzing
@@ -813,19 +910,108 @@ def test_fuzz_decode_request_only_raises_translation_error(body):
     assert a.decode_request(a.encode_request(again)) == again
 
 
+def normal_form(req: c.Request) -> c.Request:
+    """What encode_request documents it changes: empty text and messages left empty are left
+    out, a tool_choice needs tools, a missing max_tokens comes back as the default."""
+    def keep(p):
+        return not (isinstance(p, c.Text) and not p.text)
+
+    messages = tuple(kept for m in req.messages
+                     if (kept := dataclasses.replace(m, parts=tuple(filter(keep, m.parts)))).parts)
+    extras = dict(req.extras)
+    if not any(m.role == "system" for m in messages):
+        extras.pop("anthropic:messages/system", None)
+    has_tools = req.tools or "anthropic:tools/server" in req.extras
+    return dataclasses.replace(
+        req, messages=messages, system=tuple(filter(keep, req.system)),
+        tool_choice=req.tool_choice if has_tools else None,
+        max_tokens=req.max_tokens or a.DEFAULT_MAX_TOKENS, extras=extras)
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(request_bodies(junk=False))
 def test_fuzz_valid_requests_round_trip(body):
     req = a.decode_request(body)
-    lossy = any(  # the documented normalizations
-        m.role == "system" for m in req.messages[:1]) or any(
+    expected = normal_form(req)
+    if not expected.messages:
+        with pytest.raises(c.TranslationError):
+            a.decode_request(a.encode_request(req))
+        return
+    lossy = any(  # the other documented normalizations
+        m.role == "system" for m in expected.messages[:1]) or any(
         isinstance(p, c.Thinking) and not p.signature and p.redacted is None
         for m in req.messages for p in m.parts) or any(
         isinstance(p, c.Image) and p.url and p.url.startswith("data:")
         for m in req.messages for p in m.parts)
-    if not lossy:  # a missing max_tokens comes back as the default
-        expected = dataclasses.replace(req, max_tokens=req.max_tokens or a.DEFAULT_MAX_TOKENS)
+    if not lossy:
         assert a.decode_request(a.encode_request(req)) == expected
+
+
+def stream_events(w):
+    """Anthropic SSE events in a plausible order; `w` may swap any field for junk."""
+    text = st.text(max_size=8)
+    index = w(st.integers(0, 3))
+    block = w(st.one_of(
+        st.fixed_dictionaries({"type": w(st.just("text")), "text": w(text)}),
+        st.fixed_dictionaries({"type": w(st.just("thinking")), "thinking": w(text),
+                               "signature": w(text)}),
+        st.fixed_dictionaries({"type": w(st.just("redacted_thinking")), "data": w(text)}),
+        st.fixed_dictionaries({"type": w(st.sampled_from(["tool_use", "server_tool_use"])),
+                               "id": w(text), "name": w(text), "input": w(json_values)}),
+        st.fixed_dictionaries({"type": w(st.just("web_search_tool_result")),
+                               "content": w(json_values)})))
+    delta = w(st.one_of(*[
+        st.fixed_dictionaries({"type": w(st.just(kind)), field: w(text)})
+        for kind, field in (("text_delta", "text"), ("thinking_delta", "thinking"),
+                            ("input_json_delta", "partial_json"),
+                            ("signature_delta", "signature"), ("citations_delta", "citation"))]))
+    usage = w(st.fixed_dictionaries({}, optional={
+        k: w(st.integers(0, 99)) for k in ("input_tokens", "output_tokens",
+                                           "cache_read_input_tokens")}))
+    event = st.one_of(
+        st.fixed_dictionaries({"type": w(st.just("content_block_start")), "index": index,
+                               "content_block": block}),
+        st.fixed_dictionaries({"type": w(st.just("content_block_delta")), "index": index,
+                               "delta": delta}),
+        st.fixed_dictionaries({"type": w(st.just("content_block_stop")), "index": index}),
+        st.fixed_dictionaries({"type": w(st.just("message_delta")), "delta": w(
+            st.fixed_dictionaries({"stop_reason": w(st.sampled_from(
+                [None, "end_turn", "tool_use", "pause_turn", "new"])),
+                "stop_sequence": w(st.none())})), "usage": usage}),
+        st.fixed_dictionaries({"type": w(st.sampled_from(["ping", "message_stop", "new"]))}),
+        st.fixed_dictionaries({"type": w(st.just("error")), "error": w(st.fixed_dictionaries(
+            {"type": w(text), "message": w(text)}))}))
+    start = st.fixed_dictionaries({"type": st.just("message_start"), "message": w(
+        st.fixed_dictionaries({"id": w(text), "model": w(text), "usage": usage}))})
+    return st.tuples(start, st.lists(event, max_size=10)).map(
+        lambda t: b"".join(b"event: %s\ndata: %s\n\n" % (
+            str(e.get("type")).encode(), json.dumps(e).encode()) for e in (t[0], *t[1])))
+
+
+def either(strategy):
+    """Mostly the valid shape, sometimes any JSON value at all (often of another type)."""
+    return st.integers(0, 7).flatmap(lambda n: strategy if n else json_values)
+
+
+DEEP = b"[" * 10_000 + b"]" * 10_000  # json.loads raises RecursionError on this
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(stream_events(either), st.sampled_from([b"", b"data: " + DEEP + b"\n\n",
+                                               b'data: {"type":"ping","x":' + DEEP + b"}\n\n"]))
+def test_fuzz_stream_events_never_raise_and_stay_grammatical(raw, tail):
+    events = decode_stream(raw + tail)
+    check_grammar(events)
+    assert isinstance(events[-1], (c.MessageStop, c.StreamError))
+
+
+def test_deeply_nested_event_is_a_stream_error():
+    with pytest.raises(RecursionError):  # what the decoder must not let out
+        json.loads(DEEP)
+    d = a.StreamDecoder()
+    d.feed(TEXT_RESPONSE[:TEXT_RESPONSE.index(b"event: content_block_stop")])
+    assert d.feed(b"event: content_block_delta\ndata: " + DEEP + b"\n\n") == [
+        c.StreamError("api_error", "malformed JSON in upstream content_block_delta event")]
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])

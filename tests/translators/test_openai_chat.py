@@ -6,8 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from translators import canonical as c
 from tests.captures import CAPTURES
+from translators import anthropic
+from translators import canonical as c
 from translators import openai_chat as oc
 
 # The real Qwen Code captures (53-65 KB each); the stream tests carry copies of the answers.
@@ -539,12 +540,27 @@ def test_empty_choices_is_an_empty_response():
 @pytest.mark.parametrize("status, typ, code", [
     (400, "invalid_request_error", None), (404, "invalid_request_error", None),
     (422, "invalid_request_error", None), (401, "authentication_error", None),
-    (403, "permission_error", None), (429, "requests", "rate_limit_exceeded"),
-    (500, "server_error", None), (502, "server_error", None), (503, "server_error", None),
-    (418, "invalid_request_error", None)])
+    (402, "insufficient_quota", "insufficient_quota"), (403, "permission_error", None),
+    (429, "requests", "rate_limit_exceeded"), (500, "server_error", None),
+    (502, "server_error", None), (503, "server_error", None), (504, "server_error", None),
+    (529, "server_error", None), (418, "invalid_request_error", None)])
 def test_error_body_by_status(status, typ, code):
     assert json.loads(oc.error_body(status, "why")) == {
         "error": {"message": "why", "type": typ, "param": None, "code": code}}
+
+
+def test_error_body_and_stream_error_are_the_same_object():
+    for kind in sorted(c.ERROR_KINDS):
+        body = oc.error_body(500, "why", kind)
+        assert oc.StreamEncoder().encode(c.StreamError(kind, "why")) == b"data: " + body + b"\n\n"
+    assert json.loads(oc.error_body(429, "x"))["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_error_body_with_a_lone_surrogate():
+    # upstream JSON may carry "\ud83d" alone; UTF-8 cannot, so it goes out escaped
+    body = oc.error_body(502, "upstream said \ud83d")
+    assert b"\\ud83d" in body
+    assert json.loads(body)["error"]["message"] == "upstream said \ud83d"
 
 
 def test_error_body_kind_overrides_status():
@@ -696,7 +712,7 @@ def test_content_and_finish_reason_in_one_chunk():
 def test_message_delta_waits_for_the_usage_chunk():
     d = oc.StreamDecoder()
     events = d.feed(sse_chunk({"content": "hi"}) + sse_chunk({}, "stop"))
-    assert not of_type(events, c.MessageDelta) and d.stop_reason == "end_turn"
+    assert not of_type(events, c.MessageDelta)
     events += d.feed(sse_chunk(usage={**USAGE, "prompt_tokens_details": {"cached_tokens": 8}},
                                choices=False))
     assert d.usage == c.Usage(4, 6, 8)
@@ -770,6 +786,9 @@ def test_error_object_mid_stream():
 
 @pytest.mark.parametrize("payload, kind", [
     (b'{"error": {"message": "m", "code": 429}}', "rate_limit_error"),
+    (b'{"error": {"message": "m", "code": 504}}', "timeout_error"),
+    (b'{"error": {"message": "m", "code": 7}}', "api_error"),
+    (b'{"error": {"message": "m", "type": "insufficient_quota"}}', "billing_error"),
     (b'{"error": {"message": "m", "type": "server_error"}}', "api_error"),
     (b'{"error": {"message": "m", "type": "invalid_request_error"}}', "invalid_request_error"),
     (b'{"error": "m"}', "api_error"),
@@ -783,7 +802,12 @@ def test_openrouter_error_finish():
     assert decode(raw)[-1] == c.StreamError("api_error", "upstream finished with an error")
 
 
-@pytest.mark.parametrize("garbage", [b"data: {not json\n\n", b"data: [1, 2]\n\n", b"data: 7\n\n"])
+DEEP = b"[" * 10_000 + b"]" * 10_000  # json.loads raises RecursionError on this
+
+
+@pytest.mark.parametrize("garbage", [b"data: {not json\n\n", b"data: [1, 2]\n\n", b"data: 7\n\n",
+                                     b"data: " + DEEP + b"\n\n",
+                                     b'data: {"a":' + DEEP + b"}\n\n"])
 def test_malformed_chunks_are_stream_errors_not_exceptions(garbage):
     events = decode(sse_chunk({"content": "x"}) + garbage + DONE)
     assert type(events[-1]) is c.StreamError and "malformed" in events[-1].message
@@ -917,7 +941,28 @@ def test_encoder_stream_error_and_no_usage_chunk():
     assert b'"choices":[]' not in out
     assert out.endswith(b'"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n')
     err = oc.StreamEncoder().encode(c.StreamError("overloaded_error", "busy"))
-    assert err == b'data: {"error":{"message":"busy","type":"server_error","code":null}}\n\n'
+    assert err == (b'data: {"error":{"message":"busy","type":"server_error","param":null,'
+                   b'"code":null}}\n\n')
+
+
+def test_encoder_lone_surrogate_falls_back_to_escapes():
+    # a lone surrogate passed through from upstream JSON cannot be UTF-8: escaped instead
+    enc = oc.StreamEncoder(created=1)
+    enc.encode_all([c.MessageStart("i\udc00", "m"), c.BlockStart(0, "text")])
+    out = enc.encode(c.TextDelta(0, "a\ud83db é"))
+    assert b'"content":"a\\ud83db \\u00e9"' in out
+    assert json.loads(out[len(b"data: "):])["choices"][0]["delta"]["content"] == "a\ud83db é"
+    out = enc.encode_all([c.BlockStop(0), c.BlockStart(1, "thinking"),
+                          c.ThinkingDelta(1, "\udfff"), c.BlockStop(1),
+                          c.BlockStart(2, "tool_use", "t\ud800", "f"),
+                          c.ToolInputDelta(2, '{"x":"\ud800"}'), c.BlockStop(2),
+                          c.MessageDelta("tool_use", c.Usage()), c.MessageStop(),
+                          ]) + oc.StreamEncoder().encode(c.StreamError("api_error", "\ud800"))
+    chunks = [json.loads(line[len(b"data: "):]) for line in out.split(b"\n\n")
+              if line.startswith(b"data: {")]
+    assert chunks[0]["choices"][0]["delta"] == {"reasoning_content": "\udfff"}
+    assert chunks[1]["choices"][0]["delta"]["tool_calls"][0]["id"] == "t\ud800"
+    assert chunks[-1]["error"]["message"] == "\ud800"
 
 
 @pytest.mark.parametrize("events", [
@@ -982,50 +1027,62 @@ json_values = st.recursive(
     max_leaves=12)
 
 
+# junk of another type, containers often: a list where a string is due does not even hash
+junk = st.one_of(json_values, st.lists(json_values, max_size=2),
+                 st.dictionaries(st.text(max_size=4), json_values, max_size=2))
+
+
 def either(strategy):
     """Mostly the valid shape, sometimes anything at all."""
-    return st.one_of(strategy, strategy, strategy, strategy, strategy, json_values)
+    return st.one_of(strategy, strategy, strategy, strategy, strategy, junk)
 
 
 def valid(strategy):
     return strategy
 
 
-def chat_requests(w):
-    """Chat request bodies; `w` wraps every node (`valid`, or `either` to break some)."""
-    text = st.text(max_size=12)
-    content_part = w(st.one_of(
-        st.fixed_dictionaries({"type": st.just("text"), "text": text},
-                              optional={"cache_control": st.just({"type": "ephemeral"})}),
-        st.fixed_dictionaries({"type": st.just("image_url"), "image_url": st.fixed_dictionaries(
-            {"url": st.sampled_from(["https://e.com/a.png", "data:image/jpeg;base64,QUJD",
-                                     "data:;base64,QQ==", "data:text/plain,hi"])})})))
-    content = w(st.one_of(text, st.lists(content_part, max_size=3)))
-    text_content = w(st.one_of(text, st.lists(w(st.fixed_dictionaries(
-        {"type": st.just("text"), "text": text})), max_size=2)))
+def chat_tool_call(w):
     arguments = st.one_of(st.just(""), st.just("{oops"), st.just("[1]"), st.dictionaries(
         st.text("xyz", max_size=3), st.integers(), max_size=2).map(json.dumps))
-    tool_call = w(st.fixed_dictionaries({
-        "id": w(st.text("abc123", min_size=1, max_size=5)), "type": st.just("function"),
+    return w(st.fixed_dictionaries({
+        "id": w(st.text("abc123", min_size=1, max_size=5)), "type": w(st.just("function")),
         "function": w(st.fixed_dictionaries({"name": w(st.text("abcdef", min_size=1, max_size=5)),
                                              "arguments": w(arguments)}))}))
+
+
+def chat_requests(w):
+    """Chat request bodies; `w` wraps every node (`valid`, or `either` to break some)."""
+    text, name = st.text(max_size=12), st.text("abc", min_size=1, max_size=4)
+    content_part = w(st.one_of(
+        st.fixed_dictionaries({"type": w(st.just("text")), "text": w(text)},
+                              optional={"cache_control": w(st.just({"type": "ephemeral"}))}),
+        st.fixed_dictionaries({"type": w(st.just("image_url")), "image_url": w(
+            st.fixed_dictionaries({"url": w(st.sampled_from(
+                ["https://e.com/a.png", "data:image/jpeg;base64,QUJD", "data:;base64,QQ==",
+                 "data:text/plain,hi"]))}))})))
+    content = w(st.one_of(text, st.lists(content_part, max_size=3)))
+    text_content = w(st.one_of(text, st.lists(w(st.fixed_dictionaries(
+        {"type": w(st.just("text")), "text": w(text)})), max_size=2)))
     message = w(st.one_of(
-        st.fixed_dictionaries({"role": st.sampled_from(["system", "developer"]),
+        st.fixed_dictionaries({"role": w(st.sampled_from(["system", "developer"])),
                                "content": text_content}),
-        st.fixed_dictionaries({"role": st.just("user"), "content": content}),
-        st.fixed_dictionaries({"role": st.just("assistant")}, optional={
+        st.fixed_dictionaries({"role": w(st.just("user")), "content": content}),
+        st.fixed_dictionaries({"role": w(st.just("assistant"))}, optional={
             "content": w(st.one_of(st.none(), text)), "reasoning_content": w(text),
-            "tool_calls": w(st.lists(tool_call, max_size=3))}),
-        st.fixed_dictionaries({"role": st.just("tool"), "tool_call_id": w(text),
+            "tool_calls": w(st.lists(chat_tool_call(w), max_size=3))}),
+        st.fixed_dictionaries({"role": w(st.just("tool")), "tool_call_id": w(text),
                                "content": content})))
-    tool = w(st.fixed_dictionaries({"type": st.just("function"), "function": w(
+    tool = w(st.fixed_dictionaries({"type": w(st.just("function")), "function": w(
         st.fixed_dictionaries({"name": w(st.text("abc", min_size=1, max_size=4))}, optional={
             "description": w(text), "parameters": w(st.just({"type": "object"}))}))}))
     return st.fixed_dictionaries(
         {"model": w(st.just("deepseek-chat")), "messages": w(st.lists(message, max_size=6))},
         optional={
             "tools": w(st.lists(tool, max_size=3)),
-            "tool_choice": w(st.sampled_from(["auto", "none", "required"])),
+            "tool_choice": w(st.one_of(st.sampled_from(["auto", "none", "required"]),
+                                       st.fixed_dictionaries({"type": w(st.just("function")),
+                                                              "function": w(st.fixed_dictionaries(
+                                                                  {"name": w(name)}))}))),
             "parallel_tool_calls": w(st.booleans()), "max_tokens": w(st.integers(1, 9999)),
             "temperature": w(st.floats(0, 2)), "stop": w(st.lists(text, max_size=2)),
             "stream": w(st.booleans()), "seed": json_values})
@@ -1045,6 +1102,26 @@ def test_decode_request_gives_a_request_or_a_translation_error(body):
 
 @given(chat_requests(valid))
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_chat_requests_encode_to_what_anthropic_accepts(body):
+    """No empty text block, no empty message, no role=system message (Anthropic takes those only
+    with Claude Code's beta), no tool_choice without tools."""
+    out = anthropic.encode_request(oc.decode_request(body))
+    json.dumps(out)
+    for m in out["messages"]:
+        assert m["role"] in ("user", "assistant") and m["content"]
+        blocks = [m["content"]] if isinstance(m["content"], str) else m["content"]
+        for b in blocks:
+            assert b if isinstance(b, str) else b["type"] != "text" or b["text"]
+        if not isinstance(m["content"], str):  # tool_results come first
+            kinds = [b["type"] == "tool_result" for b in m["content"]]
+            assert kinds == sorted(kinds, reverse=True)
+    assert "tools" in out or "tool_choice" not in out
+    if isinstance(out.get("system"), list):
+        assert all(b["text"] for b in out["system"])
+
+
+@given(chat_requests(valid))
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 def test_one_pass_through_canonical_normalizes_and_a_second_changes_nothing(body):
     r = oc.decode_request(body)
     parts = [p for m in r.messages for p in m.parts]
@@ -1057,13 +1134,62 @@ def test_one_pass_through_canonical_normalizes_and_a_second_changes_nothing(body
         assert oc.encode_request(oc.decode_request(once), content_parts=parts_mode) == once
 
 
-@given(json_values)
-@settings(max_examples=300)
+def chat_responses(w):
+    """chat.completion bodies; `w` wraps every node as in chat_requests."""
+    text = st.text(max_size=12)
+    message = w(st.fixed_dictionaries({"role": w(st.just("assistant"))}, optional={
+        "content": w(st.one_of(st.none(), text, st.lists(w(st.fixed_dictionaries(
+            {"type": w(st.sampled_from(["text", "refusal"])), "text": w(text),
+             "refusal": w(text)})), max_size=2))),
+        "reasoning_content": w(text), "refusal": w(text),
+        "tool_calls": w(st.lists(chat_tool_call(w), max_size=2))}))
+    choice = w(st.fixed_dictionaries({"index": w(st.just(0)), "message": message},
+                                     optional={"finish_reason": w(st.sampled_from(
+                                         [None, "stop", "length", "tool_calls"]))}))
+    return w(st.fixed_dictionaries(
+        {"id": w(text), "model": w(text), "choices": w(st.lists(choice, max_size=2))},
+        optional={"usage": w(st.just(USAGE)), "error": w(json_values)}))
+
+
+@given(st.one_of(json_values, chat_responses(either)))
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 def test_decode_response_gives_a_response_or_a_translation_error(body):
     try:
-        assert isinstance(oc.decode_response(body), c.Response)
+        resp = oc.decode_response(body)
     except c.TranslationError:
-        pass
+        return
+    assert isinstance(resp, c.Response)
+    json.dumps(oc.encode_response(resp, created=1))
+
+
+@given(chat_responses(valid))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_valid_responses_decode(body):
+    resp = oc.decode_response(body)
+    if body["choices"]:
+        assert sum(type(p) is c.ToolUse for p in resp.parts) == len(
+            body["choices"][0]["message"].get("tool_calls", ()))
+
+
+def test_wrong_typed_part_type_is_a_translation_error():
+    # `kind not in allowed` on a list raised TypeError (unhashable) before
+    for body in ({"model": "m", "messages": [{"role": "user", "content": [{"type": [1]}]}]},
+                 {"model": "m", "messages": [{"role": "user", "content": [{"type": {}}]}]}):
+        with pytest.raises(c.TranslationError) as e:
+            oc.decode_request(body)
+        assert e.value.path == "messages[0].content[0]"
+    with pytest.raises(c.TranslationError) as e:
+        oc.decode_response({"choices": [{"message": {"content": [{"type": [1]}]}}]})
+    assert e.value.path == "choices[0].message.content[0]"
+
+
+def test_deeply_nested_arguments_are_kept_raw_not_a_recursion_error():
+    deep = DEEP.decode()
+    body = {"model": "m", "messages": [{"role": "assistant", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": deep}}]}]}
+    assert oc.decode_request(body).messages[0].parts == (c.ToolUse("c1", "f", {}, deep),)
+    events = decode(sse_chunk({"tool_calls": [call(0, deep, "c1", "f")]}, "tool_calls") + DONE)
+    assert c.collect_response(events).parts == (c.ToolUse("c1", "f", {}, deep),)
 
 
 def chunk_bodies(w):
