@@ -20,10 +20,12 @@ class SSEParser:
     """`feed(chunk) -> [SSEEvent]`, `close() -> [SSEEvent]` (a final event the server did not end
     with a blank line is still dispatched: some providers omit it before closing)."""
 
-    __slots__ = ("_buf", "_event", "_data", "_pending_cr")
+    __slots__ = ("_partial", "_event", "_data", "_pending_cr")
 
     def __init__(self):
-        self._buf = b""
+        # pieces of a line not ended yet: joined only once its end arrives, so a long line fed
+        # in small chunks costs linear time, not quadratic
+        self._partial: list[bytes] = []
         self._event = ""
         self._data: list[str] = []
         self._pending_cr = False
@@ -35,14 +37,22 @@ class SSEParser:
             self._pending_cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        buf = self._buf + chunk if self._buf else chunk
+        if b"\n" not in chunk and b"\r" not in chunk:
+            self._partial.append(chunk)
+            return []
+        if self._partial:
+            self._partial.append(chunk)
+            buf = b"".join(self._partial)
+        else:
+            buf = chunk
         if b"\r" in buf:
             if buf.endswith(b"\r"):
                 # maybe half of a CRLF: handle the CR now as a line end, swallow a leading LF later
                 self._pending_cr = True
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
-        self._buf = lines.pop()
+        tail = lines.pop()
+        self._partial = [tail] if tail else []
         out: list[SSEEvent] = []
         for raw in lines:
             self._line(raw, out)
@@ -50,9 +60,9 @@ class SSEParser:
 
     def close(self) -> list[SSEEvent]:
         out: list[SSEEvent] = []
-        if self._buf:
-            self._line(self._buf, out)
-            self._buf = b""
+        if self._partial:
+            self._line(b"".join(self._partial), out)
+            self._partial = []
         self._line(b"", out)
         return out
 

@@ -99,3 +99,14 @@ def test_any_chunking_gives_the_same_events(cuts):
                 SSEEvent("three", "3"), SSEEvent("", "世界 last")]
     assert parse(STREAM) == expected
     assert parse(*chunks) == expected
+
+
+def test_a_long_line_in_tiny_chunks():
+    """A 2 MB event (a big tool argument) arriving 64 bytes at a time comes out whole (the
+    parser keeps the pieces and joins them once the line ends)."""
+    payload = b"data: " + b"x" * 2_000_000 + b"\n\n"
+    parser = SSEParser()
+    events = []
+    for i in range(0, len(payload), 64):
+        events += parser.feed(payload[i:i + 64])
+    assert len(events) == 1 and len(events[0].data) == 2_000_000
