@@ -173,15 +173,8 @@ class _Body(httpx.AsyncByteStream):
         reader = self.conn.reader
         try:
             if self.chunked:
-                while True:
-                    line = await self._read(reader.readuntil(b"\r\n"))
-                    size = int(line.split(b";", 1)[0], 16)
-                    if size == 0:
-                        while await self._read(reader.readuntil(b"\r\n")) != b"\r\n":
-                            pass  # trailers
-                        break
-                    data = await self._read(reader.readexactly(size + 2))
-                    yield data[:-2]
+                async for data in self._dechunk(reader):
+                    yield data
             elif self.length is not None:
                 left = self.length
                 while left:
@@ -198,6 +191,45 @@ class _Body(httpx.AsyncByteStream):
             self.done = True
         except ValueError:
             raise httpx.RemoteProtocolError("malformed chunked body", request=self.request) from None
+
+    async def _dechunk(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+        """Chunked transfer coding, decoded per socket read: every chunk already received is
+        passed on in one piece (as mitmproxy itself reads), not one await per HTTP chunk."""
+        buf = bytearray()
+        while True:
+            data = await self._read(reader.read(READ_SIZE))
+            if not data:
+                raise httpx.RemoteProtocolError(
+                    "peer closed connection without sending complete message body",
+                    request=self.request)
+            buf += data
+            out = []
+            pos = 0
+            while True:
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if len(buf) - pos > MAX_HEAD:
+                        raise httpx.RemoteProtocolError("chunk header too long",
+                                                        request=self.request)
+                    break
+                size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+                if size == 0:
+                    # the last chunk: optional trailers, then an empty line
+                    end = eol + 2 if buf[eol + 2:eol + 4] == b"\r\n" else buf.find(
+                        b"\r\n\r\n", eol + 2)
+                    if end < 0:
+                        break
+                    if out:
+                        yield b"".join(out)
+                    return
+                start = eol + 2
+                if len(buf) < start + size + 2:
+                    break
+                out.append(bytes(buf[start:start + size]))
+                pos = start + size + 2
+            del buf[:pos]
+            if out:
+                yield b"".join(out) if len(out) > 1 else out[0]
 
     async def _read(self, awaitable):
         try:

@@ -240,7 +240,8 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def paced_check(side: Side, ctx: ssl.SSLContext, fake: FakeProcess, body: bytes) -> dict:
+def paced_check(side: Side, ctx: ssl.SSLContext, fake: FakeProcess, body: bytes,
+                streams: int) -> dict:
     client = TunnelClient(side.mitm.port, side.host, side.port, ctx)
     try:
         # a whole call first (paced once, not per event) opens the upstream connection that
@@ -249,18 +250,25 @@ def paced_check(side: Side, ctx: ssl.SSLContext, fake: FakeProcess, body: bytes)
         problem = check_whole(client.send(request_for(side.authority, whole), whole))
         if problem:
             raise RuntimeError(f"paced warm-up through {side.name}: {problem}")
-        while not fake.lines.empty():
-            fake.lines.get_nowait()
-        reply = client.send(request_for(side.authority, body), body, MARKER)
-        problem = check_stream(reply)
-        if problem:
-            raise RuntimeError(f"paced stream through {side.name}: {problem}")
-        line = ""
-        while not line.startswith("stream "):  # the fake's stamp (skip anything else it said)
-            line = fake.lines.get(timeout=10)
+        cpu0 = side.mitm.cpu_seconds()
+        for _ in range(streams):
+            while not fake.lines.empty():
+                fake.lines.get_nowait()
+            reply = client.send(request_for(side.authority, body), body, MARKER)
+            problem = check_stream(reply)
+            if problem:
+                raise RuntimeError(f"paced stream through {side.name}: {problem}")
+            line = ""
+            while not line.startswith("stream "):  # the fake's stamp (skip anything else)
+                line = fake.lines.get(timeout=10)
+        cpu_ms = (side.mitm.cpu_seconds() - cpu0) * 1000 / streams
         _, first, last, n = line.split()
         first, last = float(first), float(last)
         return {
+            # every event is a read of its own here, as with a real model's tokens: the
+            # per-event cost without the coalescing an unpaced burst allows
+            "cpu_ms_per_stream": cpu_ms,
+            "cpu_us_per_event": cpu_ms * 1000 / int(n),
             "first_event_ms": (reply.t_mark - reply.t0) * 1000,
             "provider_first_ms": (first - reply.t0) * 1000,
             "provider_last_ms": (last - reply.t0) * 1000,
@@ -375,9 +383,10 @@ prices:
 
             paced_body = {DETOUR: capture_body(True, PACED_MODEL), PLAIN: bodies[True]}
             paced_result = {
-                DETOUR: paced_check(detour, ctx, openai_paced, paced_body[DETOUR]),
+                DETOUR: paced_check(detour, ctx, openai_paced, paced_body[DETOUR],
+                                    args.paced_streams),
                 PLAIN: paced_check(Side(PLAIN, stream_mitm, "127.0.0.1", vendor_paced.port),
-                                   ctx, vendor_paced, paced_body[PLAIN]),
+                                   ctx, vendor_paced, paced_body[PLAIN], args.paced_streams),
             }
         finally:
             for side in sides:
@@ -500,6 +509,12 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
           f"last at {x['provider_last_ms']:7.1f} ms; the client had the first text event at "
           f"{x['first_event_ms']:6.1f} ms, all at {x['client_end_ms']:7.1f} ms")
         w(f"          -> first event before the provider's last: {ok}")
+        w(f"          proxy CPU {x['cpu_ms_per_stream']:.1f} ms/stream, "
+          f"{x['cpu_us_per_event']:.0f} us/event")
+    pr = ratio(p[DETOUR]["cpu_ms_per_stream"], p[PLAIN]["cpu_ms_per_stream"])
+    if pr is not None:
+        w(f"  paced CPU ratio detour/plain: {pr:.2f}x (<=1.6x: {'met' if pr <= 1.6 else 'MISSED'};"
+          f" {args.paced_streams} streams per side, 10 ms CPU ticks)")
     w("")
     us = tr["us"]
     per = tr["stream_us_per_event"]
@@ -541,6 +556,8 @@ def parse_args(argv=None):
                     help="timed streams per round and side (default 20, quick 8)")
     ap.add_argument("--events", type=int, default=500,
                     help="content deltas per answer (500); whole answers carry as many chars")
+    ap.add_argument("--paced-streams", type=int, default=3, dest="paced_streams",
+                    help="paced streams per side for the paced CPU figure (3)")
     ap.add_argument("--paced-delay", type=float, default=0.002, dest="paced_delay",
                     help="seconds between events of the paced check stream (0.002)")
     ap.add_argument("--repeat", type=int,

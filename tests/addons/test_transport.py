@@ -144,3 +144,41 @@ async def test_tls_verified_and_unverified():
         async with client(verify=False) as c:
             r = await c.post(fake.base_url + "/v1/chat/completions", json=body, headers=headers)
             assert r.status_code == 200
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 5, 7, 64])
+async def test_chunked_body_split_anywhere(split):
+    """Chunk sizes, extensions, trailers and the end split across reads at every place."""
+    body = (b"4\r\nwiki\r\n5;name=value\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n"
+            b"0\r\nx-trailer: yes\r\n\r\n")
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    pieces = [head] + [(0.002, body[i:i + split]) for i in range(0, len(body), split)]
+
+    class Slow(RawServer):
+        async def _conn(self, reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            for piece in pieces:
+                if isinstance(piece, tuple):
+                    await asyncio.sleep(piece[0])
+                    piece = piece[1]
+                writer.write(piece)
+                await writer.drain()
+            await asyncio.sleep(0.5)  # keep the connection open: the end is the 0 chunk
+            writer.close()
+
+    async with Slow() as srv:
+        async with client() as c:
+            r = await c.post(srv.url, content=b"")
+            assert r.content == b"wikipedia in\r\n\r\nchunks."
+
+
+async def test_chunks_already_received_come_out_together():
+    events = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in
+                      [b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"])
+    async with RawServer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + events
+                         + b"0\r\n\r\n") as srv:
+        async with client() as c:
+            async with c.stream("POST", srv.url, content=b"{}") as r:
+                parts = [p async for p in r.aiter_raw()]
+    assert b"".join(parts) == b"data: 1\n\ndata: 2\n\ndata: 3\n\n"
+    assert len(parts) == 1  # one socket read, one piece

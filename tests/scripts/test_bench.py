@@ -13,7 +13,7 @@ def test_claude_code_bench_runs_and_reports(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "scripts.bench.claude_code", "--requests", "3", "--rounds", "1",
-         "--events", "20", "--streams", "2", "--repeat", "1", "--paced-delay", "0.001",
+         "--events", "20", "--streams", "2", "--repeat", "1", "--paced-delay", "0.001", "--paced-streams", "1",
          "--no-progress", "--json", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
