@@ -69,6 +69,9 @@ class Interceptor:
         self._inline: dict[str, set[asyncio.Task]] = {}  # client connection id -> our tasks
         settings.on_finished(self._relay_finished)
         self._relay_flows: dict[str, http.HTTPFlow] = {}
+        # passthrough flows being observed; not in flow.metadata, which mitmproxy saves with
+        # the flow and can only hold plain data
+        self._taps: dict[str, PassthroughTap] = {}
 
     # ------------------------------------------------------------ TLS: decrypt only our hosts
 
@@ -178,7 +181,7 @@ class Interceptor:
         if flow.id in self._relay_flows:
             flow.response.stream = True
             return
-        tap = flow.metadata.get(META + ".tap")
+        tap = self._taps.get(flow.id)
         if tap is not None and "text/event-stream" in flow.response.headers.get("content-type", ""):
             flow.response.stream = tap
 
@@ -187,7 +190,7 @@ class Interceptor:
         if flow.id in self._relay_flows:
             self.settings.runtime.relay.cancel(flow.id)
             return
-        tap = flow.metadata.pop(META + ".tap", None)
+        tap = self._taps.pop(flow.id, None)
         if tap is not None:
             tap.row.error = flow.error.msg if flow.error else "error"
             self._record(tap.row, tap.started)
@@ -209,7 +212,7 @@ class Interceptor:
         row.route = [{"provider": PASSTHROUGH, "account": "client", "model": row.model_requested}]
         if not origin.endswith("://" + flow.request.pretty_host):
             _retarget(flow.request, origin)  # a configured vendor override
-        flow.metadata[META + ".tap"] = PassthroughTap(row, fmt)
+        self._taps[flow.id] = PassthroughTap(row, fmt)
         flow.comment = f"detour: {fmt} {row.model_requested} -> passthrough"
 
     def _redact_sent(self, flow: http.HTTPFlow) -> None:
@@ -220,7 +223,7 @@ class Interceptor:
 
     def response(self, flow: http.HTTPFlow):
         self._redact_sent(flow)
-        tap = flow.metadata.pop(META + ".tap", None)
+        tap = self._taps.pop(flow.id, None)
         if tap is None:
             return
         row = tap.row

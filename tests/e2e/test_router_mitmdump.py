@@ -540,6 +540,7 @@ def test_saved_flows_hold_no_credentials(confdir, tmp_path, fake_openai, fake_an
     assert len(saved) == 5
     assert CLIENT_KEY.encode() not in data and PROVIDER_KEY.encode() not in data
     assert all(f.request.headers["x-api-key"].endswith("[redacted]") for f in saved)
+    assert "error" not in m.text.lower()  # nothing failed on the way (addons, Save)
 
 
 @pytest.mark.skipif(not shutil.which("curl"), reason="curl drives HTTP/2 multiplexing here")
