@@ -35,6 +35,9 @@ ENDPOINTS: dict[tuple[str, str], str] = {
 }
 HANDLED_HOSTS = frozenset(host for host, _ in ENDPOINTS)
 MARK = ":twisted_rightwards_arrows:"
+# every answer on a vendor host carries its flow id: the key of its usage row (`flow_id`) and
+# of its flow in mitmweb
+ID_HEADER = "x-detour-id"
 META = "detour"
 
 
@@ -166,6 +169,7 @@ class Interceptor:
         job.row.ttfb_ms = job.row.latency_ms = _ms_since(job.started)
         if status < 300:
             headers["x-detour-route"] = f"{job.row.provider}/{job.row.account}"
+        headers[ID_HEADER] = flow.id
         flow.response = http.Response.make(status, body, headers)
         self._finish(flow, job)
 
@@ -176,7 +180,8 @@ class Interceptor:
     # ------------------------------------------------------------ relay flows
 
     def responseheaders(self, flow: http.HTTPFlow):
-        # mitmproxy's own Save addon writes the flow before script addons see `response`
+        if META + ".host" in flow.metadata:
+            flow.response.headers[ID_HEADER] = flow.id
         self._redact_sent(flow)
         if flow.id in self._relay_flows:
             flow.response.stream = True
@@ -250,7 +255,8 @@ class Interceptor:
         mod = FORMATS[fmt]
         redact_credentials(flow.request.headers)
         flow.response = http.Response.make(status, mod.error_body(status, f"detour: {message}"),
-                                           {"content-type": mod.JSON_CONTENT_TYPE})
+                                           {"content-type": mod.JSON_CONTENT_TYPE,
+                                            ID_HEADER: flow.id})
         flow.comment = f"detour: rejected ({status}): {message}"
         row.status, row.error = status, message
         self._record(row, None)

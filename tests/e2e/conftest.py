@@ -63,6 +63,22 @@ class Proxy:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.mitm.ca_cert))
 
+    def row_of(self, response: httpx.Response, timeout: float = 5.0) -> dict:
+        """The usage row of a response, by the flow id detour puts in `x-detour-id` (rows are
+        written in batches: wait for it)."""
+        flow_id = response.headers["x-detour-id"]
+        deadline = time.monotonic() + timeout
+        while True:
+            db = sqlite_utils.Database(self.home / "detour.db")
+            try:
+                rows = list(db["usage"].rows_where("flow_id = ?", [flow_id]))
+            finally:
+                db.close()
+            if rows or time.monotonic() > deadline:
+                assert len(rows) == 1, f"{len(rows)} usage rows for flow {flow_id}"
+                return rows[0]
+            time.sleep(0.05)
+
     def rows(self, expect: int | None = None, timeout: float = 5.0) -> list[dict]:
         """Usage rows, waiting for the batched flush when `expect` rows are due."""
         deadline = time.monotonic() + timeout

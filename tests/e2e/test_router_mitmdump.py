@@ -88,15 +88,10 @@ def post(client, body: dict, **kw) -> httpx.Response:
     return client.post(URL, json=body, headers=HEADERS, **kw)
 
 
-def rows_for(proxy, n: int) -> list[dict]:
-    return proxy.rows(expect=n)
-
-
 # ---------------------------------------------------------------- the main path
 
 
 def test_text_whole(proxy, client, fake_openai):
-    before = len(proxy.rows())
     r = post(client, dict(capture("text"), stream=False))
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/json"
@@ -110,9 +105,10 @@ def test_text_whole(proxy, client, fake_openai):
     assert sent.json["messages"][0]["role"] == "system"
     # Claude Code's mid-conversation system message keeps its place
     assert [m["role"] for m in sent.json["messages"]][1:3] == ["user", "system"]
-    rows = rows_for(proxy, before + 1)
-    assert rows[-1]["status"] == 200 and rows[-1]["stream"] == 0
-    assert rows[-1]["provider"] == "fake" and rows[-1]["model_upstream"] == "fake-model"
+    row = proxy.row_of(r)
+    assert row["status"] == 200 and row["stream"] == 0 and row["client_format"] == "anthropic"
+    assert row["provider"] == "fake" and row["model_upstream"] == "fake-model"
+    assert row["model_requested"] == "claude-opus-4-8" and row["client"].startswith("claude-cli/")
 
 
 def test_client_key_never_leaves(proxy, client, fake_openai):
@@ -145,7 +141,6 @@ def test_text_streamed_event_by_event(proxy, client, fake_openai):
 
 
 def test_usage_exact_with_cache_and_reasoning(proxy, client, fake_openai):
-    before = len(proxy.rows())
     fake_openai.enqueue(Text("cached answer", usage=Usage(prompt=1000, completion=50, cached=600,
                                                           reasoning=10)))
     r = post(client, capture("text"))
@@ -153,7 +148,7 @@ def test_usage_exact_with_cache_and_reasoning(proxy, client, fake_openai):
     assert delta.usage == canonical.Usage(input_tokens=400, output_tokens=50,
                                           cache_read_tokens=600, cache_write_tokens=0,
                                           reasoning_tokens=0)  # Anthropic has no reasoning field
-    row = rows_for(proxy, before + 1)[-1]
+    row = proxy.row_of(r)
     assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"],
             row["reasoning_tokens"]) == (400, 600, 50, 10)
     assert row["cost_usd"] == pytest.approx((400 * 3 + 600 * 0.3 + 50 * 15) / 1e6)
@@ -221,11 +216,10 @@ def test_not_json_gets_an_anthropic_400_and_the_proxy_serves_on(proxy, client):
     ([1, 2, 3], "JSON object"),
 ])
 def test_invalid_request_400_names_the_problem(proxy, client, body, names):
-    before = len(proxy.rows())
     r = client.post(URL, json=body, headers=HEADERS)
     assert r.status_code == 400
     assert names in r.json()["error"]["message"]
-    assert rows_for(proxy, before + 1)[-1]["status"] == 400
+    assert proxy.row_of(r)["status"] == 400
 
 
 # ---------------------------------------------------------------- provider faults
@@ -263,7 +257,6 @@ def _reset_cooldowns(proxy, client, fake_openai):
 
 
 def test_provider_cuts_the_stream_midway(proxy, client, fake_openai):
-    before = len(proxy.rows())
     fake_openai.enqueue(CutAfter(3))
     t0 = time.monotonic()
     r = post(client, capture("text"))
@@ -272,8 +265,8 @@ def test_provider_cuts_the_stream_midway(proxy, client, fake_openai):
     events = events_of(r.content)
     assert isinstance(events[-1], canonical.StreamError)
     assert events[-1].kind == "api_error"
-    row = rows_for(proxy, before + 1)[-1]
-    assert row["error"]
+    row = proxy.row_of(r)
+    assert row["status"] == 200 and "broke off the stream" in row["error"]
 
 
 def test_provider_error_event_midway(proxy, client, fake_openai):
@@ -289,12 +282,11 @@ def test_provider_error_event_midway(proxy, client, fake_openai):
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_fallback_on_connection_refused(proxy, client, fake_openai, stream):
-    before = len(proxy.rows())
     r = post(client, dict(capture("text"), model="via-dead", stream=stream))
     assert r.status_code == 200
     assert b"Hello from the fake provider" in r.content or "Hello" in "".join(
         e.text for e in events_of(r.content) if isinstance(e, canonical.TextDelta))
-    row = rows_for(proxy, before + 1)[-1]
+    row = proxy.row_of(r)
     route = json.loads(row["route"])
     assert route[-1]["provider"] == "fake" and route[-1]["status"] == 200
     assert row["provider"] == "fake"
@@ -334,7 +326,6 @@ def test_anthropic_provider_gets_the_bytes_with_its_own_key(proxy, client, fake_
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_observe_mode_forwards_untouched_and_records_usage(proxy, client, fake_anthropic, stream):
-    before = len(proxy.rows())
     fake_anthropic.keys.add(CLIENT_KEY)  # in observe mode the client's own key is the one used
     body = dict(capture("text"), model="claude-haiku-4-5", stream=stream)
     raw = json.dumps(body).encode()
@@ -344,7 +335,7 @@ def test_observe_mode_forwards_untouched_and_records_usage(proxy, client, fake_a
     assert sent.body == raw  # byte for byte
     assert sent.headers["x-api-key"] == CLIENT_KEY  # the client's own vendor call
     assert sent.path == "/v1/messages?beta=true"
-    row = rows_for(proxy, before + 1)[-1]
+    row = proxy.row_of(r)
     assert row["provider"] == "api.anthropic.com" and row["account"] == "client"
     if stream:
         usage = [e for e in events_of(r.content) if isinstance(e, canonical.MessageDelta)][0].usage
@@ -356,12 +347,11 @@ def test_observe_mode_forwards_untouched_and_records_usage(proxy, client, fake_a
 
 
 def test_other_paths_of_a_vendor_pass_through_and_are_not_counted(proxy, client, fake_anthropic):
-    before = len(proxy.rows())
     r = client.get("https://api.anthropic.com/api/claude_code/settings", headers=HEADERS)
     assert fake_anthropic.requests[-1].path == "/api/claude_code/settings"
     assert r.status_code == 404  # what the fake vendor answers, passed on
-    time.sleep(1.0)
-    assert len(proxy.rows()) == before
+    with pytest.raises(AssertionError, match="0 usage rows"):
+        proxy.row_of(r, timeout=1.5)
 
 
 def test_hosts_detour_does_not_handle_are_tunnelled_not_decrypted(proxy):
@@ -375,7 +365,6 @@ def test_hosts_detour_does_not_handle_are_tunnelled_not_decrypted(proxy):
 
 
 def test_client_disconnect_mid_stream_cancels_the_provider_call(proxy, fake_openai):
-    before = len(proxy.rows())
     aborted = fake_openai.aborted_streams
     fake_openai.enqueue(Text(pieces=["x"] * 40, delay=0.1))
     with proxy.client() as c:
@@ -384,7 +373,7 @@ def test_client_disconnect_mid_stream_cancels_the_provider_call(proxy, fake_open
                 if b"text_delta" in chunk:
                     break
     assert fake_openai.wait_until(lambda f: f.aborted_streams > aborted, timeout=5)
-    row = rows_for(proxy, before + 1)[-1]
+    row = proxy.row_of(r)
     assert row["error"] and "client-aborted" in row["error"]
 
 
