@@ -537,7 +537,7 @@ def test_parallel_streams_of_one_http2_connection_run_concurrently(proxy, fake_o
     """mitmproxy opens at most 5 connections per client connection and upstream address; the
     relay listens on several ports so an HTTP/2 client's parallel streams do not queue.
     (curl: httpx offers http/1.1 before h2 in ALPN, so mitmproxy would pick HTTP/1.1.)"""
-    n, pace = 8, 0.15
+    n, pace = 8, 0.25
     fake_openai.enqueue(*[Text(pieces=["a", "b", "c", "d"], delay=pace) for _ in range(n)])
     body = tmp_path / "body.json"
     body.write_text(json.dumps(capture("text")))
@@ -556,7 +556,8 @@ def test_parallel_streams_of_one_http2_connection_run_concurrently(proxy, fake_o
     for i in range(n):
         assert isinstance(events_of((tmp_path / f"out{i}").read_bytes())[-1], canonical.MessageStop)
     one_stream = 5 * pace  # each stream takes about this long
-    assert elapsed < 2.5 * one_stream, f"{n} streams took {elapsed:.2f}s: they queued"
+    # measured: ~1.8 s concurrent; ~3.1 s with one relay port (streams 6-8 wait their turn)
+    assert elapsed < 2 * one_stream, f"{n} streams took {elapsed:.2f}s: they queued"
 
 
 def test_openai_chat_stream_without_include_usage_has_no_usage_chunk(proxy, client):
