@@ -177,7 +177,7 @@ class Forwarder:
             body = dict(job.body, model=cand.model)
             if _over_cap(body, cap):
                 body["max_tokens"] = cap
-            return fmt, url, headers, _dumps(body)
+            return fmt, url, headers, dump_json(body)
         req = job.canonical()
         # `user` is dropped: Claude Code's metadata.user_id carries its device and account ids,
         # which have no business at another vendor
@@ -194,7 +194,7 @@ class Forwarder:
                                               max_tokens_field=spec.max_tokens_field)
         else:
             wire = FORMATS[fmt].encode_request(req)
-        return fmt, url, headers, _dumps(wire)
+        return fmt, url, headers, dump_json(wire)
 
     # ------------------------------------------------------------ trying candidates
 
@@ -366,7 +366,7 @@ class Forwarder:
         if opened.provider_format == job.client_format and not opened.is_sse:
             body = data  # same format: the provider's bytes, untouched
         else:
-            body = _dumps(client_mod.encode_response(resp))
+            body = dump_json(client_mod.encode_response(resp))
         job.row.status = 200
         return 200, {"content-type": client_mod.JSON_CONTENT_TYPE}, body
 
@@ -490,7 +490,7 @@ def _over_cap(body: dict, cap: int | None) -> bool:
     return isinstance(value, int) and value > cap
 
 
-def _dumps(obj: Any) -> bytes:
+def dump_json(obj: Any) -> bytes:
     return orjson.dumps(obj)  # compact, UTF-8, ~8x the json module on 48 KB bodies
 
 
