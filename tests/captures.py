@@ -5,3 +5,16 @@ failure, never a skip."""
 from pathlib import Path
 
 CAPTURES = Path(__file__).resolve().parent / "data" / "captures"
+
+
+def anthropic_events(data: bytes) -> list:
+    """Decode an Anthropic SSE body (as a client got it) into canonical events, checking them
+    against the event grammar on the way."""
+    from translators import anthropic, canonical
+
+    dec = anthropic.StreamDecoder()
+    events = dec.feed(data) + dec.close()
+    grammar = canonical.StreamGrammar()
+    for ev in events:
+        grammar.check(ev)
+    return events

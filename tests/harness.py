@@ -17,6 +17,29 @@ PROXY_VARS = {"https_proxy", "http_proxy", "all_proxy", "no_proxy"}
 LISTENING = re.compile(rb"proxy listening at (?:\*|[\d.]+):(\d+)")
 
 
+def cpu_of_pid(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (from /proc, Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(proc: subprocess.Popen, sig: int, reader: threading.Thread | None = None):
+    """Stop a process we started (by its PID): `sig`, then a kill after 10 s; join the thread
+    reading its output and close the pipe."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if reader is not None:
+        reader.join(5)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    return proc.returncode
+
+
 class Mitmdump:
     """`mitmdump [-s addons/router.py] --listen-port 0`, its port read from its own output."""
 
@@ -79,25 +102,13 @@ class Mitmdump:
         return self.output.decode(errors="replace")
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (from /proc, Linux)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return cpu_of_pid(self.proc.pid)
 
     def stop(self) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(5)
-        self.proc.stdout.close()
-        return self.proc.returncode
+        # SIGINT: mitmproxy's clean shutdown (addons' `done`: the usage rows are flushed)
+        return stop_process(self.proc, signal.SIGINT, self._reader)
 
     def __enter__(self) -> "Mitmdump":
         return self.start()

@@ -22,16 +22,12 @@ from pathlib import Path
 
 import h11
 
+from tests.harness import cpu_of_pid, stop_process
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 LISTENING = re.compile(r"listening on (https?)://([\d.]+):(\d+)")
 _NO_PROXY_ENV = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
                  "all_proxy")
-
-
-def cpu_of_pid(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (from /proc, Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class FakeProcess:
@@ -81,18 +77,8 @@ class FakeProcess:
         return cpu_of_pid(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(5)
-        self.proc.stdout.close()
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGTERM, self._reader)
 
 
 @dataclass(slots=True)

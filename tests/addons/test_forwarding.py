@@ -11,8 +11,8 @@ from addons.config import parse_config
 from addons.forwarding import Failure, Forwarder, Job
 from addons.routing import CooldownBook, build_providers, plan
 from addons.usage import UsageRow, now_iso
-from tests.captures import CAPTURES
-from translators import anthropic, canonical
+from tests.captures import CAPTURES, anthropic_events
+from translators import canonical
 
 CONFIG = """
 providers:
@@ -85,13 +85,7 @@ def setup(upstreams: Upstreams, model: str, stream: bool = False):
     return fwd, job
 
 
-def sse_events(data: bytes) -> list:
-    dec = anthropic.StreamDecoder()
-    events = dec.feed(data) + dec.close()
-    grammar = canonical.StreamGrammar()
-    for e in events:
-        grammar.check(e)
-    return events
+sse_events = anthropic_events
 
 
 async def test_whole_call_translated_with_exact_usage():

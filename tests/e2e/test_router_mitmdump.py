@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import (CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, Proxy, capture, free_port,
                                 start_proxy)
+from tests.captures import anthropic_events
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.fakes.replies import (CutAfter, Garbage, Stall, Status, StreamError, Text, ToolCall,
                                  Usage)
@@ -74,14 +75,7 @@ def client(proxy):
         yield c
 
 
-def events_of(data: bytes) -> list:
-    """Decode an Anthropic SSE body, checking it against the event grammar."""
-    dec = anthropic.StreamDecoder()
-    events = dec.feed(data) + dec.close()
-    grammar = canonical.StreamGrammar()
-    for ev in events:
-        grammar.check(ev)
-    return events
+events_of = anthropic_events
 
 
 def post(client, body: dict, **kw) -> httpx.Response:
