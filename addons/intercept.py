@@ -11,12 +11,13 @@
 """
 
 import asyncio
+import json
 import logging
 import time
 from urllib.parse import urlsplit
 
 import orjson
-from mitmproxy import http, tls
+from mitmproxy import command, http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import PASSTHROUGH
@@ -75,6 +76,24 @@ class Interceptor:
         # passthrough flows being observed; not in flow.metadata, which mitmproxy saves with
         # the flow and can only hold plain data
         self._taps: dict[str, PassthroughTap] = {}
+
+    # ------------------------------------------------------------ operator command
+
+    @command.command("detour.status")
+    def status(self) -> str:
+        """detour's state as JSON: calls in flight, relay jobs, queued usage rows, resting
+        accounts. Everything but the resting accounts is back to 0 when the proxy is idle."""
+        rt = self.settings.runtime
+        relay = rt.relay
+        return json.dumps({
+            "relayed_flows": len(self._relay_flows),
+            "observed_flows": len(self._taps),
+            "inline_calls": sum(len(t) for t in self._inline.values()),
+            "relay_jobs_waiting": len(relay._jobs) if relay else 0,
+            "relay_jobs_running": len(relay._running) if relay else 0,
+            "usage_rows_queued": rt.store.queued,
+            "cooling_down": {key: round(left) for key, left in rt.cooldowns.resting().items()},
+        })
 
     # ------------------------------------------------------------ TLS: decrypt only our hosts
 

@@ -98,6 +98,10 @@ class CooldownBook:
             return 0.0
         return left
 
+    def resting(self) -> dict[str, float]:
+        """Every account still resting, with the seconds it has left."""
+        return {key: left for key in list(self._until) if (left := self.remaining(key)) > 0}
+
     def clear(self, key: str) -> None:
         self._until.pop(key, None)
 

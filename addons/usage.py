@@ -114,6 +114,10 @@ class UsageStore:
         self._task: asyncio.Task | None = None
         open_db(path).close()
 
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
     def add(self, row: UsageRow) -> None:
         if row.recorded:
             return
