@@ -44,15 +44,21 @@ class Mitmdump:
     """`mitmdump [-s addons/router.py] --listen-port 0`, its port read from its own output."""
 
     def __init__(self, confdir: Path, home: Path | None = None, router: bool = True,
-                 extra: list[str] = (), env: dict | None = None):
+                 extra: list[str] = (), env: dict | None = None,
+                 web: tuple[int, str] | None = None):
+        """`web=(port, password)` runs mitmweb instead, its UI and API on that port."""
         self.confdir = confdir
         self.home = home
-        self.args = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", "0",
+        program = MITMDUMP if web is None else MITMDUMP.parent / "mitmweb"
+        self.args = [str(program), "--listen-host", "127.0.0.1", "--listen-port", "0",
                      "--set", f"confdir={confdir}", "--set", "flow_detail=0"]
         if router:
             self.args += ["-s", str(ROUTER)]
             if home is not None:
                 self.args += ["--set", f"detour_home={home}"]
+        if web is not None:
+            self.args += ["--set", f"web_port={web[0]}", "--set", f"web_password={web[1]}",
+                          "--set", "web_open_browser=false"]
         self.args += list(extra)
         if env is None:
             # the test runner's own proxy settings must not leak into the proxy under test
@@ -111,7 +117,7 @@ class Mitmdump:
         return stop_process(self.proc, signal.SIGINT, self._reader)
 
     def __enter__(self) -> "Mitmdump":
-        return self.start()
+        return self if self.proc is not None else self.start()  # started already: just stop
 
     def __exit__(self, *exc) -> None:
         self.stop()

@@ -93,7 +93,14 @@ class Proxy:
             time.sleep(0.05)
 
 
-def start_proxy(confdir: Path, home: Path, config: str) -> Proxy:
+def detour_home(home: Path, config: str) -> Path:
+    """A DETOUR_HOME holding this config.yaml."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.yaml").write_text(config)
-    return Proxy(Mitmdump(confdir, home).start(), home)
+    return home
+
+
+def start_proxy(confdir: Path, home: Path, config: str, **mitmdump) -> Proxy:
+    """A running mitmdump (or mitmweb: `web=(port, password)`) with the router and this config;
+    the caller stops it (`proxy.mitm.stop()`)."""
+    return Proxy(Mitmdump(confdir, detour_home(home, config), **mitmdump).start(), home)

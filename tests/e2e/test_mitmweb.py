@@ -7,27 +7,21 @@ import time
 
 import httpx
 
-from tests.e2e.conftest import PROVIDER_KEY, capture, free_port
-from tests.harness import MITMDUMP, Mitmdump
+from tests.e2e.conftest import PROVIDER_KEY, capture, free_port, start_proxy
 
 PASSWORD = "detour-test-web"
 
 
 def test_mitmweb_shows_route_and_attempts(confdir, tmp_path, fake_openai):
     dead = free_port()
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.yaml").write_text(
+    web_port = free_port()
+    m = start_proxy(
+        confdir, tmp_path / "home",
         f'providers:\n'
         f'  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}\n'
         f'  dead: {{kind: openai, base_url: "http://127.0.0.1:{dead}/v1", api_keys: [x]}}\n'
-        f'routes: {{"*": [dead/m, fake/fake-model]}}\n')
-    web_port = free_port()
-    m = Mitmdump(confdir, home, extra=["--set", f"web_port={web_port}", "--set",
-                                       f"web_password={PASSWORD}", "--set",
-                                       "web_open_browser=false"])
-    m.args[0] = str(MITMDUMP.parent / "mitmweb")
-    with m:
+        f'routes: {{"*": [dead/m, fake/fake-model]}}\n', web=(web_port, PASSWORD)).mitm
+    with m:  # stops it
         ctx = ssl.create_default_context(cafile=str(m.ca_cert))
         with httpx.Client(proxy=m.url, verify=ctx, trust_env=False, timeout=20) as c:
             for stream in (False, True):

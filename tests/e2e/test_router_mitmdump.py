@@ -12,8 +12,8 @@ import time
 import httpx
 import pytest
 
-from tests.e2e.conftest import (CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, Proxy, capture, free_port,
-                                start_proxy)
+from tests.e2e.conftest import (CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, Proxy, capture,
+                                detour_home, free_port, start_proxy)
 from tests.captures import anthropic_events
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.fakes.replies import (CutAfter, Garbage, Stall, Status, StreamError, Text, ToolCall,
@@ -488,9 +488,8 @@ def test_the_users_proxy_variables_never_loop_detour_back(confdir, tmp_path, fak
     detour's own calls to providers must ignore it (peers.md #9)."""
     env = dict(os.environ, HTTPS_PROXY=f"http://127.0.0.1:{free_port()}",
                HTTP_PROXY=f"http://127.0.0.1:{free_port()}", ALL_PROXY="socks5://127.0.0.1:1")
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.yaml").write_text(
+    home = detour_home(
+        tmp_path / "home",
         f'providers: {{fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", '
         f'api_keys: [{PROVIDER_KEY}]}}}}\nroutes: {{"*": [fake/fake-model]}}\n')
     with Mitmdump(confdir, home, env=env) as m:
@@ -504,9 +503,8 @@ def test_saved_flows_hold_no_credentials(confdir, tmp_path, fake_openai, fake_an
     """mitmdump's own flow file (save_stream_file): the flows are all there, the keys are not."""
     from mitmproxy import io as mitmio
     fake_anthropic.keys.add(CLIENT_KEY)
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.yaml").write_text(
+    home = detour_home(
+        tmp_path / "home",
         f'providers: {{fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", '
         f'api_keys: [{PROVIDER_KEY}]}}}}\nroutes: {{claude-opus-4-8: [fake/fake-model], '
         f'"*": [passthrough]}}\nvendors: {{api.anthropic.com: "{fake_anthropic.base_url}"}}\n')

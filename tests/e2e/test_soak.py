@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from tests.captures import anthropic_events
-from tests.e2e.conftest import PROVIDER_KEY, capture, free_port
+from tests.e2e.conftest import PROVIDER_KEY, capture, free_port, start_proxy
 from tests.fakes.replies import CutAfter, Status, Text
-from tests.harness import MITMDUMP, Mitmdump
 
 PASSWORD = "detour-test-soak"
 URL = "https://api.anthropic.com/v1/messages"
@@ -29,20 +28,16 @@ def status(web_port: int) -> dict:
 
 @pytest.mark.slow
 def test_nothing_is_left_behind(confdir, tmp_path, fake_openai):
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.yaml").write_text(
+    web_port = free_port()
+    proxy = start_proxy(
+        confdir, tmp_path / "home",
         f'providers:\n  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", '
         f'api_keys: [{PROVIDER_KEY}]}}\n'
-        f'routes: {{"*": [fake/fake-model]}}\ncooldown_seconds: 0\n')
-    web_port = free_port()
-    m = Mitmdump(confdir, home, extra=["--set", f"web_port={web_port}", "--set",
-                                       f"web_password={PASSWORD}", "--set",
-                                       "web_open_browser=false"])
-    m.args[0] = str(MITMDUMP.parent / "mitmweb")
+        f'routes: {{"*": [fake/fake-model]}}\ncooldown_seconds: 0\n', web=(web_port, PASSWORD))
+    m = proxy.mitm
     body = capture("text")
     ok = 0
-    with m:
+    with m:  # stops it
         ctx = ssl.create_default_context(cafile=str(m.ca_cert))
 
         def worker(n: int):
