@@ -9,6 +9,18 @@ resumes a stream.
 
 from dataclasses import dataclass
 
+from translators.canonical import TranslationError
+
+# A peer that never ends a line or an event must not grow our memory without bound. Real
+# events are far smaller (a streamed delta is a few hundred bytes; the largest real ones, a
+# whole tool input or an inline image, stay within a few MB).
+MAX_LINE = 16 * 1024 * 1024
+MAX_EVENT = 32 * 1024 * 1024
+
+
+class SSETooLarge(TranslationError):
+    """A line or an event beyond the parser's limit: the stream is broken off."""
+
 
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
@@ -20,14 +32,19 @@ class SSEParser:
     """`feed(chunk) -> [SSEEvent]`, `close() -> [SSEEvent]` (a final event the server did not end
     with a blank line is still dispatched: some providers omit it before closing)."""
 
-    __slots__ = ("_partial", "_event", "_data", "_pending_cr")
+    __slots__ = ("_partial", "_partial_len", "_event", "_data", "_data_len", "_pending_cr",
+                 "max_line", "max_event")
 
-    def __init__(self):
+    def __init__(self, max_line: int = MAX_LINE, max_event: int = MAX_EVENT):
+        self.max_line = max_line
+        self.max_event = max_event
         # pieces of a line not ended yet: joined only once its end arrives, so a long line fed
         # in small chunks costs linear time, not quadratic
         self._partial: list[bytes] = []
+        self._partial_len = 0
         self._event = ""
         self._data: list[str] = []
+        self._data_len = 0
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
@@ -39,6 +56,9 @@ class SSEParser:
                 chunk = chunk[1:]
         if b"\n" not in chunk and b"\r" not in chunk:
             self._partial.append(chunk)
+            self._partial_len += len(chunk)
+            if self._partial_len > self.max_line:
+                raise SSETooLarge(f"an event-stream line longer than {self.max_line} bytes")
             return []
         if self._partial:
             self._partial.append(chunk)
@@ -52,7 +72,10 @@ class SSEParser:
             buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = buf.split(b"\n")
         tail = lines.pop()
+        if len(tail) > self.max_line:
+            raise SSETooLarge(f"an event-stream line longer than {self.max_line} bytes")
         self._partial = [tail] if tail else []
+        self._partial_len = len(tail)
         out: list[SSEEvent] = []
         for raw in lines:
             self._line(raw, out)
@@ -63,6 +86,7 @@ class SSEParser:
         if self._partial:
             self._line(b"".join(self._partial), out)
             self._partial = []
+            self._partial_len = 0
         self._line(b"", out)
         return out
 
@@ -70,7 +94,7 @@ class SSEParser:
         if not raw:
             if self._data or self._event:
                 out.append(SSEEvent(self._event, "\n".join(self._data)))
-            self._event, self._data = "", []
+            self._event, self._data, self._data_len = "", [], 0
             return
         line = raw.decode("utf-8", "replace")
         if line[0] == ":":
@@ -79,6 +103,9 @@ class SSEParser:
         if sep and value[:1] == " ":
             value = value[1:]
         if name == "data":
+            self._data_len += len(raw)
+            if self._data_len > self.max_event:
+                raise SSETooLarge(f"an event larger than {self.max_event} bytes")
             self._data.append(value)
         elif name == "event":
             self._event = value

@@ -1,9 +1,10 @@
 """SSE framing: the same events whatever the line endings and chunk boundaries."""
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from translators.sse import SSEEvent, SSEParser
+from translators.sse import SSEEvent, SSEParser, SSETooLarge
 
 
 def parse(*chunks: bytes) -> list[SSEEvent]:
@@ -110,3 +111,32 @@ def test_a_long_line_in_tiny_chunks():
     for i in range(0, len(payload), 64):
         events += parser.feed(payload[i:i + 64])
     assert len(events) == 1 and len(events[0].data) == 2_000_000
+
+
+def test_a_line_that_never_ends_is_refused_not_buffered_forever():
+    p = SSEParser(max_line=1000)
+    p.feed(b"data: " + b"x" * 500)
+    with pytest.raises(SSETooLarge):
+        for _ in range(10):
+            p.feed(b"x" * 100)  # no newline ever comes
+
+
+def test_a_long_line_arriving_whole_without_its_end_is_refused():
+    p = SSEParser(max_line=1000)
+    with pytest.raises(SSETooLarge):
+        p.feed(b"data: ok\n\ndata: " + b"y" * 2000)
+
+
+def test_an_event_of_many_lines_beyond_the_limit_is_refused():
+    p = SSEParser(max_line=1000, max_event=5000)
+    with pytest.raises(SSETooLarge):
+        for _ in range(100):
+            p.feed(b"data: " + b"z" * 100 + b"\n")  # lines, but never the blank line
+
+
+def test_events_within_the_limits_pass_and_the_counters_reset_per_event():
+    p = SSEParser(max_line=1000, max_event=1000)
+    out = []
+    for _ in range(50):
+        out += p.feed(b"data: " + b"a" * 500 + b"\n\n")
+    assert len(out) == 50
