@@ -121,6 +121,14 @@ class Config(_Strict):
     # how long an account rests after a 429 without Retry-After, or a 5xx / connection failure
     cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
 
+    @field_validator("vendors")
+    @classmethod
+    def _vendor_urls(cls, v: dict[str, str]) -> dict[str, str]:
+        for host, url in v.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"vendors.{host}: {url!r} must start with http:// or https://")
+        return {host: url.rstrip("/") for host, url in v.items()}
+
     @model_validator(mode="after")
     def _candidates_exist(self):
         for section in ("routes", "combos"):

@@ -316,11 +316,15 @@ def redact_credentials(headers) -> None:
 
 
 def _retarget(req: http.Request, origin: str) -> None:
-    """Send a request to another origin (scheme://host:port), path unchanged."""
+    """Send a request to a configured vendor base (scheme://host:port[/prefix]): the path is
+    kept, under the base's path prefix if it has one (a gateway at https://gw/anthropic)."""
     u = urlsplit(origin)
     req.scheme = u.scheme
     req.host = u.hostname
     req.port = u.port or (443 if u.scheme == "https" else 80)
+    prefix = u.path.rstrip("/")
+    if prefix:
+        req.path = prefix + req.path
 
 
 def _ms_since(t0: float) -> float:
