@@ -10,10 +10,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from mitmproxy import ctx, exceptions
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.config import CONFIG_NAME, Config, ConfigError, ensure_home, home_dir, load_config
+from addons.config import (CONFIG_NAME, Config, ConfigError, ensure_home, home_dir, load_config,
+                           parse_config)
 from addons.forwarding import Forwarder
 from addons.relay import RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
@@ -27,6 +29,7 @@ for _name in ("httpx", "httpcore", "hpack"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 CONFIG_POLL_SECONDS = 1.0
+CONFIG_SETTLE_SECONDS = 0.2  # a changed file is loaded once it stays the same this long
 
 
 @dataclass
@@ -135,22 +138,55 @@ class DetourSettings:
         self._finished_hooks.append(hook)
 
     async def _watch_config(self) -> None:
-        """Hot reload: poll the file's mtime (cheap, and works on every filesystem)."""
+        """Hot reload: poll the file's mtime (cheap, and works on every filesystem). A change is
+        loaded once the file has held still for a moment: an editor truncates, then writes."""
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
             rt = self.runtime
-            mtime = _mtime(rt.config_path)
-            if mtime is None or mtime == self._mtime:
+            seen = _signature(rt.config_path)
+            if seen is None or seen[0] == self._mtime:
                 continue
-            self._mtime = mtime
+            await asyncio.sleep(CONFIG_SETTLE_SECONDS)
+            if _signature(rt.config_path) != seen:
+                continue  # still being written: look again at the next poll
+            self._mtime = seen[0]
             try:
-                config = load_config(rt.config_path)
-                providers = build_providers(config)
+                config, providers = _reload(rt.config_path, rt.config)
             except ConfigError as e:
                 log.error("detour: %s; keeping the previous configuration", e)
                 continue
             self._apply(config, providers)
             log.info("detour: reloaded %s (%d providers)", rt.config_path, len(providers))
+
+
+def _reload(path: Path, current: Config) -> tuple[Config, dict[str, ProviderRuntime]]:
+    """The edited configuration, or a ConfigError naming why it is kept out. An edit that would
+    drop every provider (so every route: each call then goes to the original vendor) is taken
+    for a file caught half written unless it names its routes (`routes: {"*": [passthrough]}`)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    config = parse_config(text, str(path))
+    if current.providers and not config.providers and not _names_routes(text):
+        raise ConfigError(
+            f"{path}: this edit drops every provider and route (an empty or half-written "
+            "file?); to send every call to the original vendors on purpose, write "
+            "routes: {\"*\": [passthrough]}")
+    return config, build_providers(config)
+
+
+def _names_routes(text: str) -> bool:
+    raw = yaml.safe_load(text)  # parse_config has read it: valid YAML
+    return isinstance(raw, dict) and "routes" in raw
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _mtime(path: Path) -> float | None:

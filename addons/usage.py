@@ -1,14 +1,20 @@
 """The usage store: one row per intercepted model call, in DETOUR_HOME/detour.db (SQLite, WAL).
 
 Rows are queued on the request path and written in batches by a background flush, so a slow
-disk never delays a response; `close()` writes whatever is queued, so a clean stop loses
+disk never delays a response. A row SQLite refuses (a figure beyond 64 bits, a bad value) is
+set aside in `usage_rejected` with its reason and never blocks the others. `close()` writes what
+is queued, waiting a bounded time for a locked database; what still cannot be written (locked,
+disk full) is spilled to DETOUR_HOME/usage-spill.jsonl (0600, fsynced) and imported at the next
+start, once: a row whose flow_id is already stored is not stored again. A clean stop loses
 nothing. The schema is the public interface described in DESIGN.md (`usage` table).
 """
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,6 +48,21 @@ USAGE_COLUMNS = {
     "error": str,
     "route": str,  # JSON list of attempts: provider, account, model, status, ms, error
 }
+ROW_COLUMNS = tuple(name for name in USAGE_COLUMNS if name != "id")
+_INSERT = (f"INSERT INTO usage ({', '.join(ROW_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})")
+# rows SQLite refused, with why: `row` is the row as JSON, as it would have been stored
+REJECTED_COLUMNS = {"id": int, "ts": str, "flow_id": str, "reason": str, "row": str}
+_INSERT_REJECTED = "INSERT INTO usage_rejected (ts, flow_id, reason, row) VALUES (?, ?, ?, ?)"
+SPILL_NAME = "usage-spill.jsonl"
+# set aside beside the spill file and given up when the disk is full, so that a clean stop can
+# still spill (about 2,000 rows)
+RESERVE_NAME = "usage-spill.reserve"
+RESERVE_BYTES = 1 << 20
+BUSY_TIMEOUT = 2.0  # seconds a write waits for another process's lock
+# the database cannot be written now (locked, disk full, I/O error, missing): try again later;
+# any other error is the row's own fault
+UNAVAILABLE = (sqlite3.OperationalError, OSError)
 
 
 @dataclass(slots=True)
@@ -96,23 +117,37 @@ def open_db(path: Path) -> sqlite_utils.Database:
         missing = {k: v for k, v in USAGE_COLUMNS.items() if k not in db["usage"].columns_dict}
         for name, typ in missing.items():
             db["usage"].add_column(name, typ)
+    if "usage_rejected" not in db.table_names():
+        db["usage_rejected"].create(REJECTED_COLUMNS, pk="id")
     return db
+
+
+def row_json(rec: dict) -> str:
+    # ASCII: a lone surrogate in a row must not stop it from being set aside or spilled
+    return json.dumps(rec, separators=(",", ":"), default=repr)
 
 
 class UsageStore:
     """Queue + batched writer. `add()` is called on mitmproxy's event loop and never blocks;
     the writes happen in a worker thread (sqlite3 is blocking I/O)."""
 
-    def __init__(self, path: Path, flush_interval: float = 0.5, batch: int = 200):
+    def __init__(self, path: Path, flush_interval: float = 0.5, batch: int = 200,
+                 busy_timeout: float = BUSY_TIMEOUT):
         self.path = path
+        self.spill_path = path.parent / SPILL_NAME
         self.flush_interval = flush_interval
         self.batch = batch
+        self.busy_timeout = busy_timeout
         self._queue: list[dict] = []
+        self._rejected: list[tuple[dict, str]] = []  # set aside, not yet in usage_rejected
         self._lock = threading.Lock()  # guards the queue and serialises writers
         self._write_lock = threading.Lock()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._unavailable = ""  # why the database cannot be written, while it cannot
         open_db(path).close()
+        self.import_spill()
+        _keep_reserve(path.parent / RESERVE_NAME)
 
     @property
     def queued(self) -> int:
@@ -137,28 +172,223 @@ class UsageStore:
             except TimeoutError:
                 pass
             self._wakeup.clear()
-            if self._queue:
+            if self._queue or self._rejected:
                 await asyncio.to_thread(self.flush)
 
     def flush(self) -> int:
+        """Write what is queued; return how many rows were stored. Rows the database cannot
+        take now go back to the head of the queue."""
         with self._write_lock:
             with self._lock:
                 rows, self._queue = self._queue, []
-            if not rows:
+            if not rows and not self._rejected:
                 return 0
-            try:
-                db = sqlite_utils.Database(self.path)
-                try:
-                    db["usage"].insert_all(rows, batch_size=self.batch)
-                finally:
-                    db.close()
-            except Exception:
-                # keep the rows for the next flush rather than losing them
+            written, unwritten = self._write(rows)
+            if unwritten:
                 with self._lock:
-                    self._queue[:0] = rows
-                log.exception("usage: writing %d rows to %s failed; will retry", len(rows), self.path)
-                return 0
-            return len(rows)
+                    self._queue[:0] = unwritten
+            return written
 
     def close(self) -> None:
+        """Write what is queued (waiting at most the busy timeout) and spill the rest."""
         self.flush()
+        with self._write_lock, self._lock:
+            rows, self._queue = self._queue, []
+            rejected, self._rejected = self._rejected, []
+        if rows or rejected:
+            self._spill([{"row": rec} for rec in rows]
+                        + [{"row": rec, "rejected": reason} for rec, reason in rejected])
+
+    # ------------------------------------------------------------ writing
+
+    def _connect(self) -> sqlite3.Connection:
+        if not self.path.is_file():  # sqlite3 would create an empty database without the tables
+            raise FileNotFoundError(errno.ENOENT, "no database file", str(self.path))
+        return sqlite3.connect(self.path, timeout=self.busy_timeout)
+
+    def _write(self, rows: list[dict]) -> tuple[int, list[dict]]:
+        """Store `rows` (one transaction; row by row when one of them fails it) and the rows set
+        aside. Returns how many were stored and the ones to try again later."""
+        try:
+            conn = self._connect()
+        except UNAVAILABLE as e:
+            self._note_unavailable(e, len(rows))
+            return 0, rows
+        try:
+            try:
+                written = _insert(conn, rows)
+            except UNAVAILABLE as e:
+                self._note_unavailable(e, len(rows))
+                return 0, rows
+            except Exception:  # noqa: BLE001 - one bad row: find it, keep the others
+                written = 0
+                for i, rec in enumerate(rows):
+                    try:
+                        written += _insert(conn, [rec])
+                    except UNAVAILABLE as e:
+                        self._note_unavailable(e, len(rows) - i)
+                        return written, rows[i:]
+                    except Exception as e:  # noqa: BLE001
+                        reason = f"{type(e).__name__}: {e}"
+                        log.error("usage: row of flow %s set aside in usage_rejected: %s",
+                                  rec.get("flow_id"), reason)
+                        self._rejected.append((rec, reason))
+            self._write_rejected(conn)
+        finally:
+            conn.close()
+        if self._unavailable:
+            log.info("usage: %s is written again", self.path)
+            self._unavailable = ""
+        return written, []
+
+    def _write_rejected(self, conn: sqlite3.Connection) -> None:
+        if not self._rejected:
+            return
+        try:
+            with conn:
+                conn.executemany(_INSERT_REJECTED, [
+                    (now_iso(), str(rec.get("flow_id") or ""), reason, row_json(rec))
+                    for rec, reason in self._rejected])
+        except UNAVAILABLE as e:
+            self._note_unavailable(e, len(self._rejected))
+            return
+        self._rejected = []
+
+    def _note_unavailable(self, error: Exception, count: int) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        if reason != self._unavailable:  # once per cause, not every half second
+            log.warning("usage: cannot write to %s (%s); %d rows wait", self.path, reason, count)
+            self._unavailable = reason
+
+    # ------------------------------------------------------------ spilling
+
+    def _spill(self, items: list[dict]) -> None:
+        data = "".join(row_json(item) + "\n" for item in items).encode()
+        try:
+            _append_synced(self.spill_path, data)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                return _log_lost(self.spill_path, e, items)
+            try:  # the disk is full: give up the reserve to make room
+                (self.path.parent / RESERVE_NAME).unlink(missing_ok=True)
+                _append_synced(self.spill_path, data)
+            except OSError as e2:
+                return _log_lost(self.spill_path, e2, items)
+        log.warning("usage: %d rows could not be written to %s; kept in %s for the next start",
+                    len(items), self.path, self.spill_path)
+
+    def import_spill(self) -> int:
+        """Store the rows spilled by an earlier stop, then remove the file. A row whose flow_id
+        is already stored is skipped, so a file imported twice stores its rows once."""
+        try:
+            lines = self.spill_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            log.error("usage: cannot read %s: %s", self.spill_path, e)
+            return 0
+        rows: dict[str, dict] = {}  # by flow_id: a row spilled twice is stored once
+        rejected: list[tuple[dict, str]] = []
+        for number, line in enumerate(lines, 1):
+            try:
+                item = json.loads(line)
+                rec = {name: item["row"].get(name) for name in ROW_COLUMNS}
+            except (ValueError, KeyError, TypeError, AttributeError):
+                if line.strip():
+                    rejected.append(({"line": line.decode("utf-8", "replace")},
+                                     f"unreadable line {number} of {SPILL_NAME}"))
+                continue
+            if "rejected" in item:
+                rejected.append((rec, str(item["rejected"])))
+            else:
+                rows.setdefault(str(rec["flow_id"] or "") or f"line {number}", rec)
+        with self._write_lock:
+            try:
+                conn = self._connect()
+                try:
+                    flow_ids = [str(rec.get("flow_id") or "")
+                                for rec in [*rows.values(), *(rec for rec, _ in rejected)]]
+                    # rows a crashed earlier import stored already, as usage or set aside
+                    stored = (_stored_flow_ids(conn, "usage", flow_ids)
+                              | _stored_flow_ids(conn, "usage_rejected", flow_ids))
+                finally:
+                    conn.close()
+            except UNAVAILABLE as e:
+                log.error("usage: cannot import %s now (%s); trying at the next start",
+                          self.spill_path, e)
+                return 0
+            fresh = [rec for rec in rows.values() if str(rec["flow_id"] or "") not in stored]
+            self._rejected += [(rec, reason) for rec, reason in rejected
+                               if str(rec.get("flow_id") or "") not in stored]
+            written, unwritten = self._write(fresh)
+            if unwritten or self._rejected:
+                self._rejected = []
+                log.error("usage: %s only partly imported; the rest at the next start",
+                          self.spill_path)
+                return written
+            self.spill_path.unlink()
+            _sync_dir(self.spill_path.parent)
+        log.info("usage: imported %d rows from %s", written, self.spill_path)
+        return written
+
+
+def _insert(conn: sqlite3.Connection, rows: list[dict]) -> int:
+    with conn:  # one transaction: all the rows or none
+        conn.executemany(_INSERT, [tuple(rec.get(name) for name in ROW_COLUMNS) for rec in rows])
+    return len(rows)
+
+
+def _stored_flow_ids(conn: sqlite3.Connection, table: str, flow_ids: list[str]) -> set[str]:
+    flow_ids = [flow_id for flow_id in flow_ids if flow_id]  # "": a row with no flow to match
+    if not flow_ids:
+        return set()
+    cursor = conn.execute(f"SELECT flow_id FROM {table} WHERE flow_id IN "
+                          "(SELECT value FROM json_each(?))", (json.dumps(flow_ids),))
+    return {flow_id for (flow_id,) in cursor}
+
+
+def _append_synced(path: Path, data: bytes) -> None:
+    created = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        _sync_dir(path.parent)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _keep_reserve(path: Path) -> None:
+    try:
+        if path.stat().st_size >= RESERVE_BYTES:
+            return
+    except FileNotFoundError:
+        pass
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as e:  # a full disk already: no reserve this time
+        path.unlink(missing_ok=True)
+        log.warning("usage: cannot set aside %s: %s", path, e)
+
+
+def _log_lost(path: Path, error: OSError, items: list[dict]) -> None:
+    # the last place a row can go: the operator can still recover it from the log
+    log.error("usage: cannot spill %d rows to %s (%s); they follow, one per line", len(items),
+              path, error)
+    for item in items:
+        log.error("usage: unsaved row %s", row_json(item))

@@ -5,6 +5,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -26,6 +27,7 @@ from scripts.options import (
 )
 
 DEFAULT_WEB_PORT = 8081
+WRITE_CHECK_PREFIX = ".detour-write-check-"
 
 
 def router_script() -> Path:
@@ -81,6 +83,44 @@ def up_argv(
     if quiet:
         argv.append("--quiet")
     return argv
+
+
+def usable_home(home: Path) -> Path:
+    """ensure_home, then a real write (root ignores file modes, not a read-only filesystem): a
+    DETOUR_HOME detour cannot write is a one-line error naming it and the cause, here, rather
+    than a traceback now or a proxy that fails to store usage later. Returns config.yaml's path."""
+    try:
+        config_path = ensure_home(home)
+        fd, probe = tempfile.mkstemp(prefix=WRITE_CHECK_PREFIX, dir=home)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DetourError(f"DETOUR_HOME {home} cannot be used: {os_cause(e)}") from None
+    return config_path
+
+
+def os_cause(error: OSError) -> str:
+    """`Read-only file system: /x/y`: the cause and the path, a temporary file named by its
+    folder (its own name says nothing to the user)."""
+    if not error.filename:
+        return error.strerror or str(error)
+    path = Path(error.filename)
+    if isinstance(error, NotADirectoryError):
+        blocker = next((p for p in path.parents if p.is_file()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
+    if path.name.startswith(WRITE_CHECK_PREFIX) or (
+            path.name.startswith(".") and path.name.endswith(".tmp")):  # the bundle's temp file
+        path = path.parent
+    return f"{error.strerror}: {path}"
+
+
+def trust(settings: Settings):
+    """prepare_trust, with a one-line error for a folder it cannot write (home or confdir)."""
+    try:
+        return prepare_trust(settings)
+    except OSError as e:
+        raise DetourError(f"cannot prepare the CA and trust bundle: {os_cause(e)}") from None
 
 
 def env_hint(settings: Settings, host: str, port: int, shell: str) -> str:
@@ -149,12 +189,12 @@ def up(
         if not allow_remote:
             raise DetourError(f"refusing: {warning}. Pass --allow-remote to do it anyway.")
         click.secho(f"detour: WARNING: {warning}", fg="red", err=True)
-    config_path = ensure_home(settings.home)
+    config_path = usable_home(settings.home)
     checked_config(config_path)
     router = router_script()
     if not router.is_file():
         raise DetourError(f"{router}: not found; is detour installed completely?")
-    ca, bundle = prepare_trust(settings)
+    ca, bundle = trust(settings)
     argv = up_argv(
         home=settings.home,
         confdir=settings.confdir,
@@ -199,6 +239,6 @@ def env(settings: Settings, host: str, port: int, shell: str | None):
         detour env | source                           # fish
         detour env --shell powershell | Invoke-Expression
     """
-    ca, bundle = prepare_trust(settings)
+    ca, bundle = trust(settings)
     variables = client_env(proxy_url(host, port), ca.cert_path, bundle)
     click.echo(render_exports(variables, shell or detect_shell()), nl=False)

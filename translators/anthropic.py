@@ -363,9 +363,10 @@ _BLOCK_KINDS = frozenset({"text", "thinking", "redacted_thinking", "tool_use"}) 
 
 
 def _usage(u: Any) -> c.Usage:
-    """Lenient: a missing or malformed figure counts as 0 (usage is never worth a failure)."""
+    """A missing figure counts as 0; one that is not a count (inf, NaN, negative, beyond 2^53, a
+    string) is a TranslationError: it would otherwise reach the client and the database."""
     u = u if isinstance(u, dict) else {}
-    return c.Usage(*(v if type(v) is int and v > 0 else 0 for v in map(u.get, _USAGE_KEYS)))
+    return c.Usage(*(c.token_count(u.get(key), f"usage.{key}") for key in _USAGE_KEYS))
 
 
 def _encode_usage(u: c.Usage) -> dict:

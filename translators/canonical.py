@@ -149,13 +149,27 @@ StopReason = Literal[
 ]
 
 
+# JavaScript clients (Claude Code) read JSON numbers as doubles, exact up to 2^53; the usage
+# database stores signed 64-bit integers: a figure beyond this is a provider's bug, not a count
+MAX_TOKENS = 2**53 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts: integers from 0 to MAX_TOKENS, checked on construction."""
+
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+
+    def __post_init__(self):
+        for name in _USAGE_FIELDS:
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= MAX_TOKENS:
+                raise TranslationError(f"must be an integer from 0 to {MAX_TOKENS}, not "
+                                       f"{_shown(value)}", f"usage.{name}")
 
     @property
     def prompt_tokens(self) -> int:
@@ -171,6 +185,30 @@ class Usage:
             newer.cache_write_tokens or self.cache_write_tokens,
             newer.reasoning_tokens or self.reasoning_tokens,
         )
+
+
+_USAGE_FIELDS = tuple(f.name for f in dataclasses.fields(Usage))
+
+
+def token_count(value: Any, path: str) -> int:
+    """A provider's usage figure as a count: absent or null is 0 (not reported); an integral
+    number in range is the count; anything else (inf, NaN, 1.5, -3, 2^64, "12", true) is a
+    TranslationError naming `path`, so a bad figure never reaches a client or the database."""
+    if value is None:
+        return 0
+    if type(value) is float and value.is_integer():  # is_integer(): False for inf and NaN
+        value = int(value)
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value
+    raise TranslationError(f"must be a token count from 0 to {MAX_TOKENS}, not {_shown(value)}",
+                           path)
+
+
+def _shown(value: Any) -> str:
+    # repr() of an int beyond 4300 digits raises ValueError (CPython's int/str limit)
+    if type(value) is int and value.bit_length() > 64:
+        return f"a {value.bit_length()}-bit integer"
+    return f"{value!r:.40}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,27 +41,28 @@ def _stop_reason(finish, has_tool_calls: bool) -> c.StopReason | None:
 # ---------------------------------------------------------------- usage
 
 
-def _count(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, c.NUMBER) or value < 0:
-        return 0
-    return int(value)
-
-
 def decode_usage(usage) -> c.Usage:
-    """Chat usage -> canonical (Anthropic accounting: input excludes cached tokens)."""
+    """Chat usage -> canonical (Anthropic accounting: input excludes cached tokens). A figure
+    that is not a count (inf, NaN, negative, beyond 2^53, a string) is a TranslationError."""
     if not isinstance(usage, dict):
         return c.Usage()
     details = usage.get("prompt_tokens_details")
     details = details if isinstance(details, dict) else {}
-    # OpenAI, xAI, DashScope: prompt_tokens_details.cached_tokens; DeepSeek: prompt_cache_hit_tokens
-    read = _count(details.get("cached_tokens")) or _count(usage.get("prompt_cache_hit_tokens"))
-    # OpenRouter: cache_write_tokens; DashScope explicit cache: cache_creation_input_tokens
-    write = _count(details.get("cache_write_tokens")) or _count(
-        details.get("cache_creation_input_tokens"))
     completion = usage.get("completion_tokens_details")
-    reasoning = _count(completion.get("reasoning_tokens")) if isinstance(completion, dict) else 0
-    prompt = _count(usage.get("prompt_tokens"))
-    return c.Usage(max(prompt - read - write, 0), _count(usage.get("completion_tokens")),
+    completion = completion if isinstance(completion, dict) else {}
+
+    def count(where: dict, key: str, path: str = "usage.") -> int:
+        return c.token_count(where.get(key), path + key)
+
+    # OpenAI, xAI, DashScope: prompt_tokens_details.cached_tokens; DeepSeek: prompt_cache_hit_tokens
+    read = (count(details, "cached_tokens", "usage.prompt_tokens_details.")
+            or count(usage, "prompt_cache_hit_tokens"))
+    # OpenRouter: cache_write_tokens; DashScope explicit cache: cache_creation_input_tokens
+    write = (count(details, "cache_write_tokens", "usage.prompt_tokens_details.")
+             or count(details, "cache_creation_input_tokens", "usage.prompt_tokens_details."))
+    reasoning = count(completion, "reasoning_tokens", "usage.completion_tokens_details.")
+    prompt = count(usage, "prompt_tokens")
+    return c.Usage(max(prompt - read - write, 0), count(usage, "completion_tokens"),
                    read, write, reasoning)
 
 
@@ -564,7 +565,10 @@ class StreamDecoder:
             return
         usage = chunk.get("usage")
         if isinstance(usage, dict):  # null on all but the last chunk (OpenAI)
-            self._usage = decode_usage(usage)
+            try:
+                self._usage = decode_usage(usage)
+            except c.TranslationError as e:
+                return self._error("api_error", f"bad usage from upstream: {e}", out)
         if isinstance(finish, str):
             if finish == "error":  # OpenRouter: a provider failed mid-stream
                 return self._error("api_error", "upstream finished with an error", out)

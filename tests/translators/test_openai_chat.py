@@ -482,7 +482,7 @@ def test_refusal_is_text():
      c.Usage(28, 2, 0, 1472)),
     # inconsistent figures never give negative input
     ({"prompt_tokens": 5, "prompt_tokens_details": {"cached_tokens": 9}}, c.Usage(0, 0, 9)),
-    ({"prompt_tokens": None, "completion_tokens": "x", "prompt_tokens_details": None}, c.Usage()),
+    ({"prompt_tokens": None, "completion_tokens": None, "prompt_tokens_details": None}, c.Usage()),
     (None, c.Usage()),
 ])
 def test_usage_decoding(usage, expected):
