@@ -13,7 +13,9 @@ canonical -> Anthropic gives back an equal request. Choices a reader must know:
   schema check fails visibly rather than a tool running without arguments; decoding reverses it.
 - Anthropic rejects empty text blocks and empty messages: `encode_request` leaves out empty Text
   parts (a Chat assistant turn's `"content": ""` beside its tool_calls) and messages left with no
-  content, and sends tool_choice only with tools.
+  content, and sends tool_choice only with tools. It needs at least one message: a request of
+  only a system prompt (or leading system messages) sends it as the user turn; one with no content at all
+  is a TranslationError.
 - A mid-conversation system message is sent as `role: system` only to a client that sent it so
   (Claude Code, with its mid-conversation-system beta; decode_request marks such requests in
   extras). From any other client (a Chat system or developer message) it becomes user text in
@@ -202,11 +204,20 @@ def encode_request(req: c.Request, default_max_tokens: int = DEFAULT_MAX_TOKENS)
     messages = list(req.messages)
     # System messages before the first turn belong in `system`: a leading role=system message
     # is not what the mid-conversation-system beta is for.
+    leading: list[dict] = []
     while messages and messages[0].role == "system" and all(
             type(p) is c.Text for p in messages[0].parts):
-        system.extend(_encode_part(t) for t in messages.pop(0).parts if t.text)
-    out: dict[str, Any] = {"model": req.model, "messages": _encode_messages(
-        messages, len(req.messages) - len(messages), _SYSTEM_MESSAGES in req.extras)}
+        leading.extend(_encode_part(t) for t in messages.pop(0).parts if t.text)
+    turns = _encode_messages(messages, len(req.messages) - len(messages),
+                             _SYSTEM_MESSAGES in req.extras)
+    system += leading
+    if not turns:
+        if not system:
+            fail("no message with content: Anthropic needs at least one", "messages")
+        # only a system prompt (a Chat client may send just that): Anthropic needs a user
+        # turn, and the instruction reaches the model as one
+        turns, system = [{"role": "user", "content": _content_value(system)}], []
+    out: dict[str, Any] = {"model": req.model, "messages": turns}
     if system:
         out["system"] = _content_value(system)
     if req.tools or _SERVER_TOOLS in req.extras:
