@@ -85,8 +85,8 @@ def test_parse_with_a_pydantic_model_through_an_anthropic_provider(sdk, caching_
     assert done.choices[0].finish_reason == "stop"
     sent = caching_anthropic.requests[-1].json
     assert sent["tool_choice"] == {"type": "tool", "name": "Weather"}
-    assert sent["tools"][-1]["input_schema"] == Weather.model_json_schema() | {
-        "additionalProperties": False} or sent["tools"][-1]["name"] == "Weather"
+    assert sent["tools"][-1]["name"] == "Weather"
+    assert set(sent["tools"][-1]["input_schema"]["properties"]) == {"city", "celsius"}
 
 
 def test_json_object_streamed_becomes_content_deltas(sdk, caching_anthropic):
