@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 FORMATS = {"anthropic": anthropic, "openai-chat": openai_chat}
 # config `kind:` -> wire format
 PROVIDER_FORMATS = {"anthropic": "anthropic", "openai": "openai-chat"}
+# each format's key prefix in canonical Request.extras, and its message id prefix
+FORMAT_PREFIXES = {"anthropic": "anthropic:", "openai-chat": "openai_chat:"}
+MESSAGE_ID_PREFIXES = {"anthropic": "msg_", "openai-chat": "chatcmpl-"}
+# Claude Code's first system block: `x-anthropic-billing-header: cc_version=...; cch=...;`
+BILLING_HEADER = "x-anthropic-billing-header:"
+BILLING_HEADER_NOTE = "system[billing-header]"
+ANTHROPIC_API_HOST = "api.anthropic.com"
 # path under a provider's base_url for each format
 PROVIDER_PATHS = {"anthropic": "/v1/messages", "openai-chat": "/chat/completions"}
 
@@ -64,6 +71,13 @@ class Job:
     row: UsageRow
     started: float = field(default_factory=time.perf_counter)
     _canonical: canonical.Request | None = None
+    # what build() made of each candidate (id(candidate) -> build's answer), so that the
+    # check before routing and the send encode once
+    built: dict[int, tuple[str, str, dict[str, str], bytes]] = field(default_factory=dict)
+    # "provider/account" -> what of the client's request that candidate was not sent
+    dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # candidates left out before any was tried, and why: "provider/account: reason"
+    unfit: list[str] = field(default_factory=list)
 
     def canonical(self) -> canonical.Request:
         """The client's request in canonical form, decoded once, only if a translated candidate
@@ -149,7 +163,14 @@ class Forwarder:
                 and PROVIDER_FORMATS[cand.provider.spec.kind] != job.client_format)
 
     def build(self, job: Job, cand: Candidate) -> tuple[str, str, dict[str, str], bytes]:
-        """(provider format, url, headers, body) for one candidate."""
+        """(provider format, url, headers, body) for one candidate (made once per job);
+        TranslationError when this candidate cannot take the request."""
+        built = job.built.get(id(cand))
+        if built is None:
+            built = job.built[id(cand)] = self._build(job, cand)
+        return built
+
+    def _build(self, job: Job, cand: Candidate) -> tuple[str, str, dict[str, str], bytes]:
         if cand.provider is None:
             headers = {k: v for k, v in job.client_headers.items() if k not in HOP_BY_HOP}
             return job.client_format, job.vendor_url, headers, job.raw_body
@@ -170,15 +191,27 @@ class Forwarder:
         headers.update(spec.headers)
         url = spec.base_url + PROVIDER_PATHS[fmt]
         cap = spec.max_output_tokens
+        # Claude Code's billing header changes on every call and opens the system prompt: sent
+        # to any other provider it would keep its prompt cache from ever hitting
+        drop_billing = (job.client_format == "anthropic"
+                        and httpx.URL(spec.base_url).host != ANTHROPIC_API_HOST)
         if fmt == job.client_format:
             # same format in and out: the client's bytes, only the model (and a cap) change
-            if cand.model == job.model and not _over_cap(job.body, cap):
+            system = job.body.get("system") if drop_billing else None
+            kept = _without_billing_header(system)
+            if cand.model == job.model and not _over_cap(job.body, cap) and kept is system:
                 return fmt, url, headers, job.raw_body
             body = dict(job.body, model=cand.model)
+            if kept is not system:
+                body["system"] = kept
+                self._note_dropped(job, cand, (BILLING_HEADER_NOTE,))
             if _over_cap(body, cap):
                 body["max_tokens"] = cap
             return fmt, url, headers, dump_json(body)
         req = job.canonical()
+        dropped = canonical.foreign_fields(req, FORMAT_PREFIXES[fmt])
+        if req.user is not None:
+            dropped += ("user" if job.client_format == "openai-chat" else "metadata.user_id",)
         # `user` is dropped: Claude Code's metadata.user_id carries its device and account ids,
         # which have no business at another vendor
         changes: dict[str, Any] = {"model": cand.model, "stream": job.stream, "user": None}
@@ -188,6 +221,12 @@ class Forwarder:
             changes["reasoning_effort"] = spec.reasoning_effort
         if cap and (req.max_tokens is None or req.max_tokens > cap):
             changes["max_tokens"] = cap
+        if drop_billing:
+            system = tuple(t for t in req.system if not t.text.startswith(BILLING_HEADER))
+            if len(system) != len(req.system):
+                changes["system"] = system
+                dropped += (BILLING_HEADER_NOTE,)
+        self._note_dropped(job, cand, dropped)
         req = dataclasses.replace(req, **changes)
         if fmt == "openai-chat":
             wire = openai_chat.encode_request(req, content_parts=spec.content_parts,
@@ -195,6 +234,11 @@ class Forwarder:
         else:
             wire = FORMATS[fmt].encode_request(req)
         return fmt, url, headers, dump_json(wire)
+
+    @staticmethod
+    def _note_dropped(job: Job, cand: Candidate, dropped: tuple[str, ...]) -> None:
+        if dropped:
+            job.dropped[f"{cand.provider_name}/{cand.account_label}"] = dropped
 
     # ------------------------------------------------------------ trying candidates
 
@@ -366,7 +410,7 @@ class Forwarder:
         if opened.provider_format == job.client_format and not opened.is_sse:
             body = data  # same format: the provider's bytes, untouched
         else:
-            body = dump_json(client_mod.encode_response(resp))
+            body = dump_json(client_mod.encode_response(answer_shape(job).response(resp)))
         job.row.status = 200
         return 200, {"content-type": client_mod.JSON_CONTENT_TYPE}, body
 
@@ -479,8 +523,30 @@ def client_encoder(job: Job):
         # the usage chunk (empty `choices`) only for clients that asked: others read choices[0]
         options = job.body.get("stream_options")
         wants = isinstance(options, dict) and options.get("include_usage") is True
-        return openai_chat.StreamEncoder(include_usage=wants)
-    return FORMATS[job.client_format].StreamEncoder()
+        encoder = openai_chat.StreamEncoder(include_usage=wants)
+    else:
+        encoder = FORMATS[job.client_format].StreamEncoder()
+    return canonical.ShapedEncoder(encoder, answer_shape(job))
+
+
+def answer_shape(job: Job) -> canonical.AnswerShape:
+    """What a translated answer is fitted to: the client's response_format (if its request was
+    decoded, i.e. a translated candidate took it), its id format, its requested model."""
+    req = job._canonical
+    tool = canonical.answer_tool(req) if req is not None else None
+    return canonical.AnswerShape(job.model, tool.name if tool else None,
+                                 MESSAGE_ID_PREFIXES[job.client_format])
+
+
+def _without_billing_header(system):
+    """Claude Code's system blocks without its billing header (the same object when it has
+    none)."""
+    if isinstance(system, list) and any(
+            isinstance(b, dict) and str(b.get("text", "")).startswith(BILLING_HEADER)
+            for b in system):
+        return [b for b in system
+                if not (isinstance(b, dict) and str(b.get("text", "")).startswith(BILLING_HEADER))]
+    return system
 
 
 def _over_cap(body: dict, cap: int | None) -> bool:

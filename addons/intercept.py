@@ -142,13 +142,17 @@ class Interceptor:
             return self._passthrough(flow, fmt, row, origin)
         job = Job(flow.id, fmt, {k.lower(): v for k, v in req.headers.items()}, vendor_url,
                   raw, body, model, row.stream, candidates, row)
-        if any(c.provider is not None and Forwarder.needs_translation(job, c)
-               for c in candidates):
-            # validate now: a malformed request is the client's error, whichever route it takes
-            try:
-                job.canonical()
-            except canonical.TranslationError as e:
-                return self._reject(flow, fmt, row, 400, f"invalid request: {e}")
+        # a request one candidate cannot take (translated: a field its format cannot hold) goes
+        # on to the next; refused only when no candidate can take it
+        job.candidates = [c for c in candidates if self._fits(job, c)]
+        if not job.candidates:
+            return self._reject(flow, fmt, row, 400,
+                                "no candidate can take this request: " + "; ".join(job.unfit))
+        if all(c.provider is None for c in job.candidates):
+            self._passthrough(flow, fmt, row, origin)
+            flow.comment += " | skipped: " + "; ".join(job.unfit)
+            row.route = [{"skipped": reason} for reason in job.unfit] + row.route
+            return
         flow.metadata[META] = {"client_format": fmt, "model": model, "stream": row.stream,
                                "url": req.pretty_url}
         flow.marked = MARK
@@ -164,6 +168,17 @@ class Interceptor:
             flow.request.content = raw
             return
         await self._inline_answer(flow, job)
+
+    def _fits(self, job: Job, cand) -> bool:
+        if cand.provider is None or not Forwarder.needs_translation(job, cand):
+            return True
+        try:
+            self.settings.runtime.forwarder.build(job, cand)
+        except canonical.TranslationError as e:
+            job.unfit.append(f"{cand.provider_name}/{cand.account_label} ({cand.model}): "
+                             f"cannot translate the request: {e}")
+            return False
+        return True
 
     async def _inline_answer(self, flow: http.HTTPFlow, job: Job) -> None:
         rt = self.settings.runtime
@@ -282,9 +297,17 @@ class Interceptor:
 
     def _finish(self, flow: http.HTTPFlow, job: Job) -> None:
         row = job.row
+        for attempt in row.route:  # what each asked candidate was not sent
+            dropped = job.dropped.get(f"{attempt.get('provider')}/{attempt.get('account')}")
+            if dropped and attempt.get("status"):
+                attempt["dropped"] = list(dropped)
         route = " -> ".join(
             f"{a['provider']}/{a['account']} {a.get('status') or a.get('error', '')}".strip()
+            + (f" (dropped: {', '.join(a['dropped'])})" if a.get("dropped") else "")
             for a in row.route)
+        if job.unfit:
+            route = "skipped: " + "; ".join(job.unfit) + " | " + route
+            row.route[:0] = [{"skipped": reason} for reason in job.unfit]
         # a relayed flow shows the relay's address in mitmweb: say what the client called
         url = flow.metadata.get(META, {}).get("url")
         origin = f" (called {url})" if url and url != flow.request.pretty_url else ""

@@ -13,17 +13,23 @@ canonical -> Anthropic gives back an equal request. Choices a reader must know:
   schema check fails visibly rather than a tool running without arguments; decoding reverses it.
 - Anthropic rejects empty text blocks and empty messages: `encode_request` leaves out empty Text
   parts (a Chat assistant turn's `"content": ""` beside its tool_calls) and messages left with no
-  content, and sends tool_choice only with tools.
+  content, and sends tool_choice only with tools. It needs at least one message: a request of
+  only a system prompt (or leading system messages) sends it as the user turn; one with no content at all
+  is a TranslationError.
 - A mid-conversation system message is sent as `role: system` only to a client that sent it so
   (Claude Code, with its mid-conversation-system beta; decode_request marks such requests in
   extras). From any other client (a Chat system or developer message) it becomes user text in
   `<system-reminder>` tags, Claude Code's own convention, merged into the neighbouring user turn
   (after its tool_results, which Anthropic wants first), so roles still alternate.
+- Anthropic has no response_format: a JSON answer is asked for as a forced call of a tool
+  (canonical.answer_tool) whose input is the answer; canonical.AnswerShape makes it text again.
+- Documents (PDF by base64 or URL, plain text) map to canonical Document parts and back.
 - Anthropic requires max_tokens: without one, DEFAULT_MAX_TOKENS (above any thinking budget).
 - Canonical stop reason "error" is sent as "end_turn"; Anthropic's
   "model_context_window_exceeded" is read as "max_tokens", unknown ones as "end_turn".
 """
 
+import dataclasses
 import json
 from typing import Any
 
@@ -142,6 +148,8 @@ def _decode_block(b: Any, path: str) -> c.Part:
             return c.Image(url=_get(src, "url", str, path + ".source"),
                            cache_control=_cache(b, path))
         fail(f"unsupported image source type {kind!r}", path + ".source.type")
+    if t == "document":
+        return _decode_document(b, path)
     if t == "tool_use":
         inp = _get(b, "input", dict, path)
         raw = inp.get(_RAW_ARGS)
@@ -163,6 +171,37 @@ def _decode_block(b: Any, path: str) -> c.Part:
     if t == "redacted_thinking":
         return c.Thinking("", redacted=_get(b, "data", str, path))
     fail(f"unknown content block type {t!r}", path + ".type")
+
+
+def _decode_document(b: dict, path: str) -> c.Document:
+    src = _get(b, "source", dict, path)
+    kind, sp = src.get("type"), path + ".source"
+    meta = {"title": _get(b, "title", str, path, True), "context": _get(b, "context", str, path, True),
+            "citations": _get(b, "citations", dict, path, True), "cache_control": _cache(b, path)}
+    if kind == "base64":
+        return c.Document(media_type=_get(src, "media_type", str, sp),
+                          data=_get(src, "data", str, sp), **meta)
+    if kind == "url":
+        return c.Document(url=_get(src, "url", str, sp), **meta)
+    if kind == "text":
+        return c.Document(media_type=_get(src, "media_type", str, sp, True),
+                          text=_get(src, "data", str, sp), **meta)
+    fail(f"unsupported document source type {kind!r}", sp + ".type")
+
+
+def _encode_document(d: c.Document) -> dict:
+    if d.data is not None:
+        source = {"type": "base64", "media_type": d.media_type or "application/pdf",
+                  "data": d.data}
+    elif d.url is not None:
+        source = {"type": "url", "url": d.url}
+    else:
+        source = {"type": "text", "media_type": d.media_type or "text/plain", "data": d.text}
+    block = {"type": "document", "source": source}
+    for key in ("title", "context", "citations"):
+        if (value := getattr(d, key)) is not None:
+            block[key] = value
+    return _with_cache(block, d.cache_control)
 
 
 def _decode_tools(tools: Any, extras: dict) -> tuple[c.Tool, ...]:
@@ -202,13 +241,24 @@ def encode_request(req: c.Request, default_max_tokens: int = DEFAULT_MAX_TOKENS)
     messages = list(req.messages)
     # System messages before the first turn belong in `system`: a leading role=system message
     # is not what the mid-conversation-system beta is for.
+    leading: list[dict] = []
     while messages and messages[0].role == "system" and all(
             type(p) is c.Text for p in messages[0].parts):
-        system.extend(_encode_part(t) for t in messages.pop(0).parts if t.text)
-    out: dict[str, Any] = {"model": req.model, "messages": _encode_messages(
-        messages, len(req.messages) - len(messages), _SYSTEM_MESSAGES in req.extras)}
+        leading.extend(_encode_part(t) for t in messages.pop(0).parts if t.text)
+    turns = _encode_messages(messages, len(req.messages) - len(messages),
+                             _SYSTEM_MESSAGES in req.extras)
+    system += leading
+    if not turns:
+        if not system:
+            fail("no message with content: Anthropic needs at least one", "messages")
+        # only a system prompt (a Chat client may send just that): Anthropic needs a user
+        # turn, and the instruction reaches the model as one
+        turns, system = [{"role": "user", "content": _content_value(system)}], []
+    out: dict[str, Any] = {"model": req.model, "messages": turns}
     if system:
         out["system"] = _content_value(system)
+    if (answer := c.answer_tool(req)) is not None:
+        req = _with_answer_tool(req, answer)
     if req.tools or _SERVER_TOOLS in req.extras:
         out["tools"] = _encode_tools(req)
         if (tc := req.tool_choice) is not None:  # Anthropic rejects a tool_choice without tools
@@ -240,6 +290,19 @@ def encode_request(req: c.Request, default_max_tokens: int = DEFAULT_MAX_TOKENS)
         if key.startswith(_P) and "/" not in key:
             out.setdefault(key[len(_P):], value)
     return out
+
+
+def _with_answer_tool(req: c.Request, answer: c.Tool) -> c.Request:
+    """Anthropic has no response_format: the answer comes as a forced call of `answer` (which
+    AnswerShape turns back into text). With tools of the client's own, any tool call will do,
+    so the model can still use them; a tool the client forced stays forced."""
+    choice = req.tool_choice
+    mode = choice.mode if choice is not None else "auto"
+    if not req.tools or mode == "none":
+        choice = c.ToolChoice("tool", answer.name)
+    elif mode == "auto":
+        choice = c.ToolChoice("any", parallel=choice.parallel if choice is not None else None)
+    return dataclasses.replace(req, tools=(*req.tools, answer), tool_choice=choice)
 
 
 def _sendable(p: c.Part) -> bool:
@@ -317,6 +380,8 @@ def _encode_part(p: c.Part) -> dict:
         return {"type": "thinking", "thinking": p.text, "signature": p.signature or ""}
     if t is c.Image:
         return _with_cache({"type": "image", "source": _image_source(p)}, p.cache_control)
+    if t is c.Document:
+        return _encode_document(p)
     raise c.TranslationError(f"cannot encode {t.__name__} as an Anthropic content block")
 
 

@@ -17,6 +17,7 @@ At the end, what every format module shares: field checks (`need`, `fail`), comp
 import dataclasses
 import enum
 import json
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
@@ -58,6 +59,25 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
+class Document:
+    """A file the model reads (Anthropic `document`, Chat `file`): inline base64 `data` with its
+    `media_type` (application/pdf), a `url`, or plain `text`; exactly one of the three."""
+
+    media_type: str | None = None
+    data: str | None = None
+    url: str | None = None
+    text: str | None = None
+    title: str | None = None
+    context: str | None = None
+    citations: dict | None = None
+    cache_control: dict | None = None
+
+    def __post_init__(self):
+        if sum(x is not None for x in (self.data, self.url, self.text)) != 1:
+            raise TranslationError("a document needs exactly one of data, url or text")
+
+
+@dataclass(frozen=True, slots=True)
 class Thinking:
     """Model reasoning. `signature` (Anthropic) must travel back unchanged; `redacted` holds
     Anthropic's opaque redacted_thinking data (then `text` is empty)."""
@@ -87,7 +107,7 @@ class ToolResult:
     cache_control: dict | None = None
 
 
-Part = Text | Image | Thinking | ToolUse | ToolResult
+Part = Text | Image | Document | Thinking | ToolUse | ToolResult
 Role = Literal["user", "assistant", "system"]
 
 
@@ -120,6 +140,17 @@ class ToolChoice:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """The client wants its answer as JSON: matching `schema`, or (schema None) any JSON
+    object. Chat's response_format json_schema / json_object."""
+
+    name: str | None = None
+    schema: dict | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     model: str
     messages: tuple[Message, ...]
@@ -137,6 +168,7 @@ class Request:
     # "low" | "medium" | "high" ...: OpenAI reasoning_effort, Anthropic output_config.effort
     reasoning_effort: str | None = None
     user: str | None = None
+    response_format: ResponseFormat | None = None
     # Fields of the source format with no canonical slot, keyed "<format>:<field>"; a format
     # module re-emits only its own keys, so same-format round trips lose nothing.
     extras: dict[str, Any] = field(default_factory=dict)
@@ -495,6 +527,99 @@ def response_to_events(resp: Response) -> list[Event]:
             raise TranslationError(f"a response cannot contain a {t.__name__} part")
     events += [MessageDelta(resp.stop_reason, resp.usage, resp.stop_sequence), MessageStop()]
     return events
+
+
+# ---------------------------------------------------------------- what the client asked for
+
+ANSWER_TOOL = "json_answer"
+
+
+def answer_tool(req: Request) -> Tool | None:
+    """For a target without response_format (Anthropic): the tool whose forced call carries the
+    JSON answer, named after the client's schema unless one of its tools has that name."""
+    rf = req.response_format
+    if rf is None:
+        return None
+    taken = {t.name for t in req.tools}
+    name = rf.name if rf.name and rf.name not in taken else ANSWER_TOOL
+    while name in taken:
+        name += "_"
+    description = rf.description or (
+        "Give your answer by calling this tool: its input is the answer, a JSON object"
+        + (" matching the schema." if rf.schema else "."))
+    return Tool(name, description, rf.schema or {"type": "object"})
+
+
+def foreign_fields(req: Request, prefix: str) -> tuple[str, ...]:
+    """The client's fields a target format (`prefix`, e.g. "anthropic:") will not send: top-level
+    extras of other formats, and server tools (named by type)."""
+    out = []
+    for key, value in req.extras.items():
+        if key.startswith(prefix):
+            continue
+        source, _, name = key.partition(":")
+        if "/" not in name:
+            out.append(name)
+        elif name == "tools/server":
+            out += [f"tools[{i}] ({t.get('type')})" for i, t in value if isinstance(t, dict)]
+    return tuple(out)
+
+
+class AnswerShape:
+    """Fits a provider's answer to what the client asked (canonical -> canonical, events or a
+    whole response): the answer tool's input (see `answer_tool`) becomes the message text and
+    its stop reason end_turn; an empty message id is minted (Azure streams `id: ""`) and an
+    empty model name becomes `model`."""
+
+    __slots__ = ("model", "tool", "id_prefix", "_answers", "_other_call")
+
+    def __init__(self, model: str, tool: str | None, id_prefix: str):
+        self.model, self.tool, self.id_prefix = model, tool, id_prefix
+        self._answers: set[int] = set()  # blocks of the answer tool, now text
+        self._other_call = False  # a real tool was called: tool_use stays the stop reason
+
+    def _ids(self, ident: str, model: str) -> tuple[str, str]:
+        return ident or self.id_prefix + uuid.uuid4().hex[:24], model or self.model
+
+    def event(self, ev: Event) -> Event:
+        t = type(ev)
+        if t is ToolInputDelta and ev.index in self._answers:
+            return TextDelta(ev.index, ev.partial_json)
+        if t is BlockStart and ev.kind == "tool_use":
+            if ev.tool_name == self.tool:
+                self._answers.add(ev.index)
+                return BlockStart(ev.index, "text")
+            self._other_call = True
+        elif t is MessageStart and not (ev.id and ev.model):
+            return MessageStart(*self._ids(ev.id, ev.model), ev.usage)
+        elif t is MessageDelta and ev.stop_reason == "tool_use" and self._answers and (
+                not self._other_call):
+            return MessageDelta("end_turn", ev.usage, ev.stop_sequence)
+        return ev
+
+    def response(self, resp: Response) -> Response:
+        parts = tuple(
+            Text(p.raw_arguments if p.raw_arguments is not None else dumps_compact(
+                p.input).decode()) if type(p) is ToolUse and p.name == self.tool else p
+            for p in resp.parts)
+        stop = resp.stop_reason
+        if stop == "tool_use" and parts != resp.parts and not any(
+                type(p) is ToolUse for p in parts):
+            stop = "end_turn"
+        ident, model = self._ids(resp.id, resp.model)
+        return dataclasses.replace(resp, id=ident, model=model, parts=parts, stop_reason=stop)
+
+
+class ShapedEncoder(EventEncoder):
+    """A format's StreamEncoder fed through an AnswerShape."""
+
+    __slots__ = ("inner", "shape")
+
+    def __init__(self, inner: EventEncoder, shape: AnswerShape):
+        self.inner, self.shape = inner, shape
+
+    def encode(self, event: Event) -> bytes:
+        return self.inner.encode(self.shape.event(event))
 
 
 # ---------------------------------------------------------------- shared by the format modules

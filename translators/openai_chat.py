@@ -3,6 +3,8 @@
 Spoken by OpenAI, DeepSeek, OpenRouter, Qwen/DashScope and most "OpenAI-compatible" servers.
 Pure: bytes and dicts in, canonical objects out, and back.
 
+A document is sent as a `file` part (PDF, inline or by URL) or as text. Requests asking what the
+canonical model cannot answer (n > 1, logprobs) are a TranslationError, not answered without.
 Chat cannot carry, so encoding drops: Anthropic thinking signatures and redacted thinking,
 ToolResult.is_error, top_k, the Anthropic `thinking` object, and (unless `content_parts=True`)
 cache markers. Canonical cannot carry, so decoding drops: image `detail`, a message's `name`,
@@ -81,7 +83,9 @@ def encode_usage(usage: c.Usage) -> dict:
 _REQUEST_FIELDS = frozenset({
     "model", "messages", "tools", "tool_choice", "parallel_tool_calls", "max_tokens",
     "max_completion_tokens", "temperature", "top_p", "stop", "stream", "stream_options",
-    "reasoning_effort", "user"})
+    "reasoning_effort", "user", "response_format"})
+# their values that the canonical model answers as asked (n=1, no logprobs): not extras
+_ONE_CHOICE = frozenset({"n", "logprobs", "top_logprobs"})
 _TOOL_CHOICE_MODES = {"auto": "auto", "none": "none", "required": "any"}
 
 
@@ -98,6 +102,8 @@ def _part(content: list, i: int, path: str, allowed: frozenset):
     if not isinstance(kind, str) or kind not in allowed:  # a list would not even hash
         fail(f"unsupported content part type {kind!r}", p)
     cache = need(part.get("cache_control"), dict, p + ".cache_control", optional=True)
+    if kind == "file":
+        return _file_part(need(part.get("file"), dict, p + ".file"), p + ".file", cache)
     if kind != "image_url":  # {"type": "text", "text": ...} or {"type": "refusal", "refusal": ...}
         return c.Text(need(part.get(kind), str, f"{p}.{kind}"), cache)
     url = part.get("image_url")
@@ -107,6 +113,18 @@ def _part(content: list, i: int, path: str, allowed: frozenset):
         if sep and header.endswith(";base64"):
             return c.Image(media_type=header[:-7] or None, data=data, cache_control=cache)
     return c.Image(url=url, cache_control=cache)
+
+
+def _file_part(f: dict, path: str, cache: dict | None) -> c.Document:
+    if f.get("file_id") is not None:
+        fail("a file_id names a file stored at OpenAI: no other provider can read it", path)
+    data = need(f.get("file_data"), str, path + ".file_data")
+    title = need(f.get("filename"), str, path + ".filename", optional=True)
+    header, sep, payload = data.partition(",")
+    if data.startswith("data:") and sep and header.endswith(";base64"):
+        return c.Document(media_type=header[5:-7] or "application/pdf", data=payload,
+                          title=title, cache_control=cache)
+    return c.Document(url=data, title=title, cache_control=cache)
 
 
 def _parts(content, path: str, allowed: frozenset) -> tuple:
@@ -119,7 +137,7 @@ def _parts(content, path: str, allowed: frozenset) -> tuple:
 
 
 _TEXT = frozenset({"text"})
-_USER = frozenset({"text", "image_url"})
+_USER = frozenset({"text", "image_url", "file"})
 _ASSISTANT = frozenset({"text", "refusal"})
 
 
@@ -211,8 +229,40 @@ def _decode_tool_choice(choice, parallel) -> c.ToolChoice | None:
     fail("must be auto, none, required or {type: function, function: {name}}", "tool_choice")
 
 
+def _response_format(value) -> c.ResponseFormat | None:
+    kind = need(value, dict, "response_format", optional=True) and value.get("type")
+    if value is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return c.ResponseFormat()
+    if kind != "json_schema":
+        fail("must be of type text, json_object or json_schema", "response_format.type")
+    spec = need(value.get("json_schema"), dict, "response_format.json_schema")
+
+    def opt(key: str, kind):
+        return need(spec.get(key), kind, "response_format.json_schema." + key, optional=True)
+
+    return c.ResponseFormat(opt("name", str), opt("schema", dict), opt("description", str),
+                            opt("strict", bool))
+
+
+def _refuse_unanswerable(body: dict) -> None:
+    """What detour cannot give a Chat client through another format, refused rather than
+    silently answered without (the canonical model holds one choice, no token probabilities)."""
+    n = body.get("n")
+    if n is not None and n != 1:
+        fail("only n=1 can be answered through a non-OpenAI provider (it gives one choice)", "n")
+    if body.get("logprobs") not in (None, False):
+        fail("logprobs cannot be answered through a non-OpenAI provider", "logprobs")
+    if body.get("top_logprobs") not in (None, 0):
+        fail("top_logprobs cannot be answered through a non-OpenAI provider", "top_logprobs")
+
+
 def decode_request(body: dict) -> c.Request:
+    """Chat body -> canonical. Refuses (TranslationError) what the canonical model cannot answer
+    (n > 1, logprobs): such a request can only go to a Chat provider, untranslated."""
     need(body, dict, "")
+    _refuse_unanswerable(body)
     messages = need(body.get("messages"), list, "messages")
     system, msgs = _decode_messages(messages)
     tools = need(body.get("tools"), list, "tools", optional=True) or ()
@@ -236,21 +286,34 @@ def decode_request(body: dict) -> c.Request:
         max_tokens=max_tokens, temperature=opt("temperature", c.NUMBER),
         top_p=opt("top_p", c.NUMBER), stop=tuple(stop or ()), stream=bool(opt("stream", bool)),
         reasoning_effort=opt("reasoning_effort", str), user=opt("user", str),
-        extras={_EXTRA + k: v for k, v in body.items() if k not in _REQUEST_FIELDS})
+        response_format=_response_format(body.get("response_format")),
+        extras={_EXTRA + k: v for k, v in body.items()
+                if k not in _REQUEST_FIELDS and k not in _ONE_CHOICE})
 
 
 # ---------------------------------------------------------------- request: canonical -> Chat
 
 
-def _part_dict(p: c.Text | c.Image, markers: bool) -> dict:
+def _part_dict(p: c.Text | c.Image | c.Document, markers: bool) -> dict:
     if type(p) is c.Text:
         part = {"type": "text", "text": p.text}
+    elif type(p) is c.Document:
+        part = _document_part(p)
     else:
         url = p.url if p.url is not None else f"data:{p.media_type or 'image/png'};base64,{p.data}"
         part = {"type": "image_url", "image_url": {"url": url}}
     if markers and p.cache_control is not None:
         part["cache_control"] = p.cache_control
     return part
+
+
+def _document_part(d: c.Document) -> dict:
+    """A PDF (inline or by URL, which OpenRouter reads) as a `file` part; a text document as
+    text, titled."""
+    if d.text is not None:
+        return {"type": "text", "text": f"{d.title}\n\n{d.text}" if d.title else d.text}
+    data = d.url if d.url is not None else f"data:{d.media_type or 'application/pdf'};base64,{d.data}"
+    return {"type": "file", "file": {"filename": d.title or "document.pdf", "file_data": data}}
 
 
 def _content(parts, as_parts: bool, markers: bool):
@@ -299,7 +362,7 @@ def _encode_user(m: c.Message, as_parts: bool, path: str) -> list[dict]:
                 texts[-1] = c.Text(texts[-1].text, p.cache_control)
             content = _content(texts, as_parts, as_parts) if texts else ""
             out.append({"role": "tool", "tool_call_id": p.tool_use_id, "content": content})
-        elif t is c.Text or t is c.Image:
+        elif t is c.Text or t is c.Image or t is c.Document:
             rest.append(p)
         else:
             fail(f"a user message cannot carry a {t.__name__}", f"{path}.parts[{i}]")
@@ -363,10 +426,23 @@ def encode_request(req: c.Request, *, content_parts: bool = False,
             body[key] = value
     if req.stop:
         body["stop"] = list(req.stop)
+    if (rf := req.response_format) is not None:
+        body["response_format"] = _encode_response_format(rf)
     for key, value in req.extras.items():
         if key.startswith(_EXTRA):
             body.setdefault(key[len(_EXTRA):], value)
     return body
+
+
+def _encode_response_format(rf: c.ResponseFormat) -> dict:
+    if rf.schema is None and rf.name is None:
+        return {"type": "json_object"}
+    spec = {"name": rf.name or c.ANSWER_TOOL}
+    for key, value in (("description", rf.description), ("schema", rf.schema),
+                       ("strict", rf.strict)):
+        if value is not None:
+            spec[key] = value
+    return {"type": "json_schema", "json_schema": spec}
 
 
 # ---------------------------------------------------------------- whole responses

@@ -164,6 +164,15 @@ class FakeOpenAI(FakeServer):
             return self._auth_problem(received) or self._models()
         return self.error_plan(404, f"Invalid URL ({received.method} {route})", code=None)
 
+    @staticmethod
+    def prompt_parts(body: dict) -> list:
+        """Leading system messages, tools, then the other messages (a chat template's order)."""
+        messages = list(body.get("messages") or [])
+        lead = next((i for i, m in enumerate(messages)
+                     if not isinstance(m, dict) or m.get("role") not in ("system", "developer")),
+                    len(messages))
+        return messages[:lead] + list(body.get("tools") or []) + messages[lead:]
+
     def _auth_problem(self, received: Received) -> Whole | None:
         if not self.check_auth:
             return None

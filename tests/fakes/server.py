@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import h11
 
 from .replies import (CutAfter, Events, Garbage, Reply, Stall, Status, StreamError, Text,
-                      ToolCall, ToolCalls)
+                      ToolCall, ToolCalls, Usage)
 from .selfsigned import loopback_certs
 
 JSON_TYPE = "application/json"
@@ -110,6 +110,14 @@ class Hold:
 Plan = Whole | Stream | Hold
 
 
+def _unmarked(value):
+    if isinstance(value, dict):
+        return {k: _unmarked(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_unmarked(v) for v in value]
+    return value
+
+
 def make_headers(content_type: str | None, *extra: Mapping[str, str] | None) -> Headers:
     out = [(b"content-type", content_type.encode())] if content_type else []
     for more in extra:
@@ -159,6 +167,12 @@ class FakeServer:
     validate: reject (400, vendor format) requests the real API would reject for the checks a
         fake implements (required fields, tool-call pairing, ...).
     response_headers: added to every response (e.g. rate-limit headers).
+    prefix_cache: report cached prompt tokens as a provider's prefix cache would: the prompt
+        is rendered in the order a model reads it (`prompt_text`: system, tools, then each
+        message, as compact JSON without cache markers), and a content reply without its own `usage` reports
+        `prompt = len(prompt) // 4` and `cached = (longest common prefix with any earlier
+        prompt) // 4` (OpenAI `prompt_tokens_details.cached_tokens`, Anthropic
+        `cache_read_input_tokens`).
     """
 
     default_keys: frozenset[str] = frozenset()
@@ -168,7 +182,7 @@ class FakeServer:
                  default_reply: Reply | Callable[[Received], Reply | None] | None = None,
                  default_text: str | None = None, tls: bool = False, validate: bool = True,
                  response_headers: Mapping[str, str] | None = None,
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, prefix_cache: bool = False):
         self.keys: set[str] = set(self.default_keys if keys is None else keys)
         self.check_auth = check_auth
         self.default_reply = default_reply
@@ -179,6 +193,8 @@ class FakeServer:
         self.response_headers = dict(response_headers or {})
         self.host, self.port = host, port
         self.ca_pem_path: str | None = None
+        self.prefix_cache = prefix_cache
+        self._prompts: list[str] = []  # what prefix_cache has seen
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -323,10 +339,12 @@ class FakeServer:
             return len(self._queue)
 
     def clear(self) -> None:
-        """Forget the queue and the recorded requests (counters stay)."""
+        """Forget the queue, the recorded requests and the prompts prefix_cache saw (counters
+        stay)."""
         with self._lock:
             self._queue.clear()
             self._requests.clear()
+            self._prompts.clear()
 
     def wait_until(self, predicate: Callable[[FakeServer], bool], timeout: float = 5.0) -> bool:
         """Wait until `predicate(fake)` holds (counters change on the fake's thread)."""
@@ -381,7 +399,32 @@ class FakeServer:
             if isinstance(inner, Stream):
                 return dataclasses.replace(inner, cut_after=reply.n_events, reset=reply.reset)
             return dataclasses.replace(inner, cut=True, reset=reply.reset)
+        if self.prefix_cache and isinstance(reply, (Text, ToolCalls, Events)) and (
+                reply.usage is None):
+            reply = dataclasses.replace(reply, usage=self._cache_usage(received.json or {}))
         return self.render(reply, received, stream)
+
+    @staticmethod
+    def prompt_parts(body: dict) -> list:
+        """The prompt in reading order (a vendor's fake may say otherwise): system, tools, then
+        the messages."""
+        system = body.get("system")
+        return ([] if system is None else [system]) + list(body.get("tools") or []) + list(
+            body.get("messages") or [])
+
+    def prompt_text(self, body: dict) -> str:
+        """The prompt prefix_cache compares: `prompt_parts` as compact JSON, without cache
+        markers (they tell the provider where to cache; the model never reads them)."""
+        return "".join(json.dumps(_unmarked(p), separators=(",", ":"), ensure_ascii=False)
+                       for p in self.prompt_parts(body))
+
+    def _cache_usage(self, body: dict) -> Usage:
+        prompt = self.prompt_text(body)
+        with self._lock:
+            common = max((len(os.path.commonprefix([prompt, seen])) for seen in self._prompts),
+                         default=0)
+            self._prompts.append(prompt)
+        return Usage(prompt=max(1, len(prompt) // 4), cached=common // 4)
 
     def headers(self, content_type: str | None, *extra: Mapping[str, str] | None) -> Headers:
         """Response headers: the content type, the fake's `response_headers`, then `extra`."""
