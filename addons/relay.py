@@ -222,15 +222,19 @@ class RelayHttp:
         out (TimeoutError): a local peer cannot hold connections open for nothing."""
         h = self.h11
         path = None
-        started = False
+        received = 0
         async with asyncio.timeout(IDLE_TIMEOUT) as deadline:
             while True:
                 event = h.next_event()
                 if event is h11.NEED_DATA:
+                    # h11 bounds an incomplete head by what it holds between reads;
+                    # this bounds it however the reads fall
+                    if path is None and received >= MAX_HEAD:
+                        raise h11.RemoteProtocolError("request head too large", 431)
                     data = await self.reader.read(READ_SIZE)
-                    if not started:
-                        started = True
+                    if not received:
                         deadline.reschedule(asyncio.get_running_loop().time() + HEAD_TIMEOUT)
+                    received += len(data)
                     h.receive_data(data)
                 elif type(event) is h11.Request:
                     path = event.target.decode("latin-1")

@@ -167,7 +167,7 @@ class StreamsTransport(httpx.AsyncBaseTransport):
     async def _exchange(self, conn: _Connection, request: httpx.Request, body: bytes,
                         timeouts: dict, reused: bool) -> httpx.Response:
         phase = "write"
-        received = False
+        received = 0  # bytes of the answer so far
         try:
             h = conn.h11
             head = h.send(h11.Request(method=request.method, target=request.url.raw_path,
@@ -189,12 +189,17 @@ class StreamsTransport(httpx.AsyncBaseTransport):
                 while True:
                     event = h.next_event()
                     if event is _NEED_DATA:
+                        # h11 bounds an incomplete head by what it holds between reads;
+                        # this bounds the heads however the reads fall
+                        if received >= MAX_HEAD:
+                            raise httpx.RemoteProtocolError("response head too large",
+                                                            request=request)
                         data = await reader.read(READ_SIZE)
                         if not data and not received:
                             raise httpx.RemoteProtocolError(
                                 "server disconnected without sending a response",
                                 request=request)
-                        received = True
+                        received += len(data)
                         h.receive_data(data)
                     elif type(event) is h11.Response:
                         break
