@@ -13,9 +13,11 @@ this leg (an outbound-proxy setting would select httpx's default transport inste
 
 import asyncio
 import select
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
+from itertools import zip_longest
 
 import certifi
 import h11
@@ -133,9 +135,14 @@ class StreamsTransport(httpx.AsyncBaseTransport):
         tls = self._ssl if scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None,
-                    limit=READ_SIZE, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY)
+                sock = await _happy_eyeballs(host, port)
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        sock=sock, ssl=tls, server_hostname=host if tls else None,
+                        limit=READ_SIZE)
+                except BaseException:
+                    sock.close()
+                    raise
         except Exception as e:
             raise _typed(e, "connect", request) from None
         return _Connection(reader, writer, key)
@@ -216,6 +223,61 @@ class StreamsTransport(httpx.AsyncBaseTransport):
                               stream=stream, request=request,
                               extensions={"http_version": b"HTTP/1.1",
                                           "reason_phrase": event.reason})
+
+
+async def _happy_eyeballs(host: str, port: int) -> socket.socket:
+    """A connected socket to `host` (RFC 8305): its addresses alternating by family, a new
+    attempt started every HAPPY_EYEBALLS_DELAY or as soon as one fails, the first to connect
+    wins. asyncio's own (`happy_eyeballs_delay=`) fails an assertion under the eager task
+    factory mitmproxy runs with (CPython 3.12.1), hence this one."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    by_family: dict[int, list] = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    ordered = [info for group in zip_longest(*by_family.values()) for info in group if info]
+    if len(ordered) == 1:
+        return await _connect_to(loop, ordered[0])
+    attempts: list[asyncio.Task] = []
+    winner = None
+    try:
+        for i, info in enumerate(ordered):
+            attempts.append(asyncio.ensure_future(_connect_to(loop, info)))
+            last = i == len(ordered) - 1
+            while winner is None:
+                running = [t for t in attempts if not t.done()]
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, timeout=None if last else
+                                             HAPPY_EYEBALLS_DELAY,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                winner = next((t for t in done if t.exception() is None), None)
+                if not last:
+                    break  # the delay passed, or an attempt failed: start the next one
+            if winner is not None:
+                return winner.result()
+        errors = [t.exception() for t in attempts]
+        raise OSError(f"{host}:{port}: " + "; ".join(str(e) for e in errors if e))
+    finally:
+        for t in attempts:
+            if t is winner:
+                continue
+            if not t.done():
+                t.cancel()  # _connect_to closes its socket
+            elif not t.cancelled() and t.exception() is None:
+                t.result().close()  # connected too, but second
+
+
+async def _connect_to(loop: asyncio.AbstractEventLoop, info: tuple) -> socket.socket:
+    family, type_, proto, _, address = info
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Body(httpx.AsyncByteStream):

@@ -4,6 +4,7 @@ here is a raw loopback one, so the bytes on the wire are exactly the ones writte
 
 import asyncio
 import gc
+import socket
 import warnings
 
 import httpx
@@ -193,3 +194,42 @@ async def test_a_pooled_connection_serves_a_stream_after_a_whole_answer():
                 assert b"".join([p async for p in r.aiter_raw()]) == b"data:1data:2"
             assert (await c.post(srv.url, content=b"{}")).text == "hello"
         assert srv.connections == 1
+
+
+async def test_works_under_the_eager_task_factory_mitmproxy_uses():
+    """asyncio's own happy eyeballs failed an assertion there (CPython 3.12.1)."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)
+    try:
+        async with RawServer(OK_LEN) as srv:
+            async with client() as c:
+                assert (await c.post(srv.url, content=b"{}")).text == "hello"
+    finally:
+        loop.set_task_factory(None)
+
+
+async def test_happy_eyeballs_goes_on_to_the_next_address(monkeypatch):
+    """The first address refuses, the second answers (both on 127.0.0.1, by port)."""
+    refused = socket.socket()
+    refused.bind(("127.0.0.1", 0))
+    closed_port = refused.getsockname()[1]
+    refused.close()  # nothing listens there now
+    async with RawServer(OK_LEN) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        loop = asyncio.get_running_loop()
+
+        async def two_addresses(host, port_, **kw):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", p))
+                    for p in (closed_port, port)]
+
+        monkeypatch.setattr(loop, "getaddrinfo", two_addresses)
+        async with client() as c:
+            assert (await c.post("http://provider.test/", content=b"{}")).text == "hello"
+
+        async def refused_only(host, port_, **kw):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", closed_port))] * 2
+
+        monkeypatch.setattr(loop, "getaddrinfo", refused_only)
+        async with client() as c:
+            with pytest.raises(httpx.ConnectError):
+                await c.post("http://provider.test/", content=b"{}")
