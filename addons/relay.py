@@ -18,13 +18,17 @@ import secrets
 import time
 from collections.abc import Callable
 
+import h11
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.forwarding import Failure, Forwarder, Job
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 64 * 1024  # a request head longer than this is refused (431)
+READ_SIZE = 64 * 1024
+IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next request
+HEAD_TIMEOUT = 10.0  # seconds for a request's head and body once its first byte came
 YIELD_EVERY = 0.01  # seconds of relaying before the relay lets other tasks run
 JOB_TTL = 120.0  # a job mitmproxy never delivered (the client left first) is dropped after this
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
@@ -102,52 +106,39 @@ class RelayServer:
     # ------------------------------------------------------------ the HTTP side
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        http = RelayHttp(reader, writer)
         try:
-            while await self._one_request(reader, writer):
+            while await self._one_request(http) and http.next_cycle():
                 pass
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+        except h11.RemoteProtocolError as e:
+            await http.refuse(e.error_status_hint)
+        except (ConnectionError, TimeoutError):
             pass
         except Exception:
             log.exception("relay: connection failed")
         finally:
             writer.close()
 
-    async def _one_request(self, reader, writer) -> bool:
+    async def _one_request(self, http: "RelayHttp") -> bool:
         """Serve one request; True if the connection may carry another."""
-        head = await reader.readuntil(b"\r\n\r\n")
-        if len(head) > MAX_HEAD:
+        path = await http.read_request()
+        if path is None:
             return False
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        path = parts[1] if len(parts) == 3 else ""
-        length, chunked = 0, False
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            if name == "content-length":
-                length = int(value)
-            elif name == "transfer-encoding" and "chunked" in value.lower():
-                chunked = True
-        # the body is the client's original request, kept so mitmweb shows it; the job already
-        # holds it parsed, so here it is only drained
-        if chunked:
-            await _drain_chunked(reader)
-        elif length:
-            await reader.readexactly(length)
         token = path.removeprefix("/relay/")
         entry = self._jobs.pop(token, None) if path.startswith("/relay/") else None
         if entry is None:
-            writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
-            await writer.drain()
+            http.write_head(404, {}, 0)
+            http.end()
+            await http.drain()
             return True
         job = entry[0]
         self._by_flow.pop(job.flow_id, None)
-        work = create_task(self._serve(job, writer), name=f"detour relay {job.flow_id}",
+        work = create_task(self._serve(job, http), name=f"detour relay {job.flow_id}",
                            keep_ref=True)
         self._running[job.flow_id] = (work, job)
         # mitmproxy sends nothing more on this connection until the answer is complete, so
         # anything readable now is its EOF: the client went away, and the provider call with it
-        gone = create_task(reader.read(1), name="detour relay watch", keep_ref=True)
+        gone = create_task(http.reader.read(1), name="detour relay watch", keep_ref=True)
         try:
             await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -179,26 +170,27 @@ class RelayServer:
         self.finished(job)
         return bool(keep)
 
-    async def _serve(self, job: Job, writer: asyncio.StreamWriter) -> bool:
+    async def _serve(self, job: Job, http: "RelayHttp") -> bool:
         fwd = self.forwarder
         try:
             opened = await fwd.open(job)
         except Failure as f:
             status, headers, body = fwd._failure_response(job, f)
-            _write_head(writer, status, headers, len(body))
-            writer.write(body)
-            await writer.drain()
+            http.write_head(status, headers, len(body))
+            http.write_data(body)
+            http.end()
+            await http.drain()
             return True
         job.row.status = 200
-        _write_head(writer, 200, {"content-type": fwd.stream_content_type(job),
-                                  "cache-control": "no-cache",
-                                  "x-detour-route": opened.candidate.key}, None)
+        http.write_head(200, {"content-type": fwd.stream_content_type(job),
+                              "cache-control": "no-cache",
+                              "x-detour-route": opened.candidate.key}, None)
         turn = 0.0  # the first chunk goes out at once: time to first token is what users see
         async for data in fwd.stream(job, opened):
             if job.row.ttfb_ms is None:
                 job.row.ttfb_ms = round((time.perf_counter() - job.started) * 1000, 2)
-            writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-            await writer.drain()
+            http.write_data(data)
+            await http.drain()
             # drain() does not yield while the buffer is small; a provider that answers faster
             # than we translate would keep the loop to itself and mitmproxy would pass nothing
             # on until the end: give the loop back now and then (each turn costs mitmproxy a
@@ -207,22 +199,82 @@ class RelayServer:
             if now - turn > YIELD_EVERY:
                 await asyncio.sleep(0)
                 turn = now
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        http.end()
+        await http.drain()
         return True
 
 
-def _write_head(writer, status: int, headers: dict[str, str], length: int | None) -> None:
-    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    lines.append(f"content-length: {length}" if length is not None else "transfer-encoding: chunked")
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+class RelayHttp:
+    """The HTTP side of one relay connection: h11 (server role) frames what is read and
+    written; the relay's logic sees paths, heads and data."""
 
+    __slots__ = ("reader", "writer", "h11")
 
-async def _drain_chunked(reader: asyncio.StreamReader) -> None:
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")  # trailers are not used by mitmproxy
-            return
-        await reader.readexactly(size + 2)
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+
+    async def read_request(self) -> str | None:
+        """The next request's path, its body read and dropped (it is the client's original
+        request, kept on the flow so mitmweb shows it; the job already holds it parsed), or
+        None when the client closed between requests. Idle connections and slow heads time
+        out (TimeoutError): a local peer cannot hold connections open for nothing."""
+        h = self.h11
+        path = None
+        received = 0
+        async with asyncio.timeout(IDLE_TIMEOUT) as deadline:
+            while True:
+                event = h.next_event()
+                if event is h11.NEED_DATA:
+                    # h11 bounds an incomplete head by what it holds between reads;
+                    # this bounds it however the reads fall
+                    if path is None and received >= MAX_HEAD:
+                        raise h11.RemoteProtocolError("request head too large", 431)
+                    data = await self.reader.read(READ_SIZE)
+                    if not received:
+                        deadline.reschedule(asyncio.get_running_loop().time() + HEAD_TIMEOUT)
+                    received += len(data)
+                    h.receive_data(data)
+                elif type(event) is h11.Request:
+                    path = event.target.decode("latin-1")
+                elif type(event) is h11.EndOfMessage:
+                    return path
+                elif type(event) is h11.ConnectionClosed:
+                    return None
+
+    def write_head(self, status: int, headers: dict[str, str], length: int | None) -> None:
+        """Chunked when `length` is None."""
+        fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        fields.append((b"content-length", b"%d" % length) if length is not None
+                      else (b"transfer-encoding", b"chunked"))
+        self.writer.write(self.h11.send(h11.Response(
+            status_code=status, headers=fields, reason=_REASONS.get(status, "Error"))))
+
+    def write_data(self, data: bytes) -> None:
+        if data:
+            self.writer.write(self.h11.send(h11.Data(data=data)))
+
+    def end(self) -> None:
+        self.writer.write(self.h11.send(h11.EndOfMessage()))
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    def next_cycle(self) -> bool:
+        """Ready for the next request, if both sides may go on (no `connection: close`)."""
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return True
+        return False
+
+    async def refuse(self, status: int) -> None:
+        """A request h11 could not parse (bad framing, head too large): say so if no answer
+        was begun; the connection is closed after."""
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            try:
+                self.write_head(status, {"connection": "close"}, 0)
+                self.end()
+                await self.drain()
+            except (ConnectionError, h11.LocalProtocolError):
+                pass

@@ -1,25 +1,35 @@
-"""A lean httpx transport for the provider leg: HTTP/1.1 on asyncio's own streams (and TLS),
-with a keep-alive pool.
+"""A lean httpx transport for the provider leg: HTTP/1.1 by h11 on asyncio's own streams (and
+TLS), with a keep-alive pool.
 
 Why: httpx's default transport (httpcore over anyio) was measured at 2-4 ms of CPU per call and
 70-95 us per streamed chunk inside mitmproxy, against ~0.3 ms and ~20 us for plain asyncio
 streams; on a proxy whose whole budget is a few ms per call that was most of detour's cost.
-httpx stays the API (requests, responses, timeouts, exceptions); only the wire work changes.
+httpx stays the API (requests, responses, timeouts, exceptions); h11 parses and writes the
+HTTP (1xx answers, framing, strict chunk sizes, bounded heads); this module only moves bytes:
+one socket read is fed to h11 at once and every body piece it holds is passed on in one piece.
 HTTP/1.1 only: every provider speaks it. No outbound proxy: `trust_env=False` is the rule on
 this leg (an outbound-proxy setting would select httpx's default transport instead).
 """
 
 import asyncio
+import select
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator
+from itertools import zip_longest
 
 import certifi
+import h11
 import httpx
 
 READ_SIZE = 64 * 1024
-MAX_HEAD = 64 * 1024
+MAX_HEAD = 64 * 1024  # a response head (or chunk-size line) longer than this is refused
 IDLE_SECONDS = 60.0  # a pooled connection older than this is not reused (servers drop them)
+HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended head start per address family
+_NEED_DATA = h11.NEED_DATA
+_Data = h11.Data
+_EndOfMessage = h11.EndOfMessage
 
 
 def ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
@@ -33,18 +43,58 @@ def ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
     return ctx
 
 
+_TIMEOUTS = {"connect": httpx.ConnectTimeout, "write": httpx.WriteTimeout,
+             "read": httpx.ReadTimeout}
+_OS_ERRORS = {"connect": httpx.ConnectError, "write": httpx.WriteError, "read": httpx.ReadError}
+
+
+def _typed(exc: BaseException, phase: str, request: httpx.Request) -> BaseException:
+    """The one place where what asyncio, ssl and h11 raise becomes httpx's typed errors, which
+    the forwarder tells apart (a timeout, a refusal, a broken answer). Anything else (a
+    cancellation, a bug) is returned as it is."""
+    if isinstance(exc, httpx.TransportError):
+        return exc
+    if isinstance(exc, TimeoutError):  # before OSError: TimeoutError is one
+        return _TIMEOUTS[phase](f"{phase} timed out", request=request)
+    if isinstance(exc, h11.RemoteProtocolError):
+        return httpx.RemoteProtocolError(str(exc), request=request)
+    if isinstance(exc, h11.LocalProtocolError):
+        return httpx.LocalProtocolError(str(exc), request=request)
+    if isinstance(exc, OSError):  # ssl.SSLError included
+        return _OS_ERRORS[phase](str(exc) or type(exc).__name__, request=request)
+    return exc
+
+
+class _Stale(Exception):
+    """A reused connection broke before any byte of the answer came back: the server had
+    dropped it while it was idle, so the request may be sent again on a fresh one."""
+
+
 class _Connection:
-    __slots__ = ("reader", "writer", "key", "idle_since")
+    __slots__ = ("reader", "writer", "key", "idle_since", "h11")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: tuple):
         self.reader = reader
         self.writer = writer
         self.key = key
         self.idle_since = 0.0
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
-    def usable(self) -> bool:
-        return (not self.reader.at_eof() and not self.writer.is_closing()
-                and time.monotonic() - self.idle_since < IDLE_SECONDS)
+    def reusable(self) -> bool:
+        """An idle connection may carry the next request only if the server sent nothing
+        since the last answer ended: unread bytes (a 408 before closing) or an EOF mean it is
+        on its way out, and its bytes would be read as the next request's answer."""
+        if (self.writer.is_closing() or time.monotonic() - self.idle_since >= IDLE_SECONDS
+                or self.reader._buffer or self.reader.at_eof()  # what asyncio already read
+                or self.reader.exception() is not None):
+            return False
+        sock = self.writer.get_extra_info("socket")
+        if sock is None:
+            return False
+        # what has arrived since the event loop last looked (httpcore's is_readable)
+        poll = select.poll()
+        poll.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return not poll.poll(0)
 
     def close(self) -> None:
         self.writer.close()
@@ -62,31 +112,39 @@ class StreamsTransport(httpx.AsyncBaseTransport):
         conns = self._idle.get(key)
         while conns:
             conn = conns.pop()
-            if conn.usable():
+            if conn.reusable():
                 return conn
             conn.close()
         return None
 
     def _release(self, conn: _Connection) -> None:
+        """Back to the pool after an answer read to its end, if both sides may go on."""
+        h = conn.h11
         conns = self._idle.setdefault(conn.key, [])
-        if len(conns) >= self._max_idle:
+        if (h.our_state is not h11.DONE or h.their_state is not h11.DONE
+                or h.trailing_data[0] or len(conns) >= self._max_idle):
             conn.close()
             return
+        h.start_next_cycle()
         conn.idle_since = time.monotonic()
         conns.append(conn)
 
-    async def _connect(self, key: tuple, timeout: float | None) -> _Connection:
+    async def _connect(self, key: tuple, request: httpx.Request,
+                       timeout: float | None) -> _Connection:
         scheme, host, port = key
         tls = self._ssl if scheme == "https" else None
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, server_hostname=host if tls else None,
-                    limit=MAX_HEAD)
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout}s") from None
-        except (OSError, ssl.SSLError) as e:
-            raise httpx.ConnectError(f"{host}:{port}: {e}") from None
+                sock = await _happy_eyeballs(host, port)
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        sock=sock, ssl=tls, server_hostname=host if tls else None,
+                        limit=READ_SIZE)
+                except BaseException:
+                    sock.close()
+                    raise
+        except Exception as e:
+            raise _typed(e, "connect", request) from None
         return _Connection(reader, writer, key)
 
     async def aclose(self) -> None:
@@ -104,209 +162,195 @@ class StreamsTransport(httpx.AsyncBaseTransport):
         key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
         body = await request.aread()
-        head = _request_head(request, body)
         conn = self._take_idle(key)
         if conn is not None:
             try:
-                return await self._exchange(conn, request, head, body, timeouts)
-            except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
-                pass  # a stale keep-alive connection the server had closed: one fresh try
-        conn = await self._connect(key, timeouts.get("connect"))
-        return await self._exchange(conn, request, head, body, timeouts)
+                return await self._exchange(conn, request, body, timeouts, reused=True)
+            except _Stale:
+                pass  # one fresh try
+        conn = await self._connect(key, request, timeouts.get("connect"))
+        return await self._exchange(conn, request, body, timeouts, reused=False)
 
-    async def _exchange(self, conn: _Connection, request: httpx.Request, head: bytes,
-                        body: bytes, timeouts: dict) -> httpx.Response:
-        read_timeout = timeouts.get("read")
+    async def _exchange(self, conn: _Connection, request: httpx.Request, body: bytes,
+                        timeouts: dict, reused: bool) -> httpx.Response:
+        phase = "write"
+        received = 0  # bytes of the answer so far
         try:
-            conn.writer.write(head + body if len(body) < 256 * 1024 else head)
-            if len(body) >= 256 * 1024:
-                conn.writer.write(body)
+            h = conn.h11
+            head = h.send(h11.Request(method=request.method, target=request.url.raw_path,
+                                      headers=_request_headers(request, body)))
+            if body:
+                body = h.send(_Data(data=body))
+            h.send(_EndOfMessage())  # content-length framing: writes nothing
+            writer = conn.writer
+            if len(body) < 256 * 1024:
+                writer.write(head + body)
+            else:
+                writer.write(head)
+                writer.write(body)
             async with asyncio.timeout(timeouts.get("write")):
-                await conn.writer.drain()
-        except TimeoutError:
+                await writer.drain()
+            phase = "read"
+            reader = conn.reader
+            async with asyncio.timeout(timeouts.get("read")):
+                while True:
+                    event = h.next_event()
+                    if event is _NEED_DATA:
+                        # h11 bounds an incomplete head by what it holds between reads;
+                        # this bounds the heads however the reads fall
+                        if received >= MAX_HEAD:
+                            raise httpx.RemoteProtocolError("response head too large",
+                                                            request=request)
+                        data = await reader.read(READ_SIZE)
+                        if not data and not received:
+                            raise httpx.RemoteProtocolError(
+                                "server disconnected without sending a response",
+                                request=request)
+                        received += len(data)
+                        h.receive_data(data)
+                    elif type(event) is h11.Response:
+                        break
+                    # else an informational answer (103 Early Hints, 100 Continue): the
+                    # final one follows
+        except BaseException as e:
             conn.close()
-            raise httpx.WriteTimeout("request not sent in time", request=request) from None
-        except OSError as e:
-            conn.close()
-            raise httpx.WriteError(str(e) or type(e).__name__, request=request) from None
-        try:
-            async with asyncio.timeout(read_timeout):
-                raw = await conn.reader.readuntil(b"\r\n\r\n")
-        except TimeoutError:
-            conn.close()
-            raise httpx.ReadTimeout("no response headers in time", request=request) from None
-        except asyncio.LimitOverrunError:
-            conn.close()
-            raise httpx.RemoteProtocolError("response headers too large", request=request) from None
-        except (asyncio.IncompleteReadError, OSError) as e:
-            conn.close()
-            raise httpx.RemoteProtocolError(
-                "server disconnected without sending a response", request=request) from e
-        try:
-            status, headers, length, chunked, close = _parse_head(raw, request)
-        except httpx.RemoteProtocolError:
-            conn.close()
-            raise
-        if request.method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            length, chunked = 0, False
-        stream = _Body(self, conn, request, length, chunked, close, read_timeout)
-        return httpx.Response(status, headers=headers, stream=stream, request=request,
-                              extensions={"http_version": b"HTTP/1.1"})
+            if reused and not received and isinstance(e, (OSError, httpx.RemoteProtocolError)) \
+                    and not isinstance(e, TimeoutError):
+                raise _Stale from None
+            raise _typed(e, phase, request) from None
+        stream = _Body(self, conn, request, timeouts.get("read"))
+        return httpx.Response(event.status_code, headers=event.headers.raw_items(),
+                              stream=stream, request=request,
+                              extensions={"http_version": b"HTTP/1.1",
+                                          "reason_phrase": event.reason})
+
+
+async def _happy_eyeballs(host: str, port: int) -> socket.socket:
+    """A connected socket to `host` (RFC 8305): its addresses alternating by family, a new
+    attempt started every HAPPY_EYEBALLS_DELAY or as soon as one fails, the first to connect
+    wins. asyncio's own (`happy_eyeballs_delay=`) fails an assertion under the eager task
+    factory mitmproxy runs with (CPython 3.12.1), hence this one."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    by_family: dict[int, list] = {}
+    for info in infos:
+        by_family.setdefault(info[0], []).append(info)
+    ordered = [info for group in zip_longest(*by_family.values()) for info in group if info]
+    if len(ordered) == 1:
+        return await _connect_to(loop, ordered[0])
+    attempts: list[asyncio.Task] = []
+    winner = None
+    try:
+        for i, info in enumerate(ordered):
+            attempts.append(asyncio.ensure_future(_connect_to(loop, info)))
+            last = i == len(ordered) - 1
+            while winner is None:
+                running = [t for t in attempts if not t.done()]
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, timeout=None if last else
+                                             HAPPY_EYEBALLS_DELAY,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                winner = next((t for t in done if t.exception() is None), None)
+                if not last:
+                    break  # the delay passed, or an attempt failed: start the next one
+            if winner is not None:
+                return winner.result()
+        errors = [t.exception() for t in attempts]
+        raise OSError(f"{host}:{port}: " + "; ".join(str(e) for e in errors if e))
+    finally:
+        for t in attempts:
+            if t is winner:
+                continue
+            if not t.done():
+                t.cancel()  # _connect_to closes its socket
+            elif not t.cancelled() and t.exception() is None:
+                t.result().close()  # connected too, but second
+
+
+async def _connect_to(loop: asyncio.AbstractEventLoop, info: tuple) -> socket.socket:
+    family, type_, proto, _, address = info
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _Body(httpx.AsyncByteStream):
-    """The response body as read: content-length, chunked, or up to the close. A connection
-    goes back to the pool only when its body was read to the end."""
+    """The response body as h11 frames it. A connection goes back to the pool only when its
+    body was read to the end; any other way out closes it."""
 
     def __init__(self, transport: StreamsTransport, conn: _Connection, request: httpx.Request,
-                 length: int | None, chunked: bool, close: bool, timeout: float | None):
+                 timeout: float | None):
         self.transport = transport
         self.conn = conn
         self.request = request
-        self.length = length
-        self.chunked = chunked
-        self.reusable = not close and (chunked or length is not None)
         self.timeout = timeout
         self.done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        reader = self.conn.reader
+        conn = self.conn
+        if conn is None:
+            return
+        h = conn.h11
+        reader = conn.reader
+        next_event = h.next_event
+        timeout = self.timeout
         try:
-            if self.chunked:
-                async for data in self._dechunk(reader):
-                    yield data
-            elif self.length is not None:
-                left = self.length
-                while left:
-                    data = await self._read(reader.read(min(left, READ_SIZE)))
-                    if not data:
-                        raise httpx.RemoteProtocolError(
-                            "peer closed connection without sending complete message body",
-                            request=self.request)
-                    left -= len(data)
-                    yield data
-            else:
-                while data := await self._read(reader.read(READ_SIZE)):
-                    yield data
-            self.done = True
-        except ValueError:
-            raise httpx.RemoteProtocolError("malformed chunked body", request=self.request) from None
-
-    async def _dechunk(self, reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
-        """Chunked transfer coding, decoded per socket read: every chunk already received is
-        passed on in one piece (as mitmproxy itself reads), not one await per HTTP chunk."""
-        buf = bytearray()
-        while True:
-            data = await self._read(reader.read(READ_SIZE))
-            if not data:
-                raise httpx.RemoteProtocolError(
-                    "peer closed connection without sending complete message body",
-                    request=self.request)
-            buf += data
-            out = []
-            pos = 0
             while True:
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    if len(buf) - pos > MAX_HEAD:
-                        raise httpx.RemoteProtocolError("chunk header too long",
-                                                        request=self.request)
-                    break
-                size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
-                if size == 0:
-                    # the last chunk: optional trailers, then an empty line
-                    end = eol + 2 if buf[eol + 2:eol + 4] == b"\r\n" else buf.find(
-                        b"\r\n\r\n", eol + 2)
-                    if end < 0:
+                # everything h11 holds now, in one piece: one socket read, one chunk passed
+                # on (as mitmproxy itself reads), not one await per HTTP chunk
+                out = []
+                while True:
+                    event = next_event()
+                    if type(event) is _Data:
+                        out.append(event.data)  # a bytearray slice of h11's buffer
+                    elif event is _NEED_DATA:
                         break
-                    if out:
-                        yield b"".join(out)
+                    elif type(event) is _EndOfMessage:
+                        self.done = True
+                        break
+                    else:
+                        raise httpx.RemoteProtocolError(f"unexpected {event!r}",
+                                                        request=self.request)
+                if out:
+                    yield b"".join(out)
+                if self.done:
                     return
-                start = eol + 2
-                if len(buf) < start + size + 2:
-                    break
-                out.append(bytes(buf[start:start + size]))
-                pos = start + size + 2
-            del buf[:pos]
-            if out:
-                yield b"".join(out) if len(out) > 1 else out[0]
-
-    async def _read(self, awaitable):
-        try:
-            async with asyncio.timeout(self.timeout):
-                return await awaitable
-        except TimeoutError:
-            raise httpx.ReadTimeout("no data from the server in time", request=self.request) from None
-        except asyncio.IncompleteReadError:
-            raise httpx.RemoteProtocolError(
-                "peer closed connection without sending complete message body",
-                request=self.request) from None
-        except asyncio.LimitOverrunError:
-            raise httpx.RemoteProtocolError("chunk header too long", request=self.request) from None
-        except OSError as e:
-            raise httpx.ReadError(str(e) or type(e).__name__, request=self.request) from None
+                async with asyncio.timeout(timeout):
+                    data = await reader.read(READ_SIZE)
+                h.receive_data(data)  # b"" is the end: h11 says whether that was allowed
+        except BaseException as e:
+            self.conn = None
+            conn.close()
+            if isinstance(e, GeneratorExit):
+                raise
+            raise _typed(e, "read", self.request) from None
 
     async def aclose(self) -> None:
         conn, self.conn = self.conn, None
         if conn is None:
             return
-        if self.done and self.reusable:
+        if self.done:
             self.transport._release(conn)
         else:
             conn.close()
 
 
-def _request_head(request: httpx.Request, body: bytes) -> bytes:
-    lines = [f"{request.method} ".encode() + request.url.raw_path + b" HTTP/1.1"]
-    has_host = has_length = False
+def _request_headers(request: httpx.Request, body: bytes) -> list[tuple[bytes, bytes]]:
+    headers = []
+    has_length = False
     for name, value in request.headers.raw:
         lower = name.lower()
-        if lower == b"host":
-            has_host = True
-        elif lower == b"content-length":
+        if lower == b"content-length":
             has_length = True
         elif lower == b"transfer-encoding":
             continue  # the body is always sent whole, with a length
-        lines.append(name + b": " + value)
-    if not has_host:
-        lines.insert(1, b"Host: " + request.url.netloc)
-    if not has_length and (body or request.method in ("POST", "PUT", "PATCH")):
-        lines.append(b"Content-Length: " + str(len(body)).encode())
-    return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def _parse_head(raw: bytes, request: httpx.Request):
-    lines = raw[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-        raise httpx.RemoteProtocolError(f"not an HTTP/1 response: {lines[0][:60]!r}",
-                                        request=request)
-    try:
-        status = int(parts[1])
-    except ValueError:
-        raise httpx.RemoteProtocolError(f"bad status line {lines[0][:60]!r}",
-                                        request=request) from None
-    headers = []
-    length = None
-    chunked = False
-    close = parts[0] == b"HTTP/1.0"
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            raise httpx.RemoteProtocolError(f"bad header line {line[:60]!r}", request=request)
-        name, value = name.strip(), value.strip()
         headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                raise httpx.RemoteProtocolError("bad content-length", request=request) from None
-        elif lower == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif lower == b"connection":
-            v = value.lower()
-            close = b"close" in v or (close and b"keep-alive" not in v)
-    if chunked:
-        length = None
-    return status, headers, length, chunked, close
+    if not has_length and (body or request.method in ("POST", "PUT", "PATCH")):
+        headers.append((b"Content-Length", str(len(body)).encode()))
+    return headers

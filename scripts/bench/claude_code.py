@@ -326,15 +326,27 @@ prices:
                      Mitmdump(confdir, router=False, extra=lazy),
                      Mitmdump(confdir, router=False, extra=lazy + ["--set",
                                                                    "stream_large_bodies=1"])]
+            if args.against:
+                # the other side is detour too, from another checkout: same routes, a home of
+                # its own (two proxies writing one SQLite file would contend)
+                home_b = tmp / "home-against"
+                home_b.mkdir()
+                (home_b / "config.yaml").write_text((home / "config.yaml").read_text())
+                against = Mitmdump(confdir, router=False, extra=[
+                    "-s", str(args.against / "addons" / "router.py"),
+                    "--set", f"detour_home={home_b}"])
+                mitms = [mitms[0], against, against]
             with concurrent.futures.ThreadPoolExecutor(3) as pool:
-                for fut in [pool.submit(m.start) for m in mitms]:
+                for fut in [pool.submit(m.start) for m in dict.fromkeys(mitms)]:
                     fut.result()
             detour_mitm, plain_mitm, stream_mitm = mitms
             ctx = ssl.create_default_context(cafile=str(detour_mitm.ca_cert))
             detour = Side(DETOUR, detour_mitm, "api.anthropic.com", 443)
             plain = Side(PLAIN, plain_mitm, "127.0.0.1", vendor.port)
             plain_stream = Side(PLAIN, stream_mitm, "127.0.0.1", vendor.port)
-            sides = [detour, plain, plain_stream]
+            if args.against:
+                plain = plain_stream = Side(PLAIN, plain_mitm, "api.anthropic.com", 443)
+            sides = [detour, plain] if args.against else [detour, plain, plain_stream]
             for side in sides:
                 side.clients = [TunnelClient(side.mitm.port, side.host, side.port, ctx)
                                 for _ in range(args.concurrency)]
@@ -384,17 +396,21 @@ prices:
                           f"({time.monotonic() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
             paced_body = {DETOUR: capture_body(True, PACED_MODEL), PLAIN: bodies[True]}
+            paced_plain = (Side(PLAIN, stream_mitm, "127.0.0.1", vendor_paced.port), vendor_paced)
+            if args.against:
+                paced_body[PLAIN] = paced_body[DETOUR]
+                paced_plain = (plain, openai_paced)
             paced_result = {
                 DETOUR: paced_check(detour, ctx, openai_paced, paced_body[DETOUR],
                                     args.paced_streams),
-                PLAIN: paced_check(Side(PLAIN, stream_mitm, "127.0.0.1", vendor_paced.port),
-                                   ctx, vendor_paced, paced_body[PLAIN], args.paced_streams),
+                PLAIN: paced_check(paced_plain[0], ctx, paced_plain[1], paced_body[PLAIN],
+                                   args.paced_streams),
             }
         finally:
             for side in sides:
                 for c in side.clients:
                     c.close()
-            for m in mitms:
+            for m in dict.fromkeys(mitms):
                 m.stop()
             for f in fakes:
                 f.stop()
@@ -465,6 +481,9 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
       f"({result['capture_bytes']:,} B body), {args.events}-event streams")
     w("  proxies : detour = mitmdump -s addons/router.py; plain = mitmdump, no script, "
       "connection_strategy=lazy (whole: buffered; streams: + stream_large_bodies=1)")
+    if args.against:
+        w(f"  AGAINST : 'plain' below is NOT plain mitmdump but detour from {args.against} "
+          f"(--against), same routes and fakes")
     w("  client  : this process, h11 over TLS through CONNECT (trusting the mitmproxy CA); one "
       "keep-alive connection per worker,")
     w("            opened and warmed before timing and reused for every timed request")
@@ -565,6 +584,9 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int,
                     help="timings per translator figure, the best is kept (7, quick 3)")
     ap.add_argument("--json", type=Path, help="also save every figure here")
+    ap.add_argument("--against", type=Path, metavar="CHECKOUT",
+                    help="compare with detour from another checkout (e.g. the previous commit)"
+                         " instead of plain mitmdump: 'plain' in the table is that detour")
     ap.add_argument("--no-progress", dest="progress", action="store_false",
                     help="no per-round line on stderr")
     args = ap.parse_args(argv)
