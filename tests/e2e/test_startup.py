@@ -92,3 +92,25 @@ def test_streamed_calls_from_the_moment_the_port_opens(confdir, tmp_path, fake_o
     assert set(results) <= {"answer", "error"}, results
     assert "answer" in results
     assert "Error logged during startup" not in mitm.text
+
+
+def _without_listen_host(mitm: Mitmdump) -> Mitmdump:
+    i = mitm.args.index("--listen-host")
+    del mitm.args[i:i + 2]
+    return mitm
+
+
+def test_a_remote_listen_address_is_refused_at_start(confdir, tmp_path, fake_openai):
+    mitm = _without_listen_host(
+        Mitmdump(confdir, detour_home(tmp_path / "home", _config(fake_openai)),
+                 extra=["--listen-host", "0.0.0.0"]))
+    try:
+        mitm.start()  # may see mitmproxy's listening line: its startup check exits after it
+    except RuntimeError:
+        pass
+    try:
+        assert mitm.proc.wait(20) != 0
+    finally:
+        mitm.stop()
+    assert "refusing to listen on 0.0.0.0" in mitm.text
+    assert "detour_allow_remote=true" in mitm.text
