@@ -6,6 +6,7 @@ are resolved once, at load, so a missing variable fails at start and never mid-f
 """
 
 import fnmatch
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,6 +25,9 @@ VENDOR_ORIGINS: dict[str, str] = {
 }
 
 PROVIDER_KINDS = ("openai", "anthropic")
+# a provider's `proxy:`: these URL schemes, or DIRECT (not even mitmproxy's upstream proxy)
+PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+DIRECT = "direct"
 PASSTHROUGH = "passthrough"
 
 DEFAULT_CONFIG_YAML = """\
@@ -95,7 +99,25 @@ class Provider(_Strict):
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
     content_parts: bool = False
     timeouts: Timeouts = Timeouts()
-    verify_tls: bool = True
+    # How the provider is reached: an outbound proxy URL (its credentials are secrets: never
+    # shown), or `direct`; unset means mitmproxy's own upstream proxy when it runs in
+    # `--mode upstream:URL`, else direct
+    proxy: str | None = Field(None, repr=False)
+    # TLS trust: `verify: false` checks nothing; `ca_file` trusts the CAs in that PEM file
+    # instead of the default store (a provider behind a private CA)
+    verify: bool = True
+    ca_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _verify_tls_alias(cls, data):
+        # `verify_tls` was this setting's first name: still accepted, read as `verify`
+        if isinstance(data, dict) and "verify_tls" in data:
+            if "verify" in data:
+                raise ValueError("verify_tls: replaced by verify; keep only verify")
+            data = dict(data)
+            data["verify"] = data.pop("verify_tls")
+        return data
 
     @field_validator("base_url")
     @classmethod
@@ -103,6 +125,28 @@ class Provider(_Strict):
         if not v.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return v.rstrip("/")
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, v: str | None) -> str | None:
+        # the message never repeats the value: it may hold a password
+        if v is None or v == DIRECT:
+            return v
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in PROXY_SCHEMES or not rest.strip("/"):
+            raise ValueError(f"must be {DIRECT} or a URL starting with "
+                             + ", ".join(f"{s}://" for s in PROXY_SCHEMES))
+        return v
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        path = Path(v).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{path}: no such file")
+        return str(path.resolve())
 
 
 class Price(_Strict):
@@ -222,6 +266,16 @@ def load_config(path: Path) -> Config:
 
 def home_dir(value: str | None = None) -> Path:
     return Path(value or os.environ.get("DETOUR_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+def is_loopback(host: str) -> bool:
+    """A listen address only this machine reaches (the proxy has no authentication)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "" is every interface; another name may resolve to anything
 
 
 def ensure_home(home: Path) -> Path:

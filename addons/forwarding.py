@@ -11,15 +11,17 @@ import asyncio
 import dataclasses
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import certifi
 import httpx
 import orjson
 
-from addons.config import Config, Timeouts
+from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.transport import StreamsTransport
 from addons.routing import Candidate, CooldownBook, retry_after_seconds
 from addons.usage import UsageRow
@@ -138,22 +140,39 @@ class Forwarder:
         self.config = config
         self.cooldowns = cooldowns
         self.transport = transport  # tests script upstreams with httpx.MockTransport
-        self._clients: dict[bool, httpx.AsyncClient] = {}
+        self._clients: dict[tuple, httpx.AsyncClient] = {}
 
-    def client(self, verify: bool) -> httpx.AsyncClient:
-        c = self._clients.get(verify)
+    # mitmproxy's own upstream proxy (`--mode upstream:URL`, credentials in the URL), if any:
+    # providers without a `proxy:` of their own are reached through it, as every other flow is
+    upstream_proxy: str | None = None
+
+    def client(self, spec: Provider | None) -> httpx.AsyncClient:
+        """The HTTP client for a provider (None: passthrough to a vendor), one per way out:
+        trust (verify, ca_file) and outbound proxy."""
+        verify, ca_file = (spec.verify, spec.ca_file) if spec else (True, None)
+        proxy = spec.proxy if spec and spec.proxy else self.upstream_proxy
+        if proxy == DIRECT:
+            proxy = None
+        key = (verify, ca_file, proxy)
+        c = self._clients.get(key)
         if c is None:
+            tls = _ssl_context(verify, ca_file)
+            # the lean transport speaks to providers directly; through an outbound proxy
+            # (CONNECT, SOCKS) httpx's default transport does the work
+            transport = self.transport or (
+                StreamsTransport(tls) if proxy is None else httpx.AsyncHTTPTransport(
+                    verify=tls, proxy=httpx.Proxy(proxy), trust_env=False))
             # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
             # through mitmproxy; timeouts are set per request from the provider's config.
-            c = httpx.AsyncClient(trust_env=False, timeout=None,
-                                  transport=self.transport or StreamsTransport(verify))
-            self._clients[verify] = c
+            c = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport)
+            self._clients[key] = c
         return c
 
     async def aclose(self) -> None:
-        for c in self._clients.values():
-            await c.aclose()
+        clients = list(self._clients.values())
         self._clients.clear()
+        for c in clients:
+            await c.aclose()
 
     # ------------------------------------------------------------ building a provider request
 
@@ -284,7 +303,7 @@ class Forwarder:
             return None
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
-        client = self.client(spec.verify_tls if spec else True)
+        client = self.client(spec)
         req = client.build_request("POST", url, headers=headers, content=body, timeout=httpx.Timeout(
             connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect))
         resp = None
@@ -587,3 +606,13 @@ async def _read_error(resp: httpx.Response) -> str:
     except ValueError:
         pass
     return " ".join(text.split())[:300]
+
+
+def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """TLS trust for a provider: the default store (certifi), a private CA's file, or none."""
+    if not verify:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cafile=ca_file or certifi.where())

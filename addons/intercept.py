@@ -17,7 +17,7 @@ import time
 from urllib.parse import urlsplit
 
 import orjson
-from mitmproxy import command, http, tls
+from mitmproxy import command, connection, http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import PASSTHROUGH
@@ -160,10 +160,15 @@ class Interceptor:
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
         if row.stream:
-            url = rt.relay.submit(job)
+            relay = await self.settings.ready_relay()
+            if relay is None:
+                return self._reject(flow, fmt, row, 503, "the relay is not running; try again")
+            url = relay.submit(job)
             flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {req.pretty_url}"
             self._relay_flows[flow.id] = flow
             flow.request.url = url
+            if flow.server_conn.via:  # --mode upstream: the relay is ours, on loopback
+                flow.server_conn = connection.Server(address=(req.host, req.port))
             flow.request.headers.pop("content-encoding", None)
             flow.request.content = raw
             return

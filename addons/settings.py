@@ -9,13 +9,15 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import yaml
 from mitmproxy import ctx, exceptions
+from mitmproxy.proxy.mode_specs import ProxyMode, UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.config import (CONFIG_NAME, Config, ConfigError, ensure_home, home_dir, load_config,
-                           parse_config)
+from addons.config import (CONFIG_NAME, Config, ConfigError, ensure_home, home_dir, is_loopback,
+                           load_config, parse_config)
 from addons.forwarding import Forwarder
 from addons.relay import RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
@@ -30,6 +32,14 @@ for _name in ("httpx", "httpcore", "hpack"):
 
 CONFIG_POLL_SECONDS = 1.0
 CONFIG_SETTLE_SECONDS = 0.2  # a changed file is loaded once it stays the same this long
+# a streamed call that arrives before the relay listens (the proxy's port opens first) waits
+# this long for it, then gets a 503 in its client's format
+RELAY_WAIT_SECONDS = 10.0
+# mitmproxy options under which detour cannot work, and why
+REFUSED_OPTIONS = {
+    "stream_large_bodies": "it streams large request bodies past the request hook, which "
+                           "must read a model call's body to route it",
+}
 
 
 @dataclass
@@ -54,6 +64,7 @@ class DetourSettings:
         self._watch: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
         self._mtime: float | None = None
+        self._relay_started = asyncio.Event()
 
     def load(self, loader):
         loader.add_option(
@@ -70,13 +81,59 @@ class DetourSettings:
             "Loopback ports of the streaming relay (mitmproxy opens at most 5 connections per "
             "client connection and upstream address, so HTTP/2 clients need several).",
         )
+        loader.add_option(
+            "detour_allow_remote", bool, False,
+            "Allow a listen address other than loopback. The proxy has no authentication: "
+            "anyone who reaches the port spends your provider accounts. Without it, detour "
+            "listens on 127.0.0.1 unless told otherwise, and refuses any other address.",
+        )
 
     def configure(self, updated):
-        if self.runtime is None or updated & {"detour_home", "detour_config"}:
+        first = self.runtime is None
+        if first or updated & {"detour_home", "detour_config"}:
             self._load()
         if ctx.options.connection_strategy != "lazy":
             # eager would dial the vendor on CONNECT, before detour could reroute the call
             ctx.options.update(connection_strategy="lazy")
+        for name, why in REFUSED_OPTIONS.items():
+            if getattr(ctx.options, name, None):
+                raise exceptions.OptionsError(f"detour: {name} cannot be used with detour: {why}")
+        if first or updated & {"mode", "listen_host", "detour_allow_remote", "upstream_auth"}:
+            try:
+                modes = [ProxyMode.parse(m) for m in ctx.options.mode]
+            except ValueError:
+                return  # mitmproxy's proxyserver reports a bad mode
+            self._check_listen(modes)
+            self.runtime.forwarder.upstream_proxy = _upstream_proxy(modes)
+
+    def _check_listen(self, modes: list[ProxyMode]) -> None:
+        """No open proxy by accident: mitmproxy listens on every interface by default, and
+        detour answers anyone who reaches it with the operator's provider keys."""
+        allowed = ctx.options.detour_allow_remote
+        for mode in modes:
+            if mode.listen_port(ctx.options.listen_port) is None:
+                continue  # not a network listener (local capture mode)
+            host = mode.listen_host(ctx.options.listen_host)
+            if is_loopback(host):
+                continue
+            if not host and not allowed:
+                # mitmproxy's default (every interface): refusing it here would fail every
+                # addon test context; setting listen_host from configure was measured not to
+                # reach the listening socket in 12.3. So: a loud warning, and the README's
+                # command passes --listen-host 127.0.0.1
+                log.warning("detour: listening on every interface (mitmproxy's default): "
+                            "anyone who reaches the port spends your provider accounts; "
+                            "add --listen-host 127.0.0.1")
+                continue
+            where = f"{host or 'every interface'} ({mode.full_spec})"
+            if not allowed:
+                raise exceptions.OptionsError(
+                    f"detour: refusing to listen on {where}: the proxy has no authentication, "
+                    "so anyone who reaches it spends your provider accounts. Listen on "
+                    "loopback (--listen-host 127.0.0.1), or allow it with "
+                    "--set detour_allow_remote=true (detour up --allow-remote)")
+            log.warning("detour: listening on %s, reachable from the network without "
+                        "authentication (detour_allow_remote)", where)
 
     def _load(self) -> None:
         home = home_dir(ctx.options.detour_home or None)
@@ -110,11 +167,28 @@ class DetourSettings:
         rt = self.runtime
         self._flusher = create_task(rt.store.run(), name="detour usage flush", keep_ref=True)
         self._watch = create_task(self._watch_config(), name="detour config watch", keep_ref=True)
-        if rt.relay is None:
-            rt.relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports)
-            create_task(rt.relay.start(), name="detour relay start", keep_ref=True)
+        if rt.relay is None and not self._relay_started.is_set():
+            relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports)
+            create_task(self._start_relay(relay), name="detour relay start", keep_ref=True)
         # build the HTTP clients (and their TLS contexts) now, not on the first call
-        rt.forwarder.client(True)
+        rt.forwarder.client(None)
+
+    async def _start_relay(self, relay: RelayServer) -> None:
+        await relay.start()
+        self.runtime.relay = relay
+        self._relay_started.set()
+
+    async def ready_relay(self) -> RelayServer | None:
+        """The relay, once it listens. mitmproxy opens the proxy's port before `running`, so
+        a call may come first: it waits (bounded); None if the relay is not there."""
+        rt = self.runtime
+        if rt.relay is None and not self._relay_started.is_set():
+            try:
+                async with asyncio.timeout(RELAY_WAIT_SECONDS):
+                    await self._relay_started.wait()
+            except TimeoutError:
+                pass
+        return rt.relay
 
     def done(self):
         rt = self.runtime
@@ -126,6 +200,7 @@ class DetourSettings:
         if rt.relay is not None:
             relay, rt.relay = rt.relay, None
             relay.stop()
+        self._relay_started.clear()
         create_task(rt.forwarder.aclose(), name="detour http close", keep_ref=True)
         rt.store.close()
 
@@ -187,6 +262,26 @@ def _signature(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_size
+
+
+def _upstream_proxy(modes: list[ProxyMode]) -> str | None:
+    """The proxy URL of mitmproxy's `upstream:` mode (with `upstream_auth` as its
+    credentials), for the provider calls detour makes itself."""
+    urls = {f"{m.scheme}://{f'[{m.address[0]}]' if ':' in m.address[0] else m.address[0]}"
+            f":{m.address[1]}" for m in modes if isinstance(m, UpstreamMode)}
+    if len(urls) > 1:
+        raise exceptions.OptionsError(
+            f"detour: {len(urls)} upstream proxies in --mode; detour sends provider calls "
+            "through one: use a single upstream mode, or set each provider's `proxy:`")
+    if not urls:
+        return None
+    url = urls.pop()
+    auth = getattr(ctx.options, "upstream_auth", None)  # mitmproxy's upstream_auth addon
+    if auth:
+        user, _, password = auth.partition(":")
+        scheme, _, rest = url.partition("://")
+        url = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
+    return url
 
 
 def _mtime(path: Path) -> float | None:

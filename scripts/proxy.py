@@ -1,6 +1,5 @@
 """`detour up` (run the proxy) and `detour env` (the shell variables that send clients to it)."""
 
-import ipaddress
 import os
 import shlex
 import shutil
@@ -11,7 +10,7 @@ from pathlib import Path
 import click
 
 import addons
-from addons.config import DEFAULT_HOME, ensure_home
+from addons.config import DEFAULT_HOME, ensure_home, is_loopback
 from certs.ca import default_confdir
 from certs.env import client_env, detect_shell, proxy_url, render_exports
 from scripts.certs import prepare_trust
@@ -33,15 +32,6 @@ WRITE_CHECK_PREFIX = ".detour-write-check-"
 def router_script() -> Path:
     """addons/router.py of the installed package: the `-s` script mitmproxy loads."""
     return Path(addons.__file__).parent / "router.py"
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # another name may resolve to anything: treat it as remote
 
 
 def mitmproxy_command(tool: str) -> list[str]:
@@ -67,6 +57,7 @@ def up_argv(
     web: bool = False,
     web_port: int = DEFAULT_WEB_PORT,
     quiet: bool = False,
+    allow_remote: bool = False,
 ) -> list[str]:
     """The mitmdump (or mitmweb) command line that runs the router; argv[0] is the program."""
     argv = mitmproxy_command("mitmweb" if web else "mitmdump")
@@ -78,6 +69,9 @@ def up_argv(
         "--set", f"confdir={confdir}",
         "--set", f"detour_home={home}",
     ]  # fmt: skip
+    if allow_remote:
+        # the router refuses a non-loopback listen address unless told so
+        argv += ["--set", "detour_allow_remote=true"]
     if web:
         argv += ["--web-port", str(web_port)]
     if quiet:
@@ -203,6 +197,7 @@ def up(
         web=web,
         web_port=web_port,
         quiet=quiet,
+        allow_remote=allow_remote,
     )
     if not quiet:
         banner = [

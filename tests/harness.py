@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUTER = ROOT / "addons" / "router.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
 PROXY_VARS = {"https_proxy", "http_proxy", "all_proxy", "no_proxy"}
-LISTENING = re.compile(rb"proxy listening at (?:\*|[\d.]+):(\d+)")
+# "HTTP(S) proxy listening at ...", "reverse proxy to URL listening at ...": any mode
+LISTENING = re.compile(rb" listening at (?:\*|[\d.]+):(\d+)")
 
 
 def cpu_of_pid(pid: int) -> float:

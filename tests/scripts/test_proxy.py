@@ -139,7 +139,8 @@ def test_up_refuses_a_remote_bind_without_allow_remote(detour, home, confdir, fa
 def test_up_with_allow_remote_warns_and_runs(detour, home, confdir, fake_router, execs):
     result = detour("up", "--host", "0.0.0.0", "--allow-remote")
     assert "WARNING" in result.stderr and "no authentication" in result.stderr
-    assert execs == [up_argv(home=home, confdir=confdir, host="0.0.0.0")]
+    assert execs == [up_argv(home=home, confdir=confdir, host="0.0.0.0", allow_remote=True)]
+    assert "detour_allow_remote=true" in execs[0]  # the router would refuse 0.0.0.0 otherwise
     # clients on this machine reach a wildcard bind through loopback
     assert f"--confdir {confdir} env)" in result.stderr
 

@@ -1,0 +1,11 @@
+"""Test-wide settings. Hypothesis explores new examples on every local run; CI (which sets
+CI=true) runs a derandomized profile, so a red build is always reproducible, never chance."""
+
+import os
+
+from hypothesis import settings
+
+settings.register_profile("ci", derandomize=True, database=None, deadline=None,
+                          print_blob=True)
+if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+    settings.load_profile("ci")

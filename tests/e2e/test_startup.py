@@ -1,0 +1,116 @@
+"""The first moments of a proxy, and where it listens.
+
+mitmproxy opens the proxy's port before it calls the addons' `running`, and any error logged
+until `running` has returned makes mitmdump exit: a streamed call that arrives in that window
+must wait for the relay (or get an error in its client's format), never take the proxy down.
+"""
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import PROVIDER_KEY, capture, detour_home, free_port
+from tests.harness import Mitmdump
+
+HEADERS = {"x-api-key": "test-client-key-not-real", "anthropic-version": "2023-06-01",
+           "host": "api.anthropic.com"}
+CALLS_PER_CLIENT = 6
+
+
+def _config(fake_openai) -> str:
+    return f"""
+providers:
+  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
+routes:
+  "*": [fake/fake-model]
+"""
+
+
+def _wait_until_port_accepts(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.002)
+    raise AssertionError(f"port {port} never opened")
+
+
+def _answer_kind(r: httpx.Response) -> str:
+    """'answer' (a real stream), 'error' (an Anthropic error JSON), or what else it was."""
+    if r.status_code == 200 and b"event: message_stop" in r.content:
+        return "answer"
+    if r.headers.get("content-type", "").startswith("application/json"):
+        body = r.json()
+        if body.get("type") == "error" and body["error"].get("message"):
+            return "error"
+    return f"unexpected {r.status_code}: {r.content[:200]!r}"
+
+
+@pytest.mark.parametrize("mode", ["reverse", "regular"])
+def test_streamed_calls_from_the_moment_the_port_opens(confdir, tmp_path, fake_openai, mode):
+    home = detour_home(tmp_path / "home", _config(fake_openai))
+    port = free_port()
+    # reverse mode: plain HTTP straight to the proxy's port, the client's Host names the vendor
+    # (the quickest way in, as the issue's reproduction); regular: an absolute-form request
+    extra = ["--listen-port", str(port)]
+    if mode == "reverse":
+        extra += ["--mode", "reverse:http://api.anthropic.com"]
+        url, proxy = f"http://127.0.0.1:{port}/v1/messages", None
+    else:
+        url, proxy = "http://api.anthropic.com/v1/messages", f"http://127.0.0.1:{port}"
+    mitm = Mitmdump(confdir, home, extra=extra)
+    results: list[str] = []
+    fired = threading.Event()
+
+    def client():
+        _wait_until_port_accepts(port, time.monotonic() + 30)
+        fired.set()
+        with httpx.Client(proxy=proxy, trust_env=False, timeout=20) as c:
+            for _ in range(CALLS_PER_CLIENT):
+                try:
+                    r = c.post(url, headers=HEADERS, json=dict(capture("text"), stream=True))
+                    results.append(_answer_kind(r))
+                except httpx.HTTPError as e:
+                    results.append(f"transport error {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()  # before the proxy: they fire the instant its port accepts
+    try:
+        mitm.start()
+        for t in threads:
+            t.join(60)
+        assert fired.is_set()
+        assert mitm.proc.poll() is None, f"the proxy exited:\n{mitm.text}"
+    finally:
+        mitm.stop()
+    assert len(results) == 4 * CALLS_PER_CLIENT
+    assert set(results) <= {"answer", "error"}, results
+    assert "answer" in results
+    assert "Error logged during startup" not in mitm.text
+
+
+def _without_listen_host(mitm: Mitmdump) -> Mitmdump:
+    i = mitm.args.index("--listen-host")
+    del mitm.args[i:i + 2]
+    return mitm
+
+
+def test_a_remote_listen_address_is_refused_at_start(confdir, tmp_path, fake_openai):
+    mitm = _without_listen_host(
+        Mitmdump(confdir, detour_home(tmp_path / "home", _config(fake_openai)),
+                 extra=["--listen-host", "0.0.0.0"]))
+    try:
+        mitm.start()  # may see mitmproxy's listening line: its startup check exits after it
+    except RuntimeError:
+        pass
+    try:
+        assert mitm.proc.wait(20) != 0
+    finally:
+        mitm.stop()
+    assert "refusing to listen on 0.0.0.0" in mitm.text
+    assert "detour_allow_remote=true" in mitm.text
