@@ -60,6 +60,7 @@ class Runtime:
 class DetourSettings:
     def __init__(self):
         self.runtime: Runtime | None = None
+        self._refused_peers: set[str] = set()
         self._finished_hooks: list = []
         self._watch: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
@@ -117,13 +118,13 @@ class DetourSettings:
             if is_loopback(host):
                 continue
             if not host and not allowed:
-                # mitmproxy's default (every interface): refusing it here would fail every
-                # addon test context; setting listen_host from configure was measured not to
-                # reach the listening socket in 12.3. So: a loud warning, and the README's
-                # command passes --listen-host 127.0.0.1
-                log.warning("detour: listening on every interface (mitmproxy's default): "
-                            "anyone who reaches the port spends your provider accounts; "
-                            "add --listen-host 127.0.0.1")
+                # mitmproxy's default (every interface). Refusing it would refuse the plain
+                # `mitmdump -s addons/router.py`, and listen_host set from here comes too late:
+                # mitmdump binds while the script is still loading. So the socket may be open
+                # to the network, but `client_connected` closes every non-loopback peer.
+                log.warning("detour: mitmproxy listens on every interface (its default); "
+                            "detour answers loopback clients only. Add --listen-host 127.0.0.1 "
+                            "to not listen on the network at all")
                 continue
             where = f"{host or 'every interface'} ({mode.full_spec})"
             if not allowed:
@@ -134,6 +135,22 @@ class DetourSettings:
                     "--set detour_allow_remote=true (detour up --allow-remote)")
             log.warning("detour: listening on %s, reachable from the network without "
                         "authentication (detour_allow_remote)", where)
+
+    def client_connected(self, client) -> None:
+        """No open proxy, whatever address mitmproxy bound: unless detour_allow_remote is set,
+        a peer that is not this machine is disconnected before it can send anything."""
+        if ctx.options.detour_allow_remote or not client.peername:
+            return
+        host = str(client.peername[0])
+        if is_loopback(host.removeprefix("::ffff:")):
+            return
+        client.error = "detour: only loopback clients are served (detour_allow_remote is off)"
+        if host not in self._refused_peers:
+            # one line per peer, not per connection: a scanner must not flood the log
+            if len(self._refused_peers) < 1024:
+                self._refused_peers.add(host)
+            log.warning("detour: refused a connection from %s: only loopback clients are "
+                        "served (--set detour_allow_remote=true to serve the network)", host)
 
     def _load(self) -> None:
         home = home_dir(ctx.options.detour_home or None)

@@ -72,3 +72,40 @@ def test_two_upstream_proxies_are_refused(started):
     with pytest.raises(exceptions.OptionsError, match="2 upstream proxies"):
         tctx.configure(settings, mode=["upstream:http://127.0.0.1:3128",
                                        "upstream:http://127.0.0.1:3129@8081"])
+
+
+def _client(peer: tuple[str, int]):
+    from mitmproxy.test import tflow
+    client = tflow.tclient_conn()
+    client.peername = peer
+    return client
+
+
+@pytest.mark.parametrize("peer", [("192.0.2.10", 40000), ("2001:db8::5", 40000, 0, 0),
+                                  ("::ffff:198.51.100.3", 40000, 0, 0)])
+def test_a_peer_from_the_network_is_disconnected_at_once(started, peer, caplog):
+    """mitmproxy's default listen address is every interface: whatever it bound, a client that
+    is not this machine is refused before it can spend the operator's keys."""
+    settings, tctx = started
+    refused = [_client(peer) for _ in range(3)]
+    for client in refused:
+        settings.client_connected(client)
+        assert client.error and "loopback" in client.error
+    assert caplog.text.count("refused a connection from") == 1  # one line per peer
+
+
+@pytest.mark.parametrize("peer", [("127.0.0.1", 40000), ("127.8.0.2", 1), ("::1", 40000, 0, 0),
+                                  ("::ffff:127.0.0.1", 40000, 0, 0)])
+def test_loopback_peers_are_served(started, peer):
+    settings, tctx = started
+    client = _client(peer)
+    settings.client_connected(client)
+    assert client.error is None
+
+
+def test_network_peers_are_served_when_allowed(started):
+    settings, tctx = started
+    tctx.configure(settings, detour_allow_remote=True)
+    client = _client(("192.0.2.10", 40000))
+    settings.client_connected(client)
+    assert client.error is None
