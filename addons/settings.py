@@ -7,6 +7,7 @@ running proxy's config.yaml is logged and the previous configuration stays in fo
 
 import asyncio
 import logging
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -162,13 +163,15 @@ class DetourSettings:
                 cfg_path = ensure_home(home)
             config = load_config(cfg_path)
             providers = build_providers(config)
-        except (ConfigError, OSError) as e:
-            raise exceptions.OptionsError(f"detour: {e}") from None
+            store = UsageStore(home / "detour.db") if self.runtime is None else None
+        except (ConfigError, OSError, sqlite3.Error) as e:
+            # a read-only or full DETOUR_HOME, a database that is not one: one line, at start
+            raise exceptions.OptionsError(f"detour: {home}: {e}") from None
         self._mtime = _mtime(cfg_path)
         if self.runtime is None:
             cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
             self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
-                                   Forwarder(config, cooldowns), UsageStore(home / "detour.db"))
+                                   Forwarder(config, cooldowns), store)
         else:
             rt = self.runtime
             rt.home, rt.config_path = home, cfg_path
