@@ -375,7 +375,7 @@ class Forwarder:
         decoder = FORMATS[fmt].StreamDecoder()
         raw: list[bytes] = []
         events: list[canonical.Event] = []
-        ended = False
+        ended = looks_right = False
         while True:
             try:
                 chunk = await anext(chunks)
@@ -385,10 +385,13 @@ class Forwarder:
             else:
                 if not chunk:
                     continue
-                if not raw and not chunk.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(SSE_FIELDS):
-                    att.error = f"not an event stream: {_snippet(chunk)}"
-                    return None
                 raw.append(chunk)
+                if not looks_right:
+                    head = b"".join(raw).lstrip(b"\xef\xbb\xbf \t\r\n")
+                    looks_right = head.startswith(SSE_FIELDS)
+                    if not looks_right and not any(f.startswith(head) for f in SSE_FIELDS):
+                        att.error = f"not an event stream: {_snippet(head)}"
+                        return None
                 new = decoder.feed(chunk)
             events += new
             for ev in new:

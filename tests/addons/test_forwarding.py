@@ -70,14 +70,15 @@ class Upstreams:
         return answer
 
 
-def setup(upstreams: Upstreams, model: str, stream: bool = False):
-    config = parse_config(CONFIG)
+def setup(upstreams: Upstreams, model: str, stream: bool = False, config: str = CONFIG,
+          client_key: str = "client-key"):
+    config = parse_config(config)
     cooldowns = CooldownBook()
     fwd = Forwarder(config, cooldowns, transport=httpx.MockTransport(upstreams))
     body = json.loads((CAPTURES / "claude-code.messages.text.request.json").read_text())
     body.update(model=model, stream=stream)
     raw = json.dumps(body).encode()
-    job = Job("flow1", "anthropic", {"x-api-key": "client-key", "anthropic-version": "2023-06-01",
+    job = Job("flow1", "anthropic", {"x-api-key": client_key, "anthropic-version": "2023-06-01",
                                      "anthropic-beta": "b1"},
               "http://vendor.test/v1/messages?beta=true", raw, body, model, stream,
               plan(config, build_providers(config), model),
