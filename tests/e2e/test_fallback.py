@@ -9,6 +9,8 @@ import pytest
 
 from tests.e2e.conftest import (CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, capture, free_port,
                                 start_proxy)
+# the same per-test fixtures: fakes cleared (autouse), and a client through this module's proxy
+from tests.e2e.test_router_mitmdump import client, fresh_fakes  # noqa: F401
 from tests.captures import anthropic_events
 from tests.fakes.replies import Linger, Status, StreamError, Text
 from translators import canonical
@@ -45,19 +47,6 @@ cooldown_seconds: 30
                     extra=["--set", "flow_detail=1"])
     yield p
     p.mitm.stop()
-
-
-@pytest.fixture(autouse=True)
-def fresh_fakes(fake_openai, fake_anthropic):
-    fake_openai.clear()
-    fake_anthropic.clear()
-    yield
-
-
-@pytest.fixture
-def client(proxy):
-    with proxy.client() as c:
-        yield c
 
 
 def claude_call(client, model: str, stream: bool):
