@@ -46,6 +46,7 @@ HOP_BY_HOP = frozenset({
 # Anthropic headers a client's request carries that still apply when detour picks the account
 ANTHROPIC_FORWARDED = ("anthropic-version", "anthropic-beta")
 MAX_ERROR_BODY = 64 * 1024
+DRAIN_SECONDS = 0.05  # how long a failed stream's end is awaited (to keep its connection)
 AUTH_COOLDOWN = 600.0
 SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
 # stream events that do not yet commit a provider to an answer: an error may still follow
@@ -401,6 +402,8 @@ class Forwarder:
                     else:
                         att.stream_error = ev.kind
                         att.error = f"error event before any content: {ev.kind}: {ev.message}"
+                        if not ended:
+                            await _drain_briefly(chunks)
                     return None
                 if not isinstance(ev, NOT_CONTENT):
                     return Opened(cand, resp, fmt, b"".join(raw), chunks, True,
@@ -641,6 +644,20 @@ def _snippet(data: bytes) -> str:
 
 def _host_of(url: str) -> str:
     return httpx.URL(url).host
+
+
+async def _drain_briefly(chunks: AsyncIterator[bytes]) -> None:
+    """Read what little is left of a failed stream, so its connection can serve the next call
+    (a provider ends the response right after its error event); give up on anything more."""
+    left = MAX_ERROR_BODY
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in chunks:
+                left -= len(chunk)
+                if left < 0:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 def _connect_failure(e: httpx.ConnectError) -> str:
