@@ -77,10 +77,14 @@ class _Strict(BaseModel):
 
 class Timeouts(_Strict):
     connect: Annotated[float, Field(gt=0)] = 10.0
-    # until the provider's status line and headers arrive (a fallback is still possible then)
+    # streamed calls: until the provider's status line and headers arrive (a fallback is
+    # still possible then)
     first_byte: Annotated[float, Field(gt=0)] = 120.0
     # between two reads of a body once it flows
     read: Annotated[float, Field(gt=0)] = 300.0
+    # whole (non-streamed) calls: the whole answer, headers included (a provider sends them
+    # only once the generation is done), as the vendors' SDKs allow by default
+    total: Annotated[float, Field(gt=0)] = 600.0
 
 
 class Provider(_Strict):
@@ -162,7 +166,8 @@ class Config(_Strict):
     combos: dict[str, list[str]] = Field(default_factory=dict)
     vendors: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict)
-    # how long an account rests after a 429 without Retry-After, or a 5xx / connection failure
+    # how long an account rests after a 429 without Retry-After; the cap of the backoff after
+    # 5xx, timeouts and refused connections (1 s, then doubling while they keep failing)
     cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
 
     @field_validator("vendors")

@@ -4,7 +4,9 @@ translate its answer (whole or streamed) back into the client's format.
 Nothing here decides *which* account (routing.py does) and nothing here knows mitmproxy: the
 relay (streamed calls) and the router's request hook (whole calls) both drive a `Forwarder`.
 A fallback is possible until the first byte reaches the client; so a candidate counts as
-answering well only once it sent a 2xx status *and* its first body chunk.
+answering well only once it sent a 2xx status *and* the start of a real answer: a stream's first
+content event (an error event before any content, as overloaded providers and OpenRouter send,
+is a failed attempt), or a whole answer that decodes.
 """
 
 import asyncio
@@ -23,7 +25,8 @@ import orjson
 
 from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.transport import StreamsTransport
-from addons.routing import Candidate, CooldownBook, retry_after_seconds
+from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
+                            retry_after_seconds)
 from addons.usage import UsageRow
 from translators import anthropic, canonical, openai_chat
 
@@ -52,8 +55,18 @@ HOP_BY_HOP = frozenset({
 # Anthropic headers a client's request carries that still apply when detour picks the account
 ANTHROPIC_FORWARDED = ("anthropic-version", "anthropic-beta")
 MAX_ERROR_BODY = 64 * 1024
+DRAIN_SECONDS = 0.05  # how long a failed stream's end is awaited (to keep its connection)
 AUTH_COOLDOWN = 600.0
 SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
+# stream events that do not yet commit a provider to an answer: an error may still follow
+NOT_CONTENT = (canonical.MessageStart, canonical.Ping)
+# an in-stream error kind -> the rest it earns (any other kind is transient: api_error,
+# overloaded_error, timeout_error, ...)
+REST_OF_KIND = {"rate_limit_error": Rest.RATE_LIMIT, "billing_error": Rest.QUOTA,
+                "authentication_error": Rest.AUTH, "permission_error": Rest.AUTH}
+# in-stream error kinds that blame the request, not the account
+REQUEST_KINDS = frozenset({"invalid_request_error", "not_found_error", "request_too_large"})
+REQUEST_REFUSED = (400, 404, 413, 422)
 PASSTHROUGH_TIMEOUTS = Timeouts()
 
 
@@ -72,6 +85,9 @@ class Job:
     candidates: list[Candidate]
     row: UsageRow
     started: float = field(default_factory=time.perf_counter)
+    # the client-format final event (Anthropic message_stop, Chat [DONE]) was handed to the
+    # client: the call succeeded, even if the client leaves before the provider's stream ends
+    delivered: bool = False
     _canonical: canonical.Request | None = None
     # what build() made of each candidate (id(candidate) -> build's answer), so that the
     # check before routing and the send encode once
@@ -99,29 +115,41 @@ class Attempt:
     ms: float = 0.0
     skipped: bool = False  # resting after an earlier failure: not asked at all
     timed_out: bool = False  # asked, but no status line came in time
+    stream_error: str | None = None  # the kind of an error event that came before any content
+    rest: str | None = None  # the rest it earned (or, skipped, the rest it was in): a Rest value
+    despite_rest: bool = False  # resting for a transient failure, asked since all others rest
+    over_budget: bool = False  # a whole call out of its total time: the route stops there
+    key: str = field(default="", repr=False)  # its cooldown key (not part of the route story)
+    retry_after: float | None = field(default=None, repr=False)  # a 429's Retry-After
 
     @property
     def tried(self) -> bool:
         return not self.skipped
 
     def describe(self) -> str:
+        return f"{self.provider}/{self.account} ({self.model}): {self.cause()}"
+
+    def cause(self) -> str:
+        if self.skipped:
+            return self.error or "resting"
         what = f"HTTP {self.status}" if self.status else "no answer"
-        return f"{self.provider}/{self.account} ({self.model}): {what}" + (
-            f", {self.error}" if self.error else "")
+        return what + (f", {self.error}" if self.error else "")
 
 
 @dataclass
 class Opened:
-    """A candidate that answered well: its response, already holding the first chunk."""
+    """A candidate that answered well: its response, already read up to its first content."""
 
     candidate: Candidate
     response: httpx.Response
     provider_format: str
-    first_chunk: bytes
+    first_chunk: bytes  # every byte read so far (a stream: up to its first content event)
     chunks: AsyncIterator[bytes]
     is_sse: bool
     data: bytes = b""  # a whole (non-SSE) answer, already read and decoded
     whole: canonical.Response | None = None
+    decoder: Any = None  # a stream: the provider-format decoder `first_chunk` was fed to
+    events: list = field(default_factory=list)  # ... and the events it gave
 
 
 class Failure(Exception):
@@ -261,40 +289,73 @@ class Forwarder:
 
     # ------------------------------------------------------------ trying candidates
 
+    def cooldown_key(self, job: Job, cand: Candidate) -> str:
+        """What a failure rests: one account of one provider, or for passthrough the vendor's
+        origin and the client's own credential (by fingerprint)."""
+        if cand.provider is None:
+            return passthrough_key(job.vendor_url, job.client_headers)
+        return cand.key
+
     async def open(self, job: Job) -> Opened:
-        """Try candidates in order; return the first that answered 2xx with a first chunk, or
-        raise Failure naming every attempt."""
+        """Try candidates in order; return the first that answered 2xx with the start of a real
+        answer, or raise Failure naming every attempt. When every candidate is resting, the one
+        resting only for a transient failure (5xx, timeout, refused connection) whose rest ends
+        first is asked anyway: refusing without asking anyone would lock a one-key user out
+        over a single hiccup."""
         attempts: list[Attempt] = []
         skip_provider: set[str] = set()
-        cooling: list[float] = []
+        spare: tuple[float, Candidate, Attempt] | None = None
         for cand in job.candidates:
-            att = Attempt(cand.provider_name, cand.account_label, cand.model)
             if cand.provider_name in skip_provider:
                 continue
-            left = self.cooldowns.remaining(cand.key)
-            if left > 0:
-                att.error = f"cooling down for {left:.0f}s"
-                att.skipped = True
-                cooling.append(left)
-                attempts.append(att)
-                continue
+            att = Attempt(cand.provider_name, cand.account_label, cand.model)
+            att.key = self.cooldown_key(job, cand)
             attempts.append(att)
-            t0 = time.perf_counter()
-            try:
-                opened = await self._try(job, cand, att)
-            finally:
-                att.ms = round((time.perf_counter() - t0) * 1000, 1)
+            rest = self.cooldowns.rest(att.key)
+            if rest is not None:
+                left = rest.until - time.monotonic()
+                att.skipped = True
+                att.rest = rest.reason.value
+                att.error = f"cooling down for {left:.0f}s" + (
+                    f" after {rest.cause}" if rest.cause else "")
+                if rest.reason is Rest.TRANSIENT and (spare is None or rest.until < spare[0]):
+                    spare = (rest.until, cand, att)
+                continue
+            opened = await self._attempt(job, cand, att)
             if opened is not None:
                 self._record(job, attempts)
                 return opened
-            if att.status in (400, 404, 413, 422):
+            if att.over_budget:
+                break
+            if att.status in REQUEST_REFUSED:
                 # the request itself was refused: another account of the same provider would
                 # refuse it too, and no account deserves a cooldown for it
                 skip_provider.add(cand.provider_name)
+        else:
+            if spare is not None and spare[1].provider_name not in skip_provider:
+                _, cand, att = spare
+                att.skipped, att.rest, att.error, att.despite_rest = False, None, None, True
+                opened = await self._attempt(job, cand, att)
+                if opened is not None:
+                    self._record(job, attempts)
+                    return opened
         self._record(job, attempts)
-        raise self._failure(job, attempts, cooling)
+        raise self._failure(job, attempts)
+
+    async def _attempt(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
+        t0 = time.perf_counter()
+        try:
+            opened = await self._try(job, cand, att)
+        finally:
+            att.ms = round((time.perf_counter() - t0) * 1000, 1)
+        if opened is not None:
+            self.cooldowns.succeeded(att.key)
+        else:
+            self._cool(cand, att)
+        return opened
 
     async def _try(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
+        """One candidate asked; None (with `att` saying why) unless it answered well."""
         try:
             fmt, url, headers, body = self.build(job, cand)
         except canonical.TranslationError as e:
@@ -306,96 +367,173 @@ class Forwarder:
         client = self.client(spec)
         req = client.build_request("POST", url, headers=headers, content=body, timeout=httpx.Timeout(
             connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect))
+        # a stream must show its headers within first_byte (the fallback waits on them); a
+        # whole answer comes with its headers only once generated, so the whole of it gets
+        # the SDKs' total budget
+        budget = timeouts.first_byte if job.stream else timeouts.total
         resp = None
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            async with asyncio.timeout(budget):
                 resp = await client.send(req, stream=True)
                 att.status = resp.status_code
                 if resp.status_code >= 300:
-                    detail = await _read_error(resp)
-                    att.error = detail
-                    self._cool_after(cand, resp)
+                    att.error = await _read_error(resp)
+                    att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
                     await resp.aclose()
                     return None
-                chunks = resp.aiter_bytes()
-                first = b""
-                async for first in chunks:
-                    if first:
-                        break
-                if not first:
-                    att.error = "empty body"
-                    self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
-                    await resp.aclose()
-                    return None
+                if not job.stream:
+                    opened = await self._check_answer(cand, resp, fmt, att)
+            if job.stream:
+                opened = await self._check_answer(cand, resp, fmt, att)
         except TimeoutError:
-            att.error = f"no answer within {timeouts.first_byte:g}s"
             att.timed_out = True
+            if job.stream:
+                att.error = f"no answer within {budget:g}s (timeouts.first_byte)"
+            else:
+                att.error = f"no complete answer within {budget:g}s (timeouts.total)"
+                att.over_budget = True
         except httpx.TimeoutException as e:
             att.error = f"timed out ({type(e).__name__})"
+        except httpx.ConnectError as e:
+            att.error = _connect_failure(e)
         except httpx.HTTPError as e:
             att.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        except BaseException:
+            if resp is not None:
+                await resp.aclose()
+            raise
         else:
-            opened = await self._check_answer(cand, resp, fmt, first, chunks, att)
             if opened is not None:
-                self.cooldowns.clear(cand.key)
                 return opened
         if resp is not None:
             await resp.aclose()
-        self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
         return None
 
-    async def _check_answer(self, cand: Candidate, resp: httpx.Response, fmt: str, first: bytes,
-                            chunks: AsyncIterator[bytes], att: Attempt) -> Opened | None:
-        """A 2xx is not yet a good answer: an event stream must start like one, and a whole
-        answer must decode; otherwise the next candidate can still take over."""
+    async def _check_answer(self, cand: Candidate, resp: httpx.Response, fmt: str,
+                            att: Attempt) -> Opened | None:
+        """A 2xx is not yet a good answer: an event stream must start like one and bring
+        content before any error, and a whole answer must decode; otherwise the next candidate
+        can still take over."""
+        chunks = resp.aiter_bytes()
         if "text/event-stream" in resp.headers.get("content-type", ""):
-            if first.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(SSE_FIELDS):
-                return Opened(cand, resp, fmt, first, chunks, True)
-            att.error = f"not an event stream: {_snippet(first)}"
-            return None
+            return await self._open_stream(cand, resp, fmt, chunks, att)
         try:
-            data = first + b"".join([c async for c in chunks])
-            whole = FORMATS[fmt].decode_response(orjson.loads(data))
+            data = b"".join([c async for c in chunks])
         except httpx.HTTPError as e:
             att.error = f"broke off its answer: {type(e).__name__}"
+            return None
+        if not data:
+            att.error = "empty body"
+            return None
+        try:
+            whole = FORMATS[fmt].decode_response(orjson.loads(data))
         except (ValueError, canonical.TranslationError) as e:
-            att.error = f"unreadable answer ({str(e)[:120]}): {_snippet(first)}"
-        else:
-            return Opened(cand, resp, fmt, first, chunks, False, data, whole)
-        return None
+            att.error = f"unreadable answer ({str(e)[:120]}): {_snippet(data)}"
+            return None
+        return Opened(cand, resp, fmt, data, chunks, False, data, whole)
 
-    def _cool_after(self, cand: Candidate, resp: httpx.Response) -> None:
-        status = resp.status_code
-        if status == 429:
-            after = retry_after_seconds(resp.headers.get("retry-after"))
-            self.cooldowns.cool(cand.key, self.config.cooldown_seconds if after is None else after)
+    async def _open_stream(self, cand: Candidate, resp: httpx.Response, fmt: str,
+                           chunks: AsyncIterator[bytes], att: Attempt) -> Opened | None:
+        """Read a stream up to its first content event, keeping every byte and event read:
+        the client gets them as they were, once, when this candidate is chosen."""
+        decoder = FORMATS[fmt].StreamDecoder()
+        raw: list[bytes] = []
+        events: list[canonical.Event] = []
+        ended = looks_right = False
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                ended = True
+                new = decoder.close()
+            else:
+                if not chunk:
+                    continue
+                raw.append(chunk)
+                if not looks_right:
+                    head = b"".join(raw).lstrip(b"\xef\xbb\xbf \t\r\n")
+                    looks_right = head.startswith(SSE_FIELDS)
+                    if not looks_right and not any(f.startswith(head) for f in SSE_FIELDS):
+                        att.error = f"not an event stream: {_snippet(head)}"
+                        return None
+                new = decoder.feed(chunk)
+            events += new
+            for ev in new:
+                if type(ev) is canonical.StreamError:
+                    if not raw:
+                        att.error = "empty body"
+                    else:
+                        att.stream_error = ev.kind
+                        att.error = f"error event before any content: {ev.kind}: {ev.message}"
+                        if not ended:
+                            await _drain_briefly(chunks)
+                    return None
+                if not isinstance(ev, NOT_CONTENT):
+                    return Opened(cand, resp, fmt, b"".join(raw), chunks, True,
+                                  decoder=decoder, events=events)
+            if ended:
+                att.error = "stream ended before any content"
+                return None
+
+    def _cool(self, cand: Candidate, att: Attempt) -> None:
+        """Rest a failed candidate by what went wrong: a 429 or rate-limit event as the
+        provider asks (else cooldown_seconds), 401/403 ten minutes (not passthrough: the
+        client's own key is the client's to fix), a refused request or an answer cut by the
+        whole-call budget not at all, anything else (5xx, timeouts, refused connections,
+        unreadable answers, error events) a short backoff that grows while it keeps failing."""
+        status = att.status or 0
+        if att.stream_error is not None:
+            if att.stream_error in REQUEST_KINDS:
+                return
+            reason = REST_OF_KIND.get(att.stream_error, Rest.TRANSIENT)
         elif status in (401, 403):
-            self.cooldowns.cool(cand.key, AUTH_COOLDOWN)
-        elif status >= 500:
-            self.cooldowns.cool(cand.key, self.config.cooldown_seconds)
+            reason = Rest.AUTH
+        elif status == 429:
+            quota = "quota" in (att.error or "").lower()
+            reason = Rest.QUOTA if quota else Rest.RATE_LIMIT
+        elif status == 402:
+            reason = Rest.QUOTA
+        elif 300 <= status < 500 and status != 408 or att.over_budget:
+            return
+        else:
+            reason = Rest.TRANSIENT
+        if reason is Rest.AUTH and cand.provider is None:
+            return
+        cause = att.cause()[:200]
+        att.rest = reason.value
+        if reason is Rest.TRANSIENT:
+            self.cooldowns.fail_transient(att.key, self.config.cooldown_seconds, cause)
+        elif reason is Rest.AUTH:
+            self.cooldowns.cool(att.key, AUTH_COOLDOWN, reason, cause)
+        else:
+            after = att.retry_after
+            self.cooldowns.cool(att.key, self.config.cooldown_seconds if after is None else after,
+                                reason, cause)
 
     def _record(self, job: Job, attempts: list[Attempt]) -> None:
         job.row.attempts = sum(a.tried for a in attempts)
         job.row.route = [
-            {k: v for k, v in vars(a).items() if v is not None and v is not False}
+            {k: v for k, v in vars(a).items()
+             if v is not None and v is not False and k not in ("key", "retry_after")}
             for a in attempts
         ]
 
-    def _failure(self, job: Job, attempts: list[Attempt], cooling: list[float]) -> Failure:
+    def _failure(self, job: Job, attempts: list[Attempt]) -> Failure:
+        """What the client is told when no candidate answered: from what actually happened."""
         tried = [a for a in attempts if a.tried]
         detail = "; ".join(a.describe() for a in attempts) or "no candidates"
         message = f"detour: no provider answered {job.model!r}: {detail}"
-        statuses = {a.status for a in tried}
-        if not tried and cooling:
-            return Failure(429, message, retry_after=min(cooling))
-        if statuses == {429}:
-            # every account is resting now: the client may come back when the first one wakes
-            waits = cooling + [self.cooldowns.remaining(c.key) for c in job.candidates]
-            waits = [w for w in waits if w > 0]
+        if not attempts:
+            return Failure(502, message)
+        if any(a.over_budget for a in tried):
+            return Failure(504, message)
+        refused = [a.status for a in tried if a.status in REQUEST_REFUSED]
+        if refused and len(refused) == len(tried):
+            return Failure(refused[-1], message)
+        if all(a.rest in (Rest.RATE_LIMIT.value, Rest.QUOTA.value) for a in attempts):
+            # every account is resting for its limits: come back when the first one wakes
+            waits = [w for a in attempts if (w := self.cooldowns.remaining(a.key)) > 0]
             return Failure(429, message, retry_after=min(waits) if waits else None)
-        client_errors = [a.status for a in tried if a.status in (400, 404, 413, 422)]
-        if client_errors and len(client_errors) == len(tried):
-            return Failure(client_errors[-1], message)
         if tried and all(a.timed_out for a in tried):
             return Failure(504, message)
         return Failure(502, message)
@@ -417,9 +555,10 @@ class Forwarder:
         if opened.is_sse:
             # asked for a whole answer, got a stream: fold it
             try:
-                data = opened.first_chunk + b"".join([c async for c in opened.chunks])
-                dec = FORMATS[opened.provider_format].StreamDecoder()
-                resp = canonical.collect_response(dec.feed(data) + dec.close())
+                dec, events = opened.decoder, list(opened.events)
+                async for chunk in opened.chunks:
+                    events += dec.feed(chunk)
+                resp = canonical.collect_response(events + dec.close())
             except (httpx.HTTPError, canonical.TranslationError) as e:
                 return self._failure_response(job, Failure(
                     502, f"detour: {opened.candidate.key} broke off its answer: {e!r}"))
@@ -448,7 +587,7 @@ class Forwarder:
         cand = opened.candidate
         provider_mod = FORMATS[opened.provider_format]
         same = opened.provider_format == job.client_format and opened.is_sse
-        decoder = provider_mod.StreamDecoder()
+        decoder = opened.decoder or provider_mod.StreamDecoder()
         encoder = None if same else client_encoder(job)
         error: str | None = None
         try:
@@ -459,21 +598,27 @@ class Forwarder:
                 encoder = encoder or client_encoder(job)
                 yield encoder.encode_all(canonical.response_to_events(resp))
                 return
-            chunk = opened.first_chunk
+            # what was read while the candidate was being opened, then the rest as it comes
+            chunk, events = opened.first_chunk, opened.events
             while True:
-                events = decoder.feed(chunk)
                 out = chunk if same else b""
+                final = False
                 for ev in events:
                     if type(ev) is canonical.StreamError:
                         error = f"{cand.key}: {ev.kind}: {ev.message}"
+                    elif type(ev) is canonical.MessageStop:
+                        final = True
                     if encoder is not None:
                         out += encoder.encode(ev)
                 if out:
                     yield out
+                    if final and error is None:
+                        job.delivered = True
                 try:
                     chunk = await anext(opened.chunks)
                 except StopAsyncIteration:
                     break
+                events = decoder.feed(chunk)
             tail = decoder.close()
             out = b""
             for ev in tail:
@@ -497,8 +642,7 @@ class Forwarder:
             if opened.is_sse:
                 self.account(job, cand, decoder.usage, None)
             if error:
-                job.row.error = error
-                log.warning("%s", error)
+                job.row.error = error  # logged with the flow (intercept.py)
 
     def _stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
         if encoder is None:
@@ -585,6 +729,29 @@ def _snippet(data: bytes) -> str:
 
 def _host_of(url: str) -> str:
     return httpx.URL(url).host
+
+
+async def _drain_briefly(chunks: AsyncIterator[bytes]) -> None:
+    """Read what little is left of a failed stream, so its connection can serve the next call
+    (a provider ends the response right after its error event); give up on anything more."""
+    left = MAX_ERROR_BODY
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in chunks:
+                left -= len(chunk)
+                if left < 0:
+                    return
+    except (TimeoutError, httpx.HTTPError):
+        pass
+
+
+def _connect_failure(e: httpx.ConnectError) -> str:
+    """A failed connection, saying plainly when it was refused (nothing listens there)."""
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, ConnectionRefusedError):
+        cause = cause.__cause__ or cause.__context__
+    refused = cause is not None or "refused" in str(e).lower()
+    return ("connection refused" if refused else "connection failed") + f" ({type(e).__name__}: {e})"
 
 
 async def _read_error(resp: httpx.Response) -> str:

@@ -223,7 +223,13 @@ class Interceptor:
             flow.response.headers[ID_HEADER] = flow.id
         self._redact_sent(flow)
         if flow.id in self._relay_flows:
-            flow.response.stream = True
+            # a failure is one small error body: kept whole, mitmweb shows it
+            flow.response.stream = flow.response.status_code < 300
+            # the relay has answered: from now on the flow shows what the client called, in
+            # mitmdump's line and in mitmweb, not the relay's one-time address
+            url = flow.metadata.get(META, {}).get("url")
+            if url:
+                flow.request.url = url
             return
         tap = self._taps.get(flow.id)
         if tap is not None and "text/event-stream" in flow.response.headers.get("content-type", ""):
@@ -321,6 +327,13 @@ class Interceptor:
                         f" | {route}" + (f" | {row.error}" if row.error else ""))
         flow.metadata[META] = dict(flow.metadata.get(META, {}), route=row.route,
                                    status=row.status, error=row.error)
+        if row.error:
+            # the proxy's own log says what the client called and why it failed (the error
+            # names each attempt of the route and its cause)
+            level = logging.INFO if row.error.startswith("client-aborted") else logging.WARNING
+            log.log(level, "detour: %s %s %s -> %s: %s", flow.request.method,
+                    url or flow.request.pretty_url, job.model, row.status,
+                    row.error.removeprefix("detour: "))
         self._record(row, job.started)
 
     def _record(self, row: UsageRow, started: float | None) -> None:

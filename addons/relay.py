@@ -149,7 +149,9 @@ class RelayServer:
                 await work
             except asyncio.CancelledError:
                 pass
-            if not job.row.error:
+            if not job.row.error and not job.delivered:
+                # a client that leaves once the final event reached it (the OpenAI SDK closes
+                # at `data: [DONE]`) did not abort anything
                 job.row.error = "client-aborted"
             self.finished(job)
             return False
@@ -160,7 +162,8 @@ class RelayServer:
             pass
         if work.cancelled():
             keep = False
-            job.row.error = job.row.error or "client-aborted"
+            if not job.delivered:
+                job.row.error = job.row.error or "client-aborted"
         elif work.exception() is not None:
             keep = False
             log.error("relay: serving %s failed", job.flow_id, exc_info=work.exception())

@@ -6,9 +6,11 @@ model), or the original vendor (passthrough) with the client's own credentials.
 """
 
 import email.utils
+import enum
 import hashlib
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from addons.config import PASSTHROUGH, Config, Provider, resolve_secret
 
@@ -20,9 +22,6 @@ class Account:
 
     def __repr__(self) -> str:  # keep the secret out of any accidental log line
         return f"Account({self.label!r})"
-
-
-NO_KEY = Account("no-key", "")
 
 
 NO_KEY = Account("no-key", "")
@@ -73,37 +72,85 @@ class Candidate:
         return f"{self.provider_name}/{self.account_label}"
 
 
+class Rest(enum.Enum):
+    """Why an account rests; it decides how long, and whether it may still be tried."""
+
+    TRANSIENT = "transient"  # 5xx, timeout, refused connection: short, growing backoff
+    RATE_LIMIT = "rate-limit"  # 429 (Retry-After honoured), an in-stream rate_limit_error
+    QUOTA = "quota"  # quota or billing exhausted
+    AUTH = "auth"  # 401/403: the key is wrong or revoked
+
+
+@dataclass(frozen=True, slots=True)
+class Resting:
+    until: float  # monotonic deadline
+    reason: Rest
+    cause: str  # what happened, for the client's message (never a secret)
+
+
 class CooldownBook:
-    """Accounts resting after a failure, until a monotonic deadline. A Retry-After is honoured
-    but capped (a provider's "retry in 18 days" must not outlive a quota reset we cannot see)."""
+    """Accounts resting after a failure, until a monotonic deadline, with the reason why. A
+    Retry-After is honoured but capped (a provider's "retry in 18 days" must not outlive a
+    quota reset we cannot see). Transient failures back off: the first rests `FIRST_BACKOFF`
+    seconds, each consecutive one twice as long, up to the caller's cap; a success resets it."""
 
     MAX_SECONDS = 6 * 3600
+    FIRST_BACKOFF = 1.0
 
     def __init__(self):
-        self._until: dict[str, float] = {}
+        self._rests: dict[str, Resting] = {}
+        self._streaks: dict[str, int] = {}  # consecutive transient failures per key
 
-    def cool(self, key: str, seconds: float) -> None:
+    def cool(self, key: str, seconds: float, reason: Rest = Rest.RATE_LIMIT,
+             cause: str = "") -> None:
         seconds = max(0.0, min(seconds, self.MAX_SECONDS))
         until = time.monotonic() + seconds
-        if until > self._until.get(key, 0.0):
-            self._until[key] = until
+        current = self._rests.get(key)
+        if current is None or until > current.until:
+            self._rests[key] = Resting(until, reason, cause)
+
+    def fail_transient(self, key: str, cap: float, cause: str = "") -> float:
+        """One more transient failure of `key`: rest for its backoff; returns the seconds."""
+        streak = self._streaks.get(key, 0) + 1
+        self._streaks[key] = streak
+        seconds = min(cap, self.FIRST_BACKOFF * 2 ** min(streak - 1, 30))
+        self.cool(key, seconds, Rest.TRANSIENT, cause)
+        return seconds
+
+    def succeeded(self, key: str) -> None:
+        """`key` answered well: no rest, and its next transient failure backs off from the start."""
+        self._rests.pop(key, None)
+        self._streaks.pop(key, None)
+
+    def rest(self, key: str) -> Resting | None:
+        """`key`'s rest, if it still has one."""
+        current = self._rests.get(key)
+        if current is not None and current.until <= time.monotonic():
+            del self._rests[key]
+            return None
+        return current
 
     def remaining(self, key: str) -> float:
-        until = self._until.get(key)
-        if until is None:
-            return 0.0
-        left = until - time.monotonic()
-        if left <= 0:
-            del self._until[key]
-            return 0.0
-        return left
+        current = self.rest(key)
+        return 0.0 if current is None else current.until - time.monotonic()
 
     def resting(self) -> dict[str, float]:
         """Every account still resting, with the seconds it has left."""
-        return {key: left for key in list(self._until) if (left := self.remaining(key)) > 0}
+        return {key: left for key in list(self._rests) if (left := self.remaining(key)) > 0}
 
     def clear(self, key: str) -> None:
-        self._until.pop(key, None)
+        self._rests.pop(key, None)
+
+
+def passthrough_key(vendor_url: str, headers: dict[str, str]) -> str:
+    """The cooldown key of a passthrough call: the vendor's origin and a short fingerprint of
+    the client's own credential (never the credential), so one client's rejected key or
+    exhausted quota rests neither another vendor nor another client."""
+    url = urlsplit(vendor_url)
+    origin = f"{url.scheme}://{url.netloc}"
+    secret = headers.get("x-api-key") or headers.get("authorization") or ""
+    fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:12] if secret else "none"
+    return f"{PASSTHROUGH}/{origin}#{fingerprint}"
 
 
 def retry_after_seconds(value: str | None) -> float | None:

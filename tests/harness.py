@@ -52,7 +52,9 @@ class Mitmdump:
         self.home = home
         program = MITMDUMP if web is None else MITMDUMP.parent / "mitmweb"
         self.args = [str(program), "--listen-host", "127.0.0.1", "--listen-port", "0",
-                     "--set", f"confdir={confdir}", "--set", "flow_detail=0"]
+                     "--set", f"confdir={confdir}"]
+        if not any(a.startswith("flow_detail=") for a in extra):  # quiet unless asked
+            self.args += ["--set", "flow_detail=0"]
         if router:
             self.args += ["-s", str(ROUTER)]
             if home is not None:

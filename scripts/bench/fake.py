@@ -8,7 +8,10 @@ with two differences that matter in a long benchmark:
   parsed body for assertions: ~160 KB per Claude Code request, thousands per run);
 - `--stamp`: after each streamed response, one line on stdout
   `stream <first> <last> <n>`: the `time.monotonic()` (CLOCK_MONOTONIC, comparable across
-  processes) at which the first and the last of its n events had been written and drained.
+  processes) at which the first and the last of its n events had been written and drained;
+- `--fail 500|stream-error`: every model call fails, with a 500, or with a 200 stream whose
+  first events are the role chunk / message_start and then the vendor's in-stream error
+  (failover benchmarks).
 """
 
 import collections
@@ -18,10 +21,12 @@ import time
 
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.openai_provider import FakeOpenAI
+from tests.fakes.replies import Status, StreamError
 from tests.fakes.server import Stream, run_cli
 
 KINDS = {"openai": FakeOpenAI, "anthropic": FakeAnthropic}
 HISTORY = 8
+FAILURES = {"500": Status(500), "stream-error": StreamError(after=1)}
 
 
 def _stamped(events):
@@ -37,11 +42,14 @@ def _stamped(events):
     print(f"stream {first!r} {last!r} {n}", flush=True)
 
 
-def bench_class(cls, stamp: bool):
+def bench_class(cls, stamp: bool, fail: str | None = None):
     class Bench(cls):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self._requests = collections.deque(maxlen=HISTORY)
+
+        def take_reply(self, received):
+            return FAILURES[fail] if fail else super().take_reply(received)
 
         def render(self, reply, received, stream):
             plan = super().render(reply, received, stream)
@@ -62,7 +70,15 @@ def main(argv: list[str]) -> int:
     kind, rest = argv[0], argv[1:]
     stamp = "--stamp" in rest
     rest = [a for a in rest if a != "--stamp"]
-    return run_cli(bench_class(KINDS[kind], stamp), rest)
+    fail = None
+    if "--fail" in rest:
+        i = rest.index("--fail")
+        fail = rest[i + 1] if i + 1 < len(rest) else ""
+        if fail not in FAILURES:
+            print(f"--fail: one of {', '.join(FAILURES)}", file=sys.stderr)
+            return 2
+        del rest[i:i + 2]
+    return run_cli(bench_class(KINDS[kind], stamp, fail), rest)
 
 
 if __name__ == "__main__":

@@ -70,14 +70,15 @@ class Upstreams:
         return answer
 
 
-def setup(upstreams: Upstreams, model: str, stream: bool = False):
-    config = parse_config(CONFIG)
+def setup(upstreams: Upstreams, model: str, stream: bool = False, config: str = CONFIG,
+          client_key: str = "client-key"):
+    config = parse_config(config)
     cooldowns = CooldownBook()
     fwd = Forwarder(config, cooldowns, transport=httpx.MockTransport(upstreams))
     body = json.loads((CAPTURES / "claude-code.messages.text.request.json").read_text())
     body.update(model=model, stream=stream)
     raw = json.dumps(body).encode()
-    job = Job("flow1", "anthropic", {"x-api-key": "client-key", "anthropic-version": "2023-06-01",
+    job = Job("flow1", "anthropic", {"x-api-key": client_key, "anthropic-version": "2023-06-01",
                                      "anthropic-beta": "b1"},
               "http://vendor.test/v1/messages?beta=true", raw, body, model, stream,
               plan(config, build_providers(config), model),
@@ -106,13 +107,14 @@ async def test_whole_call_translated_with_exact_usage():
 
 @pytest.mark.parametrize("failure, cooled", [
     (httpx.Response(429, headers={"retry-after": "120"}), 120),
-    (httpx.Response(500), 30),
-    (httpx.Response(503), 30),
+    # transient failures: the first backoff step (see test_fallback.py for the growth)
+    (httpx.Response(500), 1),
+    (httpx.Response(503), 1),
     (httpx.Response(401), 600),
     (httpx.Response(403), 600),
-    (httpx.ConnectError("refused"), 30),
-    (httpx.ReadTimeout("slow"), 30),
-    (httpx.Response(200, text="<html>oops</html>", headers={"content-type": "text/html"}), 30),
+    (httpx.ConnectError("refused"), 1),
+    (httpx.ReadTimeout("slow"), 1),
+    (httpx.Response(200, text="<html>oops</html>", headers={"content-type": "text/html"}), 1),
 ])
 async def test_failures_fall_back_to_the_next_account_and_cool_down(failure, cooled):
     up = Upstreams(**{"p.test": [failure, httpx.Response(200, json=CHAT_OK)]})
@@ -120,7 +122,7 @@ async def test_failures_fall_back_to_the_next_account_and_cool_down(failure, coo
     status, _, _ = await fwd.complete(job)
     assert status == 200
     assert [r.headers["authorization"] for r in up.seen] == ["Bearer key-a", "Bearer key-b"]
-    assert cooled - 2 < fwd.cooldowns.remaining(job.candidates[0].key) <= cooled
+    assert cooled * 0.5 < fwd.cooldowns.remaining(job.candidates[0].key) <= cooled
     assert fwd.cooldowns.remaining(job.candidates[1].key) == 0
     assert job.row.attempts == 2 and job.row.account == job.candidates[1].account_label
 
@@ -200,7 +202,7 @@ async def test_stream_asked_but_whole_answer_given_is_still_a_stream():
 
 async def test_stream_cut_midway_ends_with_an_error_event():
     body = chat_stream("one", "two")
-    cut = body[: body.index(b"finish_reason") - 40]
+    cut = body[: body.index(b"\"stop\"") - 40]  # after the content, before the end
 
     async def broken():
         yield cut
@@ -248,7 +250,7 @@ async def test_every_attempt_timing_out_is_a_504():
 
     config = parse_config(CONFIG)
     fwd = Forwarder(config, CooldownBook(), transport=httpx.MockTransport(never))
-    _, job = setup(Upstreams(), "only-slow")
+    _, job = setup(Upstreams(), "only-slow", stream=True)  # first_byte bounds streams only
     job.candidates = plan(config, build_providers(config), "only-slow")
     status, _, body = await fwd.complete(job)
     assert status == 504

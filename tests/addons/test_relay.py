@@ -61,7 +61,7 @@ async def test_client_leaving_cancels_the_provider_call():
 
     async def slow_body():
         try:
-            yield chat_stream("first")[:120]
+            yield chat_stream("first").partition(b"\n\n")[0] + b"\n\n"  # its first content
             await gate.wait()  # never set: the provider would go on forever
             yield b""
         finally:
@@ -102,7 +102,7 @@ async def test_stop_records_every_open_job_once():
     gate = asyncio.Event()
 
     async def endless():
-        yield chat_stream("first")[:120]
+        yield chat_stream("first").partition(b"\n\n")[0] + b"\n\n"  # its first content
         await gate.wait()
         yield b""
 

@@ -3,7 +3,7 @@
 - `server.py`: `FakeServer` (asyncio + h11 in a thread; TLS; request record; reply queue;
   abort counters) and the subprocess CLI.
 - `replies.py`: the scripted replies (`Text`, `ToolCall(s)`, `Events`, `Status`, `Garbage`,
-  `CutAfter`, `StreamError`, `Stall`) and `Usage`.
+  `CutAfter`, `StreamError`, `Stall`, `Linger`) and `Usage`.
 - `openai_provider.py`: `FakeOpenAI`, Chat Completions.
 - `anthropic_vendor.py`: `FakeAnthropic`, Messages.
 """

@@ -14,6 +14,7 @@ the request asked (`"stream": true`). Queue them with `fake.enqueue(reply, ...)`
 | `CutAfter(n, then)` | `then`'s first n events, then the TCP close | head, half the body, close |
 | `StreamError(after, then)` | `then`'s first events, then an in-stream error | an error status |
 | `Stall(seconds, then)` | nothing for `seconds` (no status line), then `then` or a close | same |
+| `Linger(seconds, then)` | `then`'s events, then `seconds` before the end of the response | `then` |
 
 Token usage nobody set is computed deterministically (see `Usage`).
 """
@@ -220,7 +221,18 @@ class Stall:
     then: Reply | None = None
 
 
-Reply = Text | ToolCall | ToolCalls | Events | Status | Garbage | CutAfter | StreamError | Stall
+@dataclass(frozen=True, slots=True)
+class Linger:
+    """Serve `then` streamed, but end the response only `seconds` after its last event (a
+    provider slow to close: its final event came, its end of stream has not). A client that
+    leaves earlier ends it at once."""
+
+    seconds: float
+    then: Text | ToolCall | ToolCalls | Events = field(default_factory=lambda: Text("lingering"))
+
+
+Reply = (Text | ToolCall | ToolCalls | Events | Status | Garbage | CutAfter | StreamError | Stall
+         | Linger)
 
 
 # --- what the fakes render: a content reply with every figure resolved ---------------------

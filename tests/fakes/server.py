@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import h11
 
-from .replies import (CutAfter, Events, Garbage, Reply, Stall, Status, StreamError, Text,
-                      ToolCall, ToolCalls, Usage)
+from .replies import (CutAfter, Events, Garbage, Linger, Reply, Stall, Status, StreamError,
+                      Text, ToolCall, ToolCalls, Usage)
 from .selfsigned import loopback_certs
 
 JSON_TYPE = "application/json"
@@ -97,6 +97,7 @@ class Stream:
     delay: float = 0.0  # between two events
     cut_after: int | None = None  # close the connection after this many events
     reset: bool = False
+    linger: float = 0.0  # seconds between the last event and the end of the response
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +328,7 @@ class FakeServer:
         its body does not take one); then the default applies again."""
         for reply in replies:
             if not isinstance(reply, (Text, ToolCall, ToolCalls, Events, Status, Garbage,
-                                      CutAfter, StreamError, Stall)):
+                                      CutAfter, StreamError, Stall, Linger)):
                 raise TypeError(f"not a reply: {reply!r}")
         with self._lock:
             self._queue.extend(replies)
@@ -394,6 +395,10 @@ class FakeServer:
         if isinstance(reply, Stall):
             then = self.plan_reply(reply.then, received, stream) if reply.then else None
             return Hold(reply.seconds, then)
+        if isinstance(reply, Linger):
+            inner = self.plan_reply(reply.then, received, stream)
+            return dataclasses.replace(inner, linger=reply.seconds) if isinstance(
+                inner, Stream) else inner
         if isinstance(reply, CutAfter):
             inner = self.plan_reply(reply.then, received, stream)
             if isinstance(inner, Stream):
@@ -628,6 +633,8 @@ class FakeServer:
             if cut_after is not None:
                 await self._cut(writer, plan.reset)
                 return False
+            if plan.linger:
+                await asyncio.sleep(plan.linger)
             writer.write(conn.send(h11.EndOfMessage()))
             exchange.finished = True
             self._bump("completed_streams")
