@@ -13,18 +13,16 @@ import asyncio
 import dataclasses
 import json
 import logging
-import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import certifi
 import httpx
 import orjson
 
 from addons.config import DIRECT, Config, Provider, Timeouts
-from addons.transport import StreamsTransport
+from addons.transport import StreamsTransport, ssl_context
 from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
                             retry_after_seconds)
 from addons.usage import UsageRow
@@ -184,7 +182,7 @@ class Forwarder:
         key = (verify, ca_file, proxy)
         c = self._clients.get(key)
         if c is None:
-            tls = _ssl_context(verify, ca_file)
+            tls = ssl_context(verify, ca_file)
             # the lean transport speaks to providers directly; through an outbound proxy
             # (CONNECT, SOCKS) httpx's default transport does the work
             transport = self.transport or (
@@ -774,12 +772,3 @@ async def _read_error(resp: httpx.Response) -> str:
         pass
     return " ".join(text.split())[:300]
 
-
-def _ssl_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """TLS trust for a provider: the default store (certifi), a private CA's file, or none."""
-    if not verify:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=ca_file or certifi.where())

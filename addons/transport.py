@@ -32,11 +32,12 @@ _Data = h11.Data
 _EndOfMessage = h11.EndOfMessage
 
 
-def ssl_context(verify: bool | ssl.SSLContext) -> ssl.SSLContext:
+def ssl_context(verify: bool | ssl.SSLContext, ca_file: str | None = None) -> ssl.SSLContext:
+    """TLS trust for a provider: the default store (certifi), a private CA's file, or none."""
     if isinstance(verify, ssl.SSLContext):
         return verify
     if verify:
-        return ssl.create_default_context(cafile=certifi.where())
+        return ssl.create_default_context(cafile=ca_file or certifi.where())
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
