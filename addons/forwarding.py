@@ -22,6 +22,7 @@ import orjson
 from addons.config import Config, Timeouts
 from addons.transport import StreamsTransport
 from addons.routing import Candidate, CooldownBook, retry_after_seconds
+from addons.scrubber import SecretScrubber, credentials_of
 from addons.usage import UsageRow
 from translators import anthropic, canonical, openai_chat
 
@@ -138,6 +139,7 @@ class Forwarder:
         self.config = config
         self.cooldowns = cooldowns
         self.transport = transport  # tests script upstreams with httpx.MockTransport
+        self.scrubber = SecretScrubber()  # the configuration's secrets (settings sets it)
         self._clients: dict[bool, httpx.AsyncClient] = {}
 
     def client(self, verify: bool) -> httpx.AsyncClient:
@@ -293,7 +295,7 @@ class Forwarder:
                 resp = await client.send(req, stream=True)
                 att.status = resp.status_code
                 if resp.status_code >= 300:
-                    detail = await _read_error(resp)
+                    detail = self.scrub(job, await _read_error(resp))
                     att.error = detail
                     self._cool_after(cand, resp)
                     await resp.aclose()
@@ -412,15 +414,17 @@ class Forwarder:
         else:
             body = dump_json(client_mod.encode_response(answer_shape(job).response(resp)))
         job.row.status = 200
-        return 200, {"content-type": client_mod.JSON_CONTENT_TYPE}, body
+        return 200, {"content-type": client_mod.JSON_CONTENT_TYPE,
+                     "x-detour-route": opened.candidate.public_name}, body
 
     def _failure_response(self, job: Job, f: Failure) -> tuple[int, dict[str, str], bytes]:
         job.row.status = f.status
-        job.row.error = f.message
+        job.row.error = message = self.scrub(job, f.message)
         headers = {"content-type": "application/json"}
         if f.retry_after is not None:
             headers["retry-after"] = str(max(1, round(f.retry_after)))
-        return f.status, headers, FORMATS[job.client_format].error_body(f.status, f.message)
+        return f.status, headers, FORMATS[job.client_format].error_body(
+            f.status, self.for_client(job, message))
 
     async def stream(self, job: Job, opened: Opened) -> AsyncIterator[bytes]:
         """The client-format byte stream of an opened candidate, translated chunk by chunk.
@@ -446,6 +450,10 @@ class Forwarder:
                 out = chunk if same else b""
                 for ev in events:
                     if type(ev) is canonical.StreamError:
+                        # the provider's own words: they may echo the key it was sent
+                        ev = self._scrubbed_event(job, ev)
+                        if same:
+                            out = self.scrubber_of(job).scrub_bytes(out)
                         error = f"{cand.key}: {ev.kind}: {ev.message}"
                     if encoder is not None:
                         out += encoder.encode(ev)
@@ -459,6 +467,7 @@ class Forwarder:
             out = b""
             for ev in tail:
                 if type(ev) is canonical.StreamError:
+                    ev = self._scrubbed_event(job, ev)
                     error = f"{cand.key}: {ev.kind}: {ev.message}"
                     if same:
                         # the vendor's stream ended early without saying so: tell the client
@@ -478,7 +487,7 @@ class Forwarder:
             if opened.is_sse:
                 self.account(job, cand, decoder.usage, None)
             if error:
-                job.row.error = error
+                job.row.error = error = self.scrub(job, error)
                 log.warning("%s", error)
 
     def _stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
@@ -487,9 +496,32 @@ class Forwarder:
             # event anywhere a stream can be
             encoder = client_encoder(job)
         try:
-            return encoder.encode(canonical.StreamError(kind, message))
+            return encoder.encode(canonical.StreamError(
+                kind, self.for_client(job, self.scrub(job, message))))
         except canonical.StreamProtocolError:
             return b""
+
+    # ------------------------------------------------------------ secrets out of provider text
+
+    def scrubber_of(self, job: Job) -> SecretScrubber:
+        """The configuration's secrets and this client's own credentials (a passthrough
+        candidate's vendor may echo those)."""
+        return self.scrubber.adding(credentials_of(job.client_headers))
+
+    def scrub(self, job: Job, text: str) -> str:
+        return self.scrubber_of(job).scrub(text) if text else text
+
+    @staticmethod
+    def for_client(job: Job, message: str) -> str:
+        """A message as the client may read it: accounts by their place in the provider's list,
+        not by their label (an env var's name, a key file's path); the row keeps the labels."""
+        for cand in job.candidates:
+            if cand.account is not None:
+                message = message.replace(cand.key, cand.public_name)
+        return message
+
+    def _scrubbed_event(self, job: Job, ev: canonical.StreamError) -> canonical.StreamError:
+        return dataclasses.replace(ev, message=self.scrub(job, ev.message))
 
     def account(self, job: Job, cand: Candidate, usage: canonical.Usage, model: str | None) -> None:
         row = job.row

@@ -19,6 +19,7 @@ from addons.config import (CONFIG_NAME, Config, ConfigError, ensure_home, home_d
 from addons.forwarding import Forwarder
 from addons.relay import RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
+from addons.scrubber import scrubber_for
 from addons.usage import UsageStore
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class DetourSettings:
     def configure(self, updated):
         if self.runtime is None or updated & {"detour_home", "detour_config"}:
             self._load()
+        elif "upstream_auth" in updated:
+            self._apply(self.runtime.config, self.runtime.providers)
         if ctx.options.connection_strategy != "lazy":
             # eager would dial the vendor on CONNECT, before detour could reroute the call
             ctx.options.update(connection_strategy="lazy")
@@ -95,16 +98,18 @@ class DetourSettings:
             cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
             self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
                                    Forwarder(config, cooldowns), UsageStore(home / "detour.db"))
-        else:
-            rt = self.runtime
-            rt.home, rt.config_path = home, cfg_path
-            self._apply(config, providers)
+        rt = self.runtime
+        rt.home, rt.config_path = home, cfg_path
+        self._apply(config, providers)
         log.info("detour: home %s, config %s (%d providers)", home, cfg_path, len(providers))
 
     def _apply(self, config: Config, providers: dict[str, ProviderRuntime]) -> None:
         rt = self.runtime
         rt.config, rt.providers = config, providers
         rt.forwarder.config = config
+        # what providers write back is scrubbed of every secret this configuration holds
+        proxy_auth = getattr(ctx.options, "upstream_auth", "")  # an outbound proxy's user:pass
+        rt.forwarder.scrubber = scrubber_for(providers, proxy_auth)
 
     def running(self):
         rt = self.runtime
