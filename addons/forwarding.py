@@ -22,9 +22,10 @@ import httpx
 import orjson
 
 from addons.config import DIRECT, Config, Provider, Timeouts
-from addons.transport import StreamsTransport, ssl_context
 from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
                             retry_after_seconds)
+from addons.scrubber import SecretScrubber, credentials_of
+from addons.transport import StreamsTransport, ssl_context
 from addons.usage import UsageRow
 from translators import anthropic, canonical, openai_chat
 
@@ -166,6 +167,7 @@ class Forwarder:
         self.config = config
         self.cooldowns = cooldowns
         self.transport = transport  # tests script upstreams with httpx.MockTransport
+        self.scrubber = SecretScrubber()  # the configuration's secrets (settings sets it)
         self._clients: dict[tuple, httpx.AsyncClient] = {}
 
     # mitmproxy's own upstream proxy (`--mode upstream:URL`, credentials in the URL), if any:
@@ -375,7 +377,7 @@ class Forwarder:
                 resp = await client.send(req, stream=True)
                 att.status = resp.status_code
                 if resp.status_code >= 300:
-                    att.error = await _read_error(resp)
+                    att.error = self.scrub(job, await _read_error(resp))
                     att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
                     await resp.aclose()
                     return None
@@ -462,7 +464,8 @@ class Forwarder:
                         att.error = "empty body"
                     else:
                         att.stream_error = ev.kind
-                        att.error = f"error event before any content: {ev.kind}: {ev.message}"
+                        att.error = self.scrubber.scrub(
+                            f"error event before any content: {ev.kind}: {ev.message}")
                         if not ended:
                             await _drain_briefly(chunks)
                     return None
@@ -568,15 +571,17 @@ class Forwarder:
         else:
             body = dump_json(client_mod.encode_response(answer_shape(job).response(resp)))
         job.row.status = 200
-        return 200, {"content-type": client_mod.JSON_CONTENT_TYPE}, body
+        return 200, {"content-type": client_mod.JSON_CONTENT_TYPE,
+                     "x-detour-route": opened.candidate.public_name}, body
 
     def _failure_response(self, job: Job, f: Failure) -> tuple[int, dict[str, str], bytes]:
         job.row.status = f.status
-        job.row.error = f.message
+        job.row.error = message = self.scrub(job, f.message)
         headers = {"content-type": "application/json"}
         if f.retry_after is not None:
             headers["retry-after"] = str(max(1, round(f.retry_after)))
-        return f.status, headers, FORMATS[job.client_format].error_body(f.status, f.message)
+        return f.status, headers, FORMATS[job.client_format].error_body(
+            f.status, self.for_client(job, message))
 
     async def stream(self, job: Job, opened: Opened) -> AsyncIterator[bytes]:
         """The client-format byte stream of an opened candidate, translated chunk by chunk.
@@ -603,6 +608,10 @@ class Forwarder:
                 final = False
                 for ev in events:
                     if type(ev) is canonical.StreamError:
+                        # the provider's own words: they may echo the key it was sent
+                        ev = self._scrubbed_event(job, ev)
+                        if same:
+                            out = self.scrubber_of(job).scrub_bytes(out)
                         error = f"{cand.key}: {ev.kind}: {ev.message}"
                     elif type(ev) is canonical.MessageStop:
                         final = True
@@ -621,6 +630,7 @@ class Forwarder:
             out = b""
             for ev in tail:
                 if type(ev) is canonical.StreamError:
+                    ev = self._scrubbed_event(job, ev)
                     error = f"{cand.key}: {ev.kind}: {ev.message}"
                     if same:
                         # the vendor's stream ended early without saying so: tell the client
@@ -640,7 +650,7 @@ class Forwarder:
             if opened.is_sse:
                 self.account(job, cand, decoder.usage, None)
             if error:
-                job.row.error = error  # logged with the flow (intercept.py)
+                job.row.error = self.scrub(job, error)  # logged with the flow (intercept.py)
 
     def _stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
         if encoder is None:
@@ -648,9 +658,32 @@ class Forwarder:
             # event anywhere a stream can be
             encoder = client_encoder(job)
         try:
-            return encoder.encode(canonical.StreamError(kind, message))
+            return encoder.encode(canonical.StreamError(
+                kind, self.for_client(job, self.scrub(job, message))))
         except canonical.StreamProtocolError:
             return b""
+
+    # ------------------------------------------------------------ secrets out of provider text
+
+    def scrubber_of(self, job: Job) -> SecretScrubber:
+        """The configuration's secrets and this client's own credentials (a passthrough
+        candidate's vendor may echo those)."""
+        return self.scrubber.adding(credentials_of(job.client_headers))
+
+    def scrub(self, job: Job, text: str) -> str:
+        return self.scrubber_of(job).scrub(text) if text else text
+
+    @staticmethod
+    def for_client(job: Job, message: str) -> str:
+        """A message as the client may read it: accounts by their place in the provider's list,
+        not by their label (an env var's name, a key file's path); the row keeps the labels."""
+        for cand in job.candidates:
+            if cand.account is not None:
+                message = message.replace(cand.key, cand.public_name)
+        return message
+
+    def _scrubbed_event(self, job: Job, ev: canonical.StreamError) -> canonical.StreamError:
+        return dataclasses.replace(ev, message=self.scrub(job, ev.message))
 
     def account(self, job: Job, cand: Candidate, usage: canonical.Usage, model: str | None) -> None:
         row = job.row

@@ -17,12 +17,13 @@ import time
 from urllib.parse import urlsplit
 
 import orjson
-from mitmproxy import command, connection, http, tls
+from mitmproxy import command, connection, ctx, http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import PASSTHROUGH
 from addons.forwarding import FORMATS, Forwarder, Job
 from addons.routing import plan
+from addons.scrubber import CREDENTIAL_HEADERS, credentials_of
 from addons.settings import DetourSettings
 from addons.usage import UsageRow, now_iso
 from translators import canonical
@@ -53,12 +54,13 @@ def client_name(headers) -> str:
 class PassthroughTap:
     """Reads usage off a vendor's answer while mitmproxy forwards it untouched."""
 
-    __slots__ = ("row", "decoder", "started")
+    __slots__ = ("row", "decoder", "started", "credentials")
 
-    def __init__(self, row: UsageRow, client_format: str):
+    def __init__(self, row: UsageRow, client_format: str, credentials: list[str]):
         self.row = row
         self.decoder = FORMATS[client_format].StreamDecoder()
         self.started = time.perf_counter()
+        self.credentials = credentials  # the vendor may echo them in an error
 
     def __call__(self, chunk: bytes) -> bytes:
         # a stream callable: synchronous, once per chunk, and once more with b"" at the end
@@ -76,6 +78,13 @@ class Interceptor:
         # passthrough flows being observed; not in flow.metadata, which mitmproxy saves with
         # the flow and can only hold plain data
         self._taps: dict[str, PassthroughTap] = {}
+        # a vendor host's request credentials, taken off the flow before mitmweb first shows
+        # it (`requestheaders`); put back only on a flow sent to the vendor as it is, once the
+        # request hook's `update` has been published (`_put_back`); kept in `_unredacted` until
+        # they are redacted again
+        self._held: dict[str, dict[str, list[str]]] = {}
+        self._due: dict[str, dict[str, list[str]]] = {}
+        self._unredacted: dict[str, http.HTTPFlow] = {}
 
     # ------------------------------------------------------------ operator command
 
@@ -102,6 +111,42 @@ class Interceptor:
         if host not in HANDLED_HOSTS:
             data.ignore_connection = True
 
+    # ------------------------------------------------------------ credentials out of sight
+
+    def requestheaders(self, flow: http.HTTPFlow):
+        """The first hook that sees a request, and it runs before mitmweb's View publishes the
+        flow (`flows/add`): script addons come before the View in mitmweb's addon chain."""
+        req = flow.request
+        if req.pretty_host not in HANDLED_HOSTS:
+            return
+        flow.metadata[META + ".host"] = req.pretty_host  # survives a vendor override
+        held = {name: req.headers.get_all(name) for name in CREDENTIAL_HEADERS
+                if name in req.headers}
+        if held:
+            self._held[flow.id] = held
+            redact_credentials(req.headers)
+
+    def _restore(self, flow: http.HTTPFlow, held: dict[str, list[str]]) -> None:
+        """The client's credentials go back on a flow that goes to its vendor untouched."""
+        if held:
+            self._due[flow.id] = held
+
+    def running(self):
+        ctx.master.addons.add(CredentialsPutBack(self))
+
+    def put_back(self, flows) -> None:
+        for flow in flows:
+            held = self._due.pop(flow.id, None)
+            if held is not None:
+                for name, values in held.items():
+                    flow.request.headers.set_all(name, values)
+                self._unredacted[flow.id] = flow
+
+    def done(self):
+        # mitmproxy's Save writes the flows still open when it stops (it comes after us)
+        for flow in list(self._unredacted.values()):
+            self._redact_sent(flow)
+
     # ------------------------------------------------------------ the decision
 
     async def request(self, flow: http.HTTPFlow):
@@ -109,6 +154,7 @@ class Interceptor:
         if req.pretty_host not in HANDLED_HOSTS:
             return
         flow.metadata[META + ".host"] = req.pretty_host  # survives a vendor override
+        held = self._held.pop(flow.id, {})
         fmt = client_format_of(req.pretty_host, req.path) if req.method == "POST" else None
         rt = self.settings.runtime
         if fmt is None:
@@ -117,6 +163,7 @@ class Interceptor:
             origin = rt.config.vendors.get(req.pretty_host)
             if origin:
                 _retarget(req, origin)
+            self._restore(flow, held)
             return
         row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
         try:
@@ -139,9 +186,10 @@ class Interceptor:
         origin = config.vendor_origin(req.pretty_host)
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
-            return self._passthrough(flow, fmt, row, origin)
-        job = Job(flow.id, fmt, {k.lower(): v for k, v in req.headers.items()}, vendor_url,
-                  raw, body, model, row.stream, candidates, row)
+            return self._passthrough(flow, fmt, row, origin, held)
+        headers = {k.lower(): v for k, v in req.headers.items()} | _joined(held)
+        job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, row.stream, candidates,
+                  row)
         # a request one candidate cannot take (translated: a field its format cannot hold) goes
         # on to the next; refused only when no candidate can take it
         job.candidates = [c for c in candidates if self._fits(job, c)]
@@ -149,7 +197,7 @@ class Interceptor:
             return self._reject(flow, fmt, row, 400,
                                 "no candidate can take this request: " + "; ".join(job.unfit))
         if all(c.provider is None for c in job.candidates):
-            self._passthrough(flow, fmt, row, origin)
+            self._passthrough(flow, fmt, row, origin, held)
             flow.comment += " | skipped: " + "; ".join(job.unfit)
             row.route = [{"skipped": reason} for reason in job.unfit] + row.route
             return
@@ -206,8 +254,6 @@ class Interceptor:
                 if not tasks:
                     del self._inline[conn]
         job.row.ttfb_ms = job.row.latency_ms = _ms_since(job.started)
-        if status < 300:
-            headers["x-detour-route"] = f"{job.row.provider}/{job.row.account}"
         headers[ID_HEADER] = flow.id
         flow.response = http.Response.make(status, body, headers)
         self._finish(flow, job)
@@ -236,6 +282,8 @@ class Interceptor:
             flow.response.stream = tap
 
     def error(self, flow: http.HTTPFlow):
+        self._held.pop(flow.id, None)  # the request never reached its hook
+        self._due.pop(flow.id, None)
         self._redact_sent(flow)
         if flow.id in self._relay_flows:
             self.settings.runtime.relay.cancel(flow.id)
@@ -254,7 +302,8 @@ class Interceptor:
 
     # ------------------------------------------------------------ passthrough (observe)
 
-    def _passthrough(self, flow: http.HTTPFlow, fmt: str, row: UsageRow, origin: str) -> None:
+    def _passthrough(self, flow: http.HTTPFlow, fmt: str, row: UsageRow, origin: str,
+                     held: dict[str, list[str]]) -> None:
         row.provider = flow.request.pretty_host
         row.account = "client"
         row.model_upstream = row.model_requested
@@ -262,7 +311,8 @@ class Interceptor:
         row.route = [{"provider": PASSTHROUGH, "account": "client", "model": row.model_requested}]
         if not origin.endswith("://" + flow.request.pretty_host):
             _retarget(flow.request, origin)  # a configured vendor override
-        self._taps[flow.id] = PassthroughTap(row, fmt)
+        self._restore(flow, held)
+        self._taps[flow.id] = PassthroughTap(row, fmt, credentials_of(_joined(held)))
         flow.comment = f"detour: {fmt} {row.model_requested} -> passthrough"
 
     def _redact_sent(self, flow: http.HTTPFlow) -> None:
@@ -270,6 +320,7 @@ class Interceptor:
         flow mitmweb shows and `save_stream_file` writes."""
         if META + ".host" in flow.metadata:
             redact_credentials(flow.request.headers)
+            self._unredacted.pop(flow.id, None)
 
     def response(self, flow: http.HTTPFlow):
         self._redact_sent(flow)
@@ -286,7 +337,8 @@ class Interceptor:
         if usage is not None:
             self.settings.runtime.forwarder.set_usage(row, usage)
         if row.status >= 400:
-            row.error = flow.response.get_text(strict=False)[:300] if not flow.response.stream \
+            row.error = self._scrubber().adding(tap.credentials).scrub(
+                flow.response.get_text(strict=False)[:300]) if not flow.response.stream \
                 else f"HTTP {row.status}"
         if flow.response.timestamp_start and flow.request.timestamp_start:
             row.ttfb_ms = round((flow.response.timestamp_start
@@ -308,6 +360,7 @@ class Interceptor:
 
     def _finish(self, flow: http.HTTPFlow, job: Job) -> None:
         row = job.row
+        self._scrub_row(row)  # before the comment and the flow's metadata show it
         for attempt in row.route:  # what each asked candidate was not sent
             dropped = job.dropped.get(f"{attempt.get('provider')}/{attempt.get('account')}")
             if dropped and attempt.get("status"):
@@ -322,9 +375,10 @@ class Interceptor:
         # a relayed flow shows the relay's address in mitmweb: say what the client called
         url = flow.metadata.get(META, {}).get("url")
         origin = f" (called {url})" if url and url != flow.request.pretty_url else ""
-        flow.comment = (f"detour: {job.client_format} {job.model}{origin} -> "
-                        f"{row.provider or '-'} ({row.model_upstream or '-'}) {row.status}"
-                        f" | {route}" + (f" | {row.error}" if row.error else ""))
+        flow.comment = self._scrubber().scrub(
+            f"detour: {job.client_format} {job.model}{origin} -> "
+            f"{row.provider or '-'} ({row.model_upstream or '-'}) {row.status}"
+            f" | {route}" + (f" | {row.error}" if row.error else ""))
         flow.metadata[META] = dict(flow.metadata.get(META, {}), route=row.route,
                                    status=row.status, error=row.error)
         if row.error:
@@ -339,11 +393,41 @@ class Interceptor:
     def _record(self, row: UsageRow, started: float | None) -> None:
         if started is not None and row.latency_ms is None:
             row.latency_ms = _ms_since(started)
+        self._scrub_row(row)
         self.settings.runtime.store.add(row)
 
+    def _scrub_row(self, row: UsageRow) -> None:
+        """A row's text is the last sink of what providers wrote: scrubbed once more."""
+        scrub = self._scrubber().scrub
+        if row.error:
+            row.error = scrub(row.error)
+        for attempt in row.route:
+            for field in ("error", "skipped"):
+                if isinstance(attempt.get(field), str):
+                    attempt[field] = scrub(attempt[field])
 
-CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "proxy-authorization",
-                      "cookie")
+    def _scrubber(self):  # a method: mitmproxy reads every attribute when it collects commands
+        return self.settings.runtime.forwarder.scrubber
+
+
+class CredentialsPutBack:
+    """The last addon in mitmproxy's chain: puts a client's credentials back on a flow that goes
+    to its vendor untouched. mitmproxy runs an `update` event after every hook; the one after
+    the request hook reaches this addon after mitmweb's View has published the flow (redacted),
+    and before the request is sent. (Put back in the request hook itself, they would be in
+    that `flows/update`.)"""
+
+    def __init__(self, interceptor: Interceptor):
+        self.interceptor = interceptor
+
+    def update(self, flows) -> None:
+        self.interceptor.put_back(flows)
+
+
+def _joined(held: dict[str, list[str]]) -> dict[str, str]:
+    """Held header values as one value per name (cookies joined as a Cookie header joins)."""
+    return {name: ("; " if name == "cookie" else ", ").join(values)
+            for name, values in held.items()}
 
 
 def redact_credentials(headers) -> None:
@@ -351,7 +435,8 @@ def redact_credentials(headers) -> None:
     for name in CREDENTIAL_HEADERS:
         value = headers.get(name)
         if value and not value.endswith("[redacted]"):
-            scheme, _, secret = value.rpartition(" ")
+            # a cookie header is all secret: the space is between cookies, not after a scheme
+            scheme, _, secret = value.rpartition(" ") if name != "cookie" else ("", "", value)
             tail = secret[-4:] if len(secret) >= 16 else ""
             headers[name] = f"{scheme + ' ' if scheme else ''}...{tail}[redacted]"
 

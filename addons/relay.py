@@ -187,7 +187,7 @@ class RelayServer:
         job.row.status = 200
         http.write_head(200, {"content-type": fwd.stream_content_type(job),
                               "cache-control": "no-cache",
-                              "x-detour-route": opened.candidate.key}, None)
+                              "x-detour-route": opened.candidate.public_name}, None)
         turn = 0.0  # the first chunk goes out at once: time to first token is what users see
         async for data in fwd.stream(job, opened):
             if job.row.ttfb_ms is None:

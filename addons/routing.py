@@ -19,6 +19,9 @@ from addons.config import PASSTHROUGH, Config, Provider, resolve_secret
 class Account:
     label: str  # shown in logs, flows and usage rows; never the secret itself
     secret: str
+    # what clients are told (`x-detour-route`): its place in the provider's list, nothing of
+    # where its secret lives (the label names a key file or an env var)
+    name: str = "account 1"
 
     def __repr__(self) -> str:  # keep the secret out of any accidental log line
         return f"Account({self.label!r})"
@@ -47,7 +50,7 @@ def build_providers(config: Config) -> dict[str, ProviderRuntime]:
         accounts = []
         for i, ref in enumerate(spec.api_keys):
             secret = resolve_secret(ref, f"providers.{name}.api_keys[{i}]")
-            accounts.append(Account(account_label(ref, secret, i), secret))
+            accounts.append(Account(account_label(ref, secret, i), secret, f"account {i + 1}"))
         out[name] = ProviderRuntime(name, spec, tuple(accounts))
     return out
 
@@ -65,6 +68,11 @@ class Candidate:
     @property
     def account_label(self) -> str:
         return self.account.label if self.account else "client"
+
+    @property
+    def public_name(self) -> str:
+        """provider/account as clients may see it (`x-detour-route`)."""
+        return f"{self.provider_name}/{self.account.name}" if self.account else PASSTHROUGH
 
     @property
     def key(self) -> str:

@@ -22,6 +22,7 @@ from addons.config import (CONFIG_NAME, Config, ConfigError, ensure_home, home_d
 from addons.forwarding import Forwarder
 from addons.relay import RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
+from addons.scrubber import scrubber_for
 from addons.usage import UsageStore
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,15 @@ class DetourSettings:
             "detour_allow_remote", bool, False,
             "Allow a listen address other than loopback. The proxy has no authentication: "
             "anyone who reaches the port spends your provider accounts. Without it, detour "
-            "listens on 127.0.0.1 unless told otherwise, and refuses any other address.",
+            "refuses a non-loopback listen address and disconnects non-loopback clients.",
         )
 
     def configure(self, updated):
         first = self.runtime is None
         if first or updated & {"detour_home", "detour_config"}:
             self._load()
+        elif "upstream_auth" in updated:
+            self._apply(self.runtime.config, self.runtime.providers)
         if ctx.options.connection_strategy != "lazy":
             # eager would dial the vendor on CONNECT, before detour could reroute the call
             ctx.options.update(connection_strategy="lazy")
@@ -172,16 +175,18 @@ class DetourSettings:
             cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
             self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
                                    Forwarder(config, cooldowns), store)
-        else:
-            rt = self.runtime
-            rt.home, rt.config_path = home, cfg_path
-            self._apply(config, providers)
+        rt = self.runtime
+        rt.home, rt.config_path = home, cfg_path
+        self._apply(config, providers)
         log.info("detour: home %s, config %s (%d providers)", home, cfg_path, len(providers))
 
     def _apply(self, config: Config, providers: dict[str, ProviderRuntime]) -> None:
         rt = self.runtime
         rt.config, rt.providers = config, providers
         rt.forwarder.config = config
+        # what providers write back is scrubbed of every secret this configuration holds
+        proxy_auth = getattr(ctx.options, "upstream_auth", "")  # an outbound proxy's user:pass
+        rt.forwarder.scrubber = scrubber_for(providers, proxy_auth)
 
     def running(self):
         rt = self.runtime

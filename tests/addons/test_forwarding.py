@@ -147,7 +147,9 @@ async def test_all_failed_names_every_attempt_in_the_clients_format():
     assert err["type"] == "error" and err["error"]["type"] == "api_error"
     msg = err["error"]["message"]
     assert "HTTP 500" in msg and "HTTP 429" in msg and "upstream gone" in msg
-    assert job.row.status == 502 and job.row.error == msg
+    # the client is told each account's place in its provider's list; the row keeps labels
+    assert "p/account 2 (pm): HTTP 429" in msg and "key2:" not in msg
+    assert job.row.status == 502 and "p/key2:" in job.row.error
 
 
 async def test_every_account_resting_is_a_429_with_retry_after():

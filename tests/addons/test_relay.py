@@ -27,7 +27,7 @@ async def test_unknown_or_reused_tokens_get_404():
         r = await c.post(url, content=b'{"the": "original body"}')
         assert r.status_code == 200 and b"message_stop" in r.content
         assert r.headers["transfer-encoding"] == "chunked"
-        assert r.headers["x-detour-route"] == job.candidates[0].key
+        assert r.headers["x-detour-route"] == job.candidates[0].public_name
         again = await c.post(url, content=b"{}")  # same keep-alive connection, spent token
         assert again.status_code == 404
     assert finished == [job]
