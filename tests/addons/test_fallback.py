@@ -300,7 +300,7 @@ async def test_refused_connections_are_a_502_naming_provider_and_refusal_every_t
         status, headers, body = await fwd.complete(job)
         assert status == 502 and "retry-after" not in headers
         message = json.loads(body)["error"]["message"]
-        assert "p/key1:" in message and "connection refused" in message
+        assert "p/account 1" in message and "connection refused" in message
     assert len(up.seen) == 4  # both, then the one whose rest ends first, each time
 
 

@@ -104,7 +104,7 @@ def test_dead_provider_is_a_502_naming_the_refusal_and_the_log_says_so(proxy, cl
         assert r.json()["error"]["type"] == "api_error"
         message = r.json()["error"]["message"]
         assert "sk-dead-secret" not in message  # the key is never shown...
-        assert "dead/key1:" in message and "connection refused" in message  # ...its label is
+        assert "dead/account 1" in message and "connection refused" in message  # ...nor its label
         assert proxy.row_of(r)["status"] == 502
     # mitmdump's own output: each call under the URL the client called, and detour's line
     # with the route and the cause; never the relay's address
