@@ -118,6 +118,7 @@ class Attempt:
     rest: str | None = None  # the rest it earned (or, skipped, the rest it was in): a Rest value
     despite_rest: bool = False  # resting for a transient failure, asked since all others rest
     over_budget: bool = False  # a whole call out of its total time: the route stops there
+    unreachable: bool = False  # no connection could be made (refused, no route, TLS failure)
     key: str = field(default="", repr=False)  # its cooldown key (not part of the route story)
     retry_after: float | None = field(default=None, repr=False)  # a 429's Retry-After
 
@@ -154,11 +155,16 @@ class Opened:
 class Failure(Exception):
     """No candidate answered well; `status` and `message` are what the client is told."""
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None):
+    def __init__(self, status: int, message: str, retry_after: float | None = None,
+                 worth_retrying: bool = True):
         super().__init__(message)
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        # False: a client retrying at once would meet the same wall (no provider could even be
+        # reached); the SDKs honour `x-should-retry: false`, so the user sees the cause now
+        # instead of after minutes of silent retries (Claude Code: 10 retries, ~3 minutes)
+        self.worth_retrying = worth_retrying
 
 
 class Forwarder:
@@ -396,6 +402,7 @@ class Forwarder:
             att.error = f"timed out ({type(e).__name__})"
         except httpx.ConnectError as e:
             att.error = _connect_failure(e)
+            att.unreachable = True
         except httpx.HTTPError as e:
             att.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         except BaseException:
@@ -537,6 +544,8 @@ class Forwarder:
             return Failure(429, message, retry_after=min(waits) if waits else None)
         if tried and all(a.timed_out for a in tried):
             return Failure(504, message)
+        if tried and all(a.unreachable for a in tried):
+            return Failure(502, message, worth_retrying=False)
         return Failure(502, message)
 
     # ------------------------------------------------------------ answers
@@ -580,6 +589,8 @@ class Forwarder:
         headers = {"content-type": "application/json"}
         if f.retry_after is not None:
             headers["retry-after"] = str(max(1, round(f.retry_after)))
+        if not f.worth_retrying:
+            headers["x-should-retry"] = "false"
         return f.status, headers, FORMATS[job.client_format].error_body(
             f.status, self.for_client(job, message))
 

@@ -105,6 +105,7 @@ def test_dead_provider_is_a_502_naming_the_refusal_and_the_log_says_so(proxy, cl
         message = r.json()["error"]["message"]
         assert "sk-dead-secret" not in message  # the key is never shown...
         assert "dead/account 1" in message and "connection refused" in message  # ...nor its label
+        assert r.headers["x-should-retry"] == "false"  # the SDKs show the cause at once
         assert proxy.row_of(r)["status"] == 502
     # mitmdump's own output: each call under the URL the client called, and detour's line
     # with the route and the cause; never the relay's address

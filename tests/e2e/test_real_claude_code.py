@@ -283,3 +283,30 @@ def test_bash_tool_round_trip(stack, output_format):
     assert_client_key_never_reached_provider(stack)
     assert_non_model_calls_went_to_vendor_fake(stack)
     assert_usage_rows(stack, chats)
+
+
+def test_a_dead_provider_is_reported_at_once_not_after_minutes_of_retries(stack):
+    """Every candidate refuses its connection: Claude Code gets a 502 naming the refusal, with
+    `x-should-retry: false`, so it shows the cause at once instead of retrying for minutes
+    (it retries 5xx ten times; it took 3 minutes before). One model call, one usage row."""
+    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    config = yaml.safe_load((stack.home / "config.yaml").read_text())
+    config["providers"]["dead"] = {"kind": "openai", "base_url": dead, "api_keys": ["k-dead"]}
+    config["routes"] = {"*": ["dead/m"]}
+    (stack.home / "config.yaml").write_text(yaml.safe_dump(config))
+    deadline = time.monotonic() + 30
+    while "detour: reloaded" not in stack.proxy.text:
+        assert time.monotonic() < deadline, "the edited config was not reloaded"
+        time.sleep(0.1)
+    run = run_claude(stack, "-p", "Say hi")
+    assert run.returncode != 0
+    assert "connection refused" in run.stdout + run.stderr
+    rows = stack.usage_rows()
+    assert [r["status"] for r in rows] == [502], rows  # asked once: no retries
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
