@@ -27,7 +27,7 @@ from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
 from addons.scrubber import SecretScrubber, credentials_of
 from addons.transport import StreamsTransport, ssl_context
 from addons.usage import UsageRow
-from translators import anthropic, canonical, openai_chat
+from translators import anthropic, canonical, openai_chat, passthrough
 
 log = logging.getLogger(__name__)
 
@@ -603,6 +603,11 @@ class Forwarder:
         same = opened.provider_format == job.client_format and opened.is_sse
         decoder = opened.decoder or provider_mod.StreamDecoder()
         encoder = None if same else client_encoder(job)
+        # same format: the provider's bytes pass untouched, whole events only, checked by the
+        # decoder that runs anyway (for usage); a broken stream ends in an error of ours
+        check = passthrough.CheckedPassthrough(
+            provider_mod.StreamDecoder, provider_mod.is_error_event,
+            provider_mod.may_follow_stop) if same else None
         error: str | None = None
         try:
             if not opened.is_sse:
@@ -613,9 +618,12 @@ class Forwarder:
                 yield encoder.encode_all(canonical.response_to_events(resp))
                 return
             # what was read while the candidate was being opened, then the rest as it comes
-            chunk, events = opened.first_chunk, opened.events
+            passed, events = b"", opened.events
+            if check is not None:
+                passed, events = check.opened(decoder, opened.first_chunk, events)
+                decoder = check.decoder
             while True:
-                out = chunk if same else b""
+                out = passed
                 final = False
                 for ev in events:
                     if type(ev) is canonical.StreamError:
@@ -628,6 +636,10 @@ class Forwarder:
                         final = True
                     if encoder is not None:
                         out += encoder.encode(ev)
+                if check is not None and check.broken is not None:
+                    # nothing after the break reaches the client, nor is read any further
+                    yield out + self._stream_error(job, None, check.broken.kind, error)
+                    return
                 if out:
                     yield out
                     if final and error is None:
@@ -636,18 +648,21 @@ class Forwarder:
                     chunk = await anext(opened.chunks)
                 except StopAsyncIteration:
                     break
-                events = decoder.feed(chunk)
-            tail = decoder.close()
-            out = b""
+                if check is not None:
+                    passed, events = check.feed(chunk)
+                else:
+                    events = decoder.feed(chunk)
+            passed, tail = check.close() if check is not None else (b"", decoder.close())
+            out = passed
             for ev in tail:
                 if type(ev) is canonical.StreamError:
                     ev = self._scrubbed_event(job, ev)
                     error = f"{cand.key}: {ev.kind}: {ev.message}"
-                    if same:
-                        # the vendor's stream ended early without saying so: tell the client
-                        out += self._stream_error(job, None, ev.kind, error)
                 if encoder is not None:
                     out += encoder.encode(ev)
+            if check is not None and check.broken is not None:
+                # the vendor's stream ended early without saying so: tell the client
+                out += self._stream_error(job, None, check.broken.kind, error)
             if out:
                 yield out
         except httpx.HTTPError as e:

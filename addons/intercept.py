@@ -166,6 +166,11 @@ class Interceptor:
             self._restore(flow, held)
             return
         row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
+        if (bad := unsafe_header(req.headers)) is not None:
+            # a client header is copied to the provider: a CR, LF or NUL in it would let the
+            # client write headers of its own on the provider's wire
+            return self._reject(flow, fmt, row, 400,
+                                f"header {bad!r}: a value holding CR, LF or NUL is not sent on")
         try:
             raw = req.get_content()
         except ValueError as e:
@@ -439,6 +444,14 @@ def redact_credentials(headers) -> None:
             scheme, _, secret = value.rpartition(" ") if name != "cookie" else ("", "", value)
             tail = secret[-4:] if len(secret) >= 16 else ""
             headers[name] = f"{scheme + ' ' if scheme else ''}...{tail}[redacted]"
+
+
+def unsafe_header(headers) -> str | None:
+    """The name of the first header whose name or value holds a CR, LF or NUL, if any."""
+    for name, value in headers.fields:
+        if any(b in name or b in value for b in (b"\r", b"\n", b"\0")):
+            return name.decode("latin-1", "replace")
+    return None
 
 
 def _retarget(req: http.Request, origin: str) -> None:

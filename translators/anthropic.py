@@ -603,6 +603,21 @@ class StreamDecoder:
                 self._emit(out, c.SignatureDelta(i, _s(sig)))
 
 
+def is_error_event(name: str, data: str) -> bool:
+    """An Anthropic in-stream error event (`event: error`, `{"type": "error", "error": {...}}`):
+    well-formed, a client reads it as the end of the stream (passed on as it is)."""
+    try:
+        payload = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(payload, dict) and (payload.get("type") or name) == "error"
+
+
+def may_follow_stop(name: str, data: str) -> bool:
+    """Nothing follows message_stop."""
+    return False
+
+
 # ---------------------------------------------------------------- streams: encode
 def _event(name: str, payload: dict) -> bytes:
     return b"event: %s\ndata: %s\n\n" % (name.encode(), dumps_compact(payload))

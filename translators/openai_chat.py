@@ -778,6 +778,37 @@ class StreamDecoder:
         self._phase = _Phase.DONE
 
 
+def is_error_event(name: str, data: str) -> bool:
+    """A Chat in-stream error: `data: {"error": {...}}` (OpenAI-compatible servers), an
+    `event: error`, or OpenRouter's `finish_reason: "error"` chunk. Well-formed: a client reads
+    it as the end of the stream (passed on as it is)."""
+    chunk = _json_object(data)
+    if chunk is None:
+        return False
+    if chunk.get("error") or name == "error":
+        return True
+    choices = chunk.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(ch, dict) and ch.get("finish_reason") == "error" for ch in choices)
+
+
+def may_follow_stop(name: str, data: str) -> bool:
+    """After the end of the message (finish_reason with usage): `[DONE]`, or a usage chunk
+    (`choices: []`)."""
+    if data.strip() == "[DONE]":
+        return True
+    chunk = _json_object(data)
+    return chunk is not None and chunk.get("choices") == [] and not chunk.get("error")
+
+
+def _json_object(data: str) -> dict | None:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 # ---------------------------------------------------------------- stream: canonical -> Chat
 
 
