@@ -133,7 +133,9 @@ def test_garbage_mid_stream_ends_in_an_error_event(proxy, fake, bad):
     assert tail.count(b"\n\n") == 1, tail  # one error event, nothing of the provider's after
     error = error_event(fmt, r.content)
     row = proxy.row_of(r)
-    assert row["error"] and error["error"]["message"] in row["error"]
+    # the row names the account by its label, the client by its place ("account 1")
+    provider, _, cause = error["error"]["message"].partition(": ")
+    assert provider.endswith("/account 1") and row["error"].endswith(": " + cause), row["error"]
     # the client's own decoder reads the whole answer as a well-formed stream that failed
     dec = MODULES[fmt].StreamDecoder()
     events = dec.feed(r.content) + dec.close()
