@@ -655,10 +655,17 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is beyond a float")
+    return value
+
+
 def loads_json(text: str | bytes) -> Any:
-    """Upstream JSON text parsed as JSON is (the json module also takes NaN and Infinity, which
-    no other parser does and nothing can send on): ValueError or RecursionError otherwise."""
-    return json.loads(text, parse_constant=_no_constant)
+    """Upstream JSON text parsed as JSON is (the json module also takes NaN and Infinity, and
+    reads 1e999 as inf, none of which can be sent on): ValueError or RecursionError otherwise."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def dumps_compact(value: Any) -> bytes:
