@@ -87,6 +87,24 @@ class Timeouts(_Strict):
     total: Annotated[float, Field(gt=0)] = 600.0
 
 
+MIB = 1 << 20
+
+
+class Limits(_Strict):
+    """What a peer may make detour hold; past each, the call is refused (413) or the attempt
+    fails, in the client's format. The defaults fit the largest real requests (Claude Code
+    sends 20-30 MB with several images)."""
+
+    # a client's request body as sent
+    request_body: Annotated[int, Field(gt=0)] = 64 * MIB
+    # a compressed body (a client's request, a provider's answer) once decoded
+    decompressed: Annotated[int, Field(gt=0)] = 256 * MIB
+    # a provider's whole (non-streamed) answer, decoded
+    answer_body: Annotated[int, Field(gt=0)] = 64 * MIB
+    # seconds a streamed answer may run from its request on, whatever it sends
+    stream_seconds: Annotated[float, Field(gt=0)] = 1800.0
+
+
 class Provider(_Strict):
     kind: Literal["openai", "anthropic"]
     base_url: str
@@ -169,6 +187,7 @@ class Config(_Strict):
     # how long an account rests after a 429 without Retry-After; the cap of the backoff after
     # 5xx, timeouts and refused connections (1 s, then doubling while they keep failing)
     cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
+    limits: Limits = Limits()
 
     @field_validator("vendors")
     @classmethod

@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from addons.config import DIRECT, Config, Provider, Timeouts
+from addons.decoding import BoundedDecoder, TooLarge
 from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
                             retry_after_seconds)
 from addons.scrubber import SecretScrubber, credentials_of
@@ -165,6 +166,12 @@ class Failure(Exception):
         # reached); the SDKs honour `x-should-retry: false`, so the user sees the cause now
         # instead of after minutes of silent retries (Claude Code: 10 retries, ~3 minutes)
         self.worth_retrying = worth_retrying
+
+
+def internal_error(e: BaseException) -> str:
+    """What a client is told when detour itself failed: that it was detour, and what broke
+    (the traceback goes to the log, once)."""
+    return f"detour internal error: {type(e).__name__}"
 
 
 class Forwarder:
@@ -379,6 +386,8 @@ class Forwarder:
         budget = timeouts.first_byte if job.stream else timeouts.total
         resp = None
         try:
+            # the budget runs until the answer's first content (a stream) or its end: a
+            # provider sending pings, or one byte now and then, cannot hold the call open
             async with asyncio.timeout(budget):
                 resp = await client.send(req, stream=True)
                 att.status = resp.status_code
@@ -387,9 +396,6 @@ class Forwarder:
                     att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
                     await resp.aclose()
                     return None
-                if not job.stream:
-                    opened = await self._check_answer(cand, resp, fmt, att)
-            if job.stream:
                 opened = await self._check_answer(cand, resp, fmt, att)
         except TimeoutError:
             att.timed_out = True
@@ -421,14 +427,26 @@ class Forwarder:
         """A 2xx is not yet a good answer: an event stream must start like one and bring
         content before any error, and a whole answer must decode; otherwise the next candidate
         can still take over."""
-        chunks = resp.aiter_bytes()
+        limits = self.config.limits
+        chunks = bounded_body(resp, limits.decompressed, limits.stream_seconds)
         if "text/event-stream" in resp.headers.get("content-type", ""):
             return await self._open_stream(cand, resp, fmt, chunks, att)
+        pieces, size = [], 0
         try:
-            data = b"".join([c async for c in chunks])
+            async for piece in chunks:
+                size += len(piece)
+                if size > limits.answer_body:
+                    att.error = (f"its answer is larger than {limits.answer_body} bytes "
+                                 f"(limits.answer_body)")
+                    return None
+                pieces.append(piece)
+        except AnswerLimit as e:
+            att.error = str(e)
+            return None
         except httpx.HTTPError as e:
             att.error = f"broke off its answer: {type(e).__name__}"
             return None
+        data = b"".join(pieces)
         if not data:
             att.error = "empty body"
             return None
@@ -666,7 +684,8 @@ class Forwarder:
             if out:
                 yield out
         except httpx.HTTPError as e:
-            error = f"{cand.key} broke off the stream: {type(e).__name__}"
+            error = f"{cand.key} broke off the stream: " + (
+                str(e) if isinstance(e, AnswerLimit) else type(e).__name__)
             yield self._stream_error(job, encoder, "api_error", error)
         except (ValueError, canonical.TranslationError) as e:
             error = f"{cand.key} sent an answer detour cannot translate: {e}"
@@ -777,7 +796,14 @@ def _over_cap(body: dict, cap: int | None) -> bool:
 
 
 def dump_json(obj: Any) -> bytes:
-    return orjson.dumps(obj)  # compact, UTF-8, ~8x the json module on 48 KB bodies
+    """Compact UTF-8 JSON: orjson (~8x the json module on 48 KB bodies), or, for what orjson
+    refuses but JSON holds (integers beyond 64 bits, lone surrogates, nesting past 255), the
+    translators' own writer; a TranslationError for what JSON cannot hold (inf, NaN, nesting
+    too deep)."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return canonical.dumps_compact(obj)
 
 
 def _snippet(data: bytes) -> str:
@@ -802,6 +828,52 @@ async def _drain_briefly(chunks: AsyncIterator[bytes]) -> None:
         pass
 
 
+class AnswerLimit(httpx.TransportError):
+    """A provider's answer past one of `limits:` (its size once decoded, a stream's time)."""
+
+
+async def bounded_body(resp: httpx.Response, limit: int,
+                       seconds: float | None) -> AsyncIterator[bytes]:
+    """A provider's body, its content-encoding decoded in bounded steps (never more than
+    `limit` bytes out: a 300 KB gzip bomb is not 300 MB here), ending within `seconds` of now
+    whatever the provider sends (a read timeout is per read: a trickle never trips it).
+    AnswerLimit past a limit, httpx.DecodingError for content that does not decode."""
+    request = resp.request
+    # an answer httpx already holds whole (a test's scripted one) comes decoded
+    whole = resp.is_stream_consumed
+    try:
+        decoder = BoundedDecoder("" if whole else resp.headers.get("content-encoding", ""),
+                                 limit, "its answer once decompressed")
+    except ValueError as e:
+        raise httpx.DecodingError(str(e), request=request) from None
+    raw = _one(resp.content) if whole else resp.aiter_raw()
+    deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    data = await anext(raw)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                raise AnswerLimit(f"its answer ran past {seconds:g}s (limits.stream_seconds)",
+                                  request=request) from None
+            for piece in decoder.feed(data):
+                yield piece
+        for piece in decoder.flush():
+            yield piece
+    except TooLarge as e:
+        raise AnswerLimit(f"{e} (limits.decompressed)", request=request) from None
+    except ValueError as e:
+        raise httpx.DecodingError(str(e), request=request) from None
+    finally:
+        await raw.aclose()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 def _connect_failure(e: httpx.ConnectError) -> str:
     """A failed connection, saying plainly when it was refused (nothing listens there)."""
     cause: BaseException | None = e
@@ -815,7 +887,7 @@ async def _read_error(resp: httpx.Response) -> str:
     """A provider's error answer, shortened, for the attempt log and the client's message."""
     data = b""
     try:
-        async for chunk in resp.aiter_bytes():
+        async for chunk in bounded_body(resp, MAX_ERROR_BODY, None):
             data += chunk
             if len(data) > MAX_ERROR_BODY:
                 break

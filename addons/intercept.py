@@ -21,7 +21,8 @@ from mitmproxy import command, connection, ctx, http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import PASSTHROUGH
-from addons.forwarding import FORMATS, Forwarder, Job
+from addons.decoding import TooLarge, decode_whole
+from addons.forwarding import FORMATS, Forwarder, Job, internal_error
 from addons.routing import plan
 from addons.scrubber import CREDENTIAL_HEADERS, credentials_of
 from addons.settings import DetourSettings
@@ -36,6 +37,8 @@ ENDPOINTS: dict[tuple[str, str], str] = {
     ("api.openai.com", "/v1/chat/completions"): "openai-chat",
 }
 HANDLED_HOSTS = frozenset(host for host, _ in ENDPOINTS)
+# the format an error on a vendor host is written in when its path says nothing
+HOST_FORMATS = {host: fmt for (host, _), fmt in ENDPOINTS.items()}
 MARK = ":twisted_rightwards_arrows:"
 # every answer on a vendor host carries its flow id: the key of its usage row (`flow_id`) and
 # of its flow in mitmweb
@@ -54,18 +57,26 @@ def client_name(headers) -> str:
 class PassthroughTap:
     """Reads usage off a vendor's answer while mitmproxy forwards it untouched."""
 
-    __slots__ = ("row", "decoder", "started", "credentials")
+    __slots__ = ("row", "decoder", "started", "credentials", "broken")
 
     def __init__(self, row: UsageRow, client_format: str, credentials: list[str]):
         self.row = row
         self.decoder = FORMATS[client_format].StreamDecoder()
         self.started = time.perf_counter()
         self.credentials = credentials  # the vendor may echo them in an error
+        self.broken: str | None = None  # why usage stopped being read, if it did
 
     def __call__(self, chunk: bytes) -> bytes:
-        # a stream callable: synchronous, once per chunk, and once more with b"" at the end
-        if chunk:
-            self.decoder.feed(chunk)
+        # a stream callable: synchronous, once per chunk, and once more with b"" at the end.
+        # It runs inside mitmproxy's connection handling: an exception here would crash the
+        # proxy, so whatever goes wrong only stops the usage reading (and is noted)
+        if chunk and self.broken is None:
+            try:
+                self.decoder.feed(chunk)
+            except Exception as e:
+                self.broken = f"usage not read: {type(e).__name__}: {e}"[:300]
+                log.warning("detour: observing %s: %s", self.row.flow_id, self.broken,
+                            exc_info=not isinstance(e, canonical.TranslationError))
         return chunk
 
 
@@ -85,6 +96,9 @@ class Interceptor:
         self._held: dict[str, dict[str, list[str]]] = {}
         self._due: dict[str, dict[str, list[str]]] = {}
         self._unredacted: dict[str, http.HTTPFlow] = {}
+        # model calls whose request hook is running: their row, for an internal error to record
+        self._deciding: dict[str, UsageRow] = {}
+        self._recorded: set[str] = set()  # ... of those, the ones already recorded
 
     # ------------------------------------------------------------ operator command
 
@@ -150,6 +164,37 @@ class Interceptor:
     # ------------------------------------------------------------ the decision
 
     async def request(self, flow: http.HTTPFlow):
+        """Fail closed: whatever goes wrong deciding a flow on a vendor host, the flow is
+        answered here (a 500 in the client's format, recorded), never left for mitmproxy to
+        forward to the vendor the route was meant to avoid."""
+        try:
+            await self._request(flow)
+        except Exception as e:
+            self._internal_error(flow, e)
+        finally:
+            self._deciding.pop(flow.id, None)
+            self._recorded.discard(flow.id)
+
+    def _internal_error(self, flow: http.HTTPFlow, e: Exception) -> None:
+        host = flow.metadata.get(META + ".host") or flow.request.pretty_host
+        if host not in HANDLED_HOSTS:
+            raise e  # not a flow detour takes
+        log.error("detour: internal error on %s %s", flow.request.method,
+                  flow.metadata.get(META, {}).get("url") or flow.request.pretty_url,
+                  exc_info=e)
+        message = internal_error(e)
+        row = self._deciding.get(flow.id)
+        fmt = row.client_format if row is not None else HOST_FORMATS[host]
+        relayed = self._relay_flows.pop(flow.id, None)
+        if relayed is not None:  # handed to the relay already: withdrawn, recorded below
+            self.settings.runtime.relay.withdraw(flow.id)
+        # a call not yet known as a model call (or already recorded) is answered, not counted
+        record = row is not None and flow.id not in self._recorded
+        if row is None:
+            row = UsageRow(now_iso(), flow.id, client_name(flow.request.headers), fmt, "", False)
+        self._reject(flow, fmt, row, 500, message, record=record)
+
+    async def _request(self, flow: http.HTTPFlow):
         req = flow.request
         if req.pretty_host not in HANDLED_HOSTS:
             return
@@ -166,13 +211,21 @@ class Interceptor:
             self._restore(flow, held)
             return
         row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
+        self._deciding[flow.id] = row
         if (bad := unsafe_header(req.headers)) is not None:
             # a client header is copied to the provider: a CR, LF or NUL in it would let the
             # client write headers of its own on the provider's wire
             return self._reject(flow, fmt, row, 400,
                                 f"header {bad!r}: a value holding CR, LF or NUL is not sent on")
+        limits = rt.config.limits
+        if len(req.raw_content or b"") > limits.request_body:
+            return self._reject(flow, fmt, row, 413, _too_large(limits.request_body))
         try:
-            raw = req.get_content()
+            raw = decode_whole(req.raw_content or b"", req.headers.get("content-encoding", ""),
+                               limits.decompressed, "the request body once decompressed")
+        except TooLarge as e:
+            return self._reject(flow, fmt, row, 413,
+                                f"{e} (limits.decompressed in config.yaml)")
         except ValueError as e:
             return self._reject(flow, fmt, row, 400, f"cannot decode the request body: {e}")
         try:
@@ -332,11 +385,21 @@ class Interceptor:
         tap = self._taps.pop(flow.id, None)
         if tap is None:
             return
+        try:
+            self._observed(flow, tap)
+        except Exception as e:  # the answer is the vendor's and goes on; its row is kept
+            log.error("detour: internal error reading usage of %s", flow.id, exc_info=e)
+            tap.row.error = internal_error(e)
+            self._record(tap.row, tap.started)
+
+    def _observed(self, flow: http.HTTPFlow, tap: PassthroughTap) -> None:
         row = tap.row
         row.status = flow.response.status_code
         if flow.response.stream:
-            tap.decoder.close()
-            usage = tap.decoder.usage
+            usage = None
+            if tap.broken is None:
+                tap.decoder.close()
+                usage = tap.decoder.usage
         else:
             usage = _usage_of_whole(row.client_format, flow.response)
         if usage is not None:
@@ -345,6 +408,8 @@ class Interceptor:
             row.error = self._scrubber().adding(tap.credentials).scrub(
                 flow.response.get_text(strict=False)[:300]) if not flow.response.stream \
                 else f"HTTP {row.status}"
+        if tap.broken and not row.error:
+            row.error = tap.broken
         if flow.response.timestamp_start and flow.request.timestamp_start:
             row.ttfb_ms = round((flow.response.timestamp_start
                                  - flow.request.timestamp_start) * 1000, 2)
@@ -352,7 +417,8 @@ class Interceptor:
 
     # ------------------------------------------------------------ endings
 
-    def _reject(self, flow, fmt: str, row: UsageRow, status: int, message: str) -> None:
+    def _reject(self, flow, fmt: str, row: UsageRow, status: int, message: str,
+                record: bool = True) -> None:
         """Bad input: an error in the client's own format; the proxy serves on."""
         mod = FORMATS[fmt]
         redact_credentials(flow.request.headers)
@@ -360,8 +426,10 @@ class Interceptor:
                                            {"content-type": mod.JSON_CONTENT_TYPE,
                                             ID_HEADER: flow.id})
         flow.comment = f"detour: rejected ({status}): {message}"
+        flow.marked = MARK
         row.status, row.error = status, message
-        self._record(row, None)
+        if record:
+            self._record(row, None)
 
     def _finish(self, flow: http.HTTPFlow, job: Job) -> None:
         row = job.row
@@ -399,6 +467,8 @@ class Interceptor:
         if started is not None and row.latency_ms is None:
             row.latency_ms = _ms_since(started)
         self._scrub_row(row)
+        if row.flow_id in self._deciding:
+            self._recorded.add(row.flow_id)
         self.settings.runtime.store.add(row)
 
     def _scrub_row(self, row: UsageRow) -> None:
@@ -464,6 +534,11 @@ def _retarget(req: http.Request, origin: str) -> None:
     prefix = u.path.rstrip("/")
     if prefix:
         req.path = prefix + req.path
+
+
+def _too_large(limit: int) -> str:
+    return (f"the request body is larger than {limit} bytes "
+            f"(limits.request_body in config.yaml)")
 
 
 def _ms_since(t0: float) -> float:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 import h11
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.forwarding import Failure, Forwarder, Job
+from addons.forwarding import Failure, Forwarder, Job, internal_error
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,13 @@ class RelayServer:
         running = self._running.get(flow_id)
         if running is not None:
             running[0].cancel()
+
+    def withdraw(self, flow_id: str) -> None:
+        """Forget a job mitmproxy will not deliver (the flow was answered another way); its
+        row is the caller's to record."""
+        token = self._by_flow.pop(flow_id, None)
+        if token is not None:
+            self._jobs.pop(token, None)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -174,6 +181,30 @@ class RelayServer:
         return bool(keep)
 
     async def _serve(self, job: Job, http: "RelayHttp") -> bool:
+        """Fail closed: whatever goes wrong, the client gets an answer in its format (a 500
+        before the status line, a well-formed error event after it), and the job its row."""
+        try:
+            return await self._serve_job(job, http)
+        except Exception as e:
+            log.error("relay: internal error serving %s", job.flow_id, exc_info=e)
+            message = internal_error(e)
+            job.row.error = message
+            fwd = self.forwarder
+            try:
+                if http.h11.our_state is h11.SEND_RESPONSE:
+                    status, headers, body = fwd._failure_response(job, Failure(500, message))
+                    http.write_head(status, dict(headers, connection="close"), len(body))
+                    http.write_data(body)
+                    http.end()
+                elif http.h11.our_state is h11.SEND_BODY:
+                    http.write_data(fwd._stream_error(job, None, "api_error", message))
+                    http.end()
+                await http.drain()
+            except (ConnectionError, h11.LocalProtocolError):
+                pass
+            return False
+
+    async def _serve_job(self, job: Job, http: "RelayHttp") -> bool:
         fwd = self.forwarder
         try:
             opened = await fwd.open(job)

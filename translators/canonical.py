@@ -492,7 +492,7 @@ def tool_use_from_arguments(tool_id: str, name: str, arguments: str) -> ToolUse:
     if not arguments.strip():
         return ToolUse(tool_id, name, {})
     try:
-        value = json.loads(arguments)
+        value = loads_json(arguments)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply for json
         return ToolUse(tool_id, name, {}, raw_arguments=arguments)
     if not isinstance(value, dict):
@@ -646,8 +646,26 @@ def need(value: Any, kind: type | tuple, path: str, optional: bool = False) -> A
          path)
 
 
-_dumps_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_dumps_ascii = json.JSONEncoder(separators=(",", ":")).encode
+# JSON has no inf or NaN: never written (a ValueError, made a TranslationError below)
+_dumps_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_dumps_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is beyond a float")
+    return value
+
+
+def loads_json(text: str | bytes) -> Any:
+    """Upstream JSON text parsed as JSON is (the json module also takes NaN and Infinity, and
+    reads 1e999 as inf, none of which can be sent on): ValueError or RecursionError otherwise."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 def dumps_compact(value: Any) -> bytes:
@@ -661,6 +679,8 @@ def dumps_compact(value: Any) -> bytes:
             return _dumps_ascii(value).encode()
     except RecursionError:
         raise TranslationError("a value nested too deeply to encode as JSON") from None
+    except ValueError as e:  # inf or NaN
+        raise TranslationError(f"a value JSON cannot hold: {e}") from None
 
 
 # Canonical error kinds are Anthropic's error types. HTTP status -> kind, as Anthropic documents

@@ -504,7 +504,12 @@ def error_body(status: int, message: str, kind: str | None = None) -> bytes:
 def _error_message(err) -> str:
     if isinstance(err, dict) and isinstance(err.get("message"), str):
         return err["message"]
-    return err if isinstance(err, str) else dumps_compact(err).decode()
+    if isinstance(err, str):
+        return err
+    try:
+        return dumps_compact(err).decode()
+    except c.TranslationError:  # inf or NaN, which the json module reads: shown, not written
+        return repr(err)[:300]
 
 
 def _error_kind(err) -> str:
