@@ -112,7 +112,7 @@ async def test_a_bug_on_another_path_of_a_vendor_host_is_answered_not_forwarded(
 
 
 def test_the_passthrough_tap_never_raises():
-    tap = PassthroughTap(UsageRow(now_iso(), "f1", "ua", "anthropic", "m", True), "anthropic")
+    tap = PassthroughTap(UsageRow(now_iso(), "f1", "ua", "anthropic", "m", True), "anthropic", [])
 
     class BrokenDecoder:
         def feed(self, chunk):
