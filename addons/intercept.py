@@ -139,6 +139,41 @@ class Interceptor:
         if held:
             self._held[flow.id] = held
             redact_credentials(req.headers)
+        fmt = client_format_of(req.pretty_host, req.path) if req.method == "POST" else None
+        if fmt is not None:
+            self._refuse_unread(flow, fmt)
+
+    def _refuse_unread(self, flow: http.HTTPFlow, fmt: str) -> None:
+        """A model call whose declared body is past limits.request_body is refused before
+        mitmproxy reads that body (it would hold all of it before the request hook): the body
+        is streamed to the relay and dropped on the way, and the relay answers the 413 in the
+        client's format. The request hook then sees a flow to the relay and leaves it."""
+        req = flow.request
+        rt = self.settings.runtime
+        limit = rt.config.limits.request_body
+        try:
+            size = int(req.headers.get("content-length", ""))
+        except ValueError:
+            return  # no length said: the request hook measures the body
+        if size <= limit or rt.relay is None:
+            return
+        message = _too_large(limit)
+        row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
+        row.status, row.error = 413, message
+        mod = FORMATS[fmt]
+        url = rt.relay.answer(413, {"content-type": mod.JSON_CONTENT_TYPE, ID_HEADER: flow.id},
+                              mod.error_body(413, f"detour: {message}"))
+        self._held.pop(flow.id, None)  # sent nowhere
+        redact_credentials(req.headers)
+        called = req.pretty_url
+        req.url = url
+        if flow.server_conn.via:  # --mode upstream: the relay is ours, on loopback
+            flow.server_conn = connection.Server(address=(req.host, req.port))
+        req.headers["content-length"] = "0"  # what reaches the relay: nothing
+        req.stream = _dropped
+        flow.comment = f"detour: rejected (413) before reading {called}: {message}"
+        flow.marked = MARK
+        self._record(row, None)
 
     def _restore(self, flow: http.HTTPFlow, held: dict[str, list[str]]) -> None:
         """The client's credentials go back on a flow that goes to its vendor untouched."""
@@ -534,6 +569,11 @@ def _retarget(req: http.Request, origin: str) -> None:
     prefix = u.path.rstrip("/")
     if prefix:
         req.path = prefix + req.path
+
+
+def _dropped(chunk: bytes) -> list[bytes]:
+    """A request stream callable that lets nothing through (mitmproxy sends none of it)."""
+    return []
 
 
 def _too_large(limit: int) -> str:

@@ -47,6 +47,8 @@ class RelayServer:
         self._jobs: dict[str, tuple[Job, float]] = {}
         self._by_flow: dict[str, str] = {}
         self._running: dict[str, tuple[asyncio.Task, Job]] = {}  # flow id -> its work
+        # token -> an answer made before the request was read (status, headers, body, born)
+        self._answers: dict[str, tuple[int, dict[str, str], bytes, float]] = {}
         self._next = 0
 
     async def start(self) -> None:
@@ -79,6 +81,18 @@ class RelayServer:
         token = secrets.token_urlsafe(24)
         self._jobs[token] = (job, time.monotonic())
         self._by_flow[job.flow_id] = token
+        return self._url(token)
+
+    def answer(self, status: int, headers: dict[str, str], body: bytes) -> str:
+        """A one-time URL answered with this, whatever its request's body: a request refused
+        before mitmproxy read its body is sent here, its body streamed and dropped on the way
+        (never held), and the client gets the answer in its own format."""
+        self._sweep()
+        token = secrets.token_urlsafe(24)
+        self._answers[token] = (status, headers, body, time.monotonic())
+        return self._url(token)
+
+    def _url(self, token: str) -> str:
         port = self.ports[self._next % len(self.ports)]
         self._next += 1
         return f"http://127.0.0.1:{port}/relay/{token}"
@@ -109,6 +123,9 @@ class RelayServer:
                 self._by_flow.pop(job.flow_id, None)
                 job.row.error = "never delivered to the relay"
                 self.finished(job)
+        for token, answer in list(self._answers.items()):
+            if now - answer[3] > JOB_TTL:
+                del self._answers[token]
 
     # ------------------------------------------------------------ the HTTP side
 
@@ -133,6 +150,14 @@ class RelayServer:
             return False
         token = path.removeprefix("/relay/")
         entry = self._jobs.pop(token, None) if path.startswith("/relay/") else None
+        answer = self._answers.pop(token, None) if entry is None else None
+        if answer is not None:
+            status, headers, body, _ = answer
+            http.write_head(status, headers, len(body))
+            http.write_data(body)
+            http.end()
+            await http.drain()
+            return True
         if entry is None:
             http.write_head(404, {}, 0)
             http.end()
