@@ -113,6 +113,13 @@ class Mitmdump:
     def cpu_seconds(self) -> float:
         return cpu_of_pid(self.proc.pid)
 
+    def peak_rss_mb(self) -> float:
+        """The process's peak resident memory so far (VmHWM, Linux), in MB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM in /proc/PID/status")
+
     def stop(self) -> int | None:
         if self.proc is None:
             return None

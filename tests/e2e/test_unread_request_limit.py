@@ -3,8 +3,6 @@ refused before mitmproxy reads that body (it used to hold all of it before the r
 the client gets a 413 in its own format, the call its usage row, and the proxy's peak memory
 does not grow by the body's size."""
 
-from pathlib import Path
-
 import pytest
 
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, start_proxy
@@ -32,14 +30,6 @@ limits: {{request_body: {LIMIT}}}
     p.mitm.stop()
 
 
-def peak_kb(pid: int) -> int:
-    """The process's peak resident memory (VmHWM), in kB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def lazy_body(megabytes: int):
     """A JSON body of about `megabytes` MiB, made as it is sent (never whole in memory)."""
     yield b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "pad": "'
@@ -59,12 +49,12 @@ def size_of(megabytes: int) -> int:
 def test_a_declared_body_past_the_limit_is_refused_unread(proxy, fake_openai, url, headers,
                                                           megabytes):
     fake_openai.clear()
-    before = peak_kb(proxy.mitm.proc.pid)
+    before = proxy.mitm.peak_rss_mb()
     with proxy.client(timeout=120) as c:
         r = c.post(url, content=lazy_body(megabytes),
                    headers=dict(headers, **{"content-type": "application/json",
                                             "content-length": str(size_of(megabytes))}))
-    grown_mb = (peak_kb(proxy.mitm.proc.pid) - before) / 1024
+    grown_mb = proxy.mitm.peak_rss_mb() - before
     assert r.status_code == 413, r.text
     error = r.json()["error"]
     if url == ANTHROPIC_URL:

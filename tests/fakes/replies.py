@@ -15,6 +15,7 @@ the request asked (`"stream": true`). Queue them with `fake.enqueue(reply, ...)`
 | `StreamError(after, then)` | `then`'s first events, then an in-stream error | an error status |
 | `Stall(seconds, then)` | nothing for `seconds` (no status line), then `then` or a close | same |
 | `Linger(seconds, then)` | `then`'s events, then `seconds` before the end of the response | `then` |
+| `Raw(body or pieces)` | the bytes as given: a whole body, or pieces `delay` apart (endless ok) | same |
 
 Token usage nobody set is computed deterministically (see `Usage`).
 """
@@ -22,7 +23,7 @@ Token usage nobody set is computed deterministically (see `Usage`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 DEFAULT_PIECES = 3
@@ -231,8 +232,23 @@ class Linger:
     then: Text | ToolCall | ToolCalls | Events = field(default_factory=lambda: Text("lingering"))
 
 
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """Bytes written as they are, whatever the request asked (misbehaving providers): `body`
+    whole with a Content-Length, or, when `pieces` is given, each piece written on its own
+    (chunked), `delay` seconds apart; `pieces` may be an endless iterator (a trickle, a line
+    that never ends), which the fake writes until the client goes. `headers` (content-type,
+    content-encoding, ...) are sent as given."""
+
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+    body: bytes = b""
+    pieces: Iterable[bytes] | None = None
+    delay: float = 0.0
+
+
 Reply = (Text | ToolCall | ToolCalls | Events | Status | Garbage | CutAfter | StreamError | Stall
-         | Linger)
+         | Linger | Raw)
 
 
 # --- what the fakes render: a content reply with every figure resolved ---------------------

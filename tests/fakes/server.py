@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import h11
 
-from .replies import (CutAfter, Events, Garbage, Linger, Reply, Stall, Status, StreamError,
-                      Text, ToolCall, ToolCalls, Usage)
+from .replies import (CutAfter, Events, Garbage, Linger, Raw, Reply, Stall, Status,
+                      StreamError, Text, ToolCall, ToolCalls, Usage)
 from .selfsigned import loopback_certs
 
 JSON_TYPE = "application/json"
@@ -328,7 +328,7 @@ class FakeServer:
         its body does not take one); then the default applies again."""
         for reply in replies:
             if not isinstance(reply, (Text, ToolCall, ToolCalls, Events, Status, Garbage,
-                                      CutAfter, StreamError, Stall, Linger)):
+                                      CutAfter, StreamError, Stall, Linger, Raw)):
                 raise TypeError(f"not a reply: {reply!r}")
         with self._lock:
             self._queue.extend(replies)
@@ -392,6 +392,11 @@ class FakeServer:
         if isinstance(reply, Garbage):
             content_type = reply.content_type or (SSE_TYPE if stream else JSON_TYPE)
             return Whole(reply.status, self.headers(content_type), reply.body)
+        if isinstance(reply, Raw):
+            headers = make_headers(None, reply.headers)
+            if reply.pieces is None:
+                return Whole(reply.status, headers, reply.body)
+            return Stream(reply.status, headers, reply.pieces, delay=reply.delay)
         if isinstance(reply, Stall):
             then = self.plan_reply(reply.then, received, stream) if reply.then else None
             return Hold(reply.seconds, then)
