@@ -21,13 +21,13 @@ from typing import Any
 import httpx
 import orjson
 
+from addons.call import Call
 from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.decoding import BoundedDecoder, TooLarge
 from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
                             retry_after_seconds)
 from addons.scrubber import SecretScrubber, credentials_of
 from addons.transport import StreamsTransport, ssl_context
-from addons.usage import UsageRow
 from translators import anthropic, canonical, openai_chat, passthrough
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ PASSTHROUGH_TIMEOUTS = Timeouts()
 
 @dataclass
 class Job:
-    """One intercepted model call and what happened to it."""
+    """One intercepted model call's request, as the forwarder needs it; what happens to it is
+    told to its `call`, the usage row's only writer."""
 
     flow_id: str
     client_format: str
@@ -83,11 +84,7 @@ class Job:
     model: str
     stream: bool
     candidates: list[Candidate]
-    row: UsageRow
-    started: float = field(default_factory=time.perf_counter)
-    # the client-format final event (Anthropic message_stop, Chat [DONE]) was handed to the
-    # client: the call succeeded, even if the client leaves before the provider's stream ends
-    delivered: bool = False
+    call: Call
     _canonical: canonical.Request | None = None
     # what build() made of each candidate (id(candidate) -> build's answer), so that the
     # check before routing and the send encode once
@@ -96,6 +93,16 @@ class Job:
     dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # candidates left out before any was tried, and why: "provider/account: reason"
     unfit: list[str] = field(default_factory=list)
+
+    @property
+    def row(self):
+        """The call's usage row as it stands (to read: the call writes it)."""
+        return self.call.row
+
+    @property
+    def delivered(self) -> bool:
+        """The client has the answer's final event (see Call.delivered)."""
+        return self.call.delivered
 
     def canonical(self) -> canonical.Request:
         """The client's request in canonical form, decoded once, only if a translated candidate
@@ -537,12 +544,11 @@ class Forwarder:
                                 reason, cause)
 
     def _record(self, job: Job, attempts: list[Attempt]) -> None:
-        job.row.attempts = sum(a.tried for a in attempts)
-        job.row.route = [
+        job.call.routed(sum(a.tried for a in attempts), [
             {k: v for k, v in vars(a).items()
              if v is not None and v is not False and k not in ("key", "retry_after")}
             for a in attempts
-        ]
+        ])
 
     def _failure(self, job: Job, attempts: list[Attempt]) -> Failure:
         """What the client is told when no candidate answered: from what actually happened."""
@@ -578,7 +584,7 @@ class Forwarder:
         try:
             opened = await self.open(job)
         except Failure as f:
-            return self._failure_response(job, f)
+            return self.failure_response(job, f)
         resp, data = opened.whole, opened.data
         if opened.is_sse:
             # asked for a whole answer, got a stream: fold it
@@ -588,7 +594,7 @@ class Forwarder:
                     events += dec.feed(chunk)
                 resp = canonical.collect_response(events + dec.close())
             except (httpx.HTTPError, canonical.TranslationError) as e:
-                return self._failure_response(job, Failure(
+                return self.failure_response(job, Failure(
                     502, f"detour: {opened.candidate.key} broke off its answer: {e!r}"))
             finally:
                 await opened.response.aclose()
@@ -597,13 +603,14 @@ class Forwarder:
             body = data  # same format: the provider's bytes, untouched
         else:
             body = dump_json(client_mod.encode_response(answer_shape(job).response(resp)))
-        job.row.status = 200
+        job.call.status(200)
         return 200, {"content-type": client_mod.JSON_CONTENT_TYPE,
                      "x-detour-route": opened.candidate.public_name}, body
 
-    def _failure_response(self, job: Job, f: Failure) -> tuple[int, dict[str, str], bytes]:
-        job.row.status = f.status
-        job.row.error = message = self.scrub(job, f.message)
+    def failure_response(self, job: Job, f: Failure) -> tuple[int, dict[str, str], bytes]:
+        """The whole error answer in the client's format (told to the call)."""
+        message = self.scrub(job, f.message)
+        job.call.failed(message, f.status)
         headers = {"content-type": "application/json"}
         if f.retry_after is not None:
             headers["retry-after"] = str(max(1, round(f.retry_after)))
@@ -656,12 +663,12 @@ class Forwarder:
                         out += encoder.encode(ev)
                 if check is not None and check.broken is not None:
                     # nothing after the break reaches the client, nor is read any further
-                    yield out + self._stream_error(job, None, check.broken.kind, error)
+                    yield out + self.stream_error(job, None, check.broken.kind, error)
                     return
                 if out:
                     yield out
                     if final and error is None:
-                        job.delivered = True
+                        job.call.deliver()
                 try:
                     chunk = await anext(opened.chunks)
                 except StopAsyncIteration:
@@ -680,24 +687,25 @@ class Forwarder:
                     out += encoder.encode(ev)
             if check is not None and check.broken is not None:
                 # the vendor's stream ended early without saying so: tell the client
-                out += self._stream_error(job, None, check.broken.kind, error)
+                out += self.stream_error(job, None, check.broken.kind, error)
             if out:
                 yield out
         except httpx.HTTPError as e:
             error = f"{cand.key} broke off the stream: " + (
                 str(e) if isinstance(e, AnswerLimit) else type(e).__name__)
-            yield self._stream_error(job, encoder, "api_error", error)
+            yield self.stream_error(job, encoder, "api_error", error)
         except (ValueError, canonical.TranslationError) as e:
             error = f"{cand.key} sent an answer detour cannot translate: {e}"
-            yield self._stream_error(job, encoder, "api_error", error)
+            yield self.stream_error(job, encoder, "api_error", error)
         finally:
             await opened.response.aclose()
             if opened.is_sse:
                 self.account(job, cand, decoder.usage, None)
             if error:
-                job.row.error = self.scrub(job, error)  # logged with the flow (intercept.py)
+                job.call.failed(self.scrub(job, error))  # logged with the flow (intercept.py)
 
-    def _stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
+    def stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
+        """One error event in the client's format, ending a stream already under way."""
         if encoder is None:
             # bytes passed through untouched: a fresh encoder, whose grammar allows an error
             # event anywhere a stream can be
@@ -731,19 +739,12 @@ class Forwarder:
         return dataclasses.replace(ev, message=self.scrub(job, ev.message))
 
     def account(self, job: Job, cand: Candidate, usage: canonical.Usage, model: str | None) -> None:
-        row = job.row
-        row.provider = cand.provider_name if cand.provider else _host_of(job.vendor_url)
-        row.account = cand.account_label
-        row.model_upstream = model or cand.model
-        self.set_usage(row, usage)
+        job.call.answered_by(cand.provider_name if cand.provider else _host_of(job.vendor_url),
+                             cand.account_label, model or cand.model)
+        self.set_usage(job.call, usage)
 
-    def set_usage(self, row: UsageRow, usage: canonical.Usage) -> None:
-        row.input_tokens = usage.input_tokens
-        row.output_tokens = usage.output_tokens
-        row.cache_read_tokens = usage.cache_read_tokens
-        row.cache_write_tokens = usage.cache_write_tokens
-        row.reasoning_tokens = usage.reasoning_tokens
-        row.cost_usd = self.cost(row.model_upstream, usage)
+    def set_usage(self, call: Call, usage: canonical.Usage) -> None:
+        call.used(usage, self.cost(call.row.model_upstream, usage))
 
     def cost(self, model: str, usage: canonical.Usage) -> float | None:
         price = self.config.prices.get(model)
