@@ -21,13 +21,15 @@ from typing import Any
 import httpx
 import orjson
 
+from addons.call import Call
 from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.decoding import BoundedDecoder, TooLarge
+from addons.failure_policy import (AUTH_SECONDS, DURATIONS, Duration, Failed, Verdict, Weight,
+                                   skipped_weight, verdict)
 from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
                             retry_after_seconds)
 from addons.scrubber import SecretScrubber, credentials_of
 from addons.transport import StreamsTransport, ssl_context
-from addons.usage import UsageRow
 from translators import anthropic, canonical, openai_chat, passthrough
 
 log = logging.getLogger(__name__)
@@ -56,23 +58,18 @@ HOP_BY_HOP = frozenset({
 ANTHROPIC_FORWARDED = ("anthropic-version", "anthropic-beta")
 MAX_ERROR_BODY = 64 * 1024
 DRAIN_SECONDS = 0.05  # how long a failed stream's end is awaited (to keep its connection)
-AUTH_COOLDOWN = 600.0
 SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
 # stream events that do not yet commit a provider to an answer: an error may still follow
 NOT_CONTENT = (canonical.MessageStart, canonical.Ping)
-# an in-stream error kind -> the rest it earns (any other kind is transient: api_error,
-# overloaded_error, timeout_error, ...)
-REST_OF_KIND = {"rate_limit_error": Rest.RATE_LIMIT, "billing_error": Rest.QUOTA,
-                "authentication_error": Rest.AUTH, "permission_error": Rest.AUTH}
-# in-stream error kinds that blame the request, not the account
-REQUEST_KINDS = frozenset({"invalid_request_error", "not_found_error", "request_too_large"})
-REQUEST_REFUSED = (400, 404, 413, 422)
 PASSTHROUGH_TIMEOUTS = Timeouts()
+# Attempt fields that are bookkeeping, not the route story a usage row keeps
+NOT_IN_ROUTE = frozenset({"key", "retry_after", "failed", "verdict", "weight"})
 
 
 @dataclass
 class Job:
-    """One intercepted model call and what happened to it."""
+    """One intercepted model call's request, as the forwarder needs it; what happens to it is
+    told to its `call`, the usage row's only writer."""
 
     flow_id: str
     client_format: str
@@ -83,11 +80,7 @@ class Job:
     model: str
     stream: bool
     candidates: list[Candidate]
-    row: UsageRow
-    started: float = field(default_factory=time.perf_counter)
-    # the client-format final event (Anthropic message_stop, Chat [DONE]) was handed to the
-    # client: the call succeeded, even if the client leaves before the provider's stream ends
-    delivered: bool = False
+    call: Call
     _canonical: canonical.Request | None = None
     # what build() made of each candidate (id(candidate) -> build's answer), so that the
     # check before routing and the send encode once
@@ -96,6 +89,16 @@ class Job:
     dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # candidates left out before any was tried, and why: "provider/account: reason"
     unfit: list[str] = field(default_factory=list)
+
+    @property
+    def row(self):
+        """The call's usage row as it stands (to read: the call writes it)."""
+        return self.call.row
+
+    @property
+    def delivered(self) -> bool:
+        """The client has the answer's final event (see Call.delivered)."""
+        return self.call.delivered
 
     def canonical(self) -> canonical.Request:
         """The client's request in canonical form, decoded once, only if a translated candidate
@@ -120,8 +123,13 @@ class Attempt:
     despite_rest: bool = False  # resting for a transient failure, asked since all others rest
     over_budget: bool = False  # a whole call out of its total time: the route stops there
     unreachable: bool = False  # no connection could be made (refused, no route, TLS failure)
-    key: str = field(default="", repr=False)  # its cooldown key (not part of the route story)
+    # not part of the route story:
+    key: str = field(default="", repr=False)  # its cooldown key
     retry_after: float | None = field(default=None, repr=False)  # a 429's Retry-After
+    failed: Failed | None = field(default=None, repr=False)  # how, when not by a status
+    # what its failure (or, skipped, its rest) means: failure_policy.py
+    verdict: Verdict | None = field(default=None, repr=False)
+    weight: Weight = field(default=Weight.FAILED, repr=False)
 
     @property
     def tried(self) -> bool:
@@ -329,6 +337,7 @@ class Forwarder:
                 left = rest.until - time.monotonic()
                 att.skipped = True
                 att.rest = rest.reason.value
+                att.weight = skipped_weight(rest.reason)
                 att.error = f"cooling down for {left:.0f}s" + (
                     f" after {rest.cause}" if rest.cause else "")
                 if rest.reason is Rest.TRANSIENT and (spare is None or rest.until < spare[0]):
@@ -340,9 +349,9 @@ class Forwarder:
                 return opened
             if att.over_budget:
                 break
-            if att.status in REQUEST_REFUSED:
+            if att.verdict is not None and att.verdict.skip_provider:
                 # the request itself was refused: another account of the same provider would
-                # refuse it too, and no account deserves a cooldown for it
+                # refuse it too
                 skip_provider.add(cand.provider_name)
         else:
             if spare is not None and spare[1].provider_name not in skip_provider:
@@ -374,6 +383,7 @@ class Forwarder:
         except canonical.TranslationError as e:
             att.error = f"cannot translate the request: {e}"
             att.status = 400
+            att.failed = Failed.UNTRANSLATABLE
             return None
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
@@ -401,16 +411,21 @@ class Forwarder:
             att.timed_out = True
             if job.stream:
                 att.error = f"no answer within {budget:g}s (timeouts.first_byte)"
+                att.failed = Failed.NO_ANSWER_IN_TIME
             else:
                 att.error = f"no complete answer within {budget:g}s (timeouts.total)"
                 att.over_budget = True
+                att.failed = Failed.OVER_BUDGET
         except httpx.TimeoutException as e:
             att.error = f"timed out ({type(e).__name__})"
+            att.failed = Failed.TIMEOUT
         except httpx.ConnectError as e:
             att.error = _connect_failure(e)
             att.unreachable = True
+            att.failed = Failed.UNREACHABLE
         except httpx.HTTPError as e:
             att.error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            att.failed = Failed.BROKEN
         except BaseException:
             if resp is not None:
                 await resp.aclose()
@@ -418,6 +433,7 @@ class Forwarder:
         else:
             if opened is not None:
                 return opened
+            att.failed = Failed.BAD_ANSWER
         if resp is not None:
             await resp.aclose()
         return None
@@ -502,47 +518,34 @@ class Forwarder:
                 return None
 
     def _cool(self, cand: Candidate, att: Attempt) -> None:
-        """Rest a failed candidate by what went wrong: a 429 or rate-limit event as the
-        provider asks (else cooldown_seconds), 401/403 ten minutes (not passthrough: the
+        """Rest a failed candidate as failure_policy.py says: a 429 or rate-limit event as the
+        provider asks (else cooldown_seconds), 401/403 for AUTH_SECONDS (not passthrough: the
         client's own key is the client's to fix), a refused request or an answer cut by the
         whole-call budget not at all, anything else (5xx, timeouts, refused connections,
         unreadable answers, error events) a short backoff that grows while it keeps failing."""
-        status = att.status or 0
-        if att.stream_error is not None:
-            if att.stream_error in REQUEST_KINDS:
-                return
-            reason = REST_OF_KIND.get(att.stream_error, Rest.TRANSIENT)
-        elif status in (401, 403):
-            reason = Rest.AUTH
-        elif status == 429:
-            quota = "quota" in (att.error or "").lower()
-            reason = Rest.QUOTA if quota else Rest.RATE_LIMIT
-        elif status == 402:
-            reason = Rest.QUOTA
-        elif 300 <= status < 500 and status != 408 or att.over_budget:
-            return
-        else:
-            reason = Rest.TRANSIENT
-        if reason is Rest.AUTH and cand.provider is None:
+        v = att.verdict = verdict(att.status, att.stream_error, att.failed, att.error or "")
+        att.weight = v.weight
+        reason = v.rest
+        if reason is None or reason is Rest.AUTH and cand.provider is None:
             return
         cause = att.cause()[:200]
         att.rest = reason.value
-        if reason is Rest.TRANSIENT:
+        duration = DURATIONS[reason]
+        if duration is Duration.BACKOFF:
             self.cooldowns.fail_transient(att.key, self.config.cooldown_seconds, cause)
-        elif reason is Rest.AUTH:
-            self.cooldowns.cool(att.key, AUTH_COOLDOWN, reason, cause)
+        elif duration is Duration.AUTH:
+            self.cooldowns.cool(att.key, AUTH_SECONDS, reason, cause)
         else:
             after = att.retry_after
             self.cooldowns.cool(att.key, self.config.cooldown_seconds if after is None else after,
                                 reason, cause)
 
     def _record(self, job: Job, attempts: list[Attempt]) -> None:
-        job.row.attempts = sum(a.tried for a in attempts)
-        job.row.route = [
+        job.call.routed(sum(a.tried for a in attempts), [
             {k: v for k, v in vars(a).items()
-             if v is not None and v is not False and k not in ("key", "retry_after")}
+             if v is not None and v is not False and k not in NOT_IN_ROUTE}
             for a in attempts
-        ]
+        ])
 
     def _failure(self, job: Job, attempts: list[Attempt]) -> Failure:
         """What the client is told when no candidate answered: from what actually happened."""
@@ -551,18 +554,18 @@ class Forwarder:
         message = f"detour: no provider answered {job.model!r}: {detail}"
         if not attempts:
             return Failure(502, message)
-        if any(a.over_budget for a in tried):
+        weights = [a.weight for a in tried]
+        if Weight.OVER_BUDGET in weights:
             return Failure(504, message)
-        refused = [a.status for a in tried if a.status in REQUEST_REFUSED]
-        if refused and len(refused) == len(tried):
-            return Failure(refused[-1], message)
-        if all(a.rest in (Rest.RATE_LIMIT.value, Rest.QUOTA.value) for a in attempts):
+        if tried and all(w is Weight.REFUSED for w in weights):
+            return Failure(tried[-1].status or 400, message)
+        if all(a.weight is Weight.LIMIT for a in attempts):
             # every account is resting for its limits: come back when the first one wakes
             waits = [w for a in attempts if (w := self.cooldowns.remaining(a.key)) > 0]
             return Failure(429, message, retry_after=min(waits) if waits else None)
-        if tried and all(a.timed_out for a in tried):
+        if tried and all(w is Weight.TIMEOUT for w in weights):
             return Failure(504, message)
-        if tried and all(a.unreachable for a in tried):
+        if tried and all(w is Weight.UNREACHABLE for w in weights):
             return Failure(502, message, worth_retrying=False)
         return Failure(502, message)
 
@@ -578,7 +581,7 @@ class Forwarder:
         try:
             opened = await self.open(job)
         except Failure as f:
-            return self._failure_response(job, f)
+            return self.failure_response(job, f)
         resp, data = opened.whole, opened.data
         if opened.is_sse:
             # asked for a whole answer, got a stream: fold it
@@ -588,7 +591,7 @@ class Forwarder:
                     events += dec.feed(chunk)
                 resp = canonical.collect_response(events + dec.close())
             except (httpx.HTTPError, canonical.TranslationError) as e:
-                return self._failure_response(job, Failure(
+                return self.failure_response(job, Failure(
                     502, f"detour: {opened.candidate.key} broke off its answer: {e!r}"))
             finally:
                 await opened.response.aclose()
@@ -597,13 +600,14 @@ class Forwarder:
             body = data  # same format: the provider's bytes, untouched
         else:
             body = dump_json(client_mod.encode_response(answer_shape(job).response(resp)))
-        job.row.status = 200
+        job.call.status(200)
         return 200, {"content-type": client_mod.JSON_CONTENT_TYPE,
                      "x-detour-route": opened.candidate.public_name}, body
 
-    def _failure_response(self, job: Job, f: Failure) -> tuple[int, dict[str, str], bytes]:
-        job.row.status = f.status
-        job.row.error = message = self.scrub(job, f.message)
+    def failure_response(self, job: Job, f: Failure) -> tuple[int, dict[str, str], bytes]:
+        """The whole error answer in the client's format (told to the call)."""
+        message = self.scrub(job, f.message)
+        job.call.failed(message, f.status)
         headers = {"content-type": "application/json"}
         if f.retry_after is not None:
             headers["retry-after"] = str(max(1, round(f.retry_after)))
@@ -656,12 +660,12 @@ class Forwarder:
                         out += encoder.encode(ev)
                 if check is not None and check.broken is not None:
                     # nothing after the break reaches the client, nor is read any further
-                    yield out + self._stream_error(job, None, check.broken.kind, error)
+                    yield out + self.stream_error(job, None, check.broken.kind, error)
                     return
                 if out:
                     yield out
                     if final and error is None:
-                        job.delivered = True
+                        job.call.deliver()
                 try:
                     chunk = await anext(opened.chunks)
                 except StopAsyncIteration:
@@ -680,24 +684,25 @@ class Forwarder:
                     out += encoder.encode(ev)
             if check is not None and check.broken is not None:
                 # the vendor's stream ended early without saying so: tell the client
-                out += self._stream_error(job, None, check.broken.kind, error)
+                out += self.stream_error(job, None, check.broken.kind, error)
             if out:
                 yield out
         except httpx.HTTPError as e:
             error = f"{cand.key} broke off the stream: " + (
                 str(e) if isinstance(e, AnswerLimit) else type(e).__name__)
-            yield self._stream_error(job, encoder, "api_error", error)
+            yield self.stream_error(job, encoder, "api_error", error)
         except (ValueError, canonical.TranslationError) as e:
             error = f"{cand.key} sent an answer detour cannot translate: {e}"
-            yield self._stream_error(job, encoder, "api_error", error)
+            yield self.stream_error(job, encoder, "api_error", error)
         finally:
             await opened.response.aclose()
             if opened.is_sse:
                 self.account(job, cand, decoder.usage, None)
             if error:
-                job.row.error = self.scrub(job, error)  # logged with the flow (intercept.py)
+                job.call.failed(self.scrub(job, error))  # logged with the flow (intercept.py)
 
-    def _stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
+    def stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
+        """One error event in the client's format, ending a stream already under way."""
         if encoder is None:
             # bytes passed through untouched: a fresh encoder, whose grammar allows an error
             # event anywhere a stream can be
@@ -731,19 +736,12 @@ class Forwarder:
         return dataclasses.replace(ev, message=self.scrub(job, ev.message))
 
     def account(self, job: Job, cand: Candidate, usage: canonical.Usage, model: str | None) -> None:
-        row = job.row
-        row.provider = cand.provider_name if cand.provider else _host_of(job.vendor_url)
-        row.account = cand.account_label
-        row.model_upstream = model or cand.model
-        self.set_usage(row, usage)
+        job.call.answered_by(cand.provider_name if cand.provider else _host_of(job.vendor_url),
+                             cand.account_label, model or cand.model)
+        self.set_usage(job.call, usage)
 
-    def set_usage(self, row: UsageRow, usage: canonical.Usage) -> None:
-        row.input_tokens = usage.input_tokens
-        row.output_tokens = usage.output_tokens
-        row.cache_read_tokens = usage.cache_read_tokens
-        row.cache_write_tokens = usage.cache_write_tokens
-        row.reasoning_tokens = usage.reasoning_tokens
-        row.cost_usd = self.cost(row.model_upstream, usage)
+    def set_usage(self, call: Call, usage: canonical.Usage) -> None:
+        call.used(usage, self.cost(call.row.model_upstream, usage))
 
     def cost(self, model: str, usage: canonical.Usage) -> float | None:
         price = self.config.prices.get(model)

@@ -8,25 +8,28 @@
   mitmproxy's own connection, untouched; its usage is read on the way back (observe mode).
 - Any other model call becomes a `Job`: streamed ones are rerouted to the relay, whole ones
   are answered inline here.
+
+Each model call gets one `Call` (addons/call.py) the moment its path says it is one; the call
+writes its usage row once, however it ends. The interceptor keeps the calls still open, so
+that an internal error, a client leaving or the proxy stopping ends them too.
 """
 
 import asyncio
 import json
 import logging
-import time
 from urllib.parse import urlsplit
 
 import orjson
 from mitmproxy import command, connection, ctx, http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.forwarding import FORMATS, Forwarder, Job, internal_error
 from addons.routing import plan
 from addons.scrubber import CREDENTIAL_HEADERS, credentials_of
 from addons.settings import DetourSettings
-from addons.usage import UsageRow, now_iso
 from translators import canonical
 
 log = logging.getLogger(__name__)
@@ -57,13 +60,11 @@ def client_name(headers) -> str:
 class PassthroughTap:
     """Reads usage off a vendor's answer while mitmproxy forwards it untouched."""
 
-    __slots__ = ("row", "decoder", "started", "credentials", "broken")
+    __slots__ = ("call", "decoder", "broken")
 
-    def __init__(self, row: UsageRow, client_format: str, credentials: list[str]):
-        self.row = row
+    def __init__(self, call: Call, client_format: str):
+        self.call = call
         self.decoder = FORMATS[client_format].StreamDecoder()
-        self.started = time.perf_counter()
-        self.credentials = credentials  # the vendor may echo them in an error
         self.broken: str | None = None  # why usage stopped being read, if it did
 
     def __call__(self, chunk: bytes) -> bytes:
@@ -75,7 +76,7 @@ class PassthroughTap:
                 self.decoder.feed(chunk)
             except Exception as e:
                 self.broken = f"usage not read: {type(e).__name__}: {e}"[:300]
-                log.warning("detour: observing %s: %s", self.row.flow_id, self.broken,
+                log.warning("detour: observing %s: %s", self.call.flow_id, self.broken,
                             exc_info=not isinstance(e, canonical.TranslationError))
         return chunk
 
@@ -85,6 +86,7 @@ class Interceptor:
         self.settings = settings
         self._inline: dict[str, set[asyncio.Task]] = {}  # client connection id -> our tasks
         settings.on_finished(self._relay_finished)
+        settings.on_stopping(self._stopping)
         self._relay_flows: dict[str, http.HTTPFlow] = {}
         # passthrough flows being observed; not in flow.metadata, which mitmproxy saves with
         # the flow and can only hold plain data
@@ -96,9 +98,8 @@ class Interceptor:
         self._held: dict[str, dict[str, list[str]]] = {}
         self._due: dict[str, dict[str, list[str]]] = {}
         self._unredacted: dict[str, http.HTTPFlow] = {}
-        # model calls whose request hook is running: their row, for an internal error to record
-        self._deciding: dict[str, UsageRow] = {}
-        self._recorded: set[str] = set()  # ... of those, the ones already recorded
+        # model calls not yet finished, by flow id (a call leaves once it finished)
+        self._calls: dict[str, Call] = {}
 
     # ------------------------------------------------------------ operator command
 
@@ -107,14 +108,15 @@ class Interceptor:
         """detour's state as JSON: calls in flight, relay jobs, queued usage rows, resting
         accounts. Everything but the resting accounts is back to 0 when the proxy is idle."""
         rt = self.settings.runtime
-        relay = rt.relay
+        relay = rt.relay.stats() if rt.relay else {"jobs_waiting": 0, "jobs_running": 0}
         return json.dumps({
+            "open_calls": len(self._calls),
             "relayed_flows": len(self._relay_flows),
             "observed_flows": len(self._taps),
             "inline_calls": sum(len(t) for t in self._inline.values()),
-            "relay_jobs_waiting": len(relay._jobs) if relay else 0,
-            "relay_jobs_running": len(relay._running) if relay else 0,
-            "usage_rows_queued": rt.store.queued,
+            "relay_jobs_waiting": relay["jobs_waiting"],
+            "relay_jobs_running": relay["jobs_running"],
+            "usage_rows_queued": rt.store.stats()["rows_queued"],
             "cooling_down": {key: round(left) for key, left in rt.cooldowns.resting().items()},
         })
 
@@ -206,9 +208,6 @@ class Interceptor:
             await self._request(flow)
         except Exception as e:
             self._internal_error(flow, e)
-        finally:
-            self._deciding.pop(flow.id, None)
-            self._recorded.discard(flow.id)
 
     def _internal_error(self, flow: http.HTTPFlow, e: Exception) -> None:
         host = flow.metadata.get(META + ".host") or flow.request.pretty_host
@@ -218,16 +217,13 @@ class Interceptor:
                   flow.metadata.get(META, {}).get("url") or flow.request.pretty_url,
                   exc_info=e)
         message = internal_error(e)
-        row = self._deciding.get(flow.id)
-        fmt = row.client_format if row is not None else HOST_FORMATS[host]
+        # a flow not yet known as a model call has no call: it is answered, not counted
+        call = self._calls.get(flow.id)
+        fmt = call.row.client_format if call is not None else HOST_FORMATS[host]
         relayed = self._relay_flows.pop(flow.id, None)
-        if relayed is not None:  # handed to the relay already: withdrawn, recorded below
+        if relayed is not None:  # handed to the relay already: withdrawn, its call ended here
             self.settings.runtime.relay.withdraw(flow.id)
-        # a call not yet known as a model call (or already recorded) is answered, not counted
-        record = row is not None and flow.id not in self._recorded
-        if row is None:
-            row = UsageRow(now_iso(), flow.id, client_name(flow.request.headers), fmt, "", False)
-        self._reject(flow, fmt, row, 500, message, record=record)
+        self._reject(flow, fmt, call, 500, message)
 
     async def _request(self, flow: http.HTTPFlow):
         req = flow.request
@@ -245,65 +241,63 @@ class Interceptor:
                 _retarget(req, origin)
             self._restore(flow, held)
             return
-        row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
-        self._deciding[flow.id] = row
+        call = self._open_call(flow, fmt, held)
         if (bad := unsafe_header(req.headers)) is not None:
             # a client header is copied to the provider: a CR, LF or NUL in it would let the
             # client write headers of its own on the provider's wire
-            return self._reject(flow, fmt, row, 400,
+            return self._reject(flow, fmt, call, 400,
                                 f"header {bad!r}: a value holding CR, LF or NUL is not sent on")
         limits = rt.config.limits
         if len(req.raw_content or b"") > limits.request_body:
-            return self._reject(flow, fmt, row, 413, _too_large(limits.request_body))
+            return self._reject(flow, fmt, call, 413, _too_large(limits.request_body))
         try:
             raw = decode_whole(req.raw_content or b"", req.headers.get("content-encoding", ""),
                                limits.decompressed, "the request body once decompressed")
         except TooLarge as e:
-            return self._reject(flow, fmt, row, 413,
+            return self._reject(flow, fmt, call, 413,
                                 f"{e} (limits.decompressed in config.yaml)")
         except ValueError as e:
-            return self._reject(flow, fmt, row, 400, f"cannot decode the request body: {e}")
+            return self._reject(flow, fmt, call, 400, f"cannot decode the request body: {e}")
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as e:
-            return self._reject(flow, fmt, row, 400, f"the request body is not JSON: {e}")
+            return self._reject(flow, fmt, call, 400, f"the request body is not JSON: {e}")
         if not isinstance(body, dict):
-            return self._reject(flow, fmt, row, 400, "the request body must be a JSON object")
+            return self._reject(flow, fmt, call, 400, "the request body must be a JSON object")
         model = body.get("model")
         if not isinstance(model, str) or not model:
-            return self._reject(flow, fmt, row, 400, "model: a model name (string) is required")
-        row.model_requested = model
-        row.stream = body.get("stream") is True
+            return self._reject(flow, fmt, call, 400, "model: a model name (string) is required")
+        stream = body.get("stream") is True
+        call.requested(model, stream)
         config = rt.config
         candidates = plan(config, rt.providers, model)
         origin = config.vendor_origin(req.pretty_host)
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
-            return self._passthrough(flow, fmt, row, origin, held)
+            return self._passthrough(flow, fmt, call, origin, held)
         headers = {k.lower(): v for k, v in req.headers.items()} | _joined(held)
-        job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, row.stream, candidates,
-                  row)
+        job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, stream, candidates, call)
         # a request one candidate cannot take (translated: a field its format cannot hold) goes
         # on to the next; refused only when no candidate can take it
         job.candidates = [c for c in candidates if self._fits(job, c)]
         if not job.candidates:
-            return self._reject(flow, fmt, row, 400,
+            return self._reject(flow, fmt, call, 400,
                                 "no candidate can take this request: " + "; ".join(job.unfit))
         if all(c.provider is None for c in job.candidates):
-            self._passthrough(flow, fmt, row, origin, held)
+            self._passthrough(flow, fmt, call, origin, held)
             flow.comment += " | skipped: " + "; ".join(job.unfit)
-            row.route = [{"skipped": reason} for reason in job.unfit] + row.route
+            call.skipped_before_routing(job.unfit)
             return
-        flow.metadata[META] = {"client_format": fmt, "model": model, "stream": row.stream,
+        flow.metadata[META] = {"client_format": fmt, "model": model, "stream": stream,
                                "url": req.pretty_url}
         flow.marked = MARK
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
-        if row.stream:
+        if stream:
             relay = await self.settings.ready_relay()
             if relay is None:
-                return self._reject(flow, fmt, row, 503, "the relay is not running; try again")
+                return self._reject(flow, fmt, call, 503, "the relay is not running; try again")
             url = relay.submit(job)
             flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {req.pretty_url}"
             self._relay_flows[flow.id] = flow
@@ -314,6 +308,31 @@ class Interceptor:
             flow.request.content = raw
             return
         await self._inline_answer(flow, job)
+
+    def _open_call(self, flow: http.HTTPFlow, fmt: str, held: dict[str, list[str]]) -> Call:
+        """The call of a model call, kept until it finishes. Its row is scrubbed of the
+        configuration's secrets and of the client's own credentials (a vendor may echo them)."""
+        rt = self.settings.runtime
+        call = Call(flow.id, client_name(flow.request.headers), fmt, self._store,
+                    rt.forwarder.scrubber, credentials_of(_joined(held)))
+        self._calls[flow.id] = call
+        return call
+
+    def _store(self, row) -> None:
+        """A call finished: its row goes to the store, and the call out of what is open."""
+        self._calls.pop(row.flow_id, None)
+        self._taps.pop(row.flow_id, None)
+        self.settings.runtime.store.add(row)
+
+    def _stopping(self) -> None:
+        """The proxy stops (after the relay ended its jobs, before the store closes): every
+        call still open ends now."""
+        for tasks in self._inline.values():
+            for task in tasks:
+                task.cancel()
+        for call in list(self._calls.values()):
+            call.ended("proxy stopped")
+            call.finish()
 
     def _fits(self, job: Job, cand) -> bool:
         if cand.provider is None or not Forwarder.needs_translation(job, cand):
@@ -337,8 +356,9 @@ class Interceptor:
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # mitmproxy itself is shutting the hook down
-            job.row.error = "client-aborted"
-            self._finish(flow, job)
+            if not job.call.done:  # else the proxy stopping ended it
+                job.call.client_left()
+                self._finish(flow, job)
             return
         finally:
             tasks = self._inline.get(conn)
@@ -346,7 +366,7 @@ class Interceptor:
                 tasks.discard(task)
                 if not tasks:
                     del self._inline[conn]
-        job.row.ttfb_ms = job.row.latency_ms = _ms_since(job.started)
+        job.call.first_byte()
         headers[ID_HEADER] = flow.id
         flow.response = http.Response.make(status, body, headers)
         self._finish(flow, job)
@@ -383,30 +403,28 @@ class Interceptor:
             return
         tap = self._taps.pop(flow.id, None)
         if tap is not None:
-            tap.row.error = flow.error.msg if flow.error else "error"
-            self._record(tap.row, tap.started)
+            tap.call.failed(flow.error.msg if flow.error else "error")
+            tap.call.finish()
 
     def _relay_finished(self, job: Job) -> None:
         flow = self._relay_flows.pop(job.flow_id, None)
         if flow is not None:
             self._finish(flow, job)
         else:
-            self._record(job.row, job.started)
+            self._end(job)
 
     # ------------------------------------------------------------ passthrough (observe)
 
-    def _passthrough(self, flow: http.HTTPFlow, fmt: str, row: UsageRow, origin: str,
+    def _passthrough(self, flow: http.HTTPFlow, fmt: str, call: Call, origin: str,
                      held: dict[str, list[str]]) -> None:
-        row.provider = flow.request.pretty_host
-        row.account = "client"
-        row.model_upstream = row.model_requested
-        row.attempts = 1
-        row.route = [{"provider": PASSTHROUGH, "account": "client", "model": row.model_requested}]
+        model = call.row.model_requested
+        call.answered_by(flow.request.pretty_host, "client", model)
+        call.routed(1, [{"provider": PASSTHROUGH, "account": "client", "model": model}])
         if not origin.endswith("://" + flow.request.pretty_host):
             _retarget(flow.request, origin)  # a configured vendor override
         self._restore(flow, held)
-        self._taps[flow.id] = PassthroughTap(row, fmt, credentials_of(_joined(held)))
-        flow.comment = f"detour: {fmt} {row.model_requested} -> passthrough"
+        self._taps[flow.id] = PassthroughTap(call, fmt)
+        flow.comment = f"detour: {fmt} {model} -> passthrough"
 
     def _redact_sent(self, flow: http.HTTPFlow) -> None:
         """Once a vendor host's request has gone out, its credentials have no business in the
@@ -424,37 +442,38 @@ class Interceptor:
             self._observed(flow, tap)
         except Exception as e:  # the answer is the vendor's and goes on; its row is kept
             log.error("detour: internal error reading usage of %s", flow.id, exc_info=e)
-            tap.row.error = internal_error(e)
-            self._record(tap.row, tap.started)
+            if not tap.call.done:
+                tap.call.failed(internal_error(e))
+                tap.call.finish()
 
     def _observed(self, flow: http.HTTPFlow, tap: PassthroughTap) -> None:
-        row = tap.row
-        row.status = flow.response.status_code
+        call = tap.call
+        status = flow.response.status_code
+        call.status(status)
         if flow.response.stream:
             usage = None
             if tap.broken is None:
                 tap.decoder.close()
                 usage = tap.decoder.usage
         else:
-            usage = _usage_of_whole(row.client_format, flow.response)
+            usage = _usage_of_whole(call.row.client_format, flow.response)
         if usage is not None:
-            self.settings.runtime.forwarder.set_usage(row, usage)
-        if row.status >= 400:
-            row.error = self._scrubber().adding(tap.credentials).scrub(
-                flow.response.get_text(strict=False)[:300]) if not flow.response.stream \
-                else f"HTTP {row.status}"
-        if tap.broken and not row.error:
-            row.error = tap.broken
+            self.settings.runtime.forwarder.set_usage(call, usage)
+        if status >= 400:  # the vendor's words, scrubbed when the call finishes
+            call.failed(flow.response.get_text(strict=False)[:300]
+                        if not flow.response.stream else f"HTTP {status}")
+        if tap.broken:
+            call.ended(tap.broken)
         if flow.response.timestamp_start and flow.request.timestamp_start:
-            row.ttfb_ms = round((flow.response.timestamp_start
-                                 - flow.request.timestamp_start) * 1000, 2)
-        self._record(row, tap.started)
+            call.first_byte_at(round((flow.response.timestamp_start
+                                      - flow.request.timestamp_start) * 1000, 2))
+        call.finish()
 
     # ------------------------------------------------------------ endings
 
-    def _reject(self, flow, fmt: str, row: UsageRow, status: int, message: str,
-                record: bool = True) -> None:
-        """Bad input: an error in the client's own format; the proxy serves on."""
+    def _reject(self, flow, fmt: str, call: Call | None, status: int, message: str) -> None:
+        """Bad input: an error in the client's own format; the proxy serves on. The call (if
+        the flow is a model call, and not one already finished) ends with it."""
         mod = FORMATS[fmt]
         redact_credentials(flow.request.headers)
         flow.response = http.Response.make(status, mod.error_body(status, f"detour: {message}"),
@@ -462,28 +481,31 @@ class Interceptor:
                                             ID_HEADER: flow.id})
         flow.comment = f"detour: rejected ({status}): {message}"
         flow.marked = MARK
-        row.status, row.error = status, message
-        if record:
-            self._record(row, None)
+        if call is not None and not call.done:
+            call.failed(message, status)
+            call.finish()
+
+    def _end(self, job: Job):
+        """Finish a forwarded call, its route story told whole: what each asked candidate was
+        not sent, and the candidates left out before any was asked. Returns its row."""
+        job.call.noted_dropped(job.dropped)
+        job.call.skipped_before_routing(job.unfit)
+        return job.call.finish()
 
     def _finish(self, flow: http.HTTPFlow, job: Job) -> None:
-        row = job.row
-        self._scrub_row(row)  # before the comment and the flow's metadata show it
-        for attempt in row.route:  # what each asked candidate was not sent
-            dropped = job.dropped.get(f"{attempt.get('provider')}/{attempt.get('account')}")
-            if dropped and attempt.get("status"):
-                attempt["dropped"] = list(dropped)
+        row = self._end(job)  # scrubbed: the comment and the flow's metadata show it
+        if row is None:
+            return
         route = " -> ".join(
             f"{a['provider']}/{a['account']} {a.get('status') or a.get('error', '')}".strip()
             + (f" (dropped: {', '.join(a['dropped'])})" if a.get("dropped") else "")
-            for a in row.route)
+            for a in row.route if "provider" in a)
         if job.unfit:
             route = "skipped: " + "; ".join(job.unfit) + " | " + route
-            row.route[:0] = [{"skipped": reason} for reason in job.unfit]
         # a relayed flow shows the relay's address in mitmweb: say what the client called
         url = flow.metadata.get(META, {}).get("url")
         origin = f" (called {url})" if url and url != flow.request.pretty_url else ""
-        flow.comment = self._scrubber().scrub(
+        flow.comment = (
             f"detour: {job.client_format} {job.model}{origin} -> "
             f"{row.provider or '-'} ({row.model_upstream or '-'}) {row.status}"
             f" | {route}" + (f" | {row.error}" if row.error else ""))
@@ -496,28 +518,6 @@ class Interceptor:
             log.log(level, "detour: %s %s %s -> %s: %s", flow.request.method,
                     url or flow.request.pretty_url, job.model, row.status,
                     row.error.removeprefix("detour: "))
-        self._record(row, job.started)
-
-    def _record(self, row: UsageRow, started: float | None) -> None:
-        if started is not None and row.latency_ms is None:
-            row.latency_ms = _ms_since(started)
-        self._scrub_row(row)
-        if row.flow_id in self._deciding:
-            self._recorded.add(row.flow_id)
-        self.settings.runtime.store.add(row)
-
-    def _scrub_row(self, row: UsageRow) -> None:
-        """A row's text is the last sink of what providers wrote: scrubbed once more."""
-        scrub = self._scrubber().scrub
-        if row.error:
-            row.error = scrub(row.error)
-        for attempt in row.route:
-            for field in ("error", "skipped"):
-                if isinstance(attempt.get(field), str):
-                    attempt[field] = scrub(attempt[field])
-
-    def _scrubber(self):  # a method: mitmproxy reads every attribute when it collects commands
-        return self.settings.runtime.forwarder.scrubber
 
 
 class CredentialsPutBack:
@@ -579,10 +579,6 @@ def _dropped(chunk: bytes) -> list[bytes]:
 def _too_large(limit: int) -> str:
     return (f"the request body is larger than {limit} bytes "
             f"(limits.request_body in config.yaml)")
-
-
-def _ms_since(t0: float) -> float:
-    return round((time.perf_counter() - t0) * 1000, 2)
 
 
 def _usage_of_whole(fmt: str, response: http.Response) -> canonical.Usage | None:

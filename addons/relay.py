@@ -8,6 +8,11 @@ here the job's candidates are tried in order (a fallback is possible until the f
 committed) and the translated answer is written back chunk by chunk, which mitmproxy passes on
 (`stream = True`). Tokens are unguessable and single-use; anything else gets a 404.
 
+Every job is reported to `finished` exactly once, by whoever takes it out of the relay's
+books: the connection that served it, `cancel` (client gone before the relay was reached),
+`stop` (the proxy stopping) or the sweep (never delivered). `withdraw` reports nothing: the
+caller ends that call itself.
+
 Several ports, because mitmproxy opens at most 5 concurrent connections per (client
 connection, upstream address): an HTTP/2 client's parallel streams would queue behind that.
 """
@@ -40,7 +45,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 class RelayServer:
     def __init__(self, forwarder: Forwarder, finished: Callable[[Job], None], ports: int = 8):
         self.forwarder = forwarder
-        self.finished = finished  # called once per job, whatever happened (records usage)
+        self.finished = finished  # called once per job, whatever happened (ends its call)
         self.n_ports = ports
         self.ports: list[int] = []
         self._servers: list[asyncio.Server] = []
@@ -58,22 +63,28 @@ class RelayServer:
             self.ports.append(server.sockets[0].getsockname()[1])
 
     def stop(self) -> None:
-        """Synchronous, for mitmproxy's `done`: every job still open is recorded now, while the
-        usage store can still take it (`finished` must tolerate a second call for the same
-        job, which the cancelled task may still make)."""
+        """Synchronous, for mitmproxy's `done`: every job still open is reported now, while the
+        usage store can still take its row (the cancelled tasks find their job gone from the
+        books and report nothing more)."""
         for server in self._servers:
             server.close()
-        for task, job in list(self._running.values()):
-            job.row.error = job.row.error or "proxy stopped mid-answer"
+        running = list(self._running.values())
+        self._running.clear()
+        for task, job in running:
+            job.call.ended("proxy stopped mid-answer")
             self.finished(job)
             task.cancel()
         for job, _ in self._jobs.values():
-            job.row.error = job.row.error or "proxy stopped before the relay was reached"
+            job.call.ended("proxy stopped before the relay was reached")
             self.finished(job)
         self._running.clear()
         self._jobs.clear()
         self._by_flow.clear()
         self._servers.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Jobs handed to the relay that mitmproxy has not delivered yet, and jobs being served."""
+        return {"jobs_waiting": len(self._jobs), "jobs_running": len(self._running)}
 
     def submit(self, job: Job) -> str:
         """Register a job; returns the URL mitmproxy must send the flow to."""
@@ -102,7 +113,7 @@ class RelayServer:
         token = self._by_flow.pop(flow_id, None)
         if token and token in self._jobs:
             job, _ = self._jobs.pop(token)
-            job.row.error = job.row.error or "client-aborted before the relay was reached"
+            job.call.client_left(" before the relay was reached")
             self.finished(job)
         running = self._running.get(flow_id)
         if running is not None:
@@ -110,7 +121,7 @@ class RelayServer:
 
     def withdraw(self, flow_id: str) -> None:
         """Forget a job mitmproxy will not deliver (the flow was answered another way); its
-        row is the caller's to record."""
+        call is the caller's to end."""
         token = self._by_flow.pop(flow_id, None)
         if token is not None:
             self._jobs.pop(token, None)
@@ -121,7 +132,7 @@ class RelayServer:
             if now - born > JOB_TTL:
                 del self._jobs[token]
                 self._by_flow.pop(job.flow_id, None)
-                job.row.error = "never delivered to the relay"
+                job.call.failed("never delivered to the relay")
                 self.finished(job)
         for token, answer in list(self._answers.items()):
             if now - answer[3] > JOB_TTL:
@@ -174,55 +185,57 @@ class RelayServer:
         try:
             await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._running.pop(job.flow_id, None)
+            # still in the books: this connection reports the job (else `stop` did)
+            ours = self._running.pop(job.flow_id, None) is not None
         if not work.done():
             work.cancel()
             try:
                 await work
             except asyncio.CancelledError:
                 pass
-            if not job.row.error and not job.delivered:
-                # a client that leaves once the final event reached it (the OpenAI SDK closes
-                # at `data: [DONE]`) did not abort anything
-                job.row.error = "client-aborted"
-            self.finished(job)
+            if ours:
+                # a client that leaves once the final event reached it did not abort anything
+                job.call.client_left()
+                self.finished(job)
             return False
         gone.cancel()
         try:
             await gone
         except asyncio.CancelledError:
             pass
-        if work.cancelled():
+        if not ours:
             keep = False
-            if not job.delivered:
-                job.row.error = job.row.error or "client-aborted"
+        elif work.cancelled():
+            keep = False
+            job.call.client_left()
         elif work.exception() is not None:
             keep = False
             log.error("relay: serving %s failed", job.flow_id, exc_info=work.exception())
-            job.row.error = job.row.error or f"detour error: {work.exception()!r}"
+            job.call.ended(f"detour error: {work.exception()!r}")
         else:
             keep = work.result()
-        self.finished(job)
+        if ours:
+            self.finished(job)
         return bool(keep)
 
     async def _serve(self, job: Job, http: "RelayHttp") -> bool:
         """Fail closed: whatever goes wrong, the client gets an answer in its format (a 500
-        before the status line, a well-formed error event after it), and the job its row."""
+        before the status line, a well-formed error event after it), and its call the cause."""
         try:
             return await self._serve_job(job, http)
         except Exception as e:
             log.error("relay: internal error serving %s", job.flow_id, exc_info=e)
             message = internal_error(e)
-            job.row.error = message
+            job.call.failed(message)
             fwd = self.forwarder
             try:
                 if http.h11.our_state is h11.SEND_RESPONSE:
-                    status, headers, body = fwd._failure_response(job, Failure(500, message))
+                    status, headers, body = fwd.failure_response(job, Failure(500, message))
                     http.write_head(status, dict(headers, connection="close"), len(body))
                     http.write_data(body)
                     http.end()
                 elif http.h11.our_state is h11.SEND_BODY:
-                    http.write_data(fwd._stream_error(job, None, "api_error", message))
+                    http.write_data(fwd.stream_error(job, None, "api_error", message))
                     http.end()
                 await http.drain()
             except (ConnectionError, h11.LocalProtocolError):
@@ -234,20 +247,19 @@ class RelayServer:
         try:
             opened = await fwd.open(job)
         except Failure as f:
-            status, headers, body = fwd._failure_response(job, f)
+            status, headers, body = fwd.failure_response(job, f)
             http.write_head(status, headers, len(body))
             http.write_data(body)
             http.end()
             await http.drain()
             return True
-        job.row.status = 200
+        job.call.status(200)
         http.write_head(200, {"content-type": fwd.stream_content_type(job),
                               "cache-control": "no-cache",
                               "x-detour-route": opened.candidate.public_name}, None)
         turn = 0.0  # the first chunk goes out at once: time to first token is what users see
         async for data in fwd.stream(job, opened):
-            if job.row.ttfb_ms is None:
-                job.row.ttfb_ms = round((time.perf_counter() - job.started) * 1000, 2)
+            job.call.first_byte()
             http.write_data(data)
             await http.drain()
             # drain() does not yield while the buffer is small; a provider that answers faster

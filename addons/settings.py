@@ -64,6 +64,7 @@ class DetourSettings:
         self.runtime: Runtime | None = None
         self._refused_peers: set[str] = set()
         self._finished_hooks: list = []
+        self._stopping_hooks: list = []
         self._watch: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
         self._mtime: float | None = None
@@ -225,6 +226,8 @@ class DetourSettings:
         if rt.relay is not None:
             relay, rt.relay = rt.relay, None
             relay.stop()
+        for hook in self._stopping_hooks:  # the calls still open end while the store takes rows
+            hook()
         self._relay_started.clear()
         create_task(rt.forwarder.aclose(), name="detour http close", keep_ref=True)
         rt.store.close()
@@ -234,8 +237,13 @@ class DetourSettings:
             hook(job)
 
     def on_finished(self, hook) -> None:
-        """Register what runs when a relay job ends (the interceptor records it)."""
+        """Register what runs when a relay job ends (the interceptor ends its call)."""
         self._finished_hooks.append(hook)
+
+    def on_stopping(self, hook) -> None:
+        """Register what runs when the proxy stops, after the relay ended its jobs and before
+        the usage store closes."""
+        self._stopping_hooks.append(hook)
 
     async def _watch_config(self) -> None:
         """Hot reload: poll the file's mtime (cheap, and works on every filesystem). A change is

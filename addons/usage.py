@@ -88,11 +88,9 @@ class UsageRow:
     ttfb_ms: float | None = None
     error: str | None = None
     route: list[dict] = field(default_factory=list)
-    recorded: bool = False  # set once queued: a row is stored exactly once
 
     def as_record(self) -> dict:
         rec = asdict(self)
-        del rec["recorded"]
         rec["stream"] = int(self.stream)
         rec["route"] = json.dumps(self.route, separators=(",", ":"))
         return rec
@@ -149,14 +147,12 @@ class UsageStore:
         self.import_spill()
         _keep_reserve(path.parent / RESERVE_NAME)
 
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
+    def stats(self) -> dict[str, int]:
+        """Rows waiting to be written, and rows SQLite refused waiting to be set aside."""
+        return {"rows_queued": len(self._queue), "rows_rejected_waiting": len(self._rejected)}
 
     def add(self, row: UsageRow) -> None:
-        if row.recorded:
-            return
-        row.recorded = True
+        """Queue a row (its `Call` calls this once: the store does not de-duplicate)."""
         with self._lock:
             self._queue.append(row.as_record())
             full = len(self._queue) >= self.batch

@@ -13,7 +13,7 @@ import addons.intercept as intercept
 from addons.intercept import Interceptor, PassthroughTap
 from addons.relay import RelayServer
 from addons.settings import DetourSettings
-from addons.usage import UsageRow, now_iso
+from addons.call import Call
 
 CONFIG = """\
 providers:
@@ -67,7 +67,7 @@ async def test_a_bug_in_the_request_hook_answers_in_the_client_format(
     assert flow.response.headers["x-detour-id"] == flow.id
     assert flow.request.pretty_host == host  # not retargeted anywhere
     assert "[redacted]" in flow.request.headers["x-api-key"]
-    assert rt.store.queued == 1  # its usage row
+    assert rt.store.stats()["rows_queued"] == 1  # its usage row
 
 
 async def test_a_bug_after_the_relay_took_the_job_withdraws_it(detour, monkeypatch):
@@ -88,7 +88,7 @@ async def test_a_bug_after_the_relay_took_the_job_withdraws_it(detour, monkeypat
         assert flow.response.status_code == 500
         assert "detour internal error: OSError" in flow.response.text
         assert not rt.relay._jobs and not interceptor._relay_flows
-        assert rt.store.queued == 1
+        assert rt.store.stats()["rows_queued"] == 1
     finally:
         rt.relay.stop()
 
@@ -108,11 +108,11 @@ async def test_a_bug_on_another_path_of_a_vendor_host_is_answered_not_forwarded(
     await interceptor.request(flow)
     assert flow.response.status_code == 500
     assert "detour internal error: ValueError" in flow.response.text
-    assert rt.store.queued == 0  # not a model call: not counted
+    assert rt.store.stats()["rows_queued"] == 0  # not a model call: not counted
 
 
 def test_the_passthrough_tap_never_raises():
-    tap = PassthroughTap(UsageRow(now_iso(), "f1", "ua", "anthropic", "m", True), "anthropic", [])
+    tap = PassthroughTap(Call("f1", "ua", "anthropic", lambda row: None), "anthropic")
 
     class BrokenDecoder:
         def feed(self, chunk):

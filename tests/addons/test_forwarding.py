@@ -10,7 +10,7 @@ import pytest
 from addons.config import parse_config
 from addons.forwarding import Failure, Forwarder, Job
 from addons.routing import CooldownBook, build_providers, plan
-from addons.usage import UsageRow, now_iso
+from addons.call import Call
 from tests.captures import CAPTURES, anthropic_events
 from translators import canonical
 
@@ -78,11 +78,13 @@ def setup(upstreams: Upstreams, model: str, stream: bool = False, config: str = 
     body = json.loads((CAPTURES / "claude-code.messages.text.request.json").read_text())
     body.update(model=model, stream=stream)
     raw = json.dumps(body).encode()
+    call = Call("flow1", "test", "anthropic", lambda row: None)
+    call.requested(model, stream)
     job = Job("flow1", "anthropic", {"x-api-key": client_key, "anthropic-version": "2023-06-01",
                                      "anthropic-beta": "b1"},
               "http://vendor.test/v1/messages?beta=true", raw, body, model, stream,
               plan(config, build_providers(config), model),
-              UsageRow(now_iso(), "flow1", "test", "anthropic", model, stream))
+              call)
     return fwd, job
 
 

@@ -68,15 +68,6 @@ def test_failed_write_keeps_rows(tmp_path):
     assert store.flush() == 1
 
 
-def test_a_row_is_stored_once_even_if_reported_twice(tmp_path):
-    store = UsageStore(tmp_path / "detour.db")
-    r = row(1)
-    store.add(r)
-    store.add(r)
-    store.close()
-    assert sqlite_utils.Database(tmp_path / "detour.db")["usage"].count == 1
-
-
 # ---------------------------------------------------------------- bad rows, locked or full disks
 
 
@@ -126,7 +117,7 @@ def test_a_clean_stop_while_the_database_is_locked_spills_and_the_next_start_imp
     for i in range(30):
         store.add(row(i))
     assert store.flush() == 0  # locked: the rows wait in the queue
-    assert store.queued == 30
+    assert store.stats()["rows_queued"] == 30
     store.close()  # still locked: spilled, not lost
     spill = tmp_path / "usage-spill.jsonl"
     assert stat.S_IMODE(spill.stat().st_mode) == 0o600
