@@ -160,8 +160,7 @@ class Interceptor:
         if size <= limit or rt.relay is None:
             return
         message = _too_large(limit)
-        row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
-        row.status, row.error = 413, message
+        call = self._open_call(flow, fmt, self._held.get(flow.id, {}))
         mod = FORMATS[fmt]
         url = rt.relay.answer(413, {"content-type": mod.JSON_CONTENT_TYPE, ID_HEADER: flow.id},
                               mod.error_body(413, f"detour: {message}"))
@@ -175,7 +174,8 @@ class Interceptor:
         req.stream = _dropped
         flow.comment = f"detour: rejected (413) before reading {called}: {message}"
         flow.marked = MARK
-        self._record(row, None)
+        call.failed(message, 413)
+        call.finish()
 
     def _restore(self, flow: http.HTTPFlow, held: dict[str, list[str]]) -> None:
         """The client's credentials go back on a flow that goes to its vendor untouched."""
