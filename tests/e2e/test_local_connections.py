@@ -10,20 +10,16 @@ import httpx
 import pytest
 
 from tests.captures import anthropic_events
-from tests.e2e.conftest import PROVIDER_KEY, capture, free_port, start_proxy
-from tests.e2e.test_soak import PASSWORD, URL, status
+from tests.e2e.conftest import capture
+from tests.e2e.test_soak import URL, start_web, status
 
 MAX_CLIENTS = 30
 
 
 @pytest.mark.slow
 def test_idle_local_connections_do_not_take_the_proxy_down(confdir, tmp_path, fake_openai):
-    web_port = free_port()
-    proxy = start_proxy(
-        confdir, tmp_path / "home",
-        f'providers:\n  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", '
-        f'api_keys: [{PROVIDER_KEY}]}}\nroutes: {{"*": [fake/fake-model]}}\n',
-        web=(web_port, PASSWORD),
+    proxy, web_port = start_web(
+        confdir, tmp_path / "home", fake_openai,
         extra=["--set", "detour_relay_max_waiting=20", "--set", f"detour_max_clients={MAX_CLIENTS}"])
     m = proxy.mitm
     body = dict(capture("text"), stream=True)
