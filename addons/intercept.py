@@ -17,6 +17,7 @@ that an internal error, a client leaving or the proxy stopping ends them too.
 import asyncio
 import json
 import logging
+import os
 from urllib.parse import urlsplit
 
 import orjson
@@ -106,18 +107,23 @@ class Interceptor:
     @command.command("detour.status")
     def status(self) -> str:
         """detour's state as JSON: calls in flight, relay jobs, queued usage rows, resting
-        accounts. Everything but the resting accounts is back to 0 when the proxy is idle."""
+        accounts, and the process's memory, open files and asyncio tasks (`process`). The
+        counts of calls, jobs and rows are back to 0 when the proxy is idle."""
         rt = self.settings.runtime
-        relay = rt.relay.stats() if rt.relay else {"jobs_waiting": 0, "jobs_running": 0}
+        relay = rt.relay.stats() if rt.relay else {}
         return json.dumps({
             "open_calls": len(self._calls),
             "relayed_flows": len(self._relay_flows),
             "observed_flows": len(self._taps),
             "inline_calls": sum(len(t) for t in self._inline.values()),
-            "relay_jobs_waiting": relay["jobs_waiting"],
-            "relay_jobs_running": relay["jobs_running"],
+            "relay_jobs_waiting": relay.get("jobs_waiting", 0),
+            "relay_jobs_running": relay.get("jobs_running", 0),
             "usage_rows_queued": rt.store.stats()["rows_queued"],
             "cooling_down": {key: round(left) for key, left in rt.cooldowns.resting().items()},
+            "relay_ports": list(rt.relay.ports) if rt.relay else [],
+            "process": {**_process_figures(),
+                        "relay_connections": relay.get("connections", 0),
+                        "relay_connections_waiting": relay.get("connections_waiting", 0)},
         })
 
     # ------------------------------------------------------------ TLS: decrypt only our hosts
@@ -579,6 +585,19 @@ def _dropped(chunk: bytes) -> list[bytes]:
 def _too_large(limit: int) -> str:
     return (f"the request body is larger than {limit} bytes "
             f"(limits.request_body in config.yaml)")
+
+
+def _process_figures() -> dict[str, int]:
+    """This process's resident memory, open file descriptors and asyncio tasks (Linux /proc;
+    -1 where it cannot be read)."""
+    rss = fds = -1
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd")) - 1  # without the one listdir opened
+    except OSError:
+        pass
+    return {"rss_bytes": rss, "open_fds": fds, "asyncio_tasks": len(asyncio.all_tasks())}
 
 
 def _usage_of_whole(fmt: str, response: http.Response) -> canonical.Usage | None:

@@ -15,11 +15,18 @@ caller ends that call itself.
 
 Several ports, because mitmproxy opens at most 5 concurrent connections per (client
 connection, upstream address): an HTTP/2 client's parallel streams would queue behind that.
+
+The ports are on loopback, open to every local user: connections that have not presented a
+request are bounded (beyond `max_waiting`, the one waiting longest is closed; mitmproxy sends
+its request at once, so its own connections always get in), accepting survives running out of
+file descriptors, and each condition is logged once, then as a count (`ConditionLog`).
 """
 
 import asyncio
+import errno
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable
 
@@ -36,6 +43,11 @@ IDLE_TIMEOUT = 60.0  # seconds a kept-alive connection may wait for its next req
 HEAD_TIMEOUT = 10.0  # seconds for a request's head and body once its first byte came
 YIELD_EVERY = 0.01  # seconds of relaying before the relay lets other tasks run
 JOB_TTL = 120.0  # a job mitmproxy never delivered (the client left first) is dropped after this
+MAX_WAITING = 256  # connections waiting for a request; beyond, the longest-waiting one is closed
+LOG_EVERY = 60.0  # seconds between two log lines about the same condition
+ACCEPT_PAUSE = 0.1  # seconds before accepting again after the system refused a descriptor
+# accept() errors that say the process or system is out of something: wait, then go on
+_ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
             404: "Not Found", 413: "Payload Too Large", 422: "Unprocessable Entity",
             429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
@@ -43,48 +55,67 @@ _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"
 
 
 class RelayServer:
-    def __init__(self, forwarder: Forwarder, finished: Callable[[Job], None], ports: int = 8):
+    def __init__(self, forwarder: Forwarder, finished: Callable[[Job], None], ports: int = 8,
+                 max_waiting: int = MAX_WAITING):
         self.forwarder = forwarder
         self.finished = finished  # called once per job, whatever happened (ends its call)
         self.n_ports = ports
+        self.max_waiting = max_waiting
         self.ports: list[int] = []
-        self._servers: list[asyncio.Server] = []
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task] = set()  # accept loops and connections: all ours
+        self._writers: set[asyncio.StreamWriter] = set()  # every open connection
+        self._waiting: dict[asyncio.StreamWriter, None] = {}  # no request yet; oldest first
         self._jobs: dict[str, tuple[Job, float]] = {}
         self._by_flow: dict[str, str] = {}
         self._running: dict[str, tuple[asyncio.Task, Job]] = {}  # flow id -> its work
         # token -> an answer made before the request was read (status, headers, body, born)
         self._answers: dict[str, tuple[int, dict[str, str], bytes, float]] = {}
         self._next = 0
+        self.conditions = ConditionLog()
 
     async def start(self) -> None:
         for _ in range(self.n_ports):
-            server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-            self._servers.append(server)
-            self.ports.append(server.sockets[0].getsockname()[1])
+            # our own accept loop, not asyncio.start_server: asyncio logs a traceback for each
+            # accept() the system refuses, and does not say which connections are still open
+            sock = socket.create_server(("127.0.0.1", 0))
+            sock.setblocking(False)
+            self._listeners.append(sock)
+            self.ports.append(sock.getsockname()[1])
+            self._spawn(self._accept(sock), "detour relay accept")
 
     def stop(self) -> None:
-        """Synchronous, for mitmproxy's `done`: every job still open is reported now, while the
-        usage store can still take its row (the cancelled tasks find their job gone from the
-        books and report nothing more)."""
-        for server in self._servers:
-            server.close()
-        running = list(self._running.values())
-        self._running.clear()
-        for task, job in running:
-            job.call.ended("proxy stopped mid-answer")
-            self.finished(job)
-            task.cancel()
+        """Synchronous, for mitmproxy's `done`: every job still open is recorded now, once,
+        while the usage store can still take it; then every connection is closed and its task
+        cancelled (`wait_closed` waits for them)."""
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())  # before the number can be reused
+            sock.close()
+        for flow_id in list(self._running):
+            self._record(flow_id, "proxy stopped mid-answer")
         for job, _ in self._jobs.values():
             job.call.ended("proxy stopped before the relay was reached")
             self.finished(job)
-        self._running.clear()
         self._jobs.clear()
         self._by_flow.clear()
-        self._servers.clear()
+        self._listeners.clear()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        self.conditions.flush()
+
+    async def wait_closed(self) -> None:
+        """After `stop`: until every connection's task has ended."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
 
     def stats(self) -> dict[str, int]:
-        """Jobs handed to the relay that mitmproxy has not delivered yet, and jobs being served."""
-        return {"jobs_waiting": len(self._jobs), "jobs_running": len(self._running)}
+        """What the relay holds now; all 0 when no call is in flight (but idle connections
+        mitmproxy keeps alive)."""
+        return {"jobs_waiting": len(self._jobs), "jobs_running": len(self._running),
+                "connections": len(self._writers), "connections_waiting": len(self._waiting)}
 
     def submit(self, job: Job) -> str:
         """Register a job; returns the URL mitmproxy must send the flow to."""
@@ -138,25 +169,90 @@ class RelayServer:
             if now - answer[3] > JOB_TTL:
                 del self._answers[token]
 
+    # ------------------------------------------------------------ connections
+
+    def _spawn(self, coro, name: str) -> asyncio.Task:
+        """A task of ours: `stop` cancels it, `wait_closed` waits for it."""
+        task = create_task(coro, name=name, keep_ref=False)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as e:
+                if sock.fileno() < 0:
+                    return  # stopped
+                if e.errno not in _ACCEPT_RETRY:
+                    raise
+                self.conditions.note(f"accept {e.errno}", "relay: cannot accept a connection: "
+                                     "%s", e.strerror or e)
+                if e.errno in (errno.EMFILE, errno.ENFILE) and self._waiting:
+                    self._close_oldest_waiting()  # gives a descriptor back
+                    self.conditions.note("evicted for descriptors", "relay: out of file "
+                                         "descriptors; closing connections that sent nothing")
+                await asyncio.sleep(ACCEPT_PAUSE)  # the backlog is still there: no busy loop
+                continue
+            self._spawn(self._connection(conn), "detour relay connection")
+
+    def _close_oldest_waiting(self) -> None:
+        oldest = next(iter(self._waiting))
+        del self._waiting[oldest]
+        oldest.close()
+
+    def _waiting_for_request(self, writer: asyncio.StreamWriter) -> None:
+        while self._waiting and len(self._waiting) >= self.max_waiting:
+            self._close_oldest_waiting()
+            self.conditions.note("evicted", "relay: more than %d connections waiting for a "
+                                 "request (a local process holding connections open?); closing "
+                                 "the oldest", self.max_waiting)
+        self._waiting[writer] = None
+
     # ------------------------------------------------------------ the HTTP side
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    async def _connection(self, conn: socket.socket):
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._writers.add(writer)
         http = RelayHttp(reader, writer)
         try:
             while await self._one_request(http) and http.next_cycle():
                 pass
         except h11.RemoteProtocolError as e:
+            self.conditions.note("refused", "relay: refused a request it could not read: %s", e)
             await http.refuse(e.error_status_hint)
         except (ConnectionError, TimeoutError):
             pass
-        except Exception:
-            log.exception("relay: connection failed")
+        except Exception as e:
+            self.conditions.note("failed", "relay: connection failed: %r", e, exc_info=True)
         finally:
+            self._waiting.pop(writer, None)
+            self._writers.discard(writer)
             writer.close()
+
+    def _record(self, flow_id: str, error: str | None = None) -> None:
+        """A running job ends: recorded here, exactly once (by its connection or by `stop`)."""
+        running = self._running.pop(flow_id, None)
+        if running is None:
+            return
+        job = running[1]
+        if error:
+            job.call.ended(error)
+        self.finished(job)
 
     async def _one_request(self, http: "RelayHttp") -> bool:
         """Serve one request; True if the connection may carry another."""
-        path = await http.read_request()
+        self._waiting_for_request(http.writer)
+        try:
+            path = await http.read_request()
+        finally:
+            self._waiting.pop(http.writer, None)
         if path is None:
             return False
         token = path.removeprefix("/relay/")
@@ -170,41 +266,38 @@ class RelayServer:
             await http.drain()
             return True
         if entry is None:
+            self.conditions.note("unknown token", "relay: refused a request for an unknown or "
+                                 "spent job (404)")
             http.write_head(404, {}, 0)
             http.end()
             await http.drain()
             return True
         job = entry[0]
         self._by_flow.pop(job.flow_id, None)
-        work = create_task(self._serve(job, http), name=f"detour relay {job.flow_id}",
-                           keep_ref=True)
-        self._running[job.flow_id] = (work, job)
+        work = self._spawn(self._serve(job, http), f"detour relay {job.flow_id}")
+        self._running[job.flow_id] = (work, job)  # until `_record`: it is recorded once
         # mitmproxy sends nothing more on this connection until the answer is complete, so
         # anything readable now is its EOF: the client went away, and the provider call with it
-        gone = create_task(http.reader.read(1), name="detour relay watch", keep_ref=True)
-        try:
-            await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            # still in the books: this connection reports the job (else `stop` did)
-            ours = self._running.pop(job.flow_id, None) is not None
+        gone = self._spawn(http.reader.read(1), "detour relay watch")
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
         if not work.done():
             work.cancel()
             try:
                 await work
             except asyncio.CancelledError:
                 pass
-            if ours:
+            if job.flow_id in self._running:  # still ours to report (else `stop` did)
                 # a client that leaves once the final event reached it did not abort anything
                 job.call.client_left()
-                self.finished(job)
+                self._record(job.flow_id)
             return False
         gone.cancel()
         try:
             await gone
         except asyncio.CancelledError:
             pass
-        if not ours:
-            keep = False
+        if job.flow_id not in self._running:
+            keep = False  # `stop` reported it already
         elif work.cancelled():
             keep = False
             job.call.client_left()
@@ -214,8 +307,7 @@ class RelayServer:
             job.call.ended(f"detour error: {work.exception()!r}")
         else:
             keep = work.result()
-        if ours:
-            self.finished(job)
+        self._record(job.flow_id)
         return bool(keep)
 
     async def _serve(self, job: Job, http: "RelayHttp") -> bool:
@@ -349,3 +441,35 @@ class RelayHttp:
                 await self.drain()
             except (ConnectionError, h11.LocalProtocolError):
                 pass
+
+
+class ConditionLog:
+    """One log line per condition, not per occurrence: a peer that fails a thousand times a
+    second must not fill the disk. The first occurrence is logged at once, later ones as a
+    count at most every LOG_EVERY seconds (and at `flush`)."""
+
+    def __init__(self, logger: logging.Logger = log):
+        self.log = logger
+        self._unlogged: dict[str, tuple[int, str]] = {}  # condition -> (count, message)
+        self._logged_at: dict[str, float] = {}
+
+    def note(self, condition: str, message: str, *args, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        last = self._logged_at.get(condition)
+        if last is None:
+            self._logged_at[condition] = now
+            self.log.warning(message, *args, exc_info=exc_info)
+            return
+        count = self._unlogged.get(condition, (0, ""))[0] + 1
+        self._unlogged[condition] = (count, message % args if args else message)
+        if now - last >= LOG_EVERY:
+            self._emit(condition)
+            self._logged_at[condition] = now
+
+    def flush(self) -> None:
+        for condition in list(self._unlogged):
+            self._emit(condition)
+
+    def _emit(self, condition: str) -> None:
+        count, message = self._unlogged.pop(condition)
+        self.log.warning("%s (%d more times since the last line)", message, count)

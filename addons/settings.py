@@ -7,6 +7,7 @@ running proxy's config.yaml is logged and the previous configuration stays in fo
 
 import asyncio
 import logging
+import resource
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.config import (CONFIG_NAME, Config, ConfigError, ensure_home, home_dir, is_loopback,
                            load_config, parse_config)
 from addons.forwarding import Forwarder
-from addons.relay import RelayServer
+from addons.relay import MAX_WAITING, ConditionLog, RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
 from addons.scrubber import scrubber_for
 from addons.usage import UsageStore
@@ -63,6 +64,8 @@ class DetourSettings:
     def __init__(self):
         self.runtime: Runtime | None = None
         self._refused_peers: set[str] = set()
+        self._clients: set[str] = set()  # client connections open now
+        self._conditions = ConditionLog(log)
         self._finished_hooks: list = []
         self._stopping_hooks: list = []
         self._watch: asyncio.Task | None = None
@@ -84,6 +87,17 @@ class DetourSettings:
             "detour_relay_ports", int, 8,
             "Loopback ports of the streaming relay (mitmproxy opens at most 5 connections per "
             "client connection and upstream address, so HTTP/2 clients need several).",
+        )
+        loader.add_option(
+            "detour_relay_max_waiting", int, MAX_WAITING,
+            "Relay connections that have not sent a request yet, beyond which the one waiting "
+            "longest is closed (the relay's ports are open to every local user).",
+        )
+        loader.add_option(
+            "detour_max_clients", int, 0,
+            "Client connections served at once; more are refused until some close (one log "
+            "line). 0: a quarter of the open-files limit (a streamed call holds about four "
+            "descriptors). mitmproxy closes an idle client connection after tcp_timeout.",
         )
         loader.add_option(
             "detour_allow_remote", bool, False,
@@ -143,7 +157,16 @@ class DetourSettings:
 
     def client_connected(self, client) -> None:
         """No open proxy, whatever address mitmproxy bound: unless detour_allow_remote is set,
-        a peer that is not this machine is disconnected before it can send anything."""
+        a peer that is not this machine is disconnected before it can send anything. Nor a
+        proxy out of file descriptors: beyond detour_max_clients, new clients are refused."""
+        self._clients.add(client.id)
+        limit = ctx.options.detour_max_clients or _default_max_clients()
+        if len(self._clients) > limit:
+            client.error = f"detour: {limit} client connections open (detour_max_clients)"
+            self._conditions.note("clients", "detour: %d client connections open "
+                                  "(detour_max_clients); refusing new ones until some close",
+                                  limit)
+            return
         if ctx.options.detour_allow_remote or not client.peername:
             return
         host = str(client.peername[0])
@@ -156,6 +179,9 @@ class DetourSettings:
                 self._refused_peers.add(host)
             log.warning("detour: refused a connection from %s: only loopback clients are "
                         "served (--set detour_allow_remote=true to serve the network)", host)
+
+    def client_disconnected(self, client) -> None:
+        self._clients.discard(client.id)
 
     def _load(self) -> None:
         home = home_dir(ctx.options.detour_home or None)
@@ -194,7 +220,8 @@ class DetourSettings:
         self._flusher = create_task(rt.store.run(), name="detour usage flush", keep_ref=True)
         self._watch = create_task(self._watch_config(), name="detour config watch", keep_ref=True)
         if rt.relay is None and not self._relay_started.is_set():
-            relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports)
+            relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports,
+                                ctx.options.detour_relay_max_waiting)
             create_task(self._start_relay(relay), name="detour relay start", keep_ref=True)
         # build the HTTP clients (and their TLS contexts) now, not on the first call
         rt.forwarder.client(None)
@@ -315,6 +342,11 @@ def _upstream_proxy(modes: list[ProxyMode]) -> str | None:
         scheme, _, rest = url.partition("://")
         url = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{rest}"
     return url
+
+
+def _default_max_clients() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(64, soft // 4) if soft != resource.RLIM_INFINITY else 1 << 16
 
 
 def _mtime(path: Path) -> float | None:

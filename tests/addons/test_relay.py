@@ -117,10 +117,16 @@ async def test_stop_records_every_open_job_once():
     writer.write(f"POST {url.raw_path.decode()} HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n"
                  .encode())
     await reader.readuntil(b"\r\n\r\n")
+    assert relay.stats() == {"jobs_waiting": 1, "jobs_running": 1, "connections": 1,
+                             "connections_waiting": 0}
     relay.stop()
     assert finished == [job, waiting]
     assert job.row.error == "proxy stopped mid-answer"
     assert "before the relay" in waiting.row.error
+    async with asyncio.timeout(10):
+        await relay.wait_closed()  # every connection and its task ended
+        await reader.read()  # returns: the relay closed the connection
     writer.close()
-    await asyncio.sleep(0.05)  # the cancelled task winds down and may report again
-    assert finished[:2] == [job, waiting]
+    assert finished == [job, waiting]  # the cancelled work did not report again
+    assert relay.stats() == {"jobs_waiting": 0, "jobs_running": 0, "connections": 0,
+                             "connections_waiting": 0}
