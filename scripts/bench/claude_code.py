@@ -42,7 +42,7 @@ PACED_MODEL = "claude-bench-paced"  # answered one event every --paced-delay
 PACED_UPSTREAM = "paced-model"  # its name at the provider
 HOLD_MODEL = "claude-bench-hold"  # streams held open: a few events, far apart
 HOLD_UPSTREAM = "hold-model"
-HOLD_DELAY, HOLD_EVENTS = 1.0, 30
+HOLD_DELAY, HOLD_EVENTS = 0.5, 240  # open for 2 minutes: longer than opening 200 takes
 OBSERVE_MODEL = "claude-bench-observe"  # routed to passthrough: detour's observe mode
 # issue 13's targets, detour / plain mitmdump in the same run (memory: KB per open stream)
 TARGETS = {"whole_c1": 1.3, "whole_cN": 1.4, "paced": 1.3, "big_c1": 1.4}
@@ -296,7 +296,8 @@ def paced_check(side: Side, fake: FakeProcess, body: bytes) -> dict:
 
 def open_streams_memory(side: Side, body: bytes, n: int) -> dict:
     """RSS of the proxy process before and with `n` streams open at once (each one's first text
-    event received, the rest held back by the provider), per stream."""
+    event received, the rest held back by the provider), per stream. Opened by 32 threads: the
+    first text event comes one event interval after the status line."""
     pid = side.mitm.proc.pid
     req = request_for(side.authority, body)
     warm = side.connect()  # one stream first: the path's code and caches are loaded
@@ -304,12 +305,18 @@ def open_streams_memory(side: Side, body: bytes, n: int) -> dict:
     warm.close()
     time.sleep(0.3)
     before = rss_of_pid(pid)
-    clients = []
+    clients: list[TunnelClient] = []
+
+    def open_one() -> None:
+        client = side.connect()
+        clients.append(client)
+        client.open_stream(req, body, MARKER)
+
     try:
-        for _ in range(n):
-            client = side.connect()
-            clients.append(client)
-            client.open_stream(req, body, MARKER)
+        # many at once: each waits for its first text event (a provider's event interval)
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            for fut in [pool.submit(open_one) for _ in range(n)]:
+                fut.result()
         time.sleep(0.3)
         during = rss_of_pid(pid)
     finally:
