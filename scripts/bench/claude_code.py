@@ -31,16 +31,22 @@ import h11
 import orjson
 
 from addons.forwarding import dump_json as provider_body  # what Forwarder.build serialises with
-from scripts.bench.lib import (ROOT, FakeProcess, Phase, Reply, TunnelClient, median,
-                               percentile, run_phase)
+from scripts.bench.lib import (ROOT, FakeProcess, FreshClient, Phase, Reply, TunnelClient,
+                               median, percentile, pin, rss_of_pid, run_phase)
 
 CAPTURE = ROOT / "tests" / "data" / "captures" / "claude-code.messages.text.request.json"
 CAPTURE_META = CAPTURE.with_name("claude-code.messages.text.meta.json")
 VENDOR_KEY = "sk-ant-fake-vendor-key"  # what the Anthropic fake accepts; detour drops it
 PROVIDER_KEY = "sk-fake-provider-key"
-PACED_MODEL = "claude-bench-paced"
-TARGET_CPU_WHOLE = 1.8
-TARGET_STREAM = 1.6
+PACED_MODEL = "claude-bench-paced"  # answered one event every --paced-delay
+PACED_UPSTREAM = "paced-model"  # its name at the provider
+HOLD_MODEL = "claude-bench-hold"  # streams held open: a few events, far apart
+HOLD_UPSTREAM = "hold-model"
+HOLD_DELAY, HOLD_EVENTS = 0.5, 240  # open for 2 minutes: longer than opening 200 takes
+OBSERVE_MODEL = "claude-bench-observe"  # routed to passthrough: detour's observe mode
+# issue 13's targets, detour / plain mitmdump in the same run (memory: KB per open stream)
+TARGETS = {"whole_c1": 1.3, "whole_cN": 1.4, "paced": 1.3, "big_c1": 1.4}
+TARGET_MEMORY_KB = 100
 MARKER = b"text_delta"
 
 DETOUR, PLAIN = "detour", "plain"
@@ -214,15 +220,27 @@ def translator_bench(events: int, repeat: int) -> dict:
 
 @dataclasses.dataclass
 class Side:
+    """One proxy as the client reaches it: through `CONNECT host:port` + TLS (`tunnel`), or
+    straight (reverse mode); a keep-alive connection per worker or a new one per request."""
+
     name: str
     mitm: object  # tests.harness.Mitmdump
     host: str
     port: int
-    clients: list[TunnelClient] = dataclasses.field(default_factory=list)
+    ctx: ssl.SSLContext | None
+    tunnel: bool = True
+    new_connection: bool = False
+    clients: list = dataclasses.field(default_factory=list)
 
     @property
     def authority(self) -> str:
         return self.host if self.port == 443 else f"{self.host}:{self.port}"
+
+    def connect(self) -> TunnelClient:
+        return TunnelClient(self.mitm.port, self.host, self.port, self.ctx, tunnel=self.tunnel)
+
+    def client(self) -> TunnelClient | FreshClient:
+        return FreshClient(self.connect) if self.new_connection else self.connect()
 
 
 def phase_metrics(ph: Phase, events: int | None = None) -> dict:
@@ -242,35 +260,29 @@ def ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def paced_check(side: Side, ctx: ssl.SSLContext, fake: FakeProcess, body: bytes,
-                streams: int) -> dict:
-    client = TunnelClient(side.mitm.port, side.host, side.port, ctx)
+def paced_check(side: Side, fake: FakeProcess, body: bytes) -> dict:
+    """One paced stream alone: did the client have its first text event before the provider
+    wrote its last (relayed as it comes, not buffered)?"""
+    client = side.connect()
     try:
-        # a whole call first (paced once, not per event) opens the upstream connection that
-        # the stream then reuses: no TLS handshake in the figures below
-        whole = capture_body(False, json.loads(body)["model"])
+        # a whole call first opens the upstream connection the stream then reuses: no TLS
+        # handshake in the times below
+        whole = capture_body(False)
         problem = check_whole(client.send(request_for(side.authority, whole), whole))
         if problem:
             raise RuntimeError(f"paced warm-up through {side.name}: {problem}")
-        cpu0 = side.mitm.cpu_seconds()
-        for _ in range(streams):
-            while not fake.lines.empty():
-                fake.lines.get_nowait()
-            reply = client.send(request_for(side.authority, body), body, MARKER)
-            problem = check_stream(reply)
-            if problem:
-                raise RuntimeError(f"paced stream through {side.name}: {problem}")
-            line = ""
-            while not line.startswith("stream "):  # the fake's stamp (skip anything else)
-                line = fake.lines.get(timeout=10)
-        cpu_ms = (side.mitm.cpu_seconds() - cpu0) * 1000 / streams
+        while not fake.lines.empty():
+            fake.lines.get_nowait()
+        reply = client.send(request_for(side.authority, body), body, MARKER)
+        problem = check_stream(reply)
+        if problem:
+            raise RuntimeError(f"paced stream through {side.name}: {problem}")
+        line = ""
+        while not line.startswith("stream "):  # the fake's stamp (skip anything else)
+            line = fake.lines.get(timeout=10)
         _, first, last, n = line.split()
         first, last = float(first), float(last)
         return {
-            # every event is a read of its own here, as with a real model's tokens: the
-            # per-event cost without the coalescing an unpaced burst allows
-            "cpu_ms_per_stream": cpu_ms,
-            "cpu_us_per_event": cpu_ms * 1000 / int(n),
             "first_event_ms": (reply.t_mark - reply.t0) * 1000,
             "provider_first_ms": (first - reply.t0) * 1000,
             "provider_last_ms": (last - reply.t0) * 1000,
@@ -282,6 +294,49 @@ def paced_check(side: Side, ctx: ssl.SSLContext, fake: FakeProcess, body: bytes,
         client.close()
 
 
+def open_streams_memory(side: Side, body: bytes, n: int) -> dict:
+    """RSS of the proxy process before and with `n` streams open at once (each one's first text
+    event received, the rest held back by the provider), per stream. Opened by 32 threads: the
+    first text event comes one event interval after the status line."""
+    pid = side.mitm.proc.pid
+    req = request_for(side.authority, body)
+    warm = side.connect()  # one stream first: the path's code and caches are loaded
+    warm.open_stream(req, body, MARKER)
+    warm.close()
+    time.sleep(0.3)
+    before = rss_of_pid(pid)
+    clients: list[TunnelClient] = []
+
+    def open_one() -> None:
+        client = side.connect()
+        clients.append(client)
+        client.open_stream(req, body, MARKER)
+
+    try:
+        # many at once: each waits for its first text event (a provider's event interval)
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            for fut in [pool.submit(open_one) for _ in range(n)]:
+                fut.result()
+        time.sleep(0.3)
+        during = rss_of_pid(pid)
+    finally:
+        for client in clients:
+            client.close()
+    return {"streams": n, "rss_before": before, "rss_open": during,
+            "kb_per_stream": (during - before) / n / 1024}
+
+
+def padded_body(size: int) -> bytes:
+    """The captured request with one more user turn of text, to `size` bytes in all."""
+    body = json.loads(CAPTURE.read_text())
+    body["stream"] = False
+    base = len(compact(body)) + 64
+    body["messages"].append({"role": "assistant", "content": [{"type": "text", "text": "ok"}]})
+    body["messages"].append({"role": "user", "content": [
+        {"type": "text", "text": "y" * max(0, size - base)}]})
+    return compact(body)
+
+
 def run(args) -> dict:
     from certs.ca import ensure_ca
     from tests.harness import Mitmdump
@@ -290,161 +345,253 @@ def run(args) -> dict:
     fakes: list[FakeProcess] = []
     mitms: list[Mitmdump] = []
     sides: list[Side] = []
+    cpus = sorted(os.sched_getaffinity(0))
+    proxy_cpus = others = None
+    if args.pin and len(cpus) > 1:
+        # the proxies on one core (only one of them is busy at a time), everything else (this
+        # client, the fakes) on the others: the proxy's CPU is its own, as on a gateway
+        proxy_cpus, others = {cpus[-1]}, set(cpus[:-1])
+        os.sched_setaffinity(0, others)
+    tls = args.upstream == "https"
+    scheme = "https" if tls else "http"
     with tempfile.TemporaryDirectory(prefix="detour-bench-") as tmp:
         tmp = Path(tmp)
         try:
-            common = ["--tls", "--events", str(events)]
+            paced = ["--paced", f"{PACED_MODEL}:{args.paced_delay}:{args.paced_events}",
+                     "--paced", f"{PACED_UPSTREAM}:{args.paced_delay}:{args.paced_events}",
+                     "--paced", f"{HOLD_MODEL}:{HOLD_DELAY}:{HOLD_EVENTS}",
+                     "--paced", f"{HOLD_UPSTREAM}:{HOLD_DELAY}:{HOLD_EVENTS}"]
+            common = (["--tls"] if tls else []) + ["--events", str(events), "--stamp"] + paced
             openai = FakeProcess("openai", *common).launch()
             vendor = FakeProcess("anthropic", *common).launch()
-            paced = ["--tls", "--events", str(events), "--delay", str(args.paced_delay),
-                     "--stamp"]
-            openai_paced = FakeProcess("openai", *paced).launch()
-            vendor_paced = FakeProcess("anthropic", *paced).launch()
-            fakes += [openai, vendor, openai_paced, vendor_paced]
+            fakes += [openai, vendor]
             confdir = tmp / "confdir"
-            ensure_ca(confdir)  # before the three proxies start, so they share one CA
+            ensure_ca(confdir)  # before the proxies start, so they share one CA
             for f in fakes:
                 f.wait_ready()
+                if others:
+                    pin(f.proc.pid, others)
 
             home = tmp / "home"
             home.mkdir()
             model = json.loads(CAPTURE.read_text())["model"]
-            (home / "config.yaml").write_text(f"""
+            config = f"""
 providers:
   fake: {{kind: openai, base_url: "{openai.base_url}/v1", api_keys: [{PROVIDER_KEY}],
           verify_tls: false}}
-  paced: {{kind: openai, base_url: "{openai_paced.base_url}/v1", api_keys: [{PROVIDER_KEY}],
-           verify_tls: false}}
 routes:
   {model}: [fake/fake-model]
-  {PACED_MODEL}: [paced/fake-model]
+  {PACED_MODEL}: [fake/{PACED_UPSTREAM}]
+  {HOLD_MODEL}: [fake/{HOLD_UPSTREAM}]
+  {OBSERVE_MODEL}: [passthrough]
+vendors:
+  api.anthropic.com: "{vendor.base_url}"
 prices:
   fake-model: {{input: 3, output: 15, cache_read: 0.3}}
-""")
-            lazy = ["--set", "connection_strategy=lazy", "--set", "ssl_insecure=true"]
-            mitms = [Mitmdump(confdir, home, router=True),
-                     Mitmdump(confdir, router=False, extra=lazy),
-                     Mitmdump(confdir, router=False, extra=lazy + ["--set",
-                                                                   "stream_large_bodies=1"])]
+"""
+            (home / "config.yaml").write_text(config)
+            # plain mitmdump as a user would run it in front of the vendor: no script, lazy
+            # upstream connections as detour's; certificates of the fakes not verified
+            base = ["--set", "connection_strategy=lazy", "--set", "ssl_insecure=true"]
+            stream_mode = ["--set", "stream_large_bodies=1"]
+            detour_extra, plain_extra = list(base), list(base)
+            if args.leg == "reverse":
+                detour_extra += ["--mode", "reverse:https://api.anthropic.com"]
+                plain_extra += ["--mode", f"reverse:{vendor.base_url}"]
+
+            def detour_proxy(home_dir: Path) -> Mitmdump:
+                return Mitmdump(confdir, home_dir, router=True, extra=detour_extra)
+
+            def plain_proxy(stream: bool) -> Mitmdump:
+                return Mitmdump(confdir, router=False,
+                                extra=plain_extra + (stream_mode if stream else []))
+
+            mitms = [detour_proxy(home), plain_proxy(False), plain_proxy(True)]
             if args.against:
                 # the other side is detour too, from another checkout: same routes, a home of
                 # its own (two proxies writing one SQLite file would contend)
                 home_b = tmp / "home-against"
                 home_b.mkdir()
-                (home_b / "config.yaml").write_text((home / "config.yaml").read_text())
-                against = Mitmdump(confdir, router=False, extra=[
+                (home_b / "config.yaml").write_text(config)
+                against = Mitmdump(confdir, router=False, extra=detour_extra + [
                     "-s", str(args.against / "addons" / "router.py"),
                     "--set", f"detour_home={home_b}"])
                 mitms = [mitms[0], against, against]
-            with concurrent.futures.ThreadPoolExecutor(3) as pool:
-                for fut in [pool.submit(m.start) for m in dict.fromkeys(mitms)]:
-                    fut.result()
+
+            def start(ms):
+                with concurrent.futures.ThreadPoolExecutor(3) as pool:
+                    for fut in [pool.submit(m.start) for m in dict.fromkeys(ms)]:
+                        fut.result()
+                if proxy_cpus:
+                    for m in ms:
+                        pin(m.proc.pid, proxy_cpus)
+
+            start(mitms)
             detour_mitm, plain_mitm, stream_mitm = mitms
             ctx = ssl.create_default_context(cafile=str(detour_mitm.ca_cert))
-            detour = Side(DETOUR, detour_mitm, "api.anthropic.com", 443)
-            plain = Side(PLAIN, plain_mitm, "127.0.0.1", vendor.port)
-            plain_stream = Side(PLAIN, stream_mitm, "127.0.0.1", vendor.port)
-            if args.against:
-                plain = plain_stream = Side(PLAIN, plain_mitm, "api.anthropic.com", 443)
-            sides = [detour, plain] if args.against else [detour, plain, plain_stream]
-            for side in sides:
-                side.clients = [TunnelClient(side.mitm.port, side.host, side.port, ctx)
-                                for _ in range(args.concurrency)]
+            client_ctx = ctx if args.leg == "connect" else None  # reverse: plain HTTP to it
 
-            bodies = {s: capture_body(s) for s in (False, True)}
-            reqs = {(id(side), s): request_for(side.authority, bodies[s])
-                    for side in sides for s in (False, True)}
+            def side(name, mitm, host, port) -> Side:
+                return Side(name, mitm, host, port, client_ctx, args.leg == "connect",
+                            args.new_connection)
+
+            vendor_host = "api.anthropic.com" if args.against else "127.0.0.1"
+            vendor_port = 443 if args.against else vendor.port
+            detour = side(DETOUR, detour_mitm, "api.anthropic.com", 443)
+            plain = side(PLAIN, plain_mitm, vendor_host, vendor_port)
+            plain_stream = side(PLAIN, stream_mitm, vendor_host, vendor_port)
+            paced_c = args.paced_concurrency
+            sides = [detour, plain, plain_stream]
+            for s in sides:
+                s.clients = [s.client() for _ in range(max(args.concurrency, paced_c))]
+
+            bodies = {
+                "whole": capture_body(False), "stream": capture_body(True),
+                "paced": capture_body(True, PACED_MODEL),
+                "observe": capture_body(False, OBSERVE_MODEL),
+                "big": padded_body(args.big_body),
+            }
             # one full, decoded answer of each kind first: the setup is right
-            for side, stream in ((detour, False), (plain, False), (detour, True),
-                                 (plain_stream, True)):
-                reply = side.clients[0].send(reqs[id(side), stream], bodies[stream], MARKER,
-                                             keep=True)
+            for s, kind in ((detour, "whole"), (plain, "whole"), (detour, "stream"),
+                            (plain_stream, "stream"), (detour, "observe")):
+                stream = kind == "stream"
+                reply = s.clients[0].send(request_for(s.authority, bodies[kind]), bodies[kind],
+                                          MARKER, keep=True)
                 try:
                     validate(reply, stream, events)
                 except Exception as e:
-                    raise RuntimeError(f"{side.name} ({'stream' if stream else 'whole'}): {e}"
-                                       f"\n--- proxy output ---\n{side.mitm.text[-3000:]}")
+                    raise RuntimeError(f"{s.name} ({kind}): {e}"
+                                       f"\n--- proxy output ---\n{s.mitm.text[-3000:]}")
 
             per_c16 = max(1, math.ceil(args.requests_c16 / args.concurrency))
+            per_paced = max(1, math.ceil(args.paced_streams / paced_c))
+            whole_pair = {DETOUR: detour, PLAIN: plain}
+            stream_pair = {DETOUR: detour, PLAIN: plain_stream}
+            # (name, sides, body kind, stream?, concurrency, per client, events per answer)
             phases = [
-                ("whole_c1", {DETOUR: detour, PLAIN: plain}, False, 1, args.requests),
-                (f"whole_c{args.concurrency}", {DETOUR: detour, PLAIN: plain}, False,
-                 args.concurrency, per_c16),
-                ("stream_c1", {DETOUR: detour, PLAIN: plain_stream}, True, 1, args.streams),
+                ("whole_c1", whole_pair, "whole", False, 1, args.requests, None),
+                (f"whole_c{args.concurrency}", whole_pair, "whole", False, args.concurrency,
+                 per_c16, None),
+                ("stream_c1", stream_pair, "stream", True, 1, args.streams, events),
+                (f"paced_c{paced_c}", stream_pair, "paced", True, paced_c, per_paced,
+                 args.paced_events),
+                ("big_c1", whole_pair, "big", False, 1, args.big_requests, None),
+                ("observe_c1", whole_pair, "observe", False, 1, args.requests, None),
             ]
             rounds = []
             t_start = time.monotonic()
             for r in range(args.rounds):
                 order = [DETOUR, PLAIN] if r % 2 == 0 else [PLAIN, DETOUR]
                 this = {}
-                for name, pair, stream, conc, per_client in phases:
+                for name, pair, kind, stream, conc, per_client, n_events in phases:
                     this[name] = {}
                     for who in order:
-                        side = pair[who]
-                        ph = run_phase(side.clients[:conc], per_client, reqs[id(side), stream],
-                                       bodies[stream], side.mitm.cpu_seconds,
+                        s = pair[who]
+                        # plain mitmdump has no observe mode: its whole call is the baseline
+                        body = bodies["whole" if kind == "observe" and who == PLAIN
+                                      and not args.against else kind]
+                        ph = run_phase(s.clients[:conc], per_client,
+                                       request_for(s.authority, body), body,
+                                       s.mitm.cpu_seconds,
                                        check_stream if stream else check_whole,
                                        MARKER if stream else None)
                         if ph.errors:
                             raise RuntimeError(
                                 f"round {r + 1}, {name}, {who}: {ph.errors[0]}"
-                                f"\n--- proxy output ---\n{side.mitm.text[-3000:]}")
-                        this[name][who] = phase_metrics(ph, events if stream else None)
+                                f"\n--- proxy output ---\n{s.mitm.text[-3000:]}")
+                        this[name][who] = phase_metrics(ph, n_events)
                 rounds.append(this)
                 if args.progress:
                     print(f"  round {r + 1}/{args.rounds} done "
                           f"({time.monotonic() - t_start:.0f} s)", file=sys.stderr, flush=True)
 
-            paced_body = {DETOUR: capture_body(True, PACED_MODEL), PLAIN: bodies[True]}
-            paced_plain = (Side(PLAIN, stream_mitm, "127.0.0.1", vendor_paced.port), vendor_paced)
-            if args.against:
-                paced_body[PLAIN] = paced_body[DETOUR]
-                paced_plain = (plain, openai_paced)
-            paced_result = {
-                DETOUR: paced_check(detour, ctx, openai_paced, paced_body[DETOUR],
-                                    args.paced_streams),
-                PLAIN: paced_check(paced_plain[0], ctx, paced_plain[1], paced_body[PLAIN],
-                                   args.paced_streams),
-            }
+            fake_of = {DETOUR: openai, PLAIN: openai if args.against else vendor}
+            paced_result = {who: paced_check(s, fake_of[who], bodies["paced"])
+                            for who, s in stream_pair.items()}
+            for s in sides:
+                for c in s.clients:
+                    c.close()
+                s.clients = []
+
+            memory = {}
+            if args.open_streams:
+                # fresh proxies: the heap of one that already served the rounds has room to
+                # spare; detour first, then plain mitmdump in stream mode, one at a time
+                hold = capture_body(True, HOLD_MODEL)
+                for who in (DETOUR, PLAIN):
+                    if who == DETOUR:
+                        home_m = tmp / "home-memory"
+                        home_m.mkdir()
+                        (home_m / "config.yaml").write_text(config)
+                        m = detour_proxy(home_m)
+                    elif args.against:
+                        m = Mitmdump(confdir, router=False, extra=detour_extra + [
+                            "-s", str(args.against / "addons" / "router.py"),
+                            "--set", f"detour_home={home_b}"])
+                    else:
+                        m = plain_proxy(True)
+                    mitms.append(m)
+                    start([m])
+                    s = side(who, m, *((detour.host, detour.port) if who == DETOUR
+                                       else (vendor_host, vendor_port)))
+                    s.new_connection = False
+                    memory[who] = open_streams_memory(s, hold, args.open_streams)
+                    m.stop()
         finally:
-            for side in sides:
-                for c in side.clients:
+            for s in sides:
+                for c in s.clients:
                     c.close()
             for m in dict.fromkeys(mitms):
                 m.stop()
             for f in fakes:
                 f.stop()
+        if proxy_cpus:
+            os.sched_setaffinity(0, set(cpus))
 
     translator = translator_bench(events, args.repeat)
-    return {"rounds": rounds, "paced": paced_result, "translator": translator,
-            "phases": [p[0] for p in phases], "capture_bytes": len(bodies[False]),
-            "revision": revision(),
+    return {"rounds": rounds, "paced": paced_result, "memory": memory, "translator": translator,
+            "phases": [p[0] for p in phases], "capture_bytes": len(bodies["whole"]),
+            "big_bytes": len(bodies["big"]), "revision": revision(),
+            "pinned": {"proxies": sorted(proxy_cpus) if proxy_cpus else None,
+                       "others": sorted(others) if others else None},
             "ports": {"openai_fake": openai.base_url, "anthropic_fake": vendor.base_url}}
 
 
 # ---------------------------------------------------------------- the report
 
-ROWS = [  # (phase, metric, label, unit format, target)
+ROWS = [  # (phase alias, metric, label, unit format, target key)
     ("whole_c1", "median_ms", "median latency (ms)", "{:.2f}", None),
-    ("whole_c1", "p90_ms", "p90 latency (ms)", "{:.2f}", None),
     ("whole_c1", "rps", "requests/s", "{:.0f}", None),
-    ("whole_c1", "cpu_ms_per_req", "proxy CPU (ms/request)", "{:.2f}", TARGET_CPU_WHOLE),
+    ("whole_c1", "cpu_ms_per_req", "proxy CPU (ms/request)", "{:.2f}", "whole_c1"),
     ("whole_cN", "median_ms", "median latency (ms)", "{:.2f}", None),
     ("whole_cN", "rps", "requests/s", "{:.0f}", None),
-    ("whole_cN", "cpu_ms_per_req", "proxy CPU (ms/request)", "{:.2f}", TARGET_CPU_WHOLE),
-    ("stream_c1", "median_ms", "median total time (ms)", "{:.1f}", TARGET_STREAM),
+    ("whole_cN", "cpu_ms_per_req", "proxy CPU (ms/request)", "{:.2f}", "whole_cN"),
+    ("stream_c1", "median_ms", "median total time (ms)", "{:.1f}", None),
     ("stream_c1", "first_event_ms", "median first text event (ms)", "{:.2f}", None),
-    ("stream_c1", "cpu_ms_per_req", "proxy CPU (ms/stream)", "{:.1f}", TARGET_STREAM),
     ("stream_c1", "cpu_us_per_event", "proxy CPU (us/event)", "{:.1f}", None),
+    ("paced", "cpu_us_per_event", "proxy CPU (us/event)", "{:.1f}", "paced"),
+    ("paced", "cpu_ms_per_req", "proxy CPU (ms/stream)", "{:.1f}", None),
+    ("big_c1", "median_ms", "median latency (ms)", "{:.2f}", None),
+    ("big_c1", "cpu_ms_per_req", "proxy CPU (ms/request)", "{:.2f}", "big_c1"),
+    ("observe_c1", "cpu_ms_per_req", "proxy CPU (ms/request)", "{:.2f}", None),
 ]
+
+
+def titles_of(result: dict, args) -> dict:
+    names = result["phases"]
+    return {names[0]: "whole c=1", names[1]: f"whole c={args.concurrency}",
+            names[2]: "stream c=1", names[3]: f"paced c={args.paced_concurrency}",
+            names[4]: f"{result['big_bytes'] / 1e6:.1f}MB c=1", names[5]: "observe c=1"}
 
 
 def summarize(result: dict, args) -> dict:
     phases = result["phases"]
-    alias = {"whole_c1": phases[0], "whole_cN": phases[1], "stream_c1": phases[2]}
+    alias = dict(zip(("whole_c1", "whole_cN", "stream_c1", "paced", "big_c1", "observe_c1"),
+                     phases))
     summary = []
-    for phase, metric, label, fmt, target in ROWS:
+    for phase, metric, label, fmt, target_key in ROWS:
         name = alias[phase]
+        target = TARGETS.get(target_key)
         per_round = [r[name] for r in result["rounds"]]
         d = median(r[DETOUR][metric] for r in per_round)
         p = median(r[PLAIN][metric] for r in per_round)
@@ -456,6 +603,14 @@ def summarize(result: dict, args) -> dict:
         summary.append({"phase": name, "metric": metric, "label": label, "detour": d,
                         "plain": p, "ratio": rr, "round_ratios": ratios, "target": target,
                         "verdict": verdict, "fmt": fmt})
+    mem = result["memory"]
+    if mem:
+        d, p = mem[DETOUR]["kb_per_stream"], mem[PLAIN]["kb_per_stream"]
+        summary.append({"phase": "open_streams", "metric": "kb_per_stream",
+                        "label": "RSS per open stream (KB)", "detour": d, "plain": p,
+                        "ratio": ratio(d, p), "round_ratios": [], "target": None,
+                        "target_kb": TARGET_MEMORY_KB,
+                        "verdict": "met" if d <= TARGET_MEMORY_KB else "MISSED", "fmt": "{:.0f}"})
     return {"rows": summary}
 
 
@@ -479,63 +634,80 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
     w = lines.append
     w(f"detour bench `claude_code`: the captured Claude Code request "
       f"({result['capture_bytes']:,} B body), {args.events}-event streams")
-    w("  proxies : detour = mitmdump -s addons/router.py; plain = mitmdump, no script, "
-      "connection_strategy=lazy (whole: buffered; streams: + stream_large_bodies=1)")
+    w("  proxies : detour = mitmdump -s addons/router.py; plain = mitmdump, no script "
+      "(whole: buffered; streams: stream_large_bodies=1);")
+    w("            both connection_strategy=lazy, ssl_insecure=true"
+      + (", --mode reverse" if args.leg == "reverse" else ""))
     if args.against:
         w(f"  AGAINST : 'plain' below is NOT plain mitmdump but detour from {args.against} "
           f"(--against), same routes and fakes")
-    w("  client  : this process, h11 over TLS through CONNECT (trusting the mitmproxy CA); one "
-      "keep-alive connection per worker,")
-    w("            opened and warmed before timing and reused for every timed request")
-    w("  upstream: TLS on both sides, loopback, fakes in processes of their own: detour -> fake "
-      "OpenAI-compatible provider")
-    w("            (https, verify_tls: false); plain -> fake Anthropic API (https, "
-      "ssl_insecure=true)")
+    if args.leg == "connect":
+        w("  client  : this process, CONNECT api.anthropic.com:443 (plain: the fake vendor's "
+          "address) + TLS through the proxy, trusting its CA;")
+    else:
+        w("  client  : this process, plain HTTP straight to the proxy in reverse mode (no "
+          "CONNECT, no TLS on the client leg);")
+    w("            " + ("a new connection for every request (CONNECT + TLS handshake included)"
+                       if args.new_connection else
+                       "one keep-alive connection per worker, opened before timing"))
+    w(f"  upstream: {args.upstream} on both sides, loopback fakes in processes of their own: "
+      f"detour -> fake OpenAI-compatible provider, plain -> fake Anthropic API")
+    pinned = result["pinned"]
+    w(f"  cpus    : " + (f"proxies pinned to cpu {pinned['proxies']}, client and fakes to "
+                         f"{pinned['others']}" if pinned["proxies"] else "not pinned"))
     w(f"  runs    : {args.rounds} rounds, detour and plain alternating phase by phase (order "
       f"flips each round); per round and side:")
     w(f"            {args.requests} whole at c=1, "
       f"{math.ceil(args.requests_c16 / args.concurrency) * args.concurrency} whole at "
-      f"c={args.concurrency}, {args.streams} streams at c=1")
+      f"c={args.concurrency}, {args.streams} unpaced streams, "
+      f"{math.ceil(args.paced_streams / args.paced_concurrency) * args.paced_concurrency} "
+      f"paced streams ({args.paced_events} events, one every {args.paced_delay * 1000:g} ms) "
+      f"at c={args.paced_concurrency},")
+    w(f"            {args.big_requests} whole with a {result['big_bytes']:,} B body, "
+      f"{args.requests} observe-mode (passthrough) whole calls (plain: its whole call)")
     w("  figures : medians over rounds; ratio = median of the per-round detour/plain ratios; CPU "
       "= the proxy process (/proc, 10 ms ticks)")
     w("")
-    head = f"{'':<34}{'detour':>10}{'plain':>10}{'ratio':>9}{'target':>9}  verdict"
+    head = f"{'':<42}{'detour':>10}{'plain':>10}{'ratio':>9}{'target':>9}  verdict"
     w(head)
     w("-" * len(head))
-    titles = {result["phases"][0]: "whole c=1", result["phases"][1]:
-              f"whole c={args.concurrency}", result["phases"][2]: "stream c=1"}
+    titles = titles_of(result, args)
+    titles["open_streams"] = f"{args.open_streams} open"
     for row in summary["rows"]:
-        target = f"<={row['target']}x" if row["target"] else ""
-        verdict = row["verdict"] or ""
-        if row["phase"] == result["phases"][2] and row["target"]:
-            verdict += ("  (primary: the CPU ratio)" if row["metric"] == "cpu_ms_per_req"
-                        else "  (time, shown too)")
-        label = f"{titles[row['phase']]:<12}{row['label']}"
-        w(f"{label:<34}{fmt(row['detour'], row['fmt']):>10}{fmt(row['plain'], row['fmt']):>10}"
-          f"{fmt(row['ratio'], '{:.2f}x'):>9}{target:>9}  {verdict}")
+        if row.get("target_kb"):
+            target = f"<={row['target_kb']}KB"
+        else:
+            target = f"<={row['target']}x" if row["target"] else ""
+        label = f"{titles[row['phase']]:<14}{row['label']}"
+        w(f"{label:<42}{fmt(row['detour'], row['fmt']):>10}{fmt(row['plain'], row['fmt']):>10}"
+          f"{fmt(row['ratio'], '{:.2f}x'):>9}{target:>9}  {row['verdict'] or ''}")
     w("")
     w("per-round ratios detour/plain:")
     for row in summary["rows"]:
-        if row["metric"] in ("cpu_ms_per_req", "rps") or row["target"]:
+        if row["round_ratios"] and (row["metric"] in ("cpu_ms_per_req", "rps")
+                                    or row["target"]):
             label = f"{titles[row['phase']]} {row['label']}"
             w(f"  {label:<42}" + " ".join(fmt(x, "{:.2f}") for x in row["round_ratios"]))
+    mem = result["memory"]
+    if mem:
+        w("")
+        w(f"memory: {args.open_streams} streams open at once through a fresh proxy (each one's "
+          f"first text event received, the provider holding the rest):")
+        for who in (DETOUR, PLAIN):
+            x = mem[who]
+            w(f"  {who:<7} RSS {x['rss_before'] / 2**20:.1f} MB -> {x['rss_open'] / 2**20:.1f} MB"
+              f" = {x['kb_per_stream']:.0f} KB per open stream")
     w("")
     p = result["paced"]
-    w(f"paced stream ({args.events} events, one every {args.paced_delay * 1000:g} ms from the "
-      f"provider; times from the start of the request):")
+    w(f"paced stream alone ({args.paced_events} events, one every "
+      f"{args.paced_delay * 1000:g} ms from the provider; times from the start of the request):")
     for who in (DETOUR, PLAIN):
         x = p[who]
         ok = "met" if x["before_provider_last"] else "MISSED"
         w(f"  {who:<7} provider wrote its first event at {x['provider_first_ms']:6.1f} ms, its "
           f"last at {x['provider_last_ms']:7.1f} ms; the client had the first text event at "
           f"{x['first_event_ms']:6.1f} ms, all at {x['client_end_ms']:7.1f} ms")
-        w(f"          -> first event before the provider's last: {ok}")
-        w(f"          proxy CPU {x['cpu_ms_per_stream']:.1f} ms/stream, "
-          f"{x['cpu_us_per_event']:.0f} us/event")
-    pr = ratio(p[DETOUR]["cpu_ms_per_stream"], p[PLAIN]["cpu_ms_per_stream"])
-    if pr is not None:
-        w(f"  paced CPU ratio detour/plain: {pr:.2f}x (<=1.6x: {'met' if pr <= 1.6 else 'MISSED'};"
-          f" {args.paced_streams} streams per side, 10 ms CPU ticks)")
+        w(f"          -> first event before the provider's last (relayed as it comes): {ok}")
     w("")
     us = tr["us"]
     per = tr["stream_us_per_event"]
@@ -577,10 +749,33 @@ def parse_args(argv=None):
                     help="timed streams per round and side (default 20, quick 8)")
     ap.add_argument("--events", type=int, default=500,
                     help="content deltas per answer (500); whole answers carry as many chars")
-    ap.add_argument("--paced-streams", type=int, default=3, dest="paced_streams",
-                    help="paced streams per side for the paced CPU figure (3)")
+    ap.add_argument("--paced-streams", type=int, dest="paced_streams",
+                    help="paced streams per round and side, spread over --paced-concurrency "
+                         "workers (default 8, quick 4)")
+    ap.add_argument("--paced-concurrency", type=int, default=4, dest="paced_concurrency",
+                    help="paced streams at once (4)")
+    ap.add_argument("--paced-events", type=int, default=250, dest="paced_events",
+                    help="content deltas per paced stream (250)")
     ap.add_argument("--paced-delay", type=float, default=0.002, dest="paced_delay",
-                    help="seconds between events of the paced check stream (0.002)")
+                    help="seconds between events of a paced stream (0.002)")
+    ap.add_argument("--big-body", type=int, default=1_000_000, dest="big_body",
+                    help="size of the large request body, bytes (1000000)")
+    ap.add_argument("--big-requests", type=int, dest="big_requests",
+                    help="whole calls with the large body per round and side (default 10, "
+                         "quick 4)")
+    ap.add_argument("--open-streams", type=int, default=200, dest="open_streams",
+                    help="streams held open at once for the memory figure (200; 0: skip)")
+    ap.add_argument("--leg", choices=("connect", "reverse"), default="connect",
+                    help="connect: the client does CONNECT + TLS through the proxy, as a user's "
+                         "CLI does (default); reverse: mitmproxy in reverse mode, plain HTTP "
+                         "from the client (how issue 13's first measurement ran)")
+    ap.add_argument("--upstream", choices=("https", "http"), default="https",
+                    help="the fakes' scheme (https; http needs --leg reverse: after a CONNECT "
+                         "with TLS mitmproxy speaks TLS upstream)")
+    ap.add_argument("--new-connection", action="store_true", dest="new_connection",
+                    help="a new client connection per request (default: keep-alive)")
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not pin the proxies to one cpu (and the rest to the others)")
     ap.add_argument("--repeat", type=int,
                     help="timings per translator figure, the best is kept (7, quick 3)")
     ap.add_argument("--json", type=Path, help="also save every figure here")
@@ -596,6 +791,10 @@ def parse_args(argv=None):
     args.requests_c16 = args.requests_c16 or 3 * args.requests
     args.streams = args.streams or (8 if quick else 20)
     args.repeat = args.repeat or (3 if quick else 7)
+    args.paced_streams = args.paced_streams or (4 if quick else 8)
+    args.big_requests = args.big_requests or (4 if quick else 10)
+    if args.upstream == "http" and args.leg == "connect":
+        ap.error("--upstream http needs --leg reverse")
     return args
 
 

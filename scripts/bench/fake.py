@@ -11,7 +11,11 @@ with two differences that matter in a long benchmark:
   processes) at which the first and the last of its n events had been written and drained;
 - `--fail 500|stream-error`: every model call fails, with a 500, or with a 200 stream whose
   first events are the role chunk / message_start and then the vendor's in-stream error
-  (failover benchmarks).
+  (failover benchmarks);
+- `--paced MODEL:DELAY:EVENTS` (repeatable): a call for that model is answered with EVENTS
+  content deltas, DELAY seconds apart (one event per read at the proxy, as a real model's tokens
+  arrive; a long DELAY holds streams open), instead of the default reply. One fake serves
+  every kind of call of a benchmark, so one mitmdump (e.g. in reverse mode) reaches them all.
 """
 
 import collections
@@ -21,7 +25,7 @@ import time
 
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.openai_provider import FakeOpenAI
-from tests.fakes.replies import Status, StreamError
+from tests.fakes.replies import Events, Status, StreamError
 from tests.fakes.server import Stream, run_cli
 
 KINDS = {"openai": FakeOpenAI, "anthropic": FakeAnthropic}
@@ -42,14 +46,22 @@ def _stamped(events):
     print(f"stream {first!r} {last!r} {n}", flush=True)
 
 
-def bench_class(cls, stamp: bool, fail: str | None = None):
+def bench_class(cls, stamp: bool, fail: str | None = None,
+                paced: dict[str, Events] | None = None):
+    paced = paced or {}
+
     class Bench(cls):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self._requests = collections.deque(maxlen=HISTORY)
 
         def take_reply(self, received):
-            return FAILURES[fail] if fail else super().take_reply(received)
+            if fail:
+                return FAILURES[fail]
+            model = (received.json or {}).get("model")
+            if isinstance(model, str) and model in paced:
+                return paced[model]
+            return super().take_reply(received)
 
         def render(self, reply, received, stream):
             plan = super().render(reply, received, stream)
@@ -78,7 +90,17 @@ def main(argv: list[str]) -> int:
             print(f"--fail: one of {', '.join(FAILURES)}", file=sys.stderr)
             return 2
         del rest[i:i + 2]
-    return run_cli(bench_class(KINDS[kind], stamp, fail), rest)
+    paced = {}
+    while "--paced" in rest:
+        i = rest.index("--paced")
+        try:
+            model, delay, n = rest[i + 1].rsplit(":", 2)
+            paced[model] = Events(int(n), delay=float(delay))
+        except (IndexError, ValueError):
+            print("--paced MODEL:DELAY:EVENTS", file=sys.stderr)
+            return 2
+        del rest[i:i + 2]
+    return run_cli(bench_class(KINDS[kind], stamp, fail, paced), rest)
 
 
 if __name__ == "__main__":

@@ -92,27 +92,47 @@ class Reply:
     body: bytes | None  # the whole body, when asked for
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of process `pid` to `cpus` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # a thread that just ended
+            pass
+
+
+def rss_of_pid(pid: int) -> int:
+    """Resident memory of a process, bytes (VmRSS from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
 class TunnelClient:
     """One keep-alive HTTPS connection through an HTTP proxy: `CONNECT host:port`, TLS to the
-    proxy (which intercepts it: `ctx` trusts the proxy's CA), then HTTP/1.1 requests (h11)."""
+    proxy (which intercepts it: `ctx` trusts the proxy's CA), then HTTP/1.1 requests (h11).
+    `tunnel=False`: straight to a reverse proxy instead, over TLS when `ctx` is given, plain
+    HTTP when it is None."""
 
-    def __init__(self, proxy_port: int, host: str, port: int, ctx: ssl.SSLContext,
-                 timeout: float = 60.0):
+    def __init__(self, proxy_port: int, host: str, port: int, ctx: ssl.SSLContext | None,
+                 timeout: float = 60.0, tunnel: bool = True):
         sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        authority = f"{host}:{port}"
-        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = sock.recv(4096)
-            if not data:
+        if tunnel:
+            authority = f"{host}:{port}"
+            sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = sock.recv(4096)
+                if not data:
+                    sock.close()
+                    raise ConnectionError("the proxy closed the connection after CONNECT")
+                head += data
+            if head.split(b" ", 2)[1] != b"200":
                 sock.close()
-                raise ConnectionError("the proxy closed the connection after CONNECT")
-            head += data
-        if head.split(b" ", 2)[1] != b"200":
-            sock.close()
-            raise ConnectionError(f"CONNECT refused: {head[:200]!r}")
-        self.sock = ctx.wrap_socket(sock, server_hostname=host)
+                raise ConnectionError(f"CONNECT refused: {head[:200]!r}")
+        self.sock = ctx.wrap_socket(sock, server_hostname=host) if ctx is not None else sock
         self.conn = h11.Connection(h11.CLIENT)
 
     def close(self) -> None:
@@ -120,6 +140,26 @@ class TunnelClient:
             self.sock.close()
         except OSError:
             pass
+
+    def open_stream(self, request: h11.Request, body: bytes, marker: bytes) -> None:
+        """Send a request and read its answer until `marker` arrived, then leave it open (the
+        rest waits in the socket until `close`)."""
+        conn = self.conn
+        self.sock.sendall(conn.send(request) + conn.send(h11.Data(data=body))
+                          + conn.send(h11.EndOfMessage()))
+        seen = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(self.sock.recv(65536))
+            elif isinstance(event, h11.Response) and event.status_code != 200:
+                raise RuntimeError(f"HTTP {event.status_code}")
+            elif isinstance(event, h11.Data):
+                seen = (seen + event.data)[-4096:]
+                if marker in seen:
+                    return
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                raise RuntimeError(f"the answer ended before {marker!r}")
 
     def send(self, request: h11.Request, body: bytes, marker: bytes | None = None,
              keep: bool = False) -> Reply:
@@ -155,6 +195,24 @@ class TunnelClient:
                      b"".join(parts) if parts is not None else None)
 
 
+class FreshClient:
+    """A client that opens a new connection (CONNECT and TLS handshake included) for every
+    request, as a CLI started per task would: `--new-connection`."""
+
+    def __init__(self, connect: Callable[[], TunnelClient]):
+        self.connect = connect
+
+    def send(self, *args, **kwargs) -> Reply:
+        client = self.connect()
+        try:
+            return client.send(*args, **kwargs)
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class Phase:
     """What one timed phase measured: every reply, the wall time and the proxy's CPU."""
@@ -175,7 +233,7 @@ class Phase:
         return [(r.t_mark - r.t0) * 1000 for r in self.replies if r.t_mark is not None]
 
 
-def run_phase(clients: list[TunnelClient], per_client: int, request: h11.Request, body: bytes,
+def run_phase(clients: list[TunnelClient | FreshClient], per_client: int, request: h11.Request, body: bytes,
               cpu: Callable[[], float], check: Callable[[Reply], str | None],
               marker: bytes | None = None, warm: int = 1, settle: float = 0.03) -> Phase:
     """Each client (one thread each) sends `warm` untimed requests, then all start together and
