@@ -22,6 +22,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
+from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
 from addons.forwarding import FORMATS, Forwarder, Job, internal_error
 from addons.routing import plan
 from addons.scrubber import CREDENTIAL_HEADERS, credentials_of
@@ -31,23 +32,12 @@ from translators import canonical
 
 log = logging.getLogger(__name__)
 
-# (host, path without query) -> client format. Vendor URLs live in one table (config.py).
-ENDPOINTS: dict[tuple[str, str], str] = {
-    ("api.anthropic.com", "/v1/messages"): "anthropic",
-    ("api.openai.com", "/v1/chat/completions"): "openai-chat",
-}
-HANDLED_HOSTS = frozenset(host for host, _ in ENDPOINTS)
-# the format an error on a vendor host is written in when its path says nothing
-HOST_FORMATS = {host: fmt for (host, _), fmt in ENDPOINTS.items()}
+# which hosts and paths are model calls, in which client format: the format table
 MARK = ":twisted_rightwards_arrows:"
 # every answer on a vendor host carries its flow id: the key of its usage row (`flow_id`) and
 # of its flow in mitmweb
 ID_HEADER = "x-detour-id"
 META = "detour"
-
-
-def client_format_of(host: str, path: str) -> str | None:
-    return ENDPOINTS.get((host, path.partition("?")[0]))
 
 
 def client_name(headers) -> str:
@@ -200,9 +190,9 @@ class Interceptor:
             return
         flow.metadata[META + ".host"] = req.pretty_host  # survives a vendor override
         held = self._held.pop(flow.id, {})
-        fmt = client_format_of(req.pretty_host, req.path) if req.method == "POST" else None
+        call = client_call(req.pretty_host, req.method, req.path)
         rt = self.settings.runtime
-        if fmt is None:
+        if call is None:
             # not a model call: untouched, except that a configured vendor override applies
             # to the whole host
             origin = rt.config.vendors.get(req.pretty_host)
@@ -210,6 +200,7 @@ class Interceptor:
                 _retarget(req, origin)
             self._restore(flow, held)
             return
+        fmt = call.client_format
         row = UsageRow(now_iso(), flow.id, client_name(req.headers), fmt, "", False)
         self._deciding[flow.id] = row
         if (bad := unsafe_header(req.headers)) is not None:
@@ -234,11 +225,11 @@ class Interceptor:
             return self._reject(flow, fmt, row, 400, f"the request body is not JSON: {e}")
         if not isinstance(body, dict):
             return self._reject(flow, fmt, row, 400, "the request body must be a JSON object")
-        model = body.get("model")
+        model = call.model(body)  # where the table says: a body field, a path part, ...
         if not isinstance(model, str) or not model:
             return self._reject(flow, fmt, row, 400, "model: a model name (string) is required")
         row.model_requested = model
-        row.stream = body.get("stream") is True
+        row.stream = call.stream(body)
         config = rt.config
         candidates = plan(config, rt.providers, model)
         origin = config.vendor_origin(req.pretty_host)
