@@ -7,6 +7,10 @@ A fallback is possible until the first byte reaches the client; so a candidate c
 answering well only once it sent a 2xx status *and* the start of a real answer: a stream's first
 content event (an error event before any content, as overloaded providers and OpenRouter send,
 is a failed attempt), or a whole answer that decodes.
+
+Each candidate's request is built in one way whatever the formats (`Forwarder.build`): its
+codec, URL and credential from the format table (formats.py), detour's changes to the request
+from policies.py, then the codec's encoder (or, same format, the client's own bytes).
 """
 
 import asyncio

@@ -1,7 +1,8 @@
 """Which flows are detour's, and what happens to each: the request hook decides.
 
 - A host detour never handles is tunnelled without TLS interception (`tls_clienthello`).
-- On a handled host, only the model endpoints (host + path) are intercepted; every other path
+- On a handled host, only the model endpoints (host + path, from the format table in
+  formats.py, which also says where the model and stream flag are read) are intercepted; every other path
   (Claude Code's `/api/claude_code/*`, telemetry, ...) passes through untouched and is never
   counted as a model call.
 - A model call whose route is only `passthrough` goes to its original vendor through
