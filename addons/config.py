@@ -14,17 +14,12 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from addons import formats
+from translators.openai_chat import DIALECTS
+
 DEFAULT_HOME = "~/.detour"
 CONFIG_NAME = "config.yaml"
 
-# Where each vendor host's own API lives: passthrough sends there. One table, overridable with
-# `vendors:` in config (tests point it at loopback fakes; a corporate gateway can go here too).
-VENDOR_ORIGINS: dict[str, str] = {
-    "api.anthropic.com": "https://api.anthropic.com",
-    "api.openai.com": "https://api.openai.com",
-}
-
-PROVIDER_KINDS = ("openai", "anthropic")
 # a provider's `proxy:`: these URL schemes, or DIRECT (not even mitmproxy's upstream proxy)
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 DIRECT = "direct"
@@ -106,7 +101,7 @@ class Limits(_Strict):
 
 
 class Provider(_Strict):
-    kind: Literal["openai", "anthropic"]
+    kind: str  # a provider kind of the format table (addons/formats.py)
     base_url: str
     api_keys: list[str] = Field(default_factory=list, repr=False)  # may hold literal secrets
     headers: dict[str, str] = Field(default_factory=dict)
@@ -115,11 +110,14 @@ class Provider(_Strict):
     # call is translated: models without reasoning refuse the field, so it is dropped unless
     # you say "pass" or name the effort to send.
     reasoning_effort: Literal["drop", "pass", "minimal", "low", "medium", "high"] = "drop"
-    # kind openai only: OpenAI's reasoning models refuse max_tokens and want
-    # max_completion_tokens; content_parts sends content as part arrays that keep cache_control
-    # markers (as Qwen Code does with DashScope) instead of plain strings
-    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-    content_parts: bool = False
+    # kind openai only: the vendor's flavour of Chat (translators/openai_chat.DIALECTS); unset,
+    # it follows base_url's host (api.deepseek.com: deepseek, ...), else plain compatible Chat
+    dialect: str | None = None
+    # kind openai only, overriding the dialect's own: OpenAI's reasoning models refuse
+    # max_tokens and want max_completion_tokens; content_parts sends content as part arrays
+    # that keep cache_control markers (as Qwen Code does with DashScope) instead of strings
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    content_parts: bool | None = None
     timeouts: Timeouts = Timeouts()
     # How the provider is reached: an outbound proxy URL (its credentials are secrets: never
     # shown), or `direct`; unset means mitmproxy's own upstream proxy when it runs in
@@ -140,6 +138,28 @@ class Provider(_Strict):
             data = dict(data)
             data["verify"] = data.pop("verify_tls")
         return data
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        if v not in formats.PROVIDER_KINDS:
+            raise ValueError(f"unknown kind {v!r} (known: {formats.known_kinds()})")
+        return v
+
+    @field_validator("dialect")
+    @classmethod
+    def _dialect(cls, v: str | None) -> str | None:
+        if v is not None and v not in DIALECTS:
+            raise ValueError(f"unknown dialect {v!r} (known: {', '.join(DIALECTS)})")
+        return v
+
+    @model_validator(mode="after")
+    def _dialect_kind(self):
+        if not formats.PROVIDER_KINDS[self.kind].dialects:
+            for name in ("dialect", "max_tokens_field", "content_parts"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only for kind openai, not {self.kind}")
+        return self
 
     @field_validator("base_url")
     @classmethod
@@ -219,7 +239,7 @@ class Config(_Strict):
         return self
 
     def vendor_origin(self, host: str) -> str:
-        return self.vendors.get(host) or VENDOR_ORIGINS.get(host) or f"https://{host}"
+        return self.vendors.get(host) or formats.VENDOR_ORIGINS.get(host) or f"https://{host}"
 
     def candidates(self, model: str) -> list[str]:
         """The candidate list for a requested model: combo or exact route, then the first glob

@@ -7,6 +7,10 @@ A fallback is possible until the first byte reaches the client; so a candidate c
 answering well only once it sent a 2xx status *and* the start of a real answer: a stream's first
 content event (an error event before any content, as overloaded providers and OpenRouter send,
 is a failed attempt), or a whole answer that decodes.
+
+Each candidate's request is built in one way whatever the formats (`Forwarder.build`): its
+codec, URL and credential from the format table (formats.py), detour's changes to the request
+from policies.py, then the codec's encoder (or, same format, the client's own bytes).
 """
 
 import asyncio
@@ -15,12 +19,14 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlencode
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import orjson
 
+from addons import formats, policies
 from addons.call import Call
 from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.decoding import BoundedDecoder, TooLarge
@@ -30,23 +36,12 @@ from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
                             retry_after_seconds)
 from addons.scrubber import SecretScrubber, credentials_of
 from addons.transport import StreamsTransport, ssl_context
-from translators import anthropic, canonical, openai_chat, passthrough
+from translators import canonical, openai_chat, passthrough
 
 log = logging.getLogger(__name__)
 
-# client/provider wire format -> translator module (hub and spoke: each speaks canonical)
-FORMATS = {"anthropic": anthropic, "openai-chat": openai_chat}
-# config `kind:` -> wire format
-PROVIDER_FORMATS = {"anthropic": "anthropic", "openai": "openai-chat"}
-# each format's key prefix in canonical Request.extras, and its message id prefix
-FORMAT_PREFIXES = {"anthropic": "anthropic:", "openai-chat": "openai_chat:"}
-MESSAGE_ID_PREFIXES = {"anthropic": "msg_", "openai-chat": "chatcmpl-"}
-# Claude Code's first system block: `x-anthropic-billing-header: cc_version=...; cch=...;`
-BILLING_HEADER = "x-anthropic-billing-header:"
-BILLING_HEADER_NOTE = "system[billing-header]"
-ANTHROPIC_API_HOST = "api.anthropic.com"
-# path under a provider's base_url for each format
-PROVIDER_PATHS = {"anthropic": "/v1/messages", "openai-chat": "/chat/completions"}
+# client/provider wire format -> its codec (the format table: addons/formats.py)
+FORMATS = formats.CODECS
 
 # never forwarded from the client to a vendor, nor from a provider back to the client
 HOP_BY_HOP = frozenset({
@@ -54,8 +49,6 @@ HOP_BY_HOP = frozenset({
     "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate",
     "accept-encoding", "content-encoding",
 })
-# Anthropic headers a client's request carries that still apply when detour picks the account
-ANTHROPIC_FORWARDED = ("anthropic-version", "anthropic-beta")
 MAX_ERROR_BODY = 64 * 1024
 DRAIN_SECONDS = 0.05  # how long a failed stream's end is awaited (to keep its connection)
 SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
@@ -228,7 +221,8 @@ class Forwarder:
     @staticmethod
     def needs_translation(job: Job, cand: Candidate) -> bool:
         return (cand.provider is not None
-                and PROVIDER_FORMATS[cand.provider.spec.kind] != job.client_format)
+                and formats.provider_kind(cand.provider.spec.kind).codec.NAME
+                != job.client_format)
 
     def build(self, job: Job, cand: Candidate) -> tuple[str, str, dict[str, str], bytes]:
         """(provider format, url, headers, body) for one candidate (made once per job);
@@ -239,69 +233,46 @@ class Forwarder:
         return built
 
     def _build(self, job: Job, cand: Candidate) -> tuple[str, str, dict[str, str], bytes]:
+        """Pick the provider's codec from the format table, apply the policies, encode (or,
+        same format, keep the client's bytes where nothing changed), put the credential on."""
         if cand.provider is None:
             headers = {k: v for k, v in job.client_headers.items() if k not in HOP_BY_HOP}
             return job.client_format, job.vendor_url, headers, job.raw_body
         spec = cand.provider.spec
-        fmt = PROVIDER_FORMATS[spec.kind]
+        kind = formats.provider_kind(spec.kind)
+        codec = kind.codec
+        same = codec.NAME == job.client_format
+        target = policies.Target(FORMATS[job.client_format], codec, spec, cand.model, job.stream)
+        dialect = formats.dialect_name(spec.dialect, spec.base_url) if kind.dialects else None
+        if same:
+            # same format in and out: the client's bytes, only the model (and a cap) change
+            body, dropped = policies.apply_to_body(job.body, target)
+            data = job.raw_body if body is job.body else dump_json(body)
+        else:
+            req, dropped = policies.apply(job.canonical(), target)
+            if dialect is not None:
+                wire = codec.encode_request(req, openai_chat.DIALECTS[dialect],
+                                            content_parts=spec.content_parts,
+                                            max_tokens_field=spec.max_tokens_field)
+            else:
+                wire = codec.encode_request(req)
+            data = dump_json(wire)
+        self._note_dropped(job, cand, dropped)
         headers = {"content-type": "application/json", "user-agent": "detour/0.1"}
-        if fmt == "anthropic":
-            headers["anthropic-version"] = "2023-06-01"
-            if job.client_format == "anthropic":
-                for h in ANTHROPIC_FORWARDED:
-                    if h in job.client_headers:
-                        headers[h] = job.client_headers[h]
-            if cand.account.secret:
-                headers["x-api-key"] = cand.account.secret
-        elif cand.account.secret:
-            headers["authorization"] = f"Bearer {cand.account.secret}"
+        headers.update(kind.fixed_headers)
+        if same:
+            for h in kind.forwarded_headers:
+                if h in job.client_headers:
+                    headers[h] = job.client_headers[h]
+        query: dict[str, str] = {}
+        if cand.account.secret:
+            formats.credential_of(kind, dialect).apply(cand.account.secret, headers, query)
         headers["accept"] = "text/event-stream" if job.stream else "application/json"
         headers.update(spec.headers)
-        url = spec.base_url + PROVIDER_PATHS[fmt]
-        cap = spec.max_output_tokens
-        # Claude Code's billing header changes on every call and opens the system prompt: sent
-        # to any other provider it would keep its prompt cache from ever hitting
-        drop_billing = (job.client_format == "anthropic"
-                        and httpx.URL(spec.base_url).host != ANTHROPIC_API_HOST)
-        if fmt == job.client_format:
-            # same format in and out: the client's bytes, only the model (and a cap) change
-            system = job.body.get("system") if drop_billing else None
-            kept = _without_billing_header(system)
-            if cand.model == job.model and not _over_cap(job.body, cap) and kept is system:
-                return fmt, url, headers, job.raw_body
-            body = dict(job.body, model=cand.model)
-            if kept is not system:
-                body["system"] = kept
-                self._note_dropped(job, cand, (BILLING_HEADER_NOTE,))
-            if _over_cap(body, cap):
-                body["max_tokens"] = cap
-            return fmt, url, headers, dump_json(body)
-        req = job.canonical()
-        dropped = canonical.foreign_fields(req, FORMAT_PREFIXES[fmt])
-        if req.user is not None:
-            dropped += ("user" if job.client_format == "openai-chat" else "metadata.user_id",)
-        # `user` is dropped: Claude Code's metadata.user_id carries its device and account ids,
-        # which have no business at another vendor
-        changes: dict[str, Any] = {"model": cand.model, "stream": job.stream, "user": None}
-        if spec.reasoning_effort == "drop":
-            changes["reasoning_effort"] = None
-        elif spec.reasoning_effort != "pass":
-            changes["reasoning_effort"] = spec.reasoning_effort
-        if cap and (req.max_tokens is None or req.max_tokens > cap):
-            changes["max_tokens"] = cap
-        if drop_billing:
-            system = tuple(t for t in req.system if not t.text.startswith(BILLING_HEADER))
-            if len(system) != len(req.system):
-                changes["system"] = system
-                dropped += (BILLING_HEADER_NOTE,)
-        self._note_dropped(job, cand, dropped)
-        req = dataclasses.replace(req, **changes)
-        if fmt == "openai-chat":
-            wire = openai_chat.encode_request(req, content_parts=spec.content_parts,
-                                              max_tokens_field=spec.max_tokens_field)
-        else:
-            wire = FORMATS[fmt].encode_request(req)
-        return fmt, url, headers, dump_json(wire)
+        url = kind.url(spec.base_url, cand.model)
+        if query:
+            url += ("&" if "?" in url else "?") + urlencode(query)
+        return codec.NAME, url, headers, data
 
     @staticmethod
     def _note_dropped(job: Job, cand: Candidate, dropped: tuple[str, ...]) -> None:
@@ -756,14 +727,8 @@ class Forwarder:
 
 def client_encoder(job: Job):
     """The stream encoder of the client's format, as the client asked for it."""
-    if job.client_format == "openai-chat":
-        # the usage chunk (empty `choices`) only for clients that asked: others read choices[0]
-        options = job.body.get("stream_options")
-        wants = isinstance(options, dict) and options.get("include_usage") is True
-        encoder = openai_chat.StreamEncoder(include_usage=wants)
-    else:
-        encoder = FORMATS[job.client_format].StreamEncoder()
-    return canonical.ShapedEncoder(encoder, answer_shape(job))
+    return canonical.ShapedEncoder(FORMATS[job.client_format].client_stream_encoder(job.body),
+                                   answer_shape(job))
 
 
 def answer_shape(job: Job) -> canonical.AnswerShape:
@@ -772,25 +737,7 @@ def answer_shape(job: Job) -> canonical.AnswerShape:
     req = job._canonical
     tool = canonical.answer_tool(req) if req is not None else None
     return canonical.AnswerShape(job.model, tool.name if tool else None,
-                                 MESSAGE_ID_PREFIXES[job.client_format])
-
-
-def _without_billing_header(system):
-    """Claude Code's system blocks without its billing header (the same object when it has
-    none)."""
-    if isinstance(system, list) and any(
-            isinstance(b, dict) and str(b.get("text", "")).startswith(BILLING_HEADER)
-            for b in system):
-        return [b for b in system
-                if not (isinstance(b, dict) and str(b.get("text", "")).startswith(BILLING_HEADER))]
-    return system
-
-
-def _over_cap(body: dict, cap: int | None) -> bool:
-    if not cap:
-        return False
-    value = body.get("max_tokens")
-    return isinstance(value, int) and value > cap
+                                 FORMATS[job.client_format].MESSAGE_ID_PREFIX)
 
 
 def dump_json(obj: Any) -> bytes:

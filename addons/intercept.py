@@ -1,7 +1,8 @@
 """Which flows are detour's, and what happens to each: the request hook decides.
 
 - A host detour never handles is tunnelled without TLS interception (`tls_clienthello`).
-- On a handled host, only the model endpoints (host + path) are intercepted; every other path
+- On a handled host, only the model endpoints (host + path, from the format table in
+  formats.py, which also says where the model and stream flag are read) are intercepted; every other path
   (Claude Code's `/api/claude_code/*`, telemetry, ...) passes through untouched and is never
   counted as a model call.
 - A model call whose route is only `passthrough` goes to its original vendor through
@@ -27,6 +28,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
+from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
 from addons.forwarding import FORMATS, Forwarder, Job, internal_error
 from addons.routing import plan
 from addons.scrubber import CREDENTIAL_HEADERS, credentials_of
@@ -35,23 +37,12 @@ from translators import canonical
 
 log = logging.getLogger(__name__)
 
-# (host, path without query) -> client format. Vendor URLs live in one table (config.py).
-ENDPOINTS: dict[tuple[str, str], str] = {
-    ("api.anthropic.com", "/v1/messages"): "anthropic",
-    ("api.openai.com", "/v1/chat/completions"): "openai-chat",
-}
-HANDLED_HOSTS = frozenset(host for host, _ in ENDPOINTS)
-# the format an error on a vendor host is written in when its path says nothing
-HOST_FORMATS = {host: fmt for (host, _), fmt in ENDPOINTS.items()}
+# which hosts and paths are model calls, in which client format: the format table
 MARK = ":twisted_rightwards_arrows:"
 # every answer on a vendor host carries its flow id: the key of its usage row (`flow_id`) and
 # of its flow in mitmweb
 ID_HEADER = "x-detour-id"
 META = "detour"
-
-
-def client_format_of(host: str, path: str) -> str | None:
-    return ENDPOINTS.get((host, path.partition("?")[0]))
 
 
 def client_name(headers) -> str:
@@ -147,9 +138,9 @@ class Interceptor:
         if held:
             self._held[flow.id] = held
             redact_credentials(req.headers)
-        fmt = client_format_of(req.pretty_host, req.path) if req.method == "POST" else None
-        if fmt is not None:
-            self._refuse_unread(flow, fmt)
+        endpoint = client_call(req.pretty_host, req.method, req.path)
+        if endpoint is not None:
+            self._refuse_unread(flow, endpoint.client_format)
 
     def _refuse_unread(self, flow: http.HTTPFlow, fmt: str) -> None:
         """A model call whose declared body is past limits.request_body is refused before
@@ -237,9 +228,9 @@ class Interceptor:
             return
         flow.metadata[META + ".host"] = req.pretty_host  # survives a vendor override
         held = self._held.pop(flow.id, {})
-        fmt = client_format_of(req.pretty_host, req.path) if req.method == "POST" else None
+        endpoint = client_call(req.pretty_host, req.method, req.path)
         rt = self.settings.runtime
-        if fmt is None:
+        if endpoint is None:
             # not a model call: untouched, except that a configured vendor override applies
             # to the whole host
             origin = rt.config.vendors.get(req.pretty_host)
@@ -247,6 +238,7 @@ class Interceptor:
                 _retarget(req, origin)
             self._restore(flow, held)
             return
+        fmt = endpoint.client_format
         call = self._open_call(flow, fmt, held)
         if (bad := unsafe_header(req.headers)) is not None:
             # a client header is copied to the provider: a CR, LF or NUL in it would let the
@@ -270,10 +262,10 @@ class Interceptor:
             return self._reject(flow, fmt, call, 400, f"the request body is not JSON: {e}")
         if not isinstance(body, dict):
             return self._reject(flow, fmt, call, 400, "the request body must be a JSON object")
-        model = body.get("model")
+        model = endpoint.model(body)  # where the table says: a body field, a path part, ...
         if not isinstance(model, str) or not model:
             return self._reject(flow, fmt, call, 400, "model: a model name (string) is required")
-        stream = body.get("stream") is True
+        stream = endpoint.stream(body)
         call.requested(model, stream)
         config = rt.config
         candidates = plan(config, rt.providers, model)

@@ -37,12 +37,16 @@ from . import canonical as c
 from .canonical import dumps_compact, fail, need
 from .sse import SSEParser
 
+NAME = "anthropic"
 STREAM_CONTENT_TYPE = "text/event-stream; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
+EXTRAS_PREFIX = "anthropic:"
+MESSAGE_ID_PREFIX = "msg_"
+USER_FIELD = "metadata.user_id"
 # Every current Claude model (4.x) allows 32000 output tokens; 4096 would cut coding answers.
 DEFAULT_MAX_TOKENS = 32000
 
-_P = "anthropic:"
+_P = EXTRAS_PREFIX
 # Not top-level fields (a "/" cannot be in one): where custom tools' extra keys and server
 # tools wait for encode_request, and the mark of a client that sends role=system messages.
 _TOOL_FIELDS, _SERVER_TOOLS = _P + "tools/fields", _P + "tools/server"
@@ -616,6 +620,62 @@ def is_error_event(name: str, data: str) -> bool:
 def may_follow_stop(name: str, data: str) -> bool:
     """Nothing follows message_stop."""
     return False
+
+
+# ---------------------------------------------------------------- sniffing and same-format
+
+
+# top-level fields only Chat sends; content block types only Anthropic has
+_CHAT_ONLY = frozenset({"max_completion_tokens", "stream_options", "response_format", "n",
+                        "logprobs", "presence_penalty", "frequency_penalty", "seed",
+                        "parallel_tool_calls"})
+_OWN_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking", "document"})
+_EVENT_NAMES = (b"message_start", b"ping", b"error", b"content_block_start")
+
+
+def sniff_request(body: object) -> bool:
+    """A Messages request by its marks: `messages` beside `max_tokens` (required here), a
+    top-level `system` or Anthropic's own block types, and nothing only Chat sends."""
+    if not isinstance(body, dict) or not isinstance(messages := body.get("messages"), list):
+        return False
+    if not _CHAT_ONLY.isdisjoint(body):
+        return False
+    own = "max_tokens" in body or "system" in body
+    for m in messages:
+        if not isinstance(m, dict) or m.get("role") in ("tool", "developer") or "tool_calls" in m:
+            return False
+        content = m.get("content")
+        if isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") in _OWN_BLOCKS for b in content):
+            own = True
+    return own
+
+
+def sniff_stream(head: bytes) -> bool:
+    """Anthropic streams name their events: `event: message_start` (or an error) first."""
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not head.startswith(b"event:"):
+        return False
+    name = head[6:].lstrip(b" ").split(b"\n", 1)[0].strip()
+    return name in _EVENT_NAMES
+
+
+def rewrite_request(body: dict, *, model: str | None = None,
+                    max_tokens: int | None = None) -> dict:
+    """The client's Messages body with only the model and a lower max_tokens changed (`body`
+    itself when neither changes): what a same-format provider is sent."""
+    changes: dict = {}
+    if model is not None and body.get("model") != model:
+        changes["model"] = model
+    asked = body.get("max_tokens")
+    if max_tokens and isinstance(asked, int) and asked > max_tokens:
+        changes["max_tokens"] = max_tokens
+    return dict(body, **changes) if changes else body
+
+
+def client_stream_encoder(body: dict) -> "StreamEncoder":
+    """Every Messages client gets the same stream."""
+    return StreamEncoder()
 
 
 # ---------------------------------------------------------------- streams: encode

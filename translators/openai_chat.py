@@ -20,9 +20,13 @@ from translators import canonical as c
 from translators.canonical import dumps_compact, fail, need
 from translators.sse import SSEParser
 
+NAME = "openai-chat"
 STREAM_CONTENT_TYPE = "text/event-stream"
 JSON_CONTENT_TYPE = "application/json"
-_EXTRA = "openai_chat:"  # our keys in Request.extras
+EXTRAS_PREFIX = "openai_chat:"  # our keys in Request.extras
+MESSAGE_ID_PREFIX = "chatcmpl-"
+USER_FIELD = "user"
+_EXTRA = EXTRAS_PREFIX
 
 
 FINISH_TO_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
@@ -323,7 +327,7 @@ def _content(parts, as_parts: bool, markers: bool):
     return [_part_dict(p, markers) for p in parts]
 
 
-def _encode_assistant(parts, markers: bool, path: str) -> dict:
+def _encode_assistant(parts, markers: bool, path: str, reasoning: bool = True) -> dict:
     texts, thinking, calls = [], [], []
     for i, p in enumerate(parts):
         t = type(p)
@@ -341,7 +345,7 @@ def _encode_assistant(parts, markers: bool, path: str) -> dict:
             fail(f"an assistant message cannot carry a {t.__name__} in Chat", f"{path}.parts[{i}]")
     marked = markers and any(t.cache_control is not None for t in texts)
     msg = {"role": "assistant", "content": _content(texts, marked, markers) if texts else None}
-    if thinking:  # DeepSeek wants its reasoning passed back (peers.md item 4)
+    if thinking and reasoning:  # DeepSeek wants its reasoning passed back (Dialect)
         msg["reasoning_content"] = "\n\n".join(thinking)
     if calls:
         msg["tool_calls"] = calls
@@ -383,15 +387,54 @@ def _encode_tool(tool: c.Tool, markers: bool) -> dict:
     return out
 
 
-def encode_request(req: c.Request, *, content_parts: bool = False,
-                   max_tokens_field: str = "max_tokens") -> dict:
-    """canonical -> Chat body.
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """How one vendor's Chat Completions endpoint differs from plain OpenAI-compatible Chat, as
+    data (only what the vendor documents). Requests are written per dialect; answers need none:
+    the one StreamDecoder and decode_response read every dialect's quirks (DeepSeek's
+    `reasoning_content` and `prompt_cache_hit_tokens`, OpenRouter's `reasoning`,
+    `: OPENROUTER PROCESSING` comments, error chunks and `finish_reason: "error"`, Azure's
+    empty-id first chunk with `choices: []` and content-filter fields, DashScope's
+    `cache_creation_input_tokens`)."""
 
-    `content_parts=False` (default) writes text-only content as plain strings and drops cache
+    name: str
+    # where the output cap goes: OpenAI's reasoning models refuse max_tokens
+    max_tokens_field: str = "max_tokens"
+    # content as part arrays keeping cache_control (DashScope's explicit cache) vs plain strings
+    content_parts: bool = False
+    # earlier assistant reasoning sent back as `reasoning_content`: DeepSeek's thinking mode
+    # answers 400 without it after a tool call; OpenAI's Chat does not take the field
+    reasoning_content: bool = True
+
+
+COMPATIBLE = Dialect("compatible")  # any other OpenAI-compatible server (vLLM, Ollama, ...)
+OPENAI = Dialect("openai", reasoning_content=False)
+DIALECTS = {d.name: d for d in (
+    COMPATIBLE, OPENAI,
+    Dialect("azure", reasoning_content=False),  # OpenAI's models; `api-key` (addons/formats.py)
+    Dialect("deepseek"),
+    Dialect("dashscope", content_parts=True),  # Qwen Code's own way with DashScope
+    Dialect("openrouter"),
+)}
+
+
+def encode_request(req: c.Request, dialect: "Dialect | None" = None, *,
+                   content_parts: bool | None = None,
+                   max_tokens_field: str | None = None) -> dict:
+    """canonical -> Chat body, as `dialect` (default: COMPATIBLE) wants it; `content_parts`
+    and `max_tokens_field` override the dialect's own.
+
+    `content_parts=False` (OpenAI's) writes text-only content as plain strings and drops cache
     markers: what every OpenAI-compatible server accepts (some reject content arrays for system
     messages or an unknown `cache_control`). `content_parts=True` writes user, system and tool
     content as part arrays carrying `cache_control`, as Qwen Code sends DashScope (OpenRouter
     takes the same). `max_tokens_field="max_completion_tokens"` for OpenAI's reasoning models."""
+    dialect = dialect or COMPATIBLE
+    if content_parts is None:
+        content_parts = dialect.content_parts
+    if max_tokens_field is None:
+        max_tokens_field = dialect.max_tokens_field
+    reasoning = dialect.reasoning_content
     messages: list[dict] = []
     if req.system:
         messages.append({"role": "system",
@@ -399,7 +442,7 @@ def encode_request(req: c.Request, *, content_parts: bool = False,
     for i, m in enumerate(req.messages):
         path = f"messages[{i}]"
         if m.role == "assistant":
-            messages.append(_encode_assistant(m.parts, content_parts, path))
+            messages.append(_encode_assistant(m.parts, content_parts, path, reasoning))
         elif m.role == "user":
             messages += _encode_user(m, content_parts, path)
         else:
@@ -872,3 +915,61 @@ class StreamEncoder(c.EventEncoder):
         if t is c.StreamError:
             return b"data: %s\n\n" % dumps_compact(_error_object(event.kind, event.message))
         return b""  # BlockStop, Ping, SignatureDelta: nothing to say in Chat
+
+
+# ---------------------------------------------------------------- sniffing and same-format
+
+_ANTHROPIC_ONLY = frozenset({"system", "stop_sequences", "top_k", "thinking"})
+_ANTHROPIC_BLOCKS = frozenset({"tool_use", "tool_result", "thinking", "redacted_thinking"})
+
+
+def sniff_request(body: object) -> bool:
+    """A Chat request by its marks: `messages` of role-tagged dicts, no top-level `system` (Chat
+    puts it in a message) and none of Anthropic's own fields or block types."""
+    if not isinstance(body, dict) or not isinstance(messages := body.get("messages"), list):
+        return False
+    if not _ANTHROPIC_ONLY.isdisjoint(body):
+        return False
+    for m in messages:
+        if not isinstance(m, dict):
+            return False
+        content = m.get("content")
+        if isinstance(content, list) and any(
+                isinstance(b, dict) and b.get("type") in _ANTHROPIC_BLOCKS for b in content):
+            return False
+    return True
+
+
+def sniff_stream(head: bytes) -> bool:
+    """Chat streams are bare `data:` chunks (after any `:` comment lines, as OpenRouter sends)
+    holding `choices` or an `error`."""
+    for line in head.lstrip(b"\xef\xbb\xbf \t\r\n").splitlines():
+        line = line.strip()
+        if not line or line.startswith(b":"):
+            continue
+        return line.startswith(b"data:") and (b'"choices"' in line or b'"error"' in line
+                                              or line[5:].strip() == b"[DONE]")
+    return False
+
+
+def rewrite_request(body: dict, *, model: str | None = None,
+                    max_tokens: int | None = None) -> dict:
+    """The client's Chat body with only the model and a lower output cap changed (whichever
+    of max_tokens / max_completion_tokens it sent); `body` itself when nothing changes."""
+    changes: dict = {}
+    if model is not None and body.get("model") != model:
+        changes["model"] = model
+    if max_tokens:
+        for key in ("max_tokens", "max_completion_tokens"):
+            asked = body.get(key)
+            if isinstance(asked, int) and asked > max_tokens:
+                changes[key] = max_tokens
+    return dict(body, **changes) if changes else body
+
+
+def client_stream_encoder(body: dict) -> StreamEncoder:
+    """The usage chunk (empty `choices`) only for clients that asked for it with
+    stream_options.include_usage: others read choices[0] of every chunk."""
+    options = body.get("stream_options")
+    return StreamEncoder(include_usage=isinstance(options, dict)
+                         and options.get("include_usage") is True)

@@ -1,0 +1,240 @@
+"""The format table: the one place that says which vendor call is which client format, and how
+each provider kind is spoken to. Adding a format is a codec module in translators/ plus rows here.
+
+- `ENDPOINTS`: host + path (exact, or a pattern with named parts such as
+  `/v1beta/models/{model}:{method}`) -> the client format, what kind of endpoint it is, and how
+  its model and stream flag are read (a body field, a path part, a query parameter). Only these
+  are intercepted; every other path of a handled host passes through untouched, and hosts with
+  no endpoint are tunnelled without TLS interception.
+- `PROVIDER_KINDS`: a provider's `kind:` in config -> its codec, the path under its base_url (a
+  template: `{model}` is the upstream model), how its credential goes on, its fixed headers and
+  the client headers a same-format call keeps.
+- `DIALECT_HOSTS`: a Chat provider's dialect (translators/openai_chat.Dialect) when config names
+  none, from its base_url's host; `DIALECT_CREDENTIALS` where a dialect's key goes elsewhere.
+- `VENDOR_ORIGINS`: where passthrough sends each vendor host (config's `vendors:` overrides).
+
+Data only: nothing here sends, decides a route or reads mitmproxy.
+"""
+
+import functools
+import re
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+from translators import anthropic, openai_chat
+
+# ---------------------------------------------------------------- how a value is read
+
+
+@dataclass(frozen=True, slots=True)
+class BodyField:
+    """A top-level field of the JSON body (`model`, `stream`)."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathPart:
+    """A named part of the endpoint's path pattern; with `equals`, a flag: does it equal that
+    (`{method}` == `streamGenerateContent`)."""
+
+    name: str
+    equals: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParam:
+    """A query parameter; with `equals`, a flag (`alt=sse`)."""
+
+    name: str
+    equals: str | None = None
+
+
+Source = BodyField | PathPart | QueryParam
+
+# what kind of call an endpoint takes (only model calls today; model lists, compaction and
+# token counting come with the formats that have them)
+MODEL_CALL = "model-call"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str
+    path: str  # exact, or with {name} parts (a part never spans "/" or ":")
+    client_format: str  # a codec's NAME
+    kind: str = MODEL_CALL
+    method: str = "POST"
+    model: Source = BodyField("model")
+    stream: Source = BodyField("stream")
+    pattern: re.Pattern | None = field(default=None, compare=False)
+
+    @staticmethod
+    def make(host: str, path: str, client_format: str, **kw) -> "Endpoint":
+        pattern = None
+        if "{" in path:
+            regex = "".join(
+                f"(?P<{piece[1:-1]}>[^/:]+)" if piece.startswith("{") else re.escape(piece)
+                for piece in re.split(r"(\{\w+\})", path) if piece)
+            pattern = re.compile(regex)
+        return Endpoint(host, path, client_format, pattern=pattern, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientCall:
+    """One request matched to its endpoint: reads its model and stream flag as the table says."""
+
+    endpoint: Endpoint
+    path: str  # as the client sent it, query included
+    parts: dict[str, str]  # the path pattern's named parts
+
+    @property
+    def client_format(self) -> str:
+        return self.endpoint.client_format
+
+    def model(self, body: dict) -> Any:
+        """The requested model (whatever the client put there: the caller checks it)."""
+        return self._read(self.endpoint.model, body)
+
+    def stream(self, body: dict) -> bool:
+        return self._read(self.endpoint.stream, body) is True
+
+    def _read(self, source: Source, body: dict) -> Any:
+        t = type(source)
+        if t is BodyField:
+            return body.get(source.name)
+        if t is PathPart:
+            value = self.parts.get(source.name)
+        else:
+            values = parse_qs(self.path.partition("?")[2]).get(source.name)
+            value = values[-1] if values else None
+        return value if source.equals is None else value == source.equals
+
+
+# ---------------------------------------------------------------- client formats
+
+CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat)}
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
+    Endpoint.make("api.openai.com", "/v1/chat/completions", openai_chat.NAME),
+)
+
+HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)
+# the format an error on a vendor host is written in when its path says nothing (a host's
+# first endpoint)
+HOST_FORMATS: dict[str, str] = {}
+for _e in ENDPOINTS:
+    HOST_FORMATS.setdefault(_e.host, _e.client_format)
+# exact paths are found by one lookup; patterns are tried in the order written, per host
+_EXACT = {(e.host, e.method, e.path): e for e in ENDPOINTS if e.pattern is None}
+_PATTERNS: dict[str, tuple[Endpoint, ...]] = {}
+for _e in ENDPOINTS:
+    if _e.pattern is not None:
+        _PATTERNS[_e.host] = _PATTERNS.get(_e.host, ()) + (_e,)
+
+# where passthrough sends a vendor host (config `vendors:` overrides)
+VENDOR_ORIGINS: dict[str, str] = {host: f"https://{host}" for host in HANDLED_HOSTS}
+
+
+def client_call(host: str, method: str, path: str) -> ClientCall | None:
+    """The endpoint a request is for, or None (not one detour takes)."""
+    bare = path.partition("?")[0]
+    e = _EXACT.get((host, method, bare))
+    if e is not None:
+        return ClientCall(e, path, {})
+    for e in _PATTERNS.get(host, ()):
+        if e.method == method and (m := e.pattern.fullmatch(bare)):
+            return ClientCall(e, path, m.groupdict())
+    return None
+
+
+# ---------------------------------------------------------------- provider kinds
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderKey:
+    """The credential in a header, after a prefix (`authorization: Bearer <key>`)."""
+
+    name: str
+    prefix: str = ""
+
+    def apply(self, secret: str, headers: dict[str, str], query: dict[str, str]) -> None:
+        headers[self.name] = self.prefix + secret
+
+
+@dataclass(frozen=True, slots=True)
+class QueryKey:
+    """The credential as a query parameter (`?key=<key>`)."""
+
+    name: str
+
+    def apply(self, secret: str, headers: dict[str, str], query: dict[str, str]) -> None:
+        query[self.name] = secret
+
+
+Credential = HeaderKey | QueryKey
+BEARER = HeaderKey("authorization", "Bearer ")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderKind:
+    name: str  # config `kind:`
+    codec: ModuleType
+    path: str  # under base_url; `{model}` is the upstream model
+    credential: Credential
+    fixed_headers: tuple[tuple[str, str], ...] = ()
+    # client headers a same-format call keeps (they still hold when detour picks the account)
+    forwarded_headers: tuple[str, ...] = ()
+    dialects: bool = False  # the codec's encode_request takes a translators Dialect
+
+    def url(self, base_url: str, model: str) -> str:
+        path = self.path
+        if "{model}" in path:
+            path = path.replace("{model}", quote(model, safe=""))
+        return base_url + path
+
+
+PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
+    ProviderKind("openai", openai_chat, "/chat/completions", BEARER, dialects=True),
+    ProviderKind("anthropic", anthropic, "/v1/messages", HeaderKey("x-api-key"),
+                 fixed_headers=(("anthropic-version", "2023-06-01"),),
+                 forwarded_headers=("anthropic-version", "anthropic-beta")),
+)}
+
+# a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)
+DIALECT_HOSTS: tuple[tuple[str, str], ...] = (
+    ("api.openai.com", "openai"),
+    ("openai.azure.com", "azure"),
+    ("api.deepseek.com", "deepseek"),
+    ("dashscope.aliyuncs.com", "dashscope"),
+    ("dashscope-intl.aliyuncs.com", "dashscope"),
+    ("openrouter.ai", "openrouter"),
+)
+# Azure OpenAI takes its API keys in `api-key` (Bearer is for Entra ID tokens)
+DIALECT_CREDENTIALS: dict[str, Credential] = {"azure": HeaderKey("api-key")}
+
+
+def provider_kind(name: str) -> ProviderKind:
+    return PROVIDER_KINDS[name]
+
+
+def known_kinds() -> str:
+    return ", ".join(PROVIDER_KINDS)
+
+
+@functools.lru_cache(maxsize=256)
+def dialect_name(configured: str | None, base_url: str) -> str:
+    """The configured dialect, else the one its host says, else plain compatible Chat."""
+    if configured:
+        return configured
+    host = (urlsplit(base_url).hostname or "").lower()
+    for suffix, name in DIALECT_HOSTS:
+        if host == suffix or host.endswith("." + suffix):
+            return name
+    return openai_chat.COMPATIBLE.name
+
+
+def credential_of(kind: ProviderKind, dialect: str | None) -> Credential:
+    return DIALECT_CREDENTIALS.get(dialect, kind.credential) if dialect else kind.credential

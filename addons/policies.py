@@ -1,0 +1,130 @@
+"""What detour changes in a client's request before a provider gets it, in one place and one
+fixed order, whatever the pair of formats: no encoder repeats these.
+
+A translated call (client and provider formats differ) goes through `CANONICAL_STEPS`, each a
+canonical -> canonical change; a same-format call keeps the client's bytes and goes through
+`BODY_STEPS` on the decoded body, then the codec's `rewrite_request` (model, output cap), so
+the rest is sent as the client wrote it. Each step notes what of the client's request it left
+out (shown in the route story as "dropped").
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+from addons.config import Provider
+from translators import anthropic, canonical
+
+# Claude Code's first system block: `x-anthropic-billing-header: cc_version=...; cch=...;`
+BILLING_HEADER = "x-anthropic-billing-header:"
+BILLING_HEADER_NOTE = "system[billing-header]"
+ANTHROPIC_API_HOST = "api.anthropic.com"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the policies know of one candidate: whose request it is and where it goes."""
+
+    client: ModuleType  # the client's codec
+    provider: ModuleType  # the provider's codec
+    spec: Provider
+    model: str  # the upstream model
+    stream: bool
+
+    @property
+    def drops_billing_header(self) -> bool:
+        # Claude Code's billing header changes on every call and opens the system prompt: sent
+        # to any other provider it would keep its prompt cache from ever hitting
+        return (self.client is anthropic
+                and urlsplit(self.spec.base_url).hostname != ANTHROPIC_API_HOST)
+
+
+Changes = dict[str, Any]
+
+
+# ---------------------------------------------------------------- translated calls
+
+
+def foreign_fields(req: canonical.Request, t: Target, changes: Changes, dropped: list) -> None:
+    """The client's fields the provider's format has no place for are named (not sent)."""
+    dropped += canonical.foreign_fields(req, t.provider.EXTRAS_PREFIX)
+
+
+def end_user_id(req: canonical.Request, t: Target, changes: Changes, dropped: list) -> None:
+    """The end user's id is not sent on: Claude Code's metadata.user_id carries its device and
+    account ids, which have no business at another vendor."""
+    if req.user is not None:
+        dropped.append(t.client.USER_FIELD)
+    changes["user"] = None
+
+
+def reasoning_effort(req: canonical.Request, t: Target, changes: Changes, dropped: list) -> None:
+    """The provider's `reasoning_effort`: drop (models without reasoning refuse the field;
+    Claude Code always asks "high"), pass, or the effort to send."""
+    effort = t.spec.reasoning_effort
+    if effort == "drop":
+        changes["reasoning_effort"] = None
+    elif effort != "pass":
+        changes["reasoning_effort"] = effort
+
+
+def output_cap(req: canonical.Request, t: Target, changes: Changes, dropped: list) -> None:
+    """The provider's max_output_tokens caps what the client asked (or sets it, unasked)."""
+    cap = t.spec.max_output_tokens
+    if cap and (req.max_tokens is None or req.max_tokens > cap):
+        changes["max_tokens"] = cap
+
+
+def billing_header(req: canonical.Request, t: Target, changes: Changes, dropped: list) -> None:
+    if t.drops_billing_header:
+        system = tuple(b for b in req.system if not b.text.startswith(BILLING_HEADER))
+        if len(system) != len(req.system):
+            changes["system"] = system
+            dropped.append(BILLING_HEADER_NOTE)
+
+
+CANONICAL_STEPS = (foreign_fields, end_user_id, reasoning_effort, output_cap, billing_header)
+
+
+def apply(req: canonical.Request, t: Target) -> tuple[canonical.Request, tuple[str, ...]]:
+    """A translated call's request as the provider gets it, and what was left out."""
+    changes: Changes = {"model": t.model, "stream": t.stream}
+    dropped: list[str] = []
+    for step in CANONICAL_STEPS:
+        step(req, t, changes, dropped)
+    return dataclasses.replace(req, **changes), tuple(dropped)
+
+
+# ---------------------------------------------------------------- same-format calls
+
+
+def billing_header_body(body: dict, t: Target, dropped: list) -> dict:
+    """billing_header on an Anthropic body (`body` itself when it has none)."""
+    if not t.drops_billing_header:
+        return body
+    system = body.get("system")
+    if isinstance(system, list) and any(_is_billing(b) for b in system):
+        dropped.append(BILLING_HEADER_NOTE)
+        return dict(body, system=[b for b in system if not _is_billing(b)])
+    return body
+
+
+def _is_billing(block: Any) -> bool:
+    return isinstance(block, dict) and str(block.get("text", "")).startswith(BILLING_HEADER)
+
+
+# the end user's id and the reasoning effort stay as sent: the provider speaks the client's
+# format and takes what the client's vendor takes
+BODY_STEPS = (billing_header_body,)
+
+
+def apply_to_body(body: dict, t: Target) -> tuple[dict, tuple[str, ...]]:
+    """A same-format call's body as the provider gets it (`body` itself when unchanged: its
+    bytes go as they came), and what was left out."""
+    dropped: list[str] = []
+    for step in BODY_STEPS:
+        body = step(body, t, dropped)
+    body = t.provider.rewrite_request(body, model=t.model, max_tokens=t.spec.max_output_tokens)
+    return body, tuple(dropped)
