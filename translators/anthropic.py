@@ -245,10 +245,16 @@ def encode_request(req: c.Request, default_max_tokens: int = DEFAULT_MAX_TOKENS)
     messages = list(req.messages)
     # System messages before the first turn belong in `system`: a leading role=system message
     # is not what the mid-conversation-system beta is for.
+    # Turns with nothing to send are left out, so a system message after only such turns is
+    # leading too (else a second pass would move it, and a round trip would not be stable).
     leading: list[dict] = []
-    while messages and messages[0].role == "system" and all(
-            type(p) is c.Text for p in messages[0].parts):
-        leading.extend(_encode_part(t) for t in messages.pop(0).parts if t.text)
+    while messages and (
+            (messages[0].role == "system" and all(type(p) is c.Text for p in messages[0].parts))
+            or (messages[0].role != "system"
+                and not any(_sendable(p) for p in messages[0].parts))):
+        m = messages.pop(0)
+        if m.role == "system":
+            leading.extend(_encode_part(t) for t in m.parts if t.text)
     turns = _encode_messages(messages, len(req.messages) - len(messages),
                              _SYSTEM_MESSAGES in req.extras)
     system += leading
