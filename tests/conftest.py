@@ -12,5 +12,10 @@ Call.strict = True
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None,
                           print_blob=True)
+# local runs keep exploring, without hypothesis's 200 ms per-example deadline: on a shared
+# 2-core machine an example's time says more about the neighbours than about the code
+settings.register_profile("dev", deadline=None)
 if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
     settings.load_profile("ci")
+else:
+    settings.load_profile("dev")
