@@ -78,6 +78,8 @@ class Job:
     # what build() made of each candidate (id(candidate) -> build's answer), so that the
     # check before routing and the send encode once
     built: dict[int, tuple[str, str, dict[str, str], bytes]] = field(default_factory=dict)
+    # whether each candidate checked so far can take the request (id(candidate) -> fits)
+    fit: dict[int, bool] = field(default_factory=dict)
     # "provider/account" -> what of the client's request that candidate was not sent
     dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # candidates left out before any was tried, and why: "provider/account: reason"
@@ -224,6 +226,25 @@ class Forwarder:
                 and formats.provider_kind(cand.provider.spec.kind).codec.NAME
                 != job.client_format)
 
+    def fits(self, job: Job, cand: Candidate) -> bool:
+        """Whether a candidate can take the request: a translated one only if its request
+        builds (kept for the send); why not goes to `job.unfit`, once. Checked once per job."""
+        fit = job.fit.get(id(cand))
+        if fit is None:
+            fit = job.fit[id(cand)] = self._fits(job, cand)
+        return fit
+
+    def _fits(self, job: Job, cand: Candidate) -> bool:
+        if not self.needs_translation(job, cand):
+            return True
+        try:
+            self.build(job, cand)
+        except canonical.TranslationError as e:
+            job.unfit.append(f"{cand.provider_name}/{cand.account_label} ({cand.model}): "
+                             f"cannot translate the request: {e}")
+            return False
+        return True
+
     def build(self, job: Job, cand: Candidate) -> tuple[str, str, dict[str, str], bytes]:
         """(provider format, url, headers, body) for one candidate (made once per job);
         TranslationError when this candidate cannot take the request."""
@@ -299,6 +320,10 @@ class Forwarder:
         spare: tuple[float, Candidate, Attempt] | None = None
         for cand in job.candidates:
             if cand.provider_name in skip_provider:
+                continue
+            if not self.fits(job, cand):
+                # checked only now (the interceptor checks up to the first that fits): left
+                # out as if before routing, its reason in the route's skipped entries
                 continue
             att = Attempt(cand.provider_name, cand.account_label, cand.model)
             att.key = self.cooldown_key(job, cand)

@@ -29,9 +29,10 @@ from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
-from addons.forwarding import FORMATS, Forwarder, Job, internal_error
+from addons.forwarding import FORMATS, Job, internal_error
+from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.routing import plan
-from addons.scrubber import CREDENTIAL_HEADERS, credentials_of
+from addons.scrubber import credentials_of
 from addons.settings import DetourSettings
 from translators import canonical
 
@@ -130,15 +131,15 @@ class Interceptor:
         """The first hook that sees a request, and it runs before mitmweb's View publishes the
         flow (`flows/add`): script addons come before the View in mitmweb's addon chain."""
         req = flow.request
-        if req.pretty_host not in HANDLED_HOSTS:
+        host = req.pretty_host
+        if host not in HANDLED_HOSTS:
             return
-        flow.metadata[META + ".host"] = req.pretty_host  # survives a vendor override
-        held = {name: req.headers.get_all(name) for name in CREDENTIAL_HEADERS
-                if name in req.headers}
+        flow.metadata[META + ".host"] = host  # survives a vendor override
+        held = credentials_held(req.headers)
         if held:
             self._held[flow.id] = held
             redact_credentials(req.headers)
-        endpoint = client_call(req.pretty_host, req.method, req.path)
+        endpoint = client_call(host, req.method, req.path)
         if endpoint is not None:
             self._refuse_unread(flow, endpoint.client_format)
 
@@ -224,16 +225,17 @@ class Interceptor:
 
     async def _request(self, flow: http.HTTPFlow):
         req = flow.request
-        if req.pretty_host not in HANDLED_HOSTS:
+        host = req.pretty_host  # parsed anew at each read: read once
+        if host not in HANDLED_HOSTS:
             return
-        flow.metadata[META + ".host"] = req.pretty_host  # survives a vendor override
+        flow.metadata[META + ".host"] = host  # survives a vendor override
         held = self._held.pop(flow.id, {})
-        endpoint = client_call(req.pretty_host, req.method, req.path)
+        endpoint = client_call(host, req.method, req.path)
         rt = self.settings.runtime
         if endpoint is None:
             # not a model call: untouched, except that a configured vendor override applies
             # to the whole host
-            origin = rt.config.vendors.get(req.pretty_host)
+            origin = rt.config.vendors.get(host)
             if origin:
                 _retarget(req, origin)
             self._restore(flow, held)
@@ -269,15 +271,15 @@ class Interceptor:
         call.requested(model, stream)
         config = rt.config
         candidates = plan(config, rt.providers, model)
-        origin = config.vendor_origin(req.pretty_host)
+        origin = config.vendor_origin(host)
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
             return self._passthrough(flow, fmt, call, origin, held)
-        headers = {k.lower(): v for k, v in req.headers.items()} | _joined(held)
+        headers = lowered(req.headers) | _joined(held)
         job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, stream, candidates, call)
         # a request one candidate cannot take (translated: a field its format cannot hold) goes
         # on to the next; refused only when no candidate can take it
-        job.candidates = [c for c in candidates if self._fits(job, c)]
+        job.candidates = self._fitting(job, candidates)
         if not job.candidates:
             return self._reject(flow, fmt, call, 400,
                                 "no candidate can take this request: " + "; ".join(job.unfit))
@@ -332,16 +334,17 @@ class Interceptor:
             call.ended("proxy stopped")
             call.finish()
 
-    def _fits(self, job: Job, cand) -> bool:
-        if cand.provider is None or not Forwarder.needs_translation(job, cand):
-            return True
-        try:
-            self.settings.runtime.forwarder.build(job, cand)
-        except canonical.TranslationError as e:
-            job.unfit.append(f"{cand.provider_name}/{cand.account_label} ({cand.model}): "
-                             f"cannot translate the request: {e}")
-            return False
-        return True
+    def _fitting(self, job: Job, candidates: list) -> list:
+        """The candidates that can take the request, checked (a translated one: its request
+        built, kept for the send) up to the first provider candidate that can; the forwarder
+        checks the ones after it only if it gets to them, so a call its first candidate
+        answers is translated once. Past a passthrough candidate the check goes on: whether
+        only passthrough candidates can take it decides observe mode."""
+        fits = self.settings.runtime.forwarder.fits
+        for i, cand in enumerate(candidates):
+            if cand.provider is not None and fits(job, cand):
+                return [c for c in candidates[:i] if fits(job, c)] + candidates[i:]
+        return [c for c in candidates if fits(job, c)]
 
     async def _inline_answer(self, flow: http.HTTPFlow, job: Job) -> None:
         rt = self.settings.runtime
@@ -416,9 +419,10 @@ class Interceptor:
     def _passthrough(self, flow: http.HTTPFlow, fmt: str, call: Call, origin: str,
                      held: dict[str, list[str]]) -> None:
         model = call.row.model_requested
-        call.answered_by(flow.request.pretty_host, "client", model)
+        host = flow.metadata[META + ".host"]  # the request's host, before any override
+        call.answered_by(host, "client", model)
         call.routed(1, [{"provider": PASSTHROUGH, "account": "client", "model": model}])
-        if not origin.endswith("://" + flow.request.pretty_host):
+        if not origin.endswith("://" + host):
             _retarget(flow.request, origin)  # a configured vendor override
         self._restore(flow, held)
         self._taps[flow.id] = PassthroughTap(call, fmt)
@@ -540,7 +544,7 @@ def _joined(held: dict[str, list[str]]) -> dict[str, str]:
 
 def redact_credentials(headers) -> None:
     """Replace secrets by a recognisable stub (scheme and last 4 characters kept)."""
-    for name in CREDENTIAL_HEADERS:
+    for name in unredacted_credentials(headers):
         value = headers.get(name)
         if value and not value.endswith("[redacted]"):
             # a cookie header is all secret: the space is between cookies, not after a scheme
@@ -551,10 +555,7 @@ def redact_credentials(headers) -> None:
 
 def unsafe_header(headers) -> str | None:
     """The name of the first header whose name or value holds a CR, LF or NUL, if any."""
-    for name, value in headers.fields:
-        if any(b in name or b in value for b in (b"\r", b"\n", b"\0")):
-            return name.decode("latin-1", "replace")
-    return None
+    return unsafe_name(headers)
 
 
 def _retarget(req: http.Request, origin: str) -> None:

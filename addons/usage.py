@@ -11,13 +11,14 @@ nothing. The schema is the public interface described in DESIGN.md (`usage` tabl
 
 import asyncio
 import errno
+import functools
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import sqlite_utils
@@ -90,15 +91,24 @@ class UsageRow:
     route: list[dict] = field(default_factory=list)
 
     def as_record(self) -> dict:
-        rec = asdict(self)
+        # not dataclasses.asdict: it deep-copies `route`, which is written as JSON here anyway
+        rec = {name: getattr(self, name) for name in ROW_FIELDS}
         rec["stream"] = int(self.stream)
         rec["route"] = json.dumps(self.route, separators=(",", ":"))
         return rec
 
 
+ROW_FIELDS = tuple(f.name for f in fields(UsageRow))
+
+
 def now_iso() -> str:
     t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+    return _iso_second(int(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
