@@ -4,7 +4,7 @@ provider's other accounts are skipped, and how it weighs in the status the clien
 A candidate's failure is one of: an HTTP status of 300 or more, an error event before any
 content (its kind), or a failure without a usable status (`Failed`: no connection, no answer
 in time, an answer that is not one, a request that cannot be translated). `verdict()` maps it
-to a `Verdict`; the forwarder applies it (forwarding.py `_cool`, `_failure`). How long a rest
+to a `Verdict`; the forwarder applies it (forwarding.py `cool`, `failure`). How long a rest
 lasts follows from its kind (`DURATIONS`).
 """
 

@@ -325,23 +325,19 @@ class Forwarder:
                 # checked only now (the interceptor checks up to the first that fits): left
                 # out as if before routing, its reason in the route's skipped entries
                 continue
-            att = Attempt(cand.provider_name, cand.account_label, cand.model)
-            att.key = self.cooldown_key(job, cand)
-            attempts.append(att)
-            rest = self.cooldowns.rest(att.key)
-            if rest is not None:
-                left = rest.until - time.monotonic()
-                att.skipped = True
-                att.rest = rest.reason.value
-                att.weight = skipped_weight(rest.reason)
-                att.error = f"cooling down for {left:.0f}s" + (
-                    f" after {rest.cause}" if rest.cause else "")
+            att = self.resting_attempt(job, cand)
+            if att is not None:
+                attempts.append(att)
+                rest = self.cooldowns.rest(att.key)
                 if rest.reason is Rest.TRANSIENT and (spare is None or rest.until < spare[0]):
                     spare = (rest.until, cand, att)
                 continue
+            att = Attempt(cand.provider_name, cand.account_label, cand.model)
+            att.key = self.cooldown_key(job, cand)
+            attempts.append(att)
             opened = await self._attempt(job, cand, att)
             if opened is not None:
-                self._record(job, attempts)
+                self.record(job, attempts)
                 return opened
             if att.over_budget:
                 break
@@ -355,10 +351,22 @@ class Forwarder:
                 att.skipped, att.rest, att.error, att.despite_rest = False, None, None, True
                 opened = await self._attempt(job, cand, att)
                 if opened is not None:
-                    self._record(job, attempts)
+                    self.record(job, attempts)
                     return opened
-        self._record(job, attempts)
-        raise self._failure(job, attempts)
+        self.record(job, attempts)
+        raise self.failure(job, attempts)
+
+    def resting_attempt(self, job: Job, cand: Candidate) -> Attempt | None:
+        """A candidate not asked because it rests, as the route tells it; None if it does not."""
+        key = self.cooldown_key(job, cand)
+        rest = self.cooldowns.rest(key)
+        if rest is None:
+            return None
+        left = rest.until - time.monotonic()
+        return Attempt(cand.provider_name, cand.account_label, cand.model, skipped=True,
+                       rest=rest.reason.value, key=key, weight=skipped_weight(rest.reason),
+                       error=f"cooling down for {left:.0f}s" + (
+                           f" after {rest.cause}" if rest.cause else ""))
 
     async def _attempt(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
         t0 = time.perf_counter()
@@ -369,7 +377,7 @@ class Forwarder:
         if opened is not None:
             self.cooldowns.succeeded(att.key)
         else:
-            self._cool(cand, att)
+            self.cool(cand, att)
         return opened
 
     async def _try(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
@@ -465,7 +473,7 @@ class Forwarder:
         try:
             whole = FORMATS[fmt].decode_response(orjson.loads(data))
         except (ValueError, canonical.TranslationError) as e:
-            att.error = f"unreadable answer ({str(e)[:120]}): {_snippet(data)}"
+            att.error = f"unreadable answer ({str(e)[:120]}): {snippet(data)}"
             return None
         return Opened(cand, resp, fmt, data, chunks, False, data, whole)
 
@@ -491,7 +499,7 @@ class Forwarder:
                     head = b"".join(raw).lstrip(b"\xef\xbb\xbf \t\r\n")
                     looks_right = head.startswith(SSE_FIELDS)
                     if not looks_right and not any(f.startswith(head) for f in SSE_FIELDS):
-                        att.error = f"not an event stream: {_snippet(head)}"
+                        att.error = f"not an event stream: {snippet(head)}"
                         return None
                 new = decoder.feed(chunk)
             events += new
@@ -513,7 +521,7 @@ class Forwarder:
                 att.error = "stream ended before any content"
                 return None
 
-    def _cool(self, cand: Candidate, att: Attempt) -> None:
+    def cool(self, cand: Candidate, att: Attempt) -> None:
         """Rest a failed candidate as failure_policy.py says: a 429 or rate-limit event as the
         provider asks (else cooldown_seconds), 401/403 for AUTH_SECONDS (not passthrough: the
         client's own key is the client's to fix), a refused request or an answer cut by the
@@ -536,14 +544,14 @@ class Forwarder:
             self.cooldowns.cool(att.key, self.config.cooldown_seconds if after is None else after,
                                 reason, cause)
 
-    def _record(self, job: Job, attempts: list[Attempt]) -> None:
+    def record(self, job: Job, attempts: list[Attempt]) -> None:
         job.call.routed(sum(a.tried for a in attempts), [
             {k: v for k, v in vars(a).items()
              if v is not None and v is not False and k not in NOT_IN_ROUTE}
             for a in attempts
         ])
 
-    def _failure(self, job: Job, attempts: list[Attempt]) -> Failure:
+    def failure(self, job: Job, attempts: list[Attempt]) -> Failure:
         """What the client is told when no candidate answered: from what actually happened."""
         tried = [a for a in attempts if a.tried]
         detail = "; ".join(a.describe() for a in attempts) or "no candidates"
@@ -776,7 +784,7 @@ def dump_json(obj: Any) -> bytes:
         return canonical.dumps_compact(obj)
 
 
-def _snippet(data: bytes) -> str:
+def snippet(data: bytes) -> str:
     return " ".join(data[:80].decode("utf-8", "replace").split())
 
 
@@ -863,6 +871,11 @@ async def _read_error(resp: httpx.Response) -> str:
                 break
     except httpx.HTTPError:
         pass
+    return error_text(data)
+
+
+def error_text(data: bytes) -> str:
+    """A provider's error body, shortened: its `error.message` if it has one."""
     text = data.decode("utf-8", "replace").strip()
     try:
         obj = json.loads(text)

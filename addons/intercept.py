@@ -28,6 +28,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
+from addons.direct import DirectPath
 from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
@@ -93,6 +94,8 @@ class Interceptor:
         self._unredacted: dict[str, http.HTTPFlow] = {}
         # model calls not yet finished, by flow id (a call leaves once it finished)
         self._calls: dict[str, Call] = {}
+        # calls mitmproxy's own connection carries to their one provider (addons/direct.py)
+        self.direct = DirectPath(settings, self._finish)
 
     # ------------------------------------------------------------ operator command
 
@@ -108,6 +111,7 @@ class Interceptor:
             "relayed_flows": len(self._relay_flows),
             "observed_flows": len(self._taps),
             "inline_calls": sum(len(t) for t in self._inline.values()),
+            "direct_calls": len(self.direct.calls),
             "relay_jobs_waiting": relay.get("jobs_waiting", 0),
             "relay_jobs_running": relay.get("jobs_running", 0),
             "usage_rows_queued": rt.store.stats()["rows_queued"],
@@ -190,6 +194,7 @@ class Interceptor:
                 for name, values in held.items():
                     flow.request.headers.set_all(name, values)
                 self._unredacted[flow.id] = flow
+            self.direct.put_on(flow)
 
     def done(self):
         # mitmproxy's Save writes the flows still open when it stops (it comes after us)
@@ -294,6 +299,8 @@ class Interceptor:
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
+        if self.direct.take(flow, job):
+            return
         if stream:
             relay = await self.settings.ready_relay()
             if relay is None:
@@ -330,6 +337,7 @@ class Interceptor:
         for tasks in self._inline.values():
             for task in tasks:
                 task.cancel()
+        self.direct.stopping()
         for call in list(self._calls.values()):
             call.ended("proxy stopped")
             call.finish()
@@ -382,6 +390,8 @@ class Interceptor:
         if META + ".host" in flow.metadata:
             flow.response.headers[ID_HEADER] = flow.id
         self._redact_sent(flow)
+        if self.direct.responseheaders(flow):
+            return
         if flow.id in self._relay_flows:
             # a failure is one small error body: kept whole, mitmweb shows it
             flow.response.stream = flow.response.status_code < 300
@@ -399,6 +409,8 @@ class Interceptor:
         self._held.pop(flow.id, None)  # the request never reached its hook
         self._due.pop(flow.id, None)
         self._redact_sent(flow)
+        if self.direct.error(flow):
+            return
         if flow.id in self._relay_flows:
             self.settings.runtime.relay.cancel(flow.id)
             return
@@ -437,6 +449,8 @@ class Interceptor:
 
     def response(self, flow: http.HTTPFlow):
         self._redact_sent(flow)
+        if self.direct.response(flow):
+            return
         tap = self._taps.pop(flow.id, None)
         if tap is None:
             return

@@ -100,6 +100,14 @@ class DetourSettings:
             "descriptors). mitmproxy closes an idle client connection after tcp_timeout.",
         )
         loader.add_option(
+            "detour_direct", bool, False,
+            "A model call with one usable candidate (no fallback possible) that mitmproxy's own "
+            "connection can reach as configured goes through it, translated on the way, "
+            "instead of through detour's relay or its own client (addons/direct.py). Lighter "
+            "on paced streams; but a provider that cannot be reached or times out before its "
+            "headers is answered with mitmproxy's own 502 page, not the client's format.",
+        )
+        loader.add_option(
             "detour_allow_remote", bool, False,
             "Allow a listen address other than loopback. The proxy has no authentication: "
             "anyone who reaches the port spends your provider accounts. Without it, detour "

@@ -1,0 +1,528 @@
+"""The direct path: a model call mitmproxy's own connection carries to its one provider.
+
+A fallback is possible only while a call has another candidate to try; the relay (relay.py)
+exists for that, at the cost of a loopback hop per event and a connection of our own per call.
+When a call has exactly one usable candidate (the others rest, and none could be asked anyway)
+and mitmproxy can reach that provider the way the configuration says (no `proxy:` of the
+provider's own, TLS trust the same as mitmproxy's), the request hook rewrites the flow to the
+provider instead: its URL, the translated body (`Forwarder.build`, once per job), its headers.
+mitmproxy sends it and the answer is translated on the way back:
+
+- a 2xx event stream, in `responseheaders`: a stream callable (synchronous, once per read)
+  feeds the provider's stream decoder and returns the client encoder's bytes (same format: the
+  provider's bytes, checked by translators/passthrough.py);
+- anything else, in `response`: a whole answer decoded and re-encoded (bounded by
+  limits.answer_body and limits.decompressed), a stream request's whole answer as events, a
+  failure as the relay tells it (an error in the client's format naming the provider, the
+  status and headers failure_policy.py gives).
+
+The provider's credential is on the flow only while mitmproxy sends it: it is put on in the
+`update` after the request hook (mitmweb has published the flow by then) and redacted again in
+`responseheaders` or `error`. mitmproxy's timeouts do not cover first_byte, read or total: a
+watchdog task per flow closes mitmproxy's provider connection when one passes, and the call
+records the timeout. Known limit: what mitmproxy then tells the client is its own (a 502 page
+before the answer's headers, a cut stream after them), as for a provider it cannot connect to.
+"""
+
+import asyncio
+import logging
+import time
+
+import orjson
+from mitmproxy import ctx, http
+
+from addons.config import DIRECT, Provider
+from addons.decoding import BoundedDecoder, TooLarge, decode_whole
+from addons.failure_policy import Failed
+from addons.forwarding import (FORMATS, HOP_BY_HOP, Attempt, Forwarder, Job, client_encoder,
+                               answer_shape, dump_json, error_text, snippet)
+from addons import formats
+from addons.routing import Candidate, retry_after_seconds
+from translators import canonical, passthrough
+
+log = logging.getLogger(__name__)
+
+ID_HEADER = "x-detour-id"
+REDACTED = "[redacted]"
+# mitmproxy opens at most 5 connections at once per client connection and upstream address
+# (an HTTP/2 client's parallel streams would queue behind them): beyond, the relay's ports
+MAX_PER_ADDRESS = 5
+
+
+class DirectCall:
+    """One call on the direct path: its job, its one candidate and attempt, its watchdog."""
+
+    __slots__ = ("job", "cand", "att", "attempts", "provider_format", "secrets", "stream",
+                 "watchdog", "deadline", "first_content", "timed_out", "started", "flow", "where")
+
+    def __init__(self, flow: http.HTTPFlow, job: Job, cand: Candidate, attempts: list[Attempt],
+                 provider_format: str, secrets: dict[str, str]):
+        self.flow = flow
+        self.job = job
+        self.cand = cand
+        self.att = attempts[-1]
+        self.attempts = attempts
+        self.provider_format = provider_format
+        self.secrets = secrets  # header -> value, put on only while mitmproxy sends it
+        self.stream: DirectStream | None = None
+        self.watchdog: asyncio.Task | None = None
+        self.deadline = 0.0  # loop time the current budget ends at
+        self.first_content = False
+        self.timed_out: str | None = None  # why the watchdog ended the attempt
+        self.started = time.perf_counter()
+
+
+class DirectPath:
+    """The hooks' side of the direct path; the interceptor calls it (see module docstring)."""
+
+    def __init__(self, settings, finished):
+        self.settings = settings
+        self.finished = finished  # (flow, job): the interceptor ends the call and tells its story
+        self.calls: dict[str, DirectCall] = {}
+
+    # ------------------------------------------------------------ which calls
+
+    def sole_candidate(self, job: Job) -> tuple[Candidate, list[Attempt]] | None:
+        """The one candidate a call can be sent to, with the attempts of those resting, when no
+        fallback is possible; else None (the relay or the inline forwarder takes the call)."""
+        fwd = self.settings.runtime.forwarder
+        usable, attempts = [], []
+        for cand in job.candidates:
+            att = fwd.resting_attempt(job, cand)
+            if att is None:
+                usable.append(cand)
+                att = Attempt(cand.provider_name, cand.account_label, cand.model,
+                              key=fwd.cooldown_key(job, cand))
+            elif att.rest == "transient":
+                return None  # it would be asked anyway if the others failed
+            attempts.append((cand, att))
+        if len(usable) != 1 or usable[0].provider is None:
+            return None
+        cand = usable[0]
+        if not self.reachable(cand.provider.spec):
+            return None
+        # the usable one's attempt last: DirectCall's `att`
+        ordered = [a for c, a in attempts if c is not cand] + [a for c, a in attempts if c is cand]
+        return cand, ordered
+
+    def reachable(self, spec: Provider) -> bool:
+        """mitmproxy's own connection reaches the provider as the configuration says: the same
+        outbound proxy (none of its own, or `direct` outside upstream mode) and the same TLS
+        trust (certifi and checked, or nothing checked under ssl_insecure)."""
+        fwd = self.settings.runtime.forwarder
+        if spec.proxy and not (spec.proxy == DIRECT and fwd.upstream_proxy is None):
+            return False
+        opts = ctx.options
+        if spec.ca_file or opts.ssl_verify_upstream_trusted_ca \
+                or opts.ssl_verify_upstream_trusted_confdir:
+            return False
+        return spec.verify != opts.ssl_insecure
+
+    def take(self, flow: http.HTTPFlow, job: Job) -> bool:
+        """Send the call through mitmproxy's own connection if it can go there; True if it does."""
+        if not ctx.options.detour_direct:
+            return False
+        sole = self.sole_candidate(job)
+        if sole is None:
+            return False
+        cand, attempts = sole
+        fwd = self.settings.runtime.forwarder
+        try:
+            provider_format, url, headers, body = fwd.build(job, cand)
+        except canonical.TranslationError:
+            return False  # the forwarder tells it as an attempt that failed
+        if "?" in url and _query_secret(cand):
+            return False  # a credential in the URL would show in mitmweb
+        where = (flow.client_conn.id, url.split("/", 3)[2])
+        if sum(1 for dc in self.calls.values() if dc.where == where) >= MAX_PER_ADDRESS:
+            return False
+        secrets = _secret_headers(cand, headers)
+        req = flow.request
+        called = req.pretty_url
+        req.method = "POST"
+        req.headers = http.Headers([] if req.is_http2 else [(b"host", b"")])
+        req.url = url  # scheme, host, port, path: where mitmproxy connects (and Host/:authority)
+        for name, value in headers.items():
+            if name not in HOP_BY_HOP:
+                req.headers[name] = REDACTED if name in secrets else value
+        req.content = body
+        dc = DirectCall(flow, job, cand, attempts, provider_format, secrets)
+        dc.where = where
+        self.calls[flow.id] = dc
+        flow.comment = (f"detour: {job.client_format} {job.model} -> {cand.provider_name} "
+                        f"(direct{', streamed' if job.stream else ''}), from {called}")
+        limits = self.settings.runtime.config.limits
+        t = cand.provider.spec.timeouts
+        budget = t.first_byte if job.stream else t.total
+        dc.deadline = asyncio.get_running_loop().time() + budget
+        dc.watchdog = asyncio.get_running_loop().create_task(
+            self._watch(dc, t.read, limits.stream_seconds), name=f"detour direct {flow.id}")
+        return True
+
+    # ------------------------------------------------------------ credentials
+
+    def put_on(self, flow: http.HTTPFlow) -> None:
+        dc = self.calls.get(flow.id)
+        if dc is not None and flow.response is None and flow.error is None:
+            for name, value in dc.secrets.items():
+                flow.request.headers[name] = value
+
+    def redact(self, dc: DirectCall) -> None:
+        for name in dc.secrets:
+            if name in dc.flow.request.headers:
+                dc.flow.request.headers[name] = REDACTED
+
+    # ------------------------------------------------------------ the answer
+
+    def responseheaders(self, flow: http.HTTPFlow) -> bool:
+        dc = self.calls.get(flow.id)
+        if dc is None:
+            return False
+        self.redact(dc)
+        resp = flow.response
+        job = dc.job
+        dc.att.status = resp.status_code
+        sse = "text/event-stream" in resp.headers.get("content-type", "")
+        if resp.status_code < 300 and sse and job.stream:
+            limits = self.settings.runtime.config.limits
+            try:
+                dc.stream = DirectStream(self, dc, resp.headers.get("content-encoding", ""),
+                                         limits.decompressed)
+            except ValueError:
+                return True  # an encoding nobody reads: told as a broken answer in `response`
+            job.call.status(200)
+            resp.headers = http.Headers(**{
+                "content-type": FORMATS[job.client_format].STREAM_CONTENT_TYPE,
+                "cache-control": "no-cache"})
+            resp.headers["x-detour-route"] = dc.cand.public_name
+            resp.headers[ID_HEADER] = flow.id
+            if not flow.request.is_http2:  # the length changes: chunked to an HTTP/1 client
+                resp.headers["transfer-encoding"] = "chunked"
+            resp.stream = dc.stream
+            return True
+        # a whole answer, or a failure: read whole (bounded) and told in `response`
+        try:
+            size = int(resp.headers.get("content-length", "0"))
+        except ValueError:
+            size = 0
+        if size > self._whole_limit(dc):
+            self._end_attempt(dc, Failed.BAD_ANSWER, f"its answer is larger than "
+                              f"{self._whole_limit(dc)} bytes (limits.answer_body)")
+        return True
+
+    def _whole_limit(self, dc: DirectCall) -> int:
+        if dc.att.status is not None and dc.att.status >= 300:
+            return 1 << 20  # a failure's words are short: more is not read
+        return self.settings.runtime.config.limits.answer_body
+
+    def response(self, flow: http.HTTPFlow) -> bool:
+        dc = self.calls.pop(flow.id, None)
+        if dc is None:
+            return False
+        self._stop_watch(dc)
+        self.redact(dc)
+        try:
+            if dc.stream is not None:
+                self._streamed(dc)
+            else:
+                self._whole(dc)
+        finally:
+            if not dc.job.call.done:
+                self.finished(flow, dc.job)
+        return True
+
+    def _streamed(self, dc: DirectCall) -> None:
+        fwd = self.settings.runtime.forwarder
+        s = dc.stream
+        if s.failed is not None:
+            dc.att.failed, dc.att.error = s.failed, s.error
+            fwd.cool(dc.cand, dc.att)
+        elif dc.first_content:
+            fwd.cooldowns.succeeded(dc.att.key)
+        self._record(dc)
+        fwd.account(dc.job, dc.cand, s.decoder.usage, None)
+        if s.error:
+            dc.job.call.failed(fwd.scrub(dc.job, s.error))
+
+    def _whole(self, dc: DirectCall) -> None:
+        flow, job, att = dc.flow, dc.job, dc.att
+        fwd = self.settings.runtime.forwarder
+        client_mod = FORMATS[job.client_format]
+        resp = flow.response
+        answer = None
+        if att.failed is None:
+            try:
+                data = decode_whole(resp.raw_content or b"",
+                                    resp.headers.get("content-encoding", ""),
+                                    self._whole_limit(dc), "its answer once decompressed")
+            except TooLarge as e:
+                att.failed, att.error = Failed.BAD_ANSWER, f"{e} (limits)"
+            except ValueError as e:
+                att.failed, att.error = Failed.BROKEN, str(e)
+            else:
+                if att.status >= 300:
+                    att.error = fwd.scrub(job, error_text(data))
+                    att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+                else:
+                    answer = self._decoded(dc, data, resp)
+        if answer is None:
+            fwd.cool(dc.cand, att)
+            self._record(dc)
+            status, headers, body = fwd.failure_response(job, fwd.failure(job, dc.attempts))
+            flow.response = http.Response.make(status, body, headers | {ID_HEADER: flow.id})
+            return
+        fwd.cooldowns.succeeded(att.key)
+        self._record(dc)
+        whole, data, same = answer
+        fwd.account(job, dc.cand, whole.usage, whole.model)
+        if job.stream:  # asked for a stream, got one whole answer: stream it anyway
+            body = client_encoder(job).encode_all(canonical.response_to_events(whole))
+            ctype = client_mod.STREAM_CONTENT_TYPE
+        else:
+            body = data if same else dump_json(client_mod.encode_response(
+                answer_shape(job).response(whole)))
+            ctype = client_mod.JSON_CONTENT_TYPE
+        job.call.status(200)
+        job.call.first_byte()
+        flow.response = http.Response.make(200, body, {
+            "content-type": ctype, "x-detour-route": dc.cand.public_name, ID_HEADER: flow.id})
+
+    def _decoded(self, dc: DirectCall, data: bytes, resp: http.Response):
+        """(answer, its bytes, same format and untouched) or None with the attempt's cause."""
+        att, fmt = dc.att, dc.provider_format
+        if not data:
+            att.failed, att.error = Failed.BAD_ANSWER, "empty body"
+            return None
+        try:
+            if "text/event-stream" in resp.headers.get("content-type", ""):
+                dec = FORMATS[fmt].StreamDecoder()
+                events = dec.feed(data) + dec.close()
+                if any(type(ev) is canonical.StreamError for ev in events):
+                    err = next(ev for ev in events if type(ev) is canonical.StreamError)
+                    att.stream_error = err.kind
+                    att.error = self.settings.runtime.forwarder.scrubber.scrub(
+                        f"error event before any content: {err.kind}: {err.message}")
+                    return None
+                return canonical.collect_response(events), data, False
+            whole = FORMATS[fmt].decode_response(orjson.loads(data))
+        except (ValueError, canonical.TranslationError) as e:
+            att.failed = Failed.BAD_ANSWER
+            att.error = f"unreadable answer ({str(e)[:120]}): {snippet(data)}"
+            return None
+        return whole, data, fmt == dc.job.client_format
+
+    def _record(self, dc: DirectCall) -> None:
+        dc.att.ms = round((time.perf_counter() - dc.started) * 1000, 1)
+        self.settings.runtime.forwarder.record(dc.job, dc.attempts)
+
+    def error(self, flow: http.HTTPFlow) -> bool:
+        """The client left, the provider could not be reached or broke off, or the watchdog
+        closed the connection: mitmproxy has answered the client (or cannot any more)."""
+        dc = self.calls.pop(flow.id, None)
+        if dc is None:
+            return False
+        self._stop_watch(dc)
+        self.redact(dc)
+        fwd = self.settings.runtime.forwarder
+        job, att = dc.job, dc.att
+        msg = flow.error.msg if flow.error else "error"
+        client_gone = msg in ("Client disconnected.", "peer closed connection") \
+            or msg.startswith("Client disconnected")
+        if dc.stream is not None:
+            if client_gone and dc.timed_out is None:
+                job.call.client_left()
+                if dc.first_content:
+                    fwd.cooldowns.succeeded(att.key)
+            else:
+                if dc.timed_out is None:
+                    att.failed, att.error = Failed.BROKEN, f"broke off the stream: {msg}"
+                fwd.cool(dc.cand, att)
+                job.call.failed(fwd.scrub(job, f"{dc.cand.key} {att.error}"))
+            self._record(dc)
+            fwd.account(job, dc.cand, dc.stream.decoder.usage, None)
+        else:
+            if client_gone and dc.timed_out is None:
+                job.call.client_left()
+            else:
+                if dc.timed_out is None:
+                    unreachable = "connect" in msg.lower() or "refused" in msg.lower()
+                    att.failed = Failed.UNREACHABLE if unreachable else Failed.BROKEN
+                    att.unreachable = unreachable
+                    att.error = msg
+                fwd.cool(dc.cand, att)
+                self._record(dc)
+                f = fwd.failure(job, dc.attempts)
+                job.call.failed(fwd.scrub(job, f.message), f.status)
+        if not job.call.done:
+            self.finished(flow, job)
+        return True
+
+    def stopping(self) -> None:
+        for dc in list(self.calls.values()):
+            self._stop_watch(dc)
+        self.calls.clear()
+
+    # ------------------------------------------------------------ budgets
+
+    async def _watch(self, dc: DirectCall, read: float, stream_seconds: float) -> None:
+        """Close mitmproxy's provider connection when the call's budget passes: first_byte
+        (streams: until the first content event), total (whole calls), then read between two
+        reads and limits.stream_seconds for the whole stream."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + stream_seconds
+        while True:
+            now = loop.time()
+            if dc.first_content:
+                dc.deadline = min(dc.stream.last_read + read, end)
+            if now >= dc.deadline:
+                break
+            await asyncio.sleep(dc.deadline - now)
+        t = dc.cand.provider.spec.timeouts
+        if not dc.first_content and dc.job.stream:
+            failed, why = Failed.NO_ANSWER_IN_TIME, \
+                f"no answer within {t.first_byte:g}s (timeouts.first_byte)"
+            dc.att.timed_out = True
+        elif not dc.job.stream:
+            failed, why = Failed.OVER_BUDGET, \
+                f"no complete answer within {t.total:g}s (timeouts.total)"
+            dc.att.timed_out = dc.att.over_budget = True
+        elif loop.time() >= end:
+            failed, why = Failed.BROKEN, \
+                f"its answer ran past {stream_seconds:g}s (limits.stream_seconds)"
+        else:
+            failed, why = Failed.TIMEOUT, f"timed out (no data for {read:g}s, timeouts.read)"
+        self._end_attempt(dc, failed, why)
+
+    def _end_attempt(self, dc: DirectCall, failed: Failed, why: str) -> None:
+        """Close mitmproxy's connection to the provider: the flow errors (the `error` hook)."""
+        dc.att.failed, dc.att.error, dc.timed_out = failed, why, why
+        close_server_connection(dc.flow)
+
+    @staticmethod
+    def _stop_watch(dc: DirectCall) -> None:
+        if dc.watchdog is not None and dc.watchdog is not asyncio.current_task():
+            dc.watchdog.cancel()
+        dc.watchdog = None
+
+
+class DirectStream:
+    """The stream callable: provider bytes in, client bytes out, synchronously, once per read
+    and once more with b"" at the end. Mid-stream it returns a list (`[]` holds back: a b""
+    would end the client's chunked body)."""
+
+    __slots__ = ("path", "dc", "inflate", "decoder", "encoder", "check", "error", "failed",
+                 "ended", "last_read", "fwd", "final")
+
+    def __init__(self, path: DirectPath, dc: DirectCall, encoding: str, limit: int):
+        self.path = path
+        self.dc = dc
+        self.fwd: Forwarder = path.settings.runtime.forwarder
+        self.inflate = BoundedDecoder(encoding, limit, "its answer once decompressed")
+        mod = FORMATS[dc.provider_format]
+        same = dc.provider_format == dc.job.client_format
+        self.check = passthrough.CheckedPassthrough(
+            mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
+        self.decoder = self.check.decoder if same else mod.StreamDecoder()
+        self.encoder = None if same else client_encoder(dc.job)
+        self.error: str | None = None  # what the client was told went wrong, if anything
+        self.failed: Failed | None = None  # the attempt failed (before its first content)
+        self.ended = False  # nothing more reaches the client
+        self.final = False  # the client has the answer's final event
+        self.last_read = asyncio.get_running_loop().time()
+
+    def __call__(self, chunk: bytes):
+        end = not chunk
+        if self.ended:
+            return b"" if end else []
+        self.last_read = asyncio.get_running_loop().time()
+        try:
+            out = self._translate(chunk, end)
+        except TooLarge as e:
+            out = self._broken(f"{e} (limits.decompressed)", Failed.BAD_ANSWER)
+        except (ValueError, canonical.TranslationError) as e:
+            out = self._broken(f"sent an answer detour cannot translate: {e}", Failed.BAD_ANSWER)
+        except Exception as e:  # inside mitmproxy's connection handling: never raise
+            log.error("detour: internal error translating %s", self.dc.flow.id, exc_info=e)
+            out = self._broken(f"detour internal error: {type(e).__name__}", None)
+        if out:
+            self.dc.job.call.first_byte()
+        if end:
+            return out
+        return [out] if out else []
+
+    def _translate(self, chunk: bytes, end: bool) -> bytes:
+        pieces = self.inflate.flush() if end else self.inflate.feed(chunk)
+        out, events = [], []
+        for piece in pieces:
+            o, e = self.check.feed(piece) if self.check else (b"", self.decoder.feed(piece))
+            out.append(o)
+            events += e
+        if end:
+            o, e = self.check.close() if self.check else (b"", self.decoder.close())
+            out.append(o)
+            events += e
+        data = b"".join(out)
+        job = self.dc.job
+        final = self.final
+        for ev in events:
+            if type(ev) is canonical.StreamError:
+                ev = self.fwd._scrubbed_event(job, ev)
+                if self.check is not None:
+                    data = self.fwd.scrubber_of(job).scrub_bytes(data)
+                self.error = f"{self.dc.cand.key}: {ev.kind}: {ev.message}"
+                if not self.dc.first_content:
+                    # what the relay would have counted a failed attempt: the account rests
+                    self.dc.att.stream_error = ev.kind
+                    self.failed = Failed.BAD_ANSWER
+            elif type(ev) is canonical.MessageStop:
+                final = True
+            elif not isinstance(ev, (canonical.MessageStart, canonical.Ping)):
+                self.dc.first_content = True
+            if self.encoder is not None:
+                data += self.encoder.encode(ev)
+        if self.check is not None and self.check.broken is not None:
+            self.ended = True
+            return data + self.fwd.stream_error(job, None, self.check.broken.kind, self.error)
+        if end and not final and self.error is None:
+            self.error = f"{self.dc.cand.key}: stream ended before its final event"
+            if not self.dc.first_content:
+                self.failed = Failed.BAD_ANSWER
+            return data + self.fwd.stream_error(job, self.encoder, "api_error", self.error)
+        if final and self.error is None and not self.final:
+            self.final = True
+            job.call.deliver()
+        return data
+
+    def _broken(self, why: str, failed: Failed | None) -> bytes:
+        self.ended = True
+        self.error = f"{self.dc.cand.key} {why}"
+        if not self.dc.first_content:
+            self.failed = failed
+        return self.fwd.stream_error(self.dc.job, self.encoder, "api_error", self.error)
+
+
+def close_server_connection(flow: http.HTTPFlow) -> None:
+    """Close mitmproxy's connection to the provider: mitmproxy reads it closed, and the flow
+    ends with its `error` hook (the client's connection is mitmproxy's to answer)."""
+    proxyserver = ctx.master.addons.get("proxyserver")
+    handler = proxyserver.connections.get(flow.client_conn.id) if proxyserver else None
+    io = handler.transports.get(flow.server_conn) if handler else None
+    if io is not None and io.writer is not None:
+        io.writer.transport.abort()
+
+
+def _secret_headers(cand: Candidate, headers: dict[str, str]) -> dict[str, str]:
+    """The headers of a provider request that carry its credential."""
+    secret = cand.account.secret if cand.account else None
+    if not secret:
+        return {}
+    return {name: value for name, value in headers.items() if secret in value}
+
+
+def _query_secret(cand: Candidate) -> bool:
+    spec = cand.provider.spec
+    kind = formats.provider_kind(spec.kind)
+    dialect = formats.dialect_name(spec.dialect, spec.base_url) if kind.dialects else None
+    query: dict[str, str] = {}
+    formats.credential_of(kind, dialect).apply("x", {}, query)
+    return bool(query)

@@ -1,0 +1,170 @@
+"""The direct path through a real mitmdump (`detour_direct=true`): a call with one usable
+candidate goes out on mitmproxy's own connection to the provider, translated there and back.
+Streamed and whole answers, a provider's error, a client leaving mid-stream, first_byte and
+total timeouts, the usage row exact, the credential never in a saved flow; a route with a
+fallback still goes through the relay."""
+
+import json
+import time
+
+import httpx
+import pytest
+from mitmproxy import io as mitm_io
+
+from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, start_proxy
+from tests.fakes.replies import Stall, Status, Text, Usage
+from translators import anthropic, canonical
+
+URL = "https://api.anthropic.com/v1/messages"
+HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+
+
+@pytest.fixture(scope="module")
+def proxy(confdir, tmp_path_factory, fake_openai):
+    base = fake_openai.base_url
+    home = tmp_path_factory.mktemp("home")
+    config = f"""
+providers:
+  fake: {{kind: openai, base_url: "{base}/v1", api_keys: [{PROVIDER_KEY}],
+          timeouts: {{first_byte: 1, total: 1.5}}}}
+  stall1: {{kind: openai, base_url: "{base}/v1", api_keys: [{PROVIDER_KEY}],
+            timeouts: {{first_byte: 1}}}}
+  stall2: {{kind: openai, base_url: "{base}/v1", api_keys: [{PROVIDER_KEY}],
+            timeouts: {{total: 1.5}}}}
+  spare: {{kind: openai, base_url: "{base}/v1", api_keys: [{PROVIDER_KEY}]}}
+routes:
+  two: [fake/m, spare/m]
+  claude-stall: [stall1/m]
+  claude-total: [stall2/m]
+  "*": [fake/m]
+prices:
+  m: {{input: 1, output: 2}}
+"""
+    p = start_proxy(confdir, home, config, extra=[
+        "--set", "detour_direct=true", "--set", "flow_detail=1",
+        "--set", f"save_stream_file={home / 'flows.mitm'}"])
+    yield p
+    p.mitm.stop()
+
+
+def post(proxy, client, model="claude-x", stream=False, **kw):
+    return client.post(URL, json=dict(capture("text"), model=model, stream=stream),
+                       headers=HEADERS, **kw)
+
+
+def went_direct(proxy, fake_openai, flow_id: str) -> bool:
+    """mitmdump's flow line names the provider's URL (a relayed flow shows the client's)."""
+    return f"{fake_openai.base_url}/v1/chat/completions" in proxy.mitm.text
+
+
+def row_of_model(proxy, model: str, timeout: float = 5.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [x for x in proxy.rows() if x["model_requested"] == model]
+        if rows or time.monotonic() > deadline:
+            assert len(rows) == 1, rows
+            return rows[0]
+        time.sleep(0.05)
+
+
+def test_streamed_call_is_translated_and_its_row_exact(proxy, fake_openai):
+    fake_openai.enqueue(Text("one two three", pieces=3,
+                             usage=Usage(prompt=1000, completion=30, cached=400)))
+    with proxy.client() as c:
+        r = post(proxy, c, stream=True)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["x-detour-route"] == "fake/account 1"
+    assert "content-length" not in r.headers
+    dec = anthropic.StreamDecoder()
+    events = dec.feed(r.content) + dec.close()
+    assert canonical.collect_response(events).parts[0].text == "one two three"
+    assert went_direct(proxy, fake_openai, r.headers["x-detour-id"])
+    sent = fake_openai.requests[-1]
+    assert sent.headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    assert CLIENT_KEY not in json.dumps(sent.headers)
+    row = proxy.row_of(r)
+    assert (row["status"], row["provider"], row["attempts"], row["stream"]) == (200, "fake", 1, 1)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (600, 400, 30)
+    # no cache_read price: cached tokens at the input price
+    assert row["cost_usd"] == pytest.approx((1000 * 1 + 30 * 2) / 1e6)
+    assert row["error"] is None and row["ttfb_ms"] is not None
+
+
+def test_whole_call_is_translated(proxy, fake_openai):
+    fake_openai.enqueue(Text("whole answer", usage=Usage(prompt=100, completion=7)))
+    with proxy.client() as c:
+        r = post(proxy, c)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["type"] == "message" and body["content"][0]["text"] == "whole answer"
+    assert body["model"] == "m"  # the model that answered, as the relay tells it
+    row = proxy.row_of(r)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 100, 7)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_provider_error_is_the_clients_format_and_rests_nothing_wrong(proxy, fake_openai, stream):
+    fake_openai.enqueue(Status(429, headers={"retry-after": "1"}))
+    with proxy.client() as c:
+        r = post(proxy, c, model="claude-429", stream=stream)
+        assert r.status_code == 429, r.text
+        assert r.json()["type"] == "error"
+        message = r.json()["error"]["message"]
+        assert "fake/account 1" in message and "HTTP 429" in message
+        assert r.headers["retry-after"] == "1"
+        row = proxy.row_of(r)
+        assert row["status"] == 429 and "HTTP 429" in row["error"]
+        time.sleep(1.1)  # the account's rest (Retry-After) ends: the next call is answered
+
+
+def test_client_leaving_mid_stream_is_recorded_once(proxy, fake_openai):
+    fake_openai.enqueue(Text("slow " * 40, pieces=40, delay=0.05))
+    before = len(proxy.rows())
+    with proxy.client() as c:
+        with c.stream("POST", URL, json=dict(capture("text"), model="claude-left", stream=True),
+                      headers=HEADERS) as r:
+            assert r.status_code == 200
+            flow_id = r.headers["x-detour-id"]
+            next(r.iter_raw())
+    rows = proxy.rows(expect=before + 1)
+    row = next(x for x in rows if x["flow_id"] == flow_id)
+    assert row["error"].startswith("client-aborted")
+    assert sum(x["flow_id"] == flow_id for x in rows) == 1
+
+
+@pytest.mark.parametrize("model, stream, budget", [
+    ("claude-stall", True, "timeouts.first_byte"),  # a stream: until its first content
+    ("claude-total", False, "timeouts.total"),  # a whole call: until its end
+])
+def test_a_timeout_ends_the_call(proxy, fake_openai, model, stream, budget):
+    fake_openai.enqueue(Stall(5))
+    with proxy.client() as c:
+        r = post(proxy, c, model=model, stream=stream)
+    # mitmproxy answers (its own 502): its connection to the provider was closed under it
+    assert r.status_code == 502
+    row = row_of_model(proxy, model)
+    assert budget in row["error"] and row["status"] == 504
+
+
+def test_a_route_with_a_fallback_goes_through_the_relay(proxy, fake_openai):
+    fake_openai.enqueue(Status(500))
+    with proxy.client() as c:
+        r = post(proxy, c, model="two", stream=True)
+    assert r.status_code == 200, r.text
+    row = proxy.row_of(r)
+    assert (row["provider"], row["attempts"]) == ("spare", 2)
+
+
+def test_credentials_never_in_saved_flows(proxy, fake_openai):
+    with proxy.client() as c:
+        for stream in (False, True):
+            assert post(proxy, c, model="claude-saved", stream=stream).status_code == 200
+    time.sleep(0.5)  # Save writes each flow as it ends
+    data = (proxy.home / "flows.mitm").read_bytes()
+    assert PROVIDER_KEY.encode() not in data and CLIENT_KEY.encode() not in data
+    with open(proxy.home / "flows.mitm", "rb") as f:
+        flows = [fl for fl in mitm_io.FlowReader(f).stream() if fl.type == "http"]
+    direct = [fl for fl in flows if fl.request.path == "/v1/chat/completions"]
+    assert direct and all(fl.request.headers["authorization"] == "[redacted]" for fl in direct)
+    assert all(fl.marked and "detour:" in fl.comment for fl in direct)
