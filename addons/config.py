@@ -56,6 +56,13 @@ routes:
 combos: {}
 #  coding: [deepseek/deepseek-reasoner, passthrough]
 
+# Clients: routes of one client tool, told by its User-Agent (globs), before the routes above.
+clients: {}
+#  claude-code:
+#    match: "claude-cli/*"
+#    routes:
+#      claude-haiku-*: [deepseek/deepseek-chat]   # its small background model, cheaper
+
 # Prices in USD per million tokens, for the cost column of `detour usage`.
 prices: {}
 #  deepseek-chat: {input: 0.27, output: 1.10, cache_read: 0.07}

@@ -18,6 +18,7 @@ error (the answer is the client's either way).
 
 import collections
 import datetime
+import functools
 import math
 import re
 import time
@@ -66,7 +67,19 @@ def parse_reset(value: str, now: float) -> float | None:
     """A reset as a wall-clock time: an RFC 3339 time (Anthropic), a Go duration (OpenAI:
     `6m0s`, `20ms`), or plain seconds (Azure; a figure past 10^9 is an epoch time). None for
     anything else; never raises."""
-    value = value.strip()
+    parsed = _reset_of(value.strip())
+    if parsed is None:
+        return None
+    absolute, number = parsed
+    if absolute:
+        return min(number, now + MAX_RESET_SECONDS)
+    return now + min(number, MAX_RESET_SECONDS)
+
+
+@functools.lru_cache(maxsize=1024)
+def _reset_of(value: str) -> tuple[bool, float] | None:
+    """(True, epoch seconds) or (False, seconds from now). Cached: the same values come on
+    answer after answer (a duration like `1s`, a reset time shared by the calls of a second)."""
     if not value or len(value) > MAX_VALUE_BYTES:
         return None
     try:
@@ -76,20 +89,17 @@ def parse_reset(value: str, now: float) -> float | None:
     if number is not None:
         if not math.isfinite(number) or number < 0:
             return None
-        if number > 1e9:  # an epoch time in seconds
-            return min(number, now + MAX_RESET_SECONDS)
-        return now + min(number, MAX_RESET_SECONDS)
+        return (number > 1e9, number)  # past 10^9: an epoch time in seconds
     seconds = _go_duration(value)
     if seconds is not None:
-        return now + min(seconds, MAX_RESET_SECONDS)
+        return False, seconds
     try:
         when = datetime.datetime.fromisoformat(value)
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.UTC)
-        at = when.timestamp()
+        return True, max(when.timestamp(), 0.0)
     except (ValueError, OverflowError, OSError):
         return None
-    return min(max(at, 0.0), now + MAX_RESET_SECONDS)
 
 
 def _go_duration(value: str) -> float | None:
