@@ -56,6 +56,13 @@ routes:
 combos: {}
 #  coding: [deepseek/deepseek-reasoner, passthrough]
 
+# Clients: routes of one client tool, told by its User-Agent (globs), before the routes above.
+clients: {}
+#  claude-code:
+#    match: "claude-cli/*"
+#    routes:
+#      claude-haiku-*: [deepseek/deepseek-chat]   # its small background model, cheaper
+
 # Prices in USD per million tokens, for the cost column of `detour usage`.
 prices: {}
 #  deepseek-chat: {input: 0.27, output: 1.10, cache_read: 0.07}
@@ -198,10 +205,55 @@ class Price(_Strict):
     cache_write: float | None = None
 
 
+class ClientRoutes(_Strict):
+    """Routes of one client tool, told by its User-Agent: they come before the global ones."""
+
+    # User-Agent globs (`claude-cli/*`, `codex_cli_rs/*`, `OpenAI/Python *`); one or a list
+    match: list[str]
+    routes: dict[str, list[str]]
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _one_or_more(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("match")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        if not v or not all(p.strip() for p in v):
+            raise ValueError("needs one or more User-Agent patterns (e.g. \"claude-cli/*\")")
+        return v
+
+    @field_validator("routes")
+    @classmethod
+    def _some_routes(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not v:
+            raise ValueError("needs at least one route")
+        return v
+
+    def matches(self, user_agent: str) -> bool:
+        return any(fnmatch.fnmatchcase(user_agent, p) for p in self.match)
+
+
+def lookup(routes: dict[str, list[str]], model: str) -> tuple[str, list[str]] | None:
+    """The route of `model` in one routes table: its exact name, then the first glob that
+    matches in the order written, then "*"; (the key that matched, its candidates)."""
+    if model in routes:
+        return model, routes[model]
+    for pattern, cands in routes.items():
+        if pattern != "*" and fnmatch.fnmatchcase(model, pattern):
+            return pattern, cands
+    if "*" in routes:
+        return "*", routes["*"]
+    return None
+
+
 class Config(_Strict):
     providers: dict[str, Provider] = Field(default_factory=dict)
     routes: dict[str, list[str]] = Field(default_factory=lambda: {"*": [PASSTHROUGH]})
     combos: dict[str, list[str]] = Field(default_factory=dict)
+    # client tools (by User-Agent) with routes of their own, first match in the order written
+    clients: dict[str, ClientRoutes] = Field(default_factory=dict)
     vendors: dict[str, str] = Field(default_factory=dict)
     prices: dict[str, Price] = Field(default_factory=dict)
     # how long an account rests after a 429 without Retry-After; the cap of the backoff after
@@ -219,8 +271,10 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _candidates_exist(self):
-        for section in ("routes", "combos"):
-            for name, cands in getattr(self, section).items():
+        tables = [("routes", self.routes), ("combos", self.combos)] + [
+            (f"clients.{client}.routes", spec.routes) for client, spec in self.clients.items()]
+        for section, table in tables:
+            for name, cands in table.items():
                 if not cands:
                     raise ValueError(f"{section}.{name}: needs at least one candidate")
                 for i, cand in enumerate(cands):
@@ -241,17 +295,33 @@ class Config(_Strict):
     def vendor_origin(self, host: str) -> str:
         return self.vendors.get(host) or formats.VENDOR_ORIGINS.get(host) or f"https://{host}"
 
-    def candidates(self, model: str) -> list[str]:
-        """The candidate list for a requested model: combo or exact route, then the first glob
-        route that matches in the order written, then "*", then passthrough."""
+    def client_of(self, user_agent: str) -> str | None:
+        """The first configured client whose `match` fits this User-Agent."""
+        if user_agent:
+            for name, spec in self.clients.items():
+                if spec.matches(user_agent):
+                    return name
+        return None
+
+    def route(self, model: str, user_agent: str = "") -> tuple[str, list[str]]:
+        """Where a requested model's candidates come from (the config path of the entry) and
+        the candidates: the client's own routes (exact, globs, "*") when its User-Agent matches
+        a configured client, then a combo, then the global routes, then passthrough."""
+        client = self.client_of(user_agent)
+        if client is not None:
+            found = lookup(self.clients[client].routes, model)
+            if found is not None:
+                return f"clients.{client}.routes.{found[0]}", found[1]
         if model in self.combos:
-            return self.combos[model]
-        if model in self.routes:
-            return self.routes[model]
-        for pattern, cands in self.routes.items():
-            if pattern != "*" and fnmatch.fnmatchcase(model, pattern):
-                return cands
-        return self.routes.get("*", [PASSTHROUGH])
+            return f"combos.{model}", self.combos[model]
+        found = lookup(self.routes, model)
+        if found is not None:
+            return f"routes.{found[0]}", found[1]
+        return "default", [PASSTHROUGH]
+
+    def candidates(self, model: str, user_agent: str = "") -> list[str]:
+        """The candidate list for a requested model (see `route`)."""
+        return self.route(model, user_agent)[1]
 
 
 def resolve_secret(value: str, where: str) -> str:

@@ -32,6 +32,7 @@ from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.decoding import BoundedDecoder, TooLarge
 from addons.failure_policy import (AUTH_SECONDS, DURATIONS, Duration, Failed, Verdict, Weight,
                                    skipped_weight, verdict)
+from addons.quota import QuotaBook, RecentErrors
 from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
                             retry_after_seconds)
 from addons.scrubber import SecretScrubber, credentials_of
@@ -183,6 +184,10 @@ class Forwarder:
         self.config = config
         self.cooldowns = cooldowns
         self.transport = transport  # tests script upstreams with httpx.MockTransport
+        # outlive reloads, as the forwarder does: what each account's vendor last said of its
+        # rate limits, and each account's last few failures (the operator's view)
+        self.quotas = QuotaBook()
+        self.recent_errors = RecentErrors()
         self.scrubber = SecretScrubber()  # the configuration's secrets (settings sets it)
         self._clients: dict[tuple, httpx.AsyncClient] = {}
 
@@ -378,7 +383,18 @@ class Forwarder:
             self.cooldowns.succeeded(att.key)
         else:
             self.cool(cand, att)
+            self.recent_errors.note(att.key, self.scrubber.scrub(att.cause()))
+        self._rest_if_exhausted(att)
         return opened
+
+    def _rest_if_exhausted(self, att: Attempt) -> None:
+        """A window the vendor said is at 0 rests its account until that window resets: the
+        next call goes elsewhere instead of earning a 429."""
+        exhausted = self.quotas.exhausted(att.key)
+        if exhausted is not None:
+            seconds, windows = exhausted
+            self.cooldowns.cool(att.key, seconds, Rest.RATE_LIMIT,
+                                f"rate-limit headers: {windows} at 0")
 
     async def _try(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
         """One candidate asked; None (with `att` saying why) unless it answered well."""
@@ -405,6 +421,8 @@ class Forwarder:
             async with asyncio.timeout(budget):
                 resp = await client.send(req, stream=True)
                 att.status = resp.status_code
+                # what is left of the account's rate limits: said on successes and 429s alike
+                self.quotas.observe(att.key, resp.headers.raw)
                 if resp.status_code >= 300:
                     att.error = self.scrub(job, await _read_error(resp))
                     att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))

@@ -275,7 +275,9 @@ class Interceptor:
         stream = endpoint.stream(body)
         call.requested(model, stream)
         config = rt.config
-        candidates = plan(config, rt.providers, model)
+        candidates = plan(config, rt.providers, model,
+                          user_agent=req.headers.get("user-agent", ""),
+                          quotas=rt.forwarder.quotas)
         origin = config.vendor_origin(host)
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from addons.config import PASSTHROUGH, Config, Provider, resolve_secret
+from addons.quota import QuotaBook, prefer_headroom
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,10 +178,19 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def plan(config: Config, providers: dict[str, ProviderRuntime], model: str) -> list[Candidate]:
-    """Every candidate for `model`, accounts expanded in priority order."""
+def plan(config: Config, providers: dict[str, ProviderRuntime], model: str, *,
+         user_agent: str = "", quotas: QuotaBook | None = None) -> list[Candidate]:
+    """Every candidate for `model` as the client with this User-Agent asked for it (a client's
+    own routes come first), accounts expanded in priority order, those the vendor said are low
+    on a rate-limit window behind the others (`quotas`)."""
+    return expand(config.candidates(model, user_agent), providers, model, quotas)
+
+
+def expand(entries: list[str], providers: dict[str, ProviderRuntime], model: str,
+           quotas: QuotaBook | None = None) -> list[Candidate]:
+    """One route's entries (`provider/model`, `provider/*`, `passthrough`) as candidates."""
     out: list[Candidate] = []
-    for cand in config.candidates(model):
+    for cand in entries:
         if cand == PASSTHROUGH:
             out.append(Candidate(None, None, model))
             continue
@@ -189,6 +199,7 @@ def plan(config: Config, providers: dict[str, ProviderRuntime], model: str) -> l
         if upstream == "*":
             upstream = model
         # a provider without keys (a local server) is one account that sends no credential
-        for account in provider.accounts or (NO_KEY,):
-            out.append(Candidate(provider, account, upstream))
+        accounts = [Candidate(provider, account, upstream)
+                    for account in provider.accounts or (NO_KEY,)]
+        out += prefer_headroom(accounts, quotas)
     return out

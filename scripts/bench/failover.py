@@ -25,7 +25,8 @@ from pathlib import Path
 
 from scripts.bench.claude_code import (MARKER, PROVIDER_KEY, capture_body, check_stream,
                                        request_for)
-from scripts.bench.lib import ROOT, FakeProcess, TunnelClient, median, percentile, run_phase
+from scripts.bench.lib import (ROOT, FakeProcess, TunnelClient, median, percentile,
+                               ready_dirs, run_phase)
 
 ROUTES = {  # name -> (model requested, what the route is)
     "alone": ("bench-alone", "[a2]"),
@@ -35,7 +36,6 @@ ROUTES = {  # name -> (model requested, what the route is)
 
 
 def run(args) -> dict:
-    from certs.ca import ensure_ca
     from tests.harness import Mitmdump
 
     fakes: list[FakeProcess] = []
@@ -49,12 +49,7 @@ def run(args) -> dict:
             a1_500 = FakeProcess("openai", *common, "--fail", "500").launch()
             a1_err = FakeProcess("openai", *common, "--fail", "stream-error").launch()
             fakes += [a2, a1_500, a1_err]
-            confdir = tmp / "confdir"
-            ensure_ca(confdir)
-            for f in fakes:
-                f.wait_ready()
-            home = tmp / "home"
-            home.mkdir()
+            confdir, home = ready_dirs(tmp, fakes)
 
             def provider(fake: FakeProcess) -> str:
                 return (f'{{kind: openai, base_url: "{fake.base_url}/v1", '

@@ -12,6 +12,8 @@ with two differences that matter in a long benchmark:
 - `--fail 500|stream-error`: every model call fails, with a 500, or with a 200 stream whose
   first events are the role chunk / message_start and then the vendor's in-stream error
   (failover benchmarks);
+- `--rate-limits`: every answer carries OpenAI's rate-limit headers (three windows' limit,
+  remaining and reset), as the vendor sends them on every call (quota benchmarks);
 - `--paced MODEL:DELAY:EVENTS` (repeatable): a call for that model is answered with EVENTS
   content deltas, DELAY seconds apart (one event per read at the proxy, as a real model's tokens
   arrive; a long DELAY holds streams open), instead of the default reply. One fake serves
@@ -30,6 +32,12 @@ from tests.fakes.server import Stream, run_cli
 
 KINDS = {"openai": FakeOpenAI, "anthropic": FakeAnthropic}
 HISTORY = 8
+# what api.openai.com sends on every answer (figures of a real one)
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "5000", "x-ratelimit-remaining-requests": "4999",
+    "x-ratelimit-reset-requests": "12ms", "x-ratelimit-limit-tokens": "160000",
+    "x-ratelimit-remaining-tokens": "159976", "x-ratelimit-reset-tokens": "9ms",
+}
 FAILURES = {"500": Status(500), "stream-error": StreamError(after=1)}
 
 
@@ -47,13 +55,15 @@ def _stamped(events):
 
 
 def bench_class(cls, stamp: bool, fail: str | None = None,
-                paced: dict[str, Events] | None = None):
+                paced: dict[str, Events] | None = None, rate_limits: bool = False):
     paced = paced or {}
 
     class Bench(cls):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
             self._requests = collections.deque(maxlen=HISTORY)
+            if rate_limits:
+                self.response_headers.update(RATE_LIMIT_HEADERS)
 
         def take_reply(self, received):
             if fail:
@@ -81,7 +91,8 @@ def main(argv: list[str]) -> int:
         return 2
     kind, rest = argv[0], argv[1:]
     stamp = "--stamp" in rest
-    rest = [a for a in rest if a != "--stamp"]
+    rate_limits = "--rate-limits" in rest
+    rest = [a for a in rest if a not in ("--stamp", "--rate-limits")]
     fail = None
     if "--fail" in rest:
         i = rest.index("--fail")
@@ -100,7 +111,7 @@ def main(argv: list[str]) -> int:
             print("--paced MODEL:DELAY:EVENTS", file=sys.stderr)
             return 2
         del rest[i:i + 2]
-    return run_cli(bench_class(KINDS[kind], stamp, fail, paced), rest)
+    return run_cli(bench_class(KINDS[kind], stamp, fail, paced, rate_limits), rest)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,19 @@ class Reply:
     body: bytes | None  # the whole body, when asked for
 
 
+def ready_dirs(tmp: Path, fakes: list["FakeProcess"]) -> tuple[Path, Path]:
+    """Once every fake listens: a mitmproxy confdir holding a CA, and an empty DETOUR_HOME."""
+    from certs.ca import ensure_ca
+
+    confdir = tmp / "confdir"
+    ensure_ca(confdir)
+    for f in fakes:
+        f.wait_ready()
+    home = tmp / "home"
+    home.mkdir()
+    return confdir, home
+
+
 def pin(pid: int, cpus: set[int]) -> None:
     """Pin every thread of process `pid` to `cpus` (threads it starts later inherit it)."""
     for tid in os.listdir(f"/proc/{pid}/task"):

@@ -1,0 +1,88 @@
+"""The operator's view of accounts and routes, as mitmproxy commands returning JSON (mitmweb's
+command bar, its REST API `POST /commands/detour.accounts`, `detour status`):
+
+- `detour.accounts`: every account of every provider (and each client key a passthrough call
+  rested or saw rate limits for): its state (ready or resting), until when and why it rests,
+  its last few errors, and what its vendor last said of its rate limits.
+- `detour.routes`: what each configured route (global, combo, per client) resolves to now:
+  its candidates in the order they would be asked, each with its account's state.
+
+Labels are shown (the operator wrote them: `env:NAME`, `file:PATH`, a short hash), never a key.
+"""
+
+import json
+import time
+
+from mitmproxy import command
+
+from addons.config import PASSTHROUGH
+from addons.quota import iso
+from addons.routing import NO_KEY, Candidate, expand
+from addons.settings import DetourSettings
+
+READY = "ready"
+RESTING = "resting"
+
+
+class OperatorCommands:
+    def __init__(self, settings: DetourSettings):
+        self.settings = settings
+
+    @command.command("detour.accounts")
+    def accounts(self) -> str:
+        """Every account as JSON: provider, label, state (ready/resting), rest until and why,
+        recent errors, rate limits as last seen."""
+        rt = self.settings.runtime
+        out, shown = [], set()
+        for name, provider in rt.providers.items():
+            for account in provider.accounts or (NO_KEY,):
+                cand = Candidate(provider, account, "")
+                shown.add(cand.key)
+                out.append({"provider": name, "account": account.name,
+                            "label": account.label, **self._state(cand.key)})
+        # passthrough calls rest, and learn rate limits, per client key (by fingerprint)
+        forwarder = rt.forwarder
+        others = set(rt.cooldowns.resting()) | set(forwarder.recent_errors.keys())
+        for key in sorted(k for k in others if k not in shown and k.startswith(PASSTHROUGH)):
+            out.append({"provider": PASSTHROUGH, "account": "client", "label": key,
+                        **self._state(key)})
+        return json.dumps({"accounts": out})
+
+    @command.command("detour.routes")
+    def routes(self) -> str:
+        """Every configured route as JSON (per-client routes first, then combos, then the global
+        routes): where it is configured, and its candidates in the order they are asked now,
+        each with its state."""
+        rt = self.settings.runtime
+        config = rt.config
+        tables = [(client, spec.match, f"clients.{client}.routes", spec.routes)
+                  for client, spec in config.clients.items()]
+        tables += [(None, None, "combos", config.combos), (None, None, "routes", config.routes)]
+        out = []
+        for client, match, section, table in tables:
+            for model, entries in table.items():
+                cands = expand(entries, rt.providers, model, rt.forwarder.quotas)
+                out.append({"client": client, "match": match, "model": model,
+                            "configured": f"{section}.{model}",
+                            "candidates": [self._candidate(c) for c in cands]})
+        return json.dumps({"routes": out})
+
+    def _candidate(self, cand: Candidate) -> dict:
+        if cand.provider is None:
+            return {"provider": PASSTHROUGH, "model": cand.model, "state": READY}
+        state = self._state(cand.key)
+        return {"provider": cand.provider_name, "account": cand.account.name,
+                "label": cand.account_label, "model": cand.model, "state": state["state"],
+                "rest": state["rest"]}
+
+    def _state(self, key: str) -> dict:
+        rt = self.settings.runtime
+        rest = rt.cooldowns.rest(key)
+        resting = None
+        if rest is not None:
+            left = max(0.0, rest.until - time.monotonic())
+            resting = {"until": iso(time.time() + left), "seconds_left": round(left, 1),
+                       "reason": rest.reason.value, "cause": rest.cause}
+        return {"state": RESTING if resting else READY, "rest": resting,
+                "recent_errors": rt.forwarder.recent_errors.of(key),
+                "rate_limits": rt.forwarder.quotas.describe(key)}

@@ -1,0 +1,132 @@
+"""Rate-limit headers steer calls away from an account at zero before it ever answers 429, and
+the operator sees it: through a real mitmdump, and mitmweb's REST API for `detour.accounts`
+and `detour.routes`. Each account is a key of one loopback FakeOpenAI, told on cue which
+rate-limit headers to send (`fake.response_headers`)."""
+
+import json
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import free_port, start_proxy
+from tests.fakes.openai_provider import FakeOpenAI
+from tests.fakes.replies import Status
+
+OPENAI_URL = "https://api.openai.com/v1/chat/completions"
+SDK = {"user-agent": "OpenAI/Python 1.109.1", "authorization": "Bearer client-key"}
+KEY_A, KEY_B = "sk-account-a-0001", "sk-account-b-0002"
+PASSWORD = "detour-test-quota"
+AT_ZERO = {"x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
+           "x-ratelimit-reset-requests": "1m0s", "x-ratelimit-limit-tokens": "40000",
+           "x-ratelimit-remaining-tokens": "39000", "x-ratelimit-reset-tokens": "90ms"}
+
+
+def config(fake: FakeOpenAI) -> str:
+    return (f"providers:\n"
+            f"  p: {{kind: openai, base_url: '{fake.base_url}/v1', api_keys: [{KEY_A}, {KEY_B}]}}\n"
+            f"routes: {{'*': [p/up-model]}}\n"
+            f"clients:\n"
+            f"  codex: {{match: 'codex_cli_rs/*', routes: {{'*': [p/codex-model, passthrough]}}}}\n")
+
+
+def ask(client: httpx.Client, **headers) -> httpx.Response:
+    return client.post(OPENAI_URL, json={"model": "gpt-4o", "messages": [
+        {"role": "user", "content": "hi"}]}, headers=SDK | headers)
+
+
+def keys_used(fake: FakeOpenAI) -> list[str]:
+    return [r.headers["authorization"].removeprefix("Bearer ") for r in fake.requests]
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI(keys={KEY_A, KEY_B}) as fake:
+        yield fake
+
+
+def test_an_account_at_zero_rests_until_its_reset_without_a_429(confdir, tmp_path, fake):
+    proxy = start_proxy(confdir, tmp_path / "home", config(fake))
+    try:
+        with proxy.client() as c:
+            fake.response_headers.update(AT_ZERO)  # account A's answer says: no requests left
+            first = ask(c)
+            fake.response_headers.clear()
+            after = [ask(c) for _ in range(3)]
+            assert [r.status_code for r in [first, *after]] == [200] * 4
+            # A answered once, then rested: the vendor never had to refuse anyone
+            assert keys_used(fake) == [KEY_A, KEY_B, KEY_B, KEY_B]
+            # A at zero went behind B (and rests): B is asked first, alone
+            route = json.loads(proxy.row_of(after[0])["route"])
+            assert [(a["account"], a["status"]) for a in route] == [(route[0]["account"], 200)]
+            assert route[0]["account"].startswith("key2:")
+            # a 429 carries the headers too: B's tokens are out for 5 minutes, longer than its
+            # Retry-After; with A resting as well, the client is told to come back when A wakes
+            fake.enqueue(Status(429, headers={"retry-after": "1",
+                                              "x-ratelimit-remaining-tokens": "0",
+                                              "x-ratelimit-reset-tokens": "5m0s"}))
+            refused = ask(c)
+            assert refused.status_code == 429, refused.text
+            assert 1 < int(refused.headers["retry-after"]) <= 60
+            message = refused.json()["error"]["message"]
+            assert "cooling down" in message and "rate-limit headers: requests at 0" in message
+            assert keys_used(fake) == [KEY_A, KEY_B, KEY_B, KEY_B, KEY_B]
+            assert ask(c).status_code == 429  # B's rest is its 5 minutes, not 1 s
+            assert len(fake.requests) == 5
+    finally:
+        proxy.mitm.stop()
+
+
+def command(web_port: int, name: str) -> dict:
+    # mitmweb's API wants its XSRF cookie echoed in a header (any matching value will do)
+    r = httpx.post(f"http://127.0.0.1:{web_port}/commands/{name}", json={"arguments": []},
+                   headers={"Authorization": f"Bearer {PASSWORD}", "X-XSRFToken": "q1",
+                            "Cookie": "_mitmproxy_xsrf=q1"}, trust_env=False, timeout=10)
+    r.raise_for_status()
+    return json.loads(r.json()["value"])
+
+
+def test_accounts_and_routes_through_mitmweb(confdir, tmp_path, fake):
+    web_port = free_port()
+    proxy = start_proxy(confdir, tmp_path / "home", config(fake), web=(web_port, PASSWORD))
+    try:
+        before = command(web_port, "detour.accounts")["accounts"]
+        assert [(a["provider"], a["account"], a["state"]) for a in before] == [
+            ("p", "account 1", "ready"), ("p", "account 2", "ready")]
+        assert before[0]["label"].startswith("key1:") and before[0]["rate_limits"] is None
+        with proxy.client() as c:
+            fake.response_headers.update(AT_ZERO)
+            assert ask(c).status_code == 200  # A, now at zero
+            fake.response_headers.clear()
+            fake.enqueue(Status(500, message="upstream exploded"))
+            assert ask(c).status_code == 502  # B failed, A rests
+        accounts = command(web_port, "detour.accounts")["accounts"]
+        a, b = accounts
+        assert a["state"] == "resting" and a["rest"]["reason"] == "rate-limit"
+        assert a["rest"]["cause"] == "rate-limit headers: requests at 0"
+        assert 50 < a["rest"]["seconds_left"] <= 60
+        requests = a["rate_limits"]["windows"]["requests"]
+        assert (requests["remaining"], requests["limit"]) == (0, 3)
+        assert 50 < requests["resets_in"] <= 60 and requests["resets_at"].endswith("+00:00")
+        assert a["recent_errors"] == []
+        assert b["state"] == "resting" and b["rest"]["reason"] == "transient"
+        assert [e["error"] for e in b["recent_errors"]] == ["HTTP 500, upstream exploded"]
+        assert b["rate_limits"] is None
+        # no key anywhere in what the operator sees
+        shown = json.dumps(accounts)
+        assert KEY_A not in shown and KEY_B not in shown
+
+        routes = command(web_port, "detour.routes")["routes"]
+        assert [(r["client"], r["configured"]) for r in routes] == [
+            ("codex", "clients.codex.routes.*"), (None, "routes.*")]
+        codex, default = routes
+        assert codex["match"] == ["codex_cli_rs/*"]
+        # in the order they would be asked now: A, at zero, behind B
+        assert [(c["provider"], c.get("account"), c["model"], c["state"])
+                for c in codex["candidates"]] == [
+            ("p", "account 2", "codex-model", "resting"),
+            ("p", "account 1", "codex-model", "resting"),
+            ("passthrough", None, "*", "ready")]
+        assert [c["state"] for c in default["candidates"]] == ["resting", "resting"]
+        assert KEY_A not in json.dumps(routes)
+    finally:
+        proxy.mitm.stop()
