@@ -268,7 +268,7 @@ class Interceptor:
         stream = endpoint.stream(body)
         call.requested(model, stream)
         config = rt.config
-        candidates = plan(config, rt.providers, model)
+        candidates = plan(config, rt.providers, model, cooldowns=rt.cooldowns)
         origin = config.vendor_origin(req.pretty_host)
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
