@@ -36,9 +36,11 @@ DEFAULT_CONFIG_YAML = """\
 #   openai    - any OpenAI-compatible Chat Completions endpoint (OpenAI, DeepSeek, OpenRouter,
 #               Qwen/DashScope, a local vLLM or Ollama /v1 ...)
 #   anthropic - the Anthropic Messages API
-# api_keys are the provider's accounts, tried in order: a literal key, env:VARIABLE or
-# file:/path/to/key. An account that fails (429, 5xx, 401/403, timeout) is cooled down and the
-# next account, then the next candidate of the route, is tried.
+# api_keys are the provider's accounts: a literal key, env:VARIABLE or file:/path/to/key, or
+# {key: ..., priority: 2, disabled: true}. Lower priority groups are asked first; inside a
+# group accounts take turns (strategy: round-robin | least-recently-used). An account that
+# fails (429, 5xx, 401/403, timeout, exhausted quota) rests and the next account, then the
+# next candidate of the route, is tried.
 providers: {}
 #  deepseek:
 #    kind: openai

@@ -55,7 +55,7 @@ SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
 NOT_CONTENT = (canonical.MessageStart, canonical.Ping)
 PASSTHROUGH_TIMEOUTS = Timeouts()
 # Attempt fields that are bookkeeping, not the route story a usage row keeps
-NOT_IN_ROUTE = frozenset({"key", "model_key", "retry_after", "failed", "verdict", "weight",
+NOT_IN_ROUTE = frozenset({"key", "rest_model", "retry_after", "failed", "verdict", "weight",
                           "error_body"})
 
 
@@ -122,7 +122,7 @@ class Attempt:
     # not part of the route story:
     key: str = field(default="", repr=False)  # its cooldown key: the account (or passthrough)
     # the upstream model its account's per-model rests are kept for (None: passthrough)
-    model_key: str | None = field(default=None, repr=False)
+    rest_model: str | None = field(default=None, repr=False)
     retry_after: float | None = field(default=None, repr=False)  # the vendor's wait, if said
     error_body: ErrorBody = field(default=ErrorBody(), repr=False)  # its error answer's codes
     failed: Failed | None = field(default=None, repr=False)  # how, when not by a status
@@ -308,9 +308,9 @@ class Forwarder:
                 continue
             att = Attempt(cand.provider_name, cand.account_label, cand.model)
             att.key = self.cooldown_key(job, cand)
-            att.model_key = cand.model if cand.provider is not None else None
+            att.rest_model = cand.model if cand.provider is not None else None
             attempts.append(att)
-            rest = self.cooldowns.rest(att.key, att.model_key)
+            rest = self.cooldowns.rest(att.key, att.rest_model)
             if rest is not None:
                 left = rest.until - time.monotonic()
                 att.skipped = True
@@ -350,7 +350,7 @@ class Forwarder:
         finally:
             att.ms = round((time.perf_counter() - t0) * 1000, 1)
         if opened is not None:
-            self.cooldowns.succeeded(att.key, att.model_key)
+            self.cooldowns.succeeded(att.key, att.rest_model)
         else:
             self._cool(cand, att)
         return opened
@@ -515,9 +515,9 @@ class Forwarder:
         att.rest = reason.value
         per_account = v.scope is Scope.ACCOUNT or (
             cand.provider is not None and cand.provider.spec.rate_limits == "per-account")
-        key = att.key if per_account or att.model_key is None else model_key(att.key,
-                                                                             att.model_key)
-        if att.model_key is not None:
+        key = (att.key if per_account or att.rest_model is None
+               else model_key(att.key, att.rest_model))
+        if att.rest_model is not None:
             att.rest_scope = (Scope.ACCOUNT if per_account else Scope.MODEL).value
         cooldown = self.config.cooldown_seconds
         seconds = self.cooldowns.fail(
@@ -547,7 +547,7 @@ class Forwarder:
         if all(a.weight is Weight.LIMIT for a in attempts):
             # every account is resting for its limits: come back when the first one wakes
             waits = [w for a in attempts
-                     if (w := self.cooldowns.remaining(a.key, a.model_key)) > 0]
+                     if (w := self.cooldowns.remaining(a.key, a.rest_model)) > 0]
             return Failure(429, message, retry_after=min(waits) if waits else None)
         if tried and all(w is Weight.TIMEOUT for w in weights):
             return Failure(504, message)

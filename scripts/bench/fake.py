@@ -9,9 +9,9 @@ with two differences that matter in a long benchmark:
 - `--stamp`: after each streamed response, one line on stdout
   `stream <first> <last> <n>`: the `time.monotonic()` (CLOCK_MONOTONIC, comparable across
   processes) at which the first and the last of its n events had been written and drained;
-- `--fail 500|stream-error`: every model call fails, with a 500, or with a 200 stream whose
-  first events are the role chunk / message_start and then the vendor's in-stream error
-  (failover benchmarks);
+- `--fail 500|429|stream-error`: every model call fails, with a 500, a 429 (no Retry-After),
+  or a 200 stream whose first events are the role chunk / message_start and then the
+  vendor's in-stream error (failover benchmarks);
 - `--paced MODEL:DELAY:EVENTS` (repeatable): a call for that model is answered with EVENTS
   content deltas, DELAY seconds apart (one event per read at the proxy, as a real model's tokens
   arrive; a long DELAY holds streams open), instead of the default reply. One fake serves
@@ -30,7 +30,7 @@ from tests.fakes.server import Stream, run_cli
 
 KINDS = {"openai": FakeOpenAI, "anthropic": FakeAnthropic}
 HISTORY = 8
-FAILURES = {"500": Status(500), "stream-error": StreamError(after=1)}
+FAILURES = {"500": Status(500), "429": Status(429), "stream-error": StreamError(after=1)}
 
 
 def _stamped(events):
