@@ -24,6 +24,9 @@ CONFIG_NAME = "config.yaml"
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 DIRECT = "direct"
 PASSTHROUGH = "passthrough"
+# how a provider's ready accounts of one priority group take turns
+ROUND_ROBIN = "round-robin"
+LEAST_RECENTLY_USED = "least-recently-used"
 
 DEFAULT_CONFIG_YAML = """\
 # detour configuration. Reloaded on change; a bad edit is reported and the previous
@@ -33,9 +36,11 @@ DEFAULT_CONFIG_YAML = """\
 #   openai    - any OpenAI-compatible Chat Completions endpoint (OpenAI, DeepSeek, OpenRouter,
 #               Qwen/DashScope, a local vLLM or Ollama /v1 ...)
 #   anthropic - the Anthropic Messages API
-# api_keys are the provider's accounts, tried in order: a literal key, env:VARIABLE or
-# file:/path/to/key. An account that fails (429, 5xx, 401/403, timeout) is cooled down and the
-# next account, then the next candidate of the route, is tried.
+# api_keys are the provider's accounts: a literal key, env:VARIABLE or file:/path/to/key, or
+# {key: ..., priority: 2, disabled: true}. Lower priority groups are asked first; inside a
+# group accounts take turns (strategy: round-robin | least-recently-used). An account that
+# fails (429, 5xx, 401/403, timeout, exhausted quota) rests and the next account, then the
+# next candidate of the route, is tried.
 providers: {}
 #  deepseek:
 #    kind: openai
@@ -107,10 +112,34 @@ class Limits(_Strict):
     stream_seconds: Annotated[float, Field(gt=0)] = 1800.0
 
 
+class ApiKey(_Strict):
+    """One account of a provider written as a mapping: `{key: env:A, priority: 2}`."""
+
+    key: str = Field(repr=False)  # a literal secret, env:NAME or file:PATH
+    # its group: every ready account of group 1 is asked before any of group 2
+    priority: Annotated[int, Field(ge=0)] = 1
+    disabled: bool = False  # kept in the configuration, never asked
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")  # never repeats the value: it may be a secret
+        return v
+
+
 class Provider(_Strict):
     kind: str  # a provider kind of the format table (addons/formats.py)
     base_url: str
-    api_keys: list[str] = Field(default_factory=list, repr=False)  # may hold literal secrets
+    # the provider's accounts: a key (literal, env:NAME, file:PATH; priority 1) or an ApiKey
+    # mapping; may hold literal secrets
+    api_keys: list[str | ApiKey] = Field(default_factory=list, repr=False)
+    # how ready accounts of one priority group take turns: round-robin (one step per call)
+    # or least-recently-used
+    strategy: Literal["round-robin", "least-recently-used"] = ROUND_ROBIN
+    # where the vendor counts its rate limits: per model (a 429 on one model leaves the
+    # account's other models serving) or per account (a 429 rests the whole account)
+    rate_limits: Literal["per-model", "per-account"] = "per-model"
     headers: dict[str, str] = Field(default_factory=dict)
     max_output_tokens: Annotated[int, Field(gt=0)] | None = None
     # What to do with the client's reasoning effort (Claude Code always asks "high") when the
@@ -145,6 +174,24 @@ class Provider(_Strict):
             data = dict(data)
             data["verify"] = data.pop("verify_tls")
         return data
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, v):
+        # a mapping that is not an ApiKey is named by its own fault, not pydantic's union
+        # of both shapes' complaints
+        if isinstance(v, list):
+            for i, entry in enumerate(v):
+                if not isinstance(entry, (str, dict)):
+                    raise ValueError(f"[{i}]: a key (string) or a mapping with key:, "
+                                     f"priority:, disabled:, not {type(entry).__name__}")
+                if isinstance(entry, dict):
+                    try:
+                        ApiKey.model_validate(entry)
+                    except ValidationError as e:
+                        raise ValueError("; ".join(f"[{i}].{_problem(p)}" for p in e.errors())
+                                         ) from None
+        return v
 
     @field_validator("kind")
     @classmethod
@@ -344,15 +391,16 @@ def resolve_secret(value: str, where: str) -> str:
     return value
 
 
+def _problem(e) -> str:
+    """One pydantic error as `path: what` (an unknown key said so, no pydantic prefix)."""
+    path = ".".join(str(p) for p in e["loc"])
+    msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+    msg = msg.removeprefix("Value error, ")
+    return f"{path}: {msg}" if path else msg
+
+
 def _format_validation_error(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"])
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{path}: {msg}" if path else msg.removeprefix("Value error, "))
-    return "; ".join(lines)
+    return "; ".join(_problem(e) for e in err.errors())
 
 
 def parse_config(text: str, source: str = CONFIG_NAME) -> Config:

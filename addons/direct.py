@@ -91,8 +91,7 @@ class DirectPath:
             att = fwd.resting_attempt(job, cand)
             if att is None:
                 usable.append(cand)
-                att = Attempt(cand.provider_name, cand.account_label, cand.model,
-                              key=fwd.cooldown_key(job, cand))
+                att = fwd.fresh_attempt(job, cand)
             elif att.rest == "transient":
                 return None  # it would be asked anyway if the others failed
             attempts.append((cand, att))

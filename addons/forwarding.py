@@ -30,11 +30,10 @@ from addons import formats, policies
 from addons.call import Call
 from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.decoding import BoundedDecoder, TooLarge
-from addons.failure_policy import (AUTH_SECONDS, DURATIONS, Duration, Failed, Verdict, Weight,
-                                   skipped_weight, verdict)
+from addons.failure_policy import (ErrorBody, Failed, Scope, Verdict, Weight, rest_seconds,
+                                   skipped_weight, vendor_wait, verdict)
 from addons.quota import QuotaBook, RecentErrors
-from addons.routing import (Candidate, CooldownBook, Rest, passthrough_key,
-                            retry_after_seconds)
+from addons.routing import Candidate, CooldownBook, Rest, model_key, passthrough_key
 from addons.scrubber import SecretScrubber, credentials_of
 from addons.transport import StreamsTransport, ssl_context
 from translators import canonical, openai_chat, passthrough
@@ -57,7 +56,8 @@ SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
 NOT_CONTENT = (canonical.MessageStart, canonical.Ping)
 PASSTHROUGH_TIMEOUTS = Timeouts()
 # Attempt fields that are bookkeeping, not the route story a usage row keeps
-NOT_IN_ROUTE = frozenset({"key", "retry_after", "failed", "verdict", "weight"})
+NOT_IN_ROUTE = frozenset({"key", "rest_model", "retry_after", "failed", "verdict", "weight",
+                          "error_body"})
 
 
 @dataclass
@@ -119,9 +119,15 @@ class Attempt:
     despite_rest: bool = False  # resting for a transient failure, asked since all others rest
     over_budget: bool = False  # a whole call out of its total time: the route stops there
     unreachable: bool = False  # no connection could be made (refused, no route, TLS failure)
+    rest_s: float | None = None  # how long the rest it earned lasts (seconds)
+    rest_scope: str | None = None  # what it rests: "model" (this account for this model) or
+    # "account" (every model of it)
     # not part of the route story:
-    key: str = field(default="", repr=False)  # its cooldown key
-    retry_after: float | None = field(default=None, repr=False)  # a 429's Retry-After
+    key: str = field(default="", repr=False)  # its cooldown key: the account (or passthrough)
+    # the upstream model its account's per-model rests are kept for (None: passthrough)
+    rest_model: str | None = field(default=None, repr=False)
+    retry_after: float | None = field(default=None, repr=False)  # the vendor's wait, if said
+    error_body: ErrorBody = field(default=ErrorBody(), repr=False)  # its error answer's codes
     failed: Failed | None = field(default=None, repr=False)  # how, when not by a status
     # what its failure (or, skipped, its rest) means: failure_policy.py
     verdict: Verdict | None = field(default=None, repr=False)
@@ -333,12 +339,11 @@ class Forwarder:
             att = self.resting_attempt(job, cand)
             if att is not None:
                 attempts.append(att)
-                rest = self.cooldowns.rest(att.key)
+                rest = self.cooldowns.rest(att.key, att.rest_model)
                 if rest.reason is Rest.TRANSIENT and (spare is None or rest.until < spare[0]):
                     spare = (rest.until, cand, att)
                 continue
-            att = Attempt(cand.provider_name, cand.account_label, cand.model)
-            att.key = self.cooldown_key(job, cand)
+            att = self.fresh_attempt(job, cand)
             attempts.append(att)
             opened = await self._attempt(job, cand, att)
             if opened is not None:
@@ -364,23 +369,32 @@ class Forwarder:
     def resting_attempt(self, job: Job, cand: Candidate) -> Attempt | None:
         """A candidate not asked because it rests, as the route tells it; None if it does not."""
         key = self.cooldown_key(job, cand)
-        rest = self.cooldowns.rest(key)
+        rest_model = cand.model if cand.provider is not None else None
+        rest = self.cooldowns.rest(key, rest_model)
         if rest is None:
             return None
         left = rest.until - time.monotonic()
         return Attempt(cand.provider_name, cand.account_label, cand.model, skipped=True,
-                       rest=rest.reason.value, key=key, weight=skipped_weight(rest.reason),
+                       rest=rest.reason.value, key=key, rest_model=rest_model,
+                       weight=skipped_weight(rest.reason),
                        error=f"cooling down for {left:.0f}s" + (
                            f" after {rest.cause}" if rest.cause else ""))
 
+    def fresh_attempt(self, job: Job, cand: Candidate) -> Attempt:
+        """A candidate about to be asked: its attempt, keyed for the rests it may earn."""
+        return Attempt(cand.provider_name, cand.account_label, cand.model,
+                       key=self.cooldown_key(job, cand),
+                       rest_model=cand.model if cand.provider is not None else None)
+
     async def _attempt(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
         t0 = time.perf_counter()
+        self.cooldowns.used(att.key)
         try:
             opened = await self._try(job, cand, att)
         finally:
             att.ms = round((time.perf_counter() - t0) * 1000, 1)
         if opened is not None:
-            self.cooldowns.succeeded(att.key)
+            self.cooldowns.succeeded(att.key, att.rest_model)
         else:
             self.cool(cand, att)
             self.recent_errors.note(att.key, self.scrubber.scrub(att.cause()))
@@ -393,7 +407,9 @@ class Forwarder:
         exhausted = self.quotas.exhausted(att.key)
         if exhausted is not None:
             seconds, windows = exhausted
-            self.cooldowns.cool(att.key, seconds, Rest.RATE_LIMIT,
+            # per model, like a 429 (vendors limit rates per model)
+            key = model_key(att.key, att.rest_model) if att.rest_model else att.key
+            self.cooldowns.cool(key, seconds, Rest.RATE_LIMIT,
                                 f"rate-limit headers: {windows} at 0")
 
     async def _try(self, job: Job, cand: Candidate, att: Attempt) -> Opened | None:
@@ -424,8 +440,9 @@ class Forwarder:
                 # what is left of the account's rate limits: said on successes and 429s alike
                 self.quotas.observe(att.key, resp.headers.raw)
                 if resp.status_code >= 300:
-                    att.error = self.scrub(job, await _read_error(resp))
-                    att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+                    text, att.error_body = await _read_error(resp)
+                    att.error = self.scrub(job, text)
+                    att.retry_after = vendor_wait(resp.headers, att.error_body)
                     await resp.aclose()
                     return None
                 opened = await self._check_answer(cand, resp, fmt, att)
@@ -540,27 +557,32 @@ class Forwarder:
                 return None
 
     def cool(self, cand: Candidate, att: Attempt) -> None:
-        """Rest a failed candidate as failure_policy.py says: a 429 or rate-limit event as the
-        provider asks (else cooldown_seconds), 401/403 for AUTH_SECONDS (not passthrough: the
-        client's own key is the client's to fix), a refused request or an answer cut by the
-        whole-call budget not at all, anything else (5xx, timeouts, refused connections,
-        unreadable answers, error events) a short backoff that grows while it keeps failing."""
-        v = att.verdict = verdict(att.status, att.stream_error, att.failed, att.error or "")
+        """Rest a failed candidate as failure_policy.py says: its kind of rest (a 429 or
+        rate-limit event, an exhausted quota or balance, 401/403, a transient failure) for as
+        long as the vendor said, else a backoff that grows with each consecutive failure of
+        that kind; on the account for this model or the whole account (the verdict's scope,
+        or the provider's `rate_limits: per-account`). Never a rest for a refused request or
+        an answer cut by the whole-call budget, nor for a passthrough's 401/403 (the client's
+        own key is the client's to fix)."""
+        v = att.verdict = verdict(att.status, att.stream_error, att.failed, att.error or "",
+                                  att.error_body)
         att.weight = v.weight
         reason = v.rest
         if reason is None or reason is Rest.AUTH and cand.provider is None:
             return
         cause = att.cause()[:200]
         att.rest = reason.value
-        duration = DURATIONS[reason]
-        if duration is Duration.BACKOFF:
-            self.cooldowns.fail_transient(att.key, self.config.cooldown_seconds, cause)
-        elif duration is Duration.AUTH:
-            self.cooldowns.cool(att.key, AUTH_SECONDS, reason, cause)
-        else:
-            after = att.retry_after
-            self.cooldowns.cool(att.key, self.config.cooldown_seconds if after is None else after,
-                                reason, cause)
+        per_account = v.scope is Scope.ACCOUNT or (
+            cand.provider is not None and cand.provider.spec.rate_limits == "per-account")
+        key = (att.key if per_account or att.rest_model is None
+               else model_key(att.key, att.rest_model))
+        if att.rest_model is not None:
+            att.rest_scope = (Scope.ACCOUNT if per_account else Scope.MODEL).value
+        cooldown = self.config.cooldown_seconds
+        seconds = self.cooldowns.fail(
+            key, reason, lambda streak: rest_seconds(reason, streak, att.retry_after, cooldown),
+            cause)
+        att.rest_s = round(seconds, 3)
 
     def record(self, job: Job, attempts: list[Attempt]) -> None:
         job.call.routed(sum(a.tried for a in attempts), [
@@ -583,7 +605,8 @@ class Forwarder:
             return Failure(tried[-1].status or 400, message)
         if all(a.weight is Weight.LIMIT for a in attempts):
             # every account is resting for its limits: come back when the first one wakes
-            waits = [w for a in attempts if (w := self.cooldowns.remaining(a.key)) > 0]
+            waits = [w for a in attempts
+                     if (w := self.cooldowns.remaining(a.key, a.rest_model)) > 0]
             return Failure(429, message, retry_after=min(waits) if waits else None)
         if tried and all(w is Weight.TIMEOUT for w in weights):
             return Failure(504, message)
@@ -879,8 +902,9 @@ def _connect_failure(e: httpx.ConnectError) -> str:
     return ("connection refused" if refused else "connection failed") + f" ({type(e).__name__}: {e})"
 
 
-async def _read_error(resp: httpx.Response) -> str:
-    """A provider's error answer, shortened, for the attempt log and the client's message."""
+async def _read_error(resp: httpx.Response) -> tuple[str, ErrorBody]:
+    """A provider's error answer, shortened, for the attempt log and the client's message,
+    and what its body says beyond the status (failure_policy.ErrorBody)."""
     data = b""
     try:
         async for chunk in bounded_body(resp, MAX_ERROR_BODY, None):
@@ -895,12 +919,16 @@ async def _read_error(resp: httpx.Response) -> str:
 def error_text(data: bytes) -> str:
     """A provider's error body, shortened: its `error.message` if it has one."""
     text = data.decode("utf-8", "replace").strip()
+    body = ErrorBody()
     try:
         obj = json.loads(text)
+        body = ErrorBody.read(obj)
+        if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+            obj = obj[0]  # Gemini may answer its error in a list
         err = obj.get("error", obj) if isinstance(obj, dict) else obj
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             text = err["message"]
     except ValueError:
         pass
-    return " ".join(text.split())[:300]
+    return " ".join(text.split())[:300], body
 

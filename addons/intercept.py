@@ -277,7 +277,7 @@ class Interceptor:
         config = rt.config
         candidates = plan(config, rt.providers, model,
                           user_agent=req.headers.get("user-agent", ""),
-                          quotas=rt.forwarder.quotas)
+                          quotas=rt.forwarder.quotas, cooldowns=rt.cooldowns)
         origin = config.vendor_origin(host)
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):

@@ -61,7 +61,7 @@ class OperatorCommands:
         out = []
         for client, match, section, table in tables:
             for model, entries in table.items():
-                cands = expand(entries, rt.providers, model, rt.forwarder.quotas)
+                cands = expand(entries, rt.providers, model, rt.forwarder.quotas, rt.cooldowns)
                 out.append({"client": client, "match": match, "model": model,
                             "configured": f"{section}.{model}",
                             "candidates": [self._candidate(c) for c in cands]})

@@ -1,18 +1,23 @@
-"""Which provider and account answer a requested model: candidates in order, minus those
-cooling down.
+"""Which provider and account answer a requested model: candidates in order, those resting
+last.
 
 Routing only decides; forwarding.py sends. A candidate is one (provider, account, upstream
-model), or the original vendor (passthrough) with the client's own credentials.
+model), or the original vendor (passthrough) with the client's own credentials. A provider's
+accounts are ordered by `order_accounts`: priority groups (lower first), inside a group
+round-robin or least-recently-used (the provider's `strategy`), disabled accounts left out,
+resting ones after every ready one (in the order they wake: the forwarder skips them, and may
+still ask one resting only for a transient failure when nothing else is left).
 """
 
 import email.utils
 import enum
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from addons.config import PASSTHROUGH, Config, Provider, resolve_secret
+from addons.config import LEAST_RECENTLY_USED, PASSTHROUGH, Config, Provider, resolve_secret
 from addons.quota import QuotaBook, prefer_headroom
 
 
@@ -23,6 +28,8 @@ class Account:
     # what clients are told (`x-detour-route`): its place in the provider's list, nothing of
     # where its secret lives (the label names a key file or an env var)
     name: str = "account 1"
+    priority: int = 1  # its group: lower groups are asked first
+    disabled: bool = False  # kept (its secret is scrubbed, operators see it), never asked
 
     def __repr__(self) -> str:  # keep the secret out of any accidental log line
         return f"Account({self.label!r})"
@@ -49,9 +56,14 @@ def build_providers(config: Config) -> dict[str, ProviderRuntime]:
     out = {}
     for name, spec in config.providers.items():
         accounts = []
-        for i, ref in enumerate(spec.api_keys):
-            secret = resolve_secret(ref, f"providers.{name}.api_keys[{i}]")
-            accounts.append(Account(account_label(ref, secret, i), secret, f"account {i + 1}"))
+        for i, entry in enumerate(spec.api_keys):
+            ref = entry if isinstance(entry, str) else entry.key
+            where = f"providers.{name}.api_keys[{i}]" + ("" if isinstance(entry, str) else ".key")
+            secret = resolve_secret(ref, where)
+            priority, disabled = (1, False) if isinstance(entry, str) else (entry.priority,
+                                                                           entry.disabled)
+            accounts.append(Account(account_label(ref, secret, i), secret, f"account {i + 1}",
+                                    priority, disabled))
         out[name] = ProviderRuntime(name, spec, tuple(accounts))
     return out
 
@@ -77,8 +89,18 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        """What a cooldown applies to: one account of one provider."""
-        return f"{self.provider_name}/{self.account_label}"
+        """What a cooldown applies to: one account of one provider (`model_key`: that account
+        for its upstream model)."""
+        return account_key(self.provider_name, self.account_label)
+
+
+def account_key(provider: str, label: str) -> str:
+    return f"{provider}/{label}"
+
+
+def model_key(key: str, model: str) -> str:
+    """The cooldown key of one account for one upstream model (vendors limit rates per model)."""
+    return f"{key}@{model}"
 
 
 class Rest(enum.Enum):
@@ -98,17 +120,26 @@ class Resting:
 
 
 class CooldownBook:
-    """Accounts resting after a failure, until a monotonic deadline, with the reason why. A
-    Retry-After is honoured but capped (a provider's "retry in 18 days" must not outlive a
-    quota reset we cannot see). Transient failures back off: the first rests `FIRST_BACKOFF`
-    seconds, each consecutive one twice as long, up to the caller's cap; a success resets it."""
+    """What detour knows of each account's recent history: rests after a failure (until a
+    monotonic deadline, with the reason why), consecutive failures per key and kind (a rest
+    grows with them; a success resets them), when each account was last asked
+    (least-recently-used) and each priority group's round-robin turn.
 
-    MAX_SECONDS = 6 * 3600
+    A key is an account (`provider/label`), an account for one model (`provider/label@model`)
+    or a passthrough key. Every change of a rest is noted for the cooldown store
+    (`take_changes`), which keeps rests across a restart (cooldown_store.py)."""
+
+    MAX_SECONDS = 24 * 3600  # no rest is longer (a daily quota's reset)
     FIRST_BACKOFF = 1.0
 
     def __init__(self):
         self._rests: dict[str, Resting] = {}
-        self._streaks: dict[str, int] = {}  # consecutive transient failures per key
+        self._streaks: dict[tuple[str, Rest], int] = {}  # consecutive failures per key, kind
+        self._last_used: dict[str, float] = {}
+        self._turns: dict[str, int] = {}
+        self._changed: set[str] = set()
+
+    # ------------------------------------------------------------ rests
 
     def cool(self, key: str, seconds: float, reason: Rest = Rest.RATE_LIMIT,
              cause: str = "") -> None:
@@ -117,38 +148,132 @@ class CooldownBook:
         current = self._rests.get(key)
         if current is None or until > current.until:
             self._rests[key] = Resting(until, reason, cause)
+            self._changed.add(key)
+
+    def fail(self, key: str, reason: Rest, seconds_for: Callable[[int], float],
+             cause: str = "") -> float:
+        """One more consecutive failure of kind `reason` on `key`: rest `seconds_for(streak)`
+        (1 for the first); returns the seconds."""
+        streak = self._streaks.get((key, reason), 0) + 1
+        self._streaks[(key, reason)] = streak
+        seconds = min(seconds_for(streak), self.MAX_SECONDS)
+        self.cool(key, seconds, reason, cause)
+        self._changed.add(key)
+        return seconds
 
     def fail_transient(self, key: str, cap: float, cause: str = "") -> float:
         """One more transient failure of `key`: rest for its backoff; returns the seconds."""
-        streak = self._streaks.get(key, 0) + 1
-        self._streaks[key] = streak
-        seconds = min(cap, self.FIRST_BACKOFF * 2 ** min(streak - 1, 30))
-        self.cool(key, seconds, Rest.TRANSIENT, cause)
-        return seconds
+        return self.fail(key, Rest.TRANSIENT,
+                         lambda streak: min(cap, self.FIRST_BACKOFF * 2 ** min(streak - 1, 30)),
+                         cause)
 
-    def succeeded(self, key: str) -> None:
-        """`key` answered well: no rest, and its next transient failure backs off from the start."""
-        self._rests.pop(key, None)
-        self._streaks.pop(key, None)
+    def streak(self, key: str, reason: Rest) -> int:
+        return self._streaks.get((key, reason), 0)
 
-    def rest(self, key: str) -> Resting | None:
-        """`key`'s rest, if it still has one."""
-        current = self._rests.get(key)
-        if current is not None and current.until <= time.monotonic():
-            del self._rests[key]
-            return None
-        return current
+    def succeeded(self, key: str, model: str | None = None) -> None:
+        """`key` (for `model`) answered well: no rest, and its next failure backs off from the
+        start. Another model's rest of the same account stays."""
+        for k in (key, model_key(key, model)) if model else (key,):
+            had = self._rests.pop(k, None) is not None
+            for reason in Rest:
+                had |= self._streaks.pop((k, reason), None) is not None
+            if had:
+                self._changed.add(k)
 
-    def remaining(self, key: str) -> float:
-        current = self.rest(key)
-        return 0.0 if current is None else current.until - time.monotonic()
+    def rest(self, key: str, model: str | None = None, now: float | None = None
+             ) -> Resting | None:
+        """The longest rest `key` has now: its own, or (given `model`) its rest for that model."""
+        now = time.monotonic() if now is None else now
+        found = None
+        for k in (key, model_key(key, model)) if model else (key,):
+            current = self._rests.get(k)
+            if current is not None and current.until <= now:
+                current = None  # expired: its row goes at the next start
+            if current is not None and (found is None or current.until > found.until):
+                found = current
+        return found
+
+    def remaining(self, key: str, model: str | None = None) -> float:
+        now = time.monotonic()
+        current = self.rest(key, model, now)
+        return 0.0 if current is None else current.until - now
 
     def resting(self) -> dict[str, float]:
-        """Every account still resting, with the seconds it has left."""
-        return {key: left for key in list(self._rests) if (left := self.remaining(key)) > 0}
+        """Every key still resting, with the seconds it has left."""
+        now = time.monotonic()
+        return {key: r.until - now for key, r in list(self._rests.items()) if r.until > now}
 
     def clear(self, key: str) -> None:
-        self._rests.pop(key, None)
+        self.clear_where(lambda k: k == key)
+
+    def clear_where(self, match: Callable[[str], bool]) -> list[str]:
+        """End every rest (and forget every failure streak) whose key matches; returns the
+        keys whose rest ended."""
+        ended = sorted(k for k in self._rests if match(k))
+        for k in ended:
+            del self._rests[k]
+            self._changed.add(k)
+        for k, reason in [s for s in self._streaks if match(s[0])]:
+            del self._streaks[(k, reason)]
+            self._changed.add(k)
+        return ended
+
+    # ------------------------------------------------------------ choosing among the ready
+
+    def used(self, key: str, now: float | None = None) -> None:
+        """`key` is being asked now (least-recently-used reads it)."""
+        self._last_used[key] = time.monotonic() if now is None else now
+
+    def last_used(self, key: str) -> float:
+        return self._last_used.get(key, float("-inf"))
+
+    def next_turn(self, group: str) -> int:
+        """A priority group's round-robin turn: 0, 1, 2, ... one per call planned."""
+        turn = self._turns.get(group, 0)
+        self._turns[group] = turn + 1
+        return turn
+
+    # ------------------------------------------------------------ persistence
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._changed)
+
+    def note_changed(self, keys) -> None:
+        """These keys' rows must be written again (a write failed)."""
+        self._changed.update(keys)
+
+    def take_changes(self) -> dict[str, tuple[float, str, str, int] | None]:
+        """The keys changed since the last call: each one's rest as (wall-clock deadline,
+        reason, cause, streak), or None when it no longer rests (its row goes)."""
+        changed, self._changed = self._changed, set()
+        now_mono, now_wall = time.monotonic(), time.time()
+        out: dict[str, tuple[float, str, str, int] | None] = {}
+        for key in changed:
+            r = self._rests.get(key)
+            out[key] = None if r is None else (
+                now_wall + (r.until - now_mono), r.reason.value, r.cause,
+                self._streaks.get((key, r.reason), 0))
+        return out
+
+    def restore(self, rows: list[tuple[str, float, str, str, int]]) -> int:
+        """Rests kept by an earlier run: (key, wall-clock deadline, reason, cause, streak);
+        those already over are dropped. Returns how many still rest."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        kept = 0
+        for key, until, reason, cause, streak in rows:
+            try:
+                kind = Rest(reason)
+            except ValueError:
+                continue
+            left = min(until - now_wall, self.MAX_SECONDS)
+            if left <= 0:
+                continue
+            self._rests[key] = Resting(now_mono + left, kind, cause)
+            if streak:
+                self._streaks[(key, kind)] = streak
+            kept += 1
+        return kept
 
 
 def passthrough_key(vendor_url: str, headers: dict[str, str]) -> str:
@@ -178,17 +303,54 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def order_accounts(provider: ProviderRuntime, model: str, now: float,
+                   cooldowns: CooldownBook | None) -> list[Account]:
+    """The order `provider`'s accounts are asked for upstream `model`: ready accounts by
+    priority group (lower first), inside a group as the provider's `strategy` says
+    (round-robin: the group's turn rotates it, one step per call; least-recently-used: the
+    one asked longest ago first); then the resting ones, first to wake first. Disabled
+    accounts are left out. Without a book (no history), the order written."""
+    if not provider.accounts:
+        return [NO_KEY]  # a provider without keys (a local server): no credential sent
+    accounts = [a for a in provider.accounts if not a.disabled]
+    if cooldowns is None:
+        return sorted(accounts, key=lambda a: a.priority)
+    groups: dict[int, list[Account]] = {}
+    resting: list[tuple[float, int, Account]] = []
+    for i, account in enumerate(accounts):
+        rest = cooldowns.rest(account_key(provider.name, account.label), model, now)
+        if rest is None:
+            groups.setdefault(account.priority, []).append(account)
+        else:
+            resting.append((rest.until, i, account))
+    out: list[Account] = []
+    for priority in sorted(groups):
+        group = groups[priority]
+        if len(group) > 1:
+            if provider.spec.strategy == LEAST_RECENTLY_USED:
+                group.sort(key=lambda a: cooldowns.last_used(account_key(provider.name, a.label)))
+            else:
+                turn = cooldowns.next_turn(f"{provider.name}#{priority}") % len(group)
+                group = group[turn:] + group[:turn]
+        out += group
+    return out + [account for _, _, account in sorted(resting, key=lambda r: r[:2])]
+
+
 def plan(config: Config, providers: dict[str, ProviderRuntime], model: str, *,
-         user_agent: str = "", quotas: QuotaBook | None = None) -> list[Candidate]:
+         user_agent: str = "", quotas: QuotaBook | None = None,
+         cooldowns: CooldownBook | None = None, now: float | None = None) -> list[Candidate]:
     """Every candidate for `model` as the client with this User-Agent asked for it (a client's
-    own routes come first), accounts expanded in priority order, those the vendor said are low
-    on a rate-limit window behind the others (`quotas`)."""
-    return expand(config.candidates(model, user_agent), providers, model, quotas)
+    own routes come first), each provider's accounts in `order_accounts`' order, then those
+    the vendor said are low on a rate-limit window behind the others (`quotas`)."""
+    return expand(config.candidates(model, user_agent), providers, model, quotas, cooldowns,
+                  now)
 
 
 def expand(entries: list[str], providers: dict[str, ProviderRuntime], model: str,
-           quotas: QuotaBook | None = None) -> list[Candidate]:
+           quotas: QuotaBook | None = None, cooldowns: CooldownBook | None = None,
+           now: float | None = None) -> list[Candidate]:
     """One route's entries (`provider/model`, `provider/*`, `passthrough`) as candidates."""
+    now = time.monotonic() if now is None else now
     out: list[Candidate] = []
     for cand in entries:
         if cand == PASSTHROUGH:
@@ -198,8 +360,7 @@ def expand(entries: list[str], providers: dict[str, ProviderRuntime], model: str
         provider = providers[name]
         if upstream == "*":
             upstream = model
-        # a provider without keys (a local server) is one account that sends no credential
         accounts = [Candidate(provider, account, upstream)
-                    for account in provider.accounts or (NO_KEY,)]
+                    for account in order_accounts(provider, upstream, now, cooldowns)]
         out += prefer_headroom(accounts, quotas)
     return out

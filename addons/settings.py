@@ -6,6 +6,7 @@ running proxy's config.yaml is logged and the previous configuration stays in fo
 """
 
 import asyncio
+import json
 import logging
 import resource
 import sqlite3
@@ -14,12 +15,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import yaml
-from mitmproxy import ctx, exceptions
+from mitmproxy import command, ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode, UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.config import (CONFIG_NAME, Config, ConfigError, ensure_home, home_dir, is_loopback,
-                           load_config, parse_config)
+from addons.config import (CONFIG_NAME, PASSTHROUGH, Config, ConfigError, ensure_home, home_dir,
+                           is_loopback, load_config, parse_config)
+from addons.cooldown_store import CooldownStore
 from addons.forwarding import Forwarder
 from addons.relay import MAX_WAITING, ConditionLog, RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
@@ -57,6 +59,7 @@ class Runtime:
     cooldowns: CooldownBook
     forwarder: Forwarder
     store: UsageStore
+    rests: CooldownStore  # the cooldowns kept in the usage database
     relay: RelayServer | None = None
 
 
@@ -70,6 +73,7 @@ class DetourSettings:
         self._stopping_hooks: list = []
         self._watch: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
+        self._rests_writer: asyncio.Task | None = None
         self._mtime: float | None = None
         self._relay_started = asyncio.Event()
 
@@ -201,15 +205,19 @@ class DetourSettings:
                 cfg_path = ensure_home(home)
             config = load_config(cfg_path)
             providers = build_providers(config)
-            store = UsageStore(home / "detour.db") if self.runtime is None else None
+            store = rests = None
+            if self.runtime is None:
+                store = UsageStore(home / "detour.db")
+                cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
+                rests = CooldownStore(home / "detour.db", cooldowns)
+                rests.load()  # and restarts
         except (ConfigError, OSError, sqlite3.Error) as e:
             # a read-only or full DETOUR_HOME, a database that is not one: one line, at start
             raise exceptions.OptionsError(f"detour: {home}: {e}") from None
         self._mtime = _mtime(cfg_path)
         if self.runtime is None:
-            cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
             self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
-                                   Forwarder(config, cooldowns), store)
+                                   Forwarder(config, cooldowns), store, rests)
         rt = self.runtime
         rt.home, rt.config_path = home, cfg_path
         self._apply(config, providers)
@@ -226,6 +234,8 @@ class DetourSettings:
     def running(self):
         rt = self.runtime
         self._flusher = create_task(rt.store.run(), name="detour usage flush", keep_ref=True)
+        self._rests_writer = create_task(rt.rests.run(), name="detour cooldowns write",
+                                         keep_ref=True)
         self._watch = create_task(self._watch_config(), name="detour config watch", keep_ref=True)
         if rt.relay is None and not self._relay_started.is_set():
             relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports,
@@ -255,7 +265,7 @@ class DetourSettings:
         rt = self.runtime
         if rt is None:
             return
-        for task in (self._watch, self._flusher):
+        for task in (self._watch, self._flusher, self._rests_writer):
             if task is not None:
                 task.cancel()
         if rt.relay is not None:
@@ -265,7 +275,27 @@ class DetourSettings:
             hook()
         self._relay_started.clear()
         create_task(rt.forwarder.aclose(), name="detour http close", keep_ref=True)
+        rt.rests.write()
         rt.store.close()
+
+    @command.command("detour.cooldowns.clear")
+    def clear_cooldowns(self, account: str = "") -> str:
+        """End rests by hand (a key replaced, a balance topped up): every rest without an
+        argument; else those of one account (`provider/label` as detour.status shows it, or
+        `provider/account N`, every model of it), one account for one model
+        (`provider/label@model`) or a whole provider (`provider`, `passthrough`). Returns
+        JSON: the keys whose rest ended."""
+        rt = self.runtime
+        target = _account_key(account.strip(), rt.providers)
+        if not target:
+            ended = rt.cooldowns.clear_where(lambda key: True)
+        else:
+            ended = rt.cooldowns.clear_where(
+                lambda key: key == target or key.startswith((target + "@", target + "/")))
+        rt.rests.write()  # rare, small, and the operator expects it to hold after a restart
+        log.info("detour: cooldowns cleared%s: %s", f" for {account}" if account else "",
+                 ", ".join(ended) or "none were resting")
+        return json.dumps({"cleared": ended})
 
     def finished(self, job) -> None:
         for hook in self._finished_hooks:
@@ -322,6 +352,18 @@ def _reload(path: Path, current: Config) -> tuple[Config, dict[str, ProviderRunt
 def _names_routes(text: str) -> bool:
     raw = yaml.safe_load(text)  # parse_config has read it: valid YAML
     return isinstance(raw, dict) and "routes" in raw
+
+
+def _account_key(name: str, providers: dict[str, ProviderRuntime]) -> str:
+    """What `detour.cooldowns.clear` was given, as a cooldown key prefix: a client-facing
+    `provider/account N` becomes `provider/label`; anything else is taken as written."""
+    provider, sep, rest = name.partition("/")
+    runtime = providers.get(provider)
+    if sep and runtime is not None and provider != PASSTHROUGH:
+        for account in runtime.accounts:
+            if rest == account.name:
+                return f"{provider}/{account.label}"
+    return name
 
 
 def _signature(path: Path) -> tuple[int, int] | None:

@@ -3,8 +3,9 @@
     cd /work/main && .venv/bin/python -m scripts.bench.failover [--rounds 5] [--requests 30]
 
 One real `mitmdump -s addons/router.py`; Claude Code's captured request, streamed, sent to
-three routes (`cooldown_seconds: 0`, so the failing account is asked on every call):
+four routes (`cooldown_seconds: 0`, so the failing account is asked on every call):
 - `alone`:              [a2]      a2: a fake OpenAI-compatible provider (TLS), `--events` deltas
+- `after 429`:          [a1, a2]  a1: a fake that answers every call with a 429 (no Retry-After)
 - `after 500`:          [a1, a2]  a1: a fake that answers every call with a 500
 - `after stream error`: [a1, a2]  a1: 200, the role chunk, then an in-stream error event
 The figure is the time to first byte the client sees: from the request's first byte written
@@ -30,6 +31,7 @@ from scripts.bench.lib import (ROOT, FakeProcess, TunnelClient, median, percenti
 
 ROUTES = {  # name -> (model requested, what the route is)
     "alone": ("bench-alone", "[a2]"),
+    "after 429": ("bench-after-429", "[a1 answers 429, a2]"),
     "after 500": ("bench-after-500", "[a1 answers 500, a2]"),
     "after stream error": ("bench-after-stream-error", "[a1 answers 200 + error event, a2]"),
 }
@@ -46,9 +48,10 @@ def run(args) -> dict:
         try:
             common = ["--tls", "--events", str(args.events)]
             a2 = FakeProcess("openai", *common).launch()
+            a1_429 = FakeProcess("openai", *common, "--fail", "429").launch()
             a1_500 = FakeProcess("openai", *common, "--fail", "500").launch()
             a1_err = FakeProcess("openai", *common, "--fail", "stream-error").launch()
-            fakes += [a2, a1_500, a1_err]
+            fakes += [a2, a1_429, a1_500, a1_err]
             confdir, home = ready_dirs(tmp, fakes)
 
             def provider(fake: FakeProcess) -> str:
@@ -58,10 +61,12 @@ def run(args) -> dict:
             (home / "config.yaml").write_text(f"""
 providers:
   a2: {provider(a2)}
+  a1-429: {provider(a1_429)}
   a1-500: {provider(a1_500)}
   a1-err: {provider(a1_err)}
 routes:
   {ROUTES["alone"][0]}: [a2/fake-model]
+  {ROUTES["after 429"][0]}: [a1-429/fake-model, a2/fake-model]
   {ROUTES["after 500"][0]}: [a1-500/fake-model, a2/fake-model]
   {ROUTES["after stream error"][0]}: [a1-err/fake-model, a2/fake-model]
 cooldown_seconds: 0

@@ -9,9 +9,9 @@ with two differences that matter in a long benchmark:
 - `--stamp`: after each streamed response, one line on stdout
   `stream <first> <last> <n>`: the `time.monotonic()` (CLOCK_MONOTONIC, comparable across
   processes) at which the first and the last of its n events had been written and drained;
-- `--fail 500|stream-error`: every model call fails, with a 500, or with a 200 stream whose
-  first events are the role chunk / message_start and then the vendor's in-stream error
-  (failover benchmarks);
+- `--fail 500|429|stream-error`: every model call fails, with a 500, a 429 (no Retry-After),
+  or a 200 stream whose first events are the role chunk / message_start and then the
+  vendor's in-stream error (failover benchmarks);
 - `--rate-limits`: every answer carries OpenAI's rate-limit headers (three windows' limit,
   remaining and reset), as the vendor sends them on every call (quota benchmarks);
 - `--paced MODEL:DELAY:EVENTS` (repeatable): a call for that model is answered with EVENTS
@@ -38,7 +38,7 @@ RATE_LIMIT_HEADERS = {
     "x-ratelimit-reset-requests": "12ms", "x-ratelimit-limit-tokens": "160000",
     "x-ratelimit-remaining-tokens": "159976", "x-ratelimit-reset-tokens": "9ms",
 }
-FAILURES = {"500": Status(500), "stream-error": StreamError(after=1)}
+FAILURES = {"500": Status(500), "429": Status(429), "stream-error": StreamError(after=1)}
 
 
 def _stamped(events):

@@ -99,9 +99,10 @@ async def test_anthropic_stream_opening_with_an_error_falls_back(kind, rest, sec
     assert job.row.attempts == 2 and job.row.provider == "p" and job.row.error is None
     first = job.row.route[0]
     assert first["status"] == 200 and first["stream_error"] == kind and first["rest"] == rest.value
-    resting = fwd.cooldowns.rest(job.candidates[0].key)
+    resting = fwd.cooldowns.rest(job.candidates[0].key, job.candidates[0].model)
     assert resting.reason is rest and seconds * 0.5 < fwd.cooldowns.remaining(
-        job.candidates[0].key) <= seconds  # cooled by its kind, not cleared by its 200
+        job.candidates[0].key, job.candidates[0].model) <= seconds  # by its kind, not
+    # cleared by its 200
 
 
 @pytest.mark.parametrize("code, rest", [(502, Rest.TRANSIENT), ("server_error", Rest.TRANSIENT),
@@ -113,7 +114,7 @@ async def test_chat_chunk_carrying_an_error_falls_back(code, rest):
     fwd, job = setup(up, "p-then-ant", stream=True, config=CONFIG)
     assert await read_stream(fwd, job) == ANSWER  # the second candidate's bytes, untouched
     assert job.row.attempts == 2 and job.row.provider == "ant"
-    assert fwd.cooldowns.rest(job.candidates[0].key).reason is rest
+    assert fwd.cooldowns.rest(job.candidates[0].key, job.candidates[0].model).reason is rest
 
 
 async def test_every_stream_opening_with_an_error_is_a_whole_error_response():
@@ -184,7 +185,7 @@ async def test_one_transient_failure_does_not_lock_a_one_key_user_out(failure):
     status, _, _ = await fwd_again.complete(job2)  # at once: the account still rests for ~1 s
     assert status == 200 and len(up.seen) == 2
     assert job2.row.route[0].get("despite_rest") is True
-    assert fwd.cooldowns.remaining(job2.candidates[0].key) == 0  # the success reset it
+    assert fwd.cooldowns.remaining(job2.candidates[0].key, job2.candidates[0].model) == 0  # the success reset it
 
 
 async def test_the_transient_rest_that_ends_first_is_tried_when_all_rest():

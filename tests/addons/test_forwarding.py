@@ -124,8 +124,8 @@ async def test_failures_fall_back_to_the_next_account_and_cool_down(failure, coo
     status, _, _ = await fwd.complete(job)
     assert status == 200
     assert [r.headers["authorization"] for r in up.seen] == ["Bearer key-a", "Bearer key-b"]
-    assert cooled * 0.5 < fwd.cooldowns.remaining(job.candidates[0].key) <= cooled
-    assert fwd.cooldowns.remaining(job.candidates[1].key) == 0
+    assert cooled * 0.5 < fwd.cooldowns.remaining(job.candidates[0].key, job.candidates[0].model) <= cooled
+    assert fwd.cooldowns.remaining(job.candidates[1].key, job.candidates[1].model) == 0
     assert job.row.attempts == 2 and job.row.account == job.candidates[1].account_label
 
 
@@ -136,7 +136,7 @@ async def test_a_refused_request_skips_the_providers_other_accounts_without_cool
     status, _, _ = await fwd.complete(job)
     assert status == 200
     assert [r.url.host for r in up.seen] == ["p.test", "q.test"]  # key-b never tried
-    assert all(fwd.cooldowns.remaining(c.key) == 0 for c in job.candidates)
+    assert all(fwd.cooldowns.remaining(c.key, c.model) == 0 for c in job.candidates)
 
 
 async def test_all_failed_names_every_attempt_in_the_clients_format():
@@ -171,7 +171,7 @@ async def test_absurd_retry_after_is_capped():
     up = Upstreams(**{"q.test": [httpx.Response(429, headers={"retry-after": str(18 * 86400)})]})
     fwd, job = setup(up, "only-q")
     await fwd.complete(job)
-    assert fwd.cooldowns.remaining(job.candidates[0].key) <= CooldownBook.MAX_SECONDS
+    assert fwd.cooldowns.remaining(job.candidates[0].key, job.candidates[0].model) <= CooldownBook.MAX_SECONDS
 
 
 async def test_max_tokens_capped_for_the_provider():
