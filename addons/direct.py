@@ -35,7 +35,7 @@ from addons.config import DIRECT, Provider
 from addons.decoding import BoundedDecoder, TooLarge, decode_whole
 from addons.failure_policy import Failed
 from addons.forwarding import (FORMATS, HOP_BY_HOP, Attempt, Forwarder, Job, client_encoder,
-                               answer_shape, dump_json, error_text, snippet)
+                               answer_shape, dump_json, error_of, snippet)
 from addons import formats
 from addons.routing import Candidate, retry_after_seconds
 from translators import canonical, passthrough
@@ -260,7 +260,8 @@ class DirectPath:
                 att.failed, att.error = Failed.BROKEN, str(e)
             else:
                 if att.status >= 300:
-                    att.error = fwd.scrub(job, error_text(data))
+                    text, att.error_body = error_of(data)
+                    att.error = fwd.scrub(job, text)
                     att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
                 else:
                     answer = self._decoded(dc, data, resp)

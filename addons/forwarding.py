@@ -913,11 +913,12 @@ async def _read_error(resp: httpx.Response) -> tuple[str, ErrorBody]:
                 break
     except httpx.HTTPError:
         pass
-    return error_text(data)
+    return error_of(data)
 
 
-def error_text(data: bytes) -> str:
-    """A provider's error body, shortened: its `error.message` if it has one."""
+def error_of(data: bytes) -> tuple[str, ErrorBody]:
+    """A provider's error body, shortened (its `error.message` if it has one), and what it says
+    beyond the status."""
     text = data.decode("utf-8", "replace").strip()
     body = ErrorBody()
     try:

@@ -70,19 +70,29 @@ class OperatorCommands:
     def _candidate(self, cand: Candidate) -> dict:
         if cand.provider is None:
             return {"provider": PASSTHROUGH, "model": cand.model, "state": READY}
-        state = self._state(cand.key)
+        state = self._state(cand.key, cand.model)
         return {"provider": cand.provider_name, "account": cand.account.name,
                 "label": cand.account_label, "model": cand.model, "state": state["state"],
                 "rest": state["rest"]}
 
-    def _state(self, key: str) -> dict:
+    def _state(self, key: str, model: str | None = None) -> dict:
+        """An account's state: resting when it rests as a whole or, given `model`, for that
+        model (without one: for any model); `rest` is the longest such rest, and the rests it
+        has for single models are listed apart (`model_rests`)."""
         rt = self.settings.runtime
-        rest = rt.cooldowns.rest(key)
-        resting = None
-        if rest is not None:
-            left = max(0.0, rest.until - time.monotonic())
-            resting = {"until": iso(time.time() + left), "seconds_left": round(left, 1),
-                       "reason": rest.reason.value, "cause": rest.cause}
-        return {"state": RESTING if resting else READY, "rest": resting,
+        now = time.monotonic()
+        rests = rt.cooldowns.rests_of(key, now)
+        applying = [r for m, r in rests.items() if m is None or model is None or m == model]
+        rest = max(applying, key=lambda r: r.until, default=None)
+        return {"state": RESTING if rest else READY, "rest": _described(rest, now),
+                "model_rests": {m: _described(r, now) for m, r in rests.items() if m},
                 "recent_errors": rt.forwarder.recent_errors.of(key),
                 "rate_limits": rt.forwarder.quotas.describe(key)}
+
+
+def _described(rest, now: float) -> dict | None:
+    if rest is None:
+        return None
+    left = max(0.0, rest.until - now)
+    return {"until": iso(time.time() + left), "seconds_left": round(left, 1),
+            "reason": rest.reason.value, "cause": rest.cause}

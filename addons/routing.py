@@ -198,6 +198,14 @@ class CooldownBook:
         current = self.rest(key, model, now)
         return 0.0 if current is None else current.until - now
 
+    def rests_of(self, key: str, now: float | None = None) -> dict[str | None, Resting]:
+        """An account's rests now: its own (under None) and each upstream model's."""
+        now = time.monotonic() if now is None else now
+        prefix = key + "@"
+        return {(None if k == key else k[len(prefix):]): r
+                for k, r in list(self._rests.items())
+                if r.until > now and (k == key or k.startswith(prefix))}
+
     def resting(self) -> dict[str, float]:
         """Every key still resting, with the seconds it has left."""
         now = time.monotonic()

@@ -109,7 +109,7 @@ def test_provider_error_is_the_clients_format_and_rests_nothing_wrong(proxy, fak
     with proxy.client() as c:
         r = post(proxy, c, model="claude-429", stream=stream)
         assert r.status_code == 429, r.text
-        assert r.json()["type"] == "error"
+        assert r.json()["type"] == "error", r.text
         message = r.json()["error"]["message"]
         assert "fake/account 1" in message and "HTTP 429" in message
         assert r.headers["retry-after"] == "1"

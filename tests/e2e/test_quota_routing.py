@@ -120,12 +120,14 @@ def test_accounts_and_routes_through_mitmweb(confdir, tmp_path, fake):
             ("codex", "clients.codex.routes.*"), (None, "routes.*")]
         codex, default = routes
         assert codex["match"] == ["codex_cli_rs/*"]
-        # in the order they would be asked now: A, at zero, behind B
+        # in the order they would be asked now: A, at zero, behind B; both rest for up-model
+        # only (vendors limit rates per model), so for codex-model they are ready
         assert [(c["provider"], c.get("account"), c["model"], c["state"])
                 for c in codex["candidates"]] == [
-            ("p", "account 2", "codex-model", "resting"),
-            ("p", "account 1", "codex-model", "resting"),
+            ("p", "account 2", "codex-model", "ready"),
+            ("p", "account 1", "codex-model", "ready"),
             ("passthrough", None, "*", "ready")]
+        assert set(a["model_rests"]) == {"up-model"} and set(b["model_rests"]) == {"up-model"}
         assert [c["state"] for c in default["candidates"]] == ["resting", "resting"]
         assert KEY_A not in json.dumps(routes)
     finally:
