@@ -400,7 +400,10 @@ prices:
                 plain_extra += ["--mode", f"reverse:{vendor.base_url}"]
 
             def detour_proxy(home_dir: Path) -> Mitmdump:
-                return Mitmdump(confdir, home_dir, router=True, extra=detour_extra)
+                # --detour-set: this checkout's options only (an --against checkout may not
+                # know them)
+                options = [a for opt in args.detour_set for a in ("--set", opt)]
+                return Mitmdump(confdir, home_dir, router=True, extra=detour_extra + options)
 
             def plain_proxy(stream: bool) -> Mitmdump:
                 return Mitmdump(confdir, router=False,
@@ -778,6 +781,10 @@ def parse_args(argv=None):
                     help="do not pin the proxies to one cpu (and the rest to the others)")
     ap.add_argument("--repeat", type=int,
                     help="timings per translator figure, the best is kept (7, quick 3)")
+    ap.add_argument("--detour-set", action="append", default=[], dest="detour_set",
+                    metavar="OPTION=VALUE",
+                    help="a mitmproxy option for this checkout's detour (repeatable), e.g. "
+                         "detour_direct=true")
     ap.add_argument("--json", type=Path, help="also save every figure here")
     ap.add_argument("--against", type=Path, metavar="CHECKOUT",
                     help="compare with detour from another checkout (e.g. the previous commit)"
