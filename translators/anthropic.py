@@ -248,13 +248,13 @@ def encode_request(req: c.Request, default_max_tokens: int = DEFAULT_MAX_TOKENS)
     # Turns with nothing to send are left out, so a system message after only such turns is
     # leading too (else a second pass would move it, and a round trip would not be stable).
     leading: list[dict] = []
-    while messages and (
-            (messages[0].role == "system" and all(type(p) is c.Text for p in messages[0].parts))
-            or (messages[0].role != "system"
-                and not any(_sendable(p) for p in messages[0].parts))):
-        m = messages.pop(0)
-        if m.role == "system":
+    while messages:
+        m = messages[0]
+        if m.role == "system" and all(type(p) is c.Text for p in m.parts):
             leading.extend(_encode_part(t) for t in m.parts if t.text)
+        elif any(_sendable(p) for p in m.parts):
+            break
+        messages.pop(0)
     turns = _encode_messages(messages, len(req.messages) - len(messages),
                              _SYSTEM_MESSAGES in req.extras)
     system += leading

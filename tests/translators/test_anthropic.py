@@ -904,6 +904,11 @@ def request_bodies(junk: bool):
 @example({"model": "0", "messages": [{"role": "user", "content": []},
                                      {"role": "user", "content": []},
                                      {"role": "system", "content": "0"}]})
+@example({"model": "0", "messages": [{"role": "system",
+                                      "content": [{"type": "thinking", "thinking": ""}]},
+                                     {"role": "system", "content": "0"}]})
+@example({"model": "0", "messages": [{"role": "system",
+                                      "content": [{"type": "thinking", "thinking": "0"}]}]})
 def test_fuzz_decode_request_only_raises_translation_error(body):
     try:
         req = a.decode_request(body)
