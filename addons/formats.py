@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from translators import anthropic, openai_chat
+from translators import anthropic, openai_chat, openai_responses
 
 # ---------------------------------------------------------------- how a value is read
 
@@ -114,7 +114,7 @@ class ClientCall:
 
 # ---------------------------------------------------------------- client formats
 
-CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat)}
+CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, openai_responses)}
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
