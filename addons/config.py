@@ -36,6 +36,7 @@ DEFAULT_CONFIG_YAML = """\
 #   openai    - any OpenAI-compatible Chat Completions endpoint (OpenAI, DeepSeek, OpenRouter,
 #               Qwen/DashScope, a local vLLM or Ollama /v1 ...)
 #   anthropic - the Anthropic Messages API
+#   openai-responses - OpenAI's Responses API (base_url .../v1; requests go to /responses)
 # api_keys are the provider's accounts: a literal key, env:VARIABLE or file:/path/to/key, or
 # {key: ..., priority: 2, disabled: true}. Lower priority groups are asked first; inside a
 # group accounts take turns (strategy: round-robin | least-recently-used). An account that

@@ -119,6 +119,7 @@ CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, ope
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
     Endpoint.make("api.openai.com", "/v1/chat/completions", openai_chat.NAME),
+    Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME),
 )
 
 HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)
@@ -201,6 +202,7 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
     ProviderKind("anthropic", anthropic, "/v1/messages", HeaderKey("x-api-key"),
                  fixed_headers=(("anthropic-version", "2023-06-01"),),
                  forwarded_headers=("anthropic-version", "anthropic-beta")),
+    ProviderKind("openai-responses", openai_responses, "/responses", BEARER),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)

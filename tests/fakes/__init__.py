@@ -5,5 +5,6 @@
 - `replies.py`: the scripted replies (`Text`, `ToolCall(s)`, `Events`, `Status`, `Garbage`,
   `CutAfter`, `StreamError`, `Stall`, `Linger`) and `Usage`.
 - `openai_provider.py`: `FakeOpenAI`, Chat Completions.
+- `openai_responses_provider.py`: `FakeOpenAIResponses`, the Responses API.
 - `anthropic_vendor.py`: `FakeAnthropic`, Messages.
 """

@@ -221,14 +221,19 @@ class FakeOpenAI(FakeServer):
                  "param": param, "code": default_code if code is _UNSET else code}
         return Whole(status, self._headers(JSON_TYPE), dumps({"error": error}))
 
+    def answer_of(self, reply: Text | ToolCalls | Events | StreamError,
+                  received: Received) -> Answer:
+        """A content reply (a StreamError's `then`) made concrete, call ids `call_fake...`."""
+        inner = reply.then if isinstance(reply, StreamError) else reply
+        if isinstance(inner, ToolCall):
+            inner = ToolCalls((inner,))
+        return resolve(inner, len(received.body), lambda: self.new_id("call_fake"))
+
     def render(self, reply: Text | ToolCalls | Events | StreamError, received: Received,
                stream: bool) -> Plan:
         if isinstance(reply, StreamError) and not stream:
             return self.error_plan(500, reply.message, kind=reply.kind)
-        inner = reply.then if isinstance(reply, StreamError) else reply
-        if isinstance(inner, ToolCall):
-            inner = ToolCalls((inner,))
-        answer = resolve(inner, len(received.body), lambda: self.new_id("call_fake"))
+        answer = self.answer_of(reply, received)
         body = received.json or {}
         model = body.get("model") or "gpt-fake-1"
         completion_id = self.new_id("chatcmpl-fake")
