@@ -11,7 +11,7 @@ import pytest
 from tests.captures import anthropic_events, checked_events
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, capture, start_proxy
 from tests.fakes.openai_responses_provider import FakeOpenAIResponses
-from tests.fakes.replies import Status, StreamError, Text, ToolCall, Usage
+from tests.fakes.replies import CutAfter, Status, StreamError, Text, ToolCall, Usage
 from translators import canonical, openai_responses
 
 RESPONSES_URL = "https://api.openai.com/v1/responses"
@@ -38,6 +38,8 @@ providers:
   ant: {{kind: anthropic, base_url: "{fake_anthropic.base_url}", api_keys: [{VENDOR_KEY}]}}
   resp: {{kind: openai-responses, base_url: "{fake_responses.base_url}/v1",
           api_keys: [{PROVIDER_KEY}]}}
+  resp-wrong-key: {{kind: openai-responses, base_url: "{fake_responses.base_url}/v1",
+                    api_keys: [sk-not-accepted]}}
   resp-500: {{kind: openai-responses, base_url: "{fake_responses.base_url}/v1",
               api_keys: [{PROVIDER_KEY}]}}
   resp-stream-error: {{kind: openai-responses, base_url: "{fake_responses.base_url}/v1",
@@ -46,6 +48,7 @@ routes:
   to-chat: [chat/fake-model]
   to-ant: [ant/claude-fake-sonnet]
   to-resp: [resp/gpt-fake-upstream]
+  to-wrong-key: [resp-wrong-key/gpt-fake-upstream]
   claude-opus-4-8: [resp/gpt-fake-upstream]
   # one failing provider per test: a failure rests its account
   resp-500-then-chat: [resp-500/gpt-fake-upstream, chat/fake-model]
@@ -290,3 +293,30 @@ def test_failing_responses_provider_falls_back_to_chat(proxy, http, fake_respons
     assert row["attempts"] == 2 and row["provider"] == "chat" and row["error"] is None
     first = json.loads(row["route"])[0]
     assert first["provider"] == failing
+
+
+# ---------------------------------------------------------------- failures, in the client's format
+
+
+def test_no_candidate_left_is_an_openai_error_the_sdk_reads(proxy, sdk, fake_responses):
+    with pytest.raises(openai.APIStatusError) as caught:
+        sdk.responses.create(model="to-wrong-key", input="hi", stream=True)
+    error = caught.value
+    assert error.status_code >= 400
+    assert isinstance(error.body, dict) and error.body.get("message")  # the SDK found `error`
+    whole = error.response.json()
+    assert set(whole) == {"error"} and {"message", "type", "code"} <= set(whole["error"])
+    assert "sk-not-accepted" not in str(error.body)
+    assert len(fake_responses.requests) == 1
+
+
+def test_a_stream_cut_after_the_first_byte_ends_with_a_responses_error(proxy, http, fake_openai):
+    fake_openai.enqueue(CutAfter(3, Text("one two three four five", pieces=5)))
+    r = http.post(RESPONSES_URL, json={"model": "to-chat", "input": "hi", "stream": True},
+                  headers={"authorization": f"Bearer {CLIENT_KEY}"})
+    assert r.status_code == 200
+    events = responses_events(r.content)
+    assert text_of(events) and isinstance(events[-1], canonical.StreamError)
+    last = r.content.decode().strip().split("\n\n")[-1]
+    assert last.startswith(("event: error", "event: response.failed")), last
+    assert "broke off the stream" in proxy.row_of(r)["error"]
