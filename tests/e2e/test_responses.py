@@ -4,6 +4,7 @@ Responses provider (same format) and passthrough; Claude Code answered by a Resp
 fallback from a failing Responses provider to a Chat one."""
 
 import json
+import time
 
 import openai
 import pytest
@@ -320,3 +321,55 @@ def test_a_stream_cut_after_the_first_byte_ends_with_a_responses_error(proxy, ht
     last = r.content.decode().strip().split("\n\n")[-1]
     assert last.startswith(("event: error", "event: response.failed")), last
     assert "broke off the stream" in proxy.row_of(r)["error"]
+
+
+# ---------------------------------------------------------------- the direct path
+
+
+@pytest.fixture(scope="module")
+def direct_proxy(confdir, tmp_path_factory, fake_openai, fake_responses):
+    """detour_direct=true: a call with one candidate goes out on mitmproxy's own connection."""
+    config = f"""
+providers:
+  chat: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
+  resp: {{kind: openai-responses, base_url: "{fake_responses.base_url}/v1",
+          api_keys: [{PROVIDER_KEY}]}}
+routes:
+  to-chat: [chat/fake-model]
+  "*": [resp/gpt-fake-upstream]
+"""
+    p = start_proxy(confdir, tmp_path_factory.mktemp("home"), config,
+                    extra=["--set", "detour_direct=true", "--set", "flow_detail=1"])
+    yield p
+    p.mitm.stop()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_direct_path_both_ways(direct_proxy, fake_openai, fake_responses, stream):
+    fake_openai.enqueue(Text("chat, direct", usage=USAGE))
+    fake_responses.enqueue(Text("responses, direct", usage=USAGE))
+    with direct_proxy.client() as http:
+        r1 = http.post(RESPONSES_URL, json={"model": "to-chat", "input": "hi", "stream": stream},
+                       headers={"authorization": f"Bearer {CLIENT_KEY}"})
+        r2 = http.post(CLAUDE_URL, json=dict(capture("text"), stream=stream),
+                       headers=CLAUDE_HEADERS)
+    assert r1.status_code == r2.status_code == 200, (r1.text, r2.text)
+    if stream:
+        assert text_of(responses_events(r1.content)) == "chat, direct"
+        assert text_of(anthropic_events(r2.content)) == "responses, direct"
+    else:
+        assert r1.json()["output"][0]["content"][0]["text"] == "chat, direct"
+        assert r2.json()["content"] == [{"type": "text", "text": "responses, direct"}]
+    assert fake_responses.requests[-1].headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    for r, fmt, provider in ((r1, "openai-responses", "chat"), (r2, "anthropic", "resp")):
+        row = direct_proxy.row_of(r)
+        assert (row["client_format"], row["provider"], row["stream"]) == (fmt, provider, stream)
+        assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+            400, 600, 50)
+    # mitmdump's flow lines name the providers' URLs: both went out on mitmproxy's connection
+    wanted = (f"{fake_openai.base_url}/v1/chat/completions",
+              f"{fake_responses.base_url}/v1/responses")
+    deadline = time.monotonic() + 5
+    while not all(u in direct_proxy.mitm.text for u in wanted) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert all(u in direct_proxy.mitm.text for u in wanted)
