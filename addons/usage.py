@@ -6,7 +6,8 @@ set aside in `usage_rejected` with its reason and never blocks the others. `clos
 is queued, waiting a bounded time for a locked database; what still cannot be written (locked,
 disk full) is spilled to DETOUR_HOME/usage-spill.jsonl (0600, fsynced) and imported at the next
 start, once: a row whose flow_id is already stored is not stored again. A clean stop loses
-nothing. The schema is the public interface described in DESIGN.md (`usage` table).
+nothing. The `usage` table's columns (USAGE_COLUMNS) are a public interface: extend them, never
+rename or drop one without a migration and a README note.
 """
 
 import asyncio

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real AI coding CLIs used by the slow end-to-end tests into ./clients (ignored by
-# git). Versions are pinned to the ones the captures in shared/clients were taken with.
+# git). Versions are pinned to the ones the captures in tests/data/captures were taken with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLAUDE_CODE_VERSION="${CLAUDE_CODE_VERSION:-2.1.197}"

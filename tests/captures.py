@@ -1,5 +1,5 @@
-"""Real requests and answers of the CLIs, recorded through a proxy (see shared/clients in the
-project's steering repo); copied here so every clone has its fixtures. A missing file is a
+"""Real requests and answers of the CLIs, recorded through a proxy (tests/data/captures: each
+`.request.json`, `.response.txt` and `.meta.json`); kept in the repository as fixtures. A missing file is a
 failure, never a skip."""
 
 from pathlib import Path

@@ -14,9 +14,10 @@ from addons.forwarding import Failure
 from addons.routing import build_providers
 from tests.addons.test_forwarding import Upstreams, setup
 
-# fixed, with a digit in every 8 characters (a window that reads as a plain lower-case word is
-# not taken for a fragment: see test_words_of_a_made_up_key_do_not_mask_detours_messages)
-KEY = "sk-proj-Q7vX9kLm2Tz4Rb8Wn1Yp5Hc3Jd6Fg0Se7Ua2Io4Ky9Lx1Mw3Nv5Bq8Ct6Dr2Ez0Fh4Gj7Hk1_a9-Z"
+# invented, plainly not a vendor's key, with a digit in every 8 characters (a window that reads
+# as a plain lower-case word is not taken for a fragment: see
+# test_words_of_a_made_up_key_do_not_mask_detours_messages)
+KEY = "tk1-fake2-not3-real4-" + "".join(f"k{i % 10}x" for i in range(24))
 OTHER = "sk-" + secrets.token_hex(16)
 
 

@@ -4,7 +4,7 @@ loopback OpenAI-compatible provider (FakeOpenAI with its scripted agent).
     claude -p ... --HTTPS_PROXY--> mitmdump -s addons/router.py --> FakeOpenAI (Chat Completions)
                                                \\--> FakeAnthropic (non-model calls, `vendors:`)
 
-Claude Code runs with the recipe of shared/clients/README.md: an `env -i` style environment
+Claude Code runs as the recording of the captures did: an `env -i` style environment
 (a fresh HOME, an invented API key, the proxy, mitmproxy's CA, the non-essential traffic
 switches). Nothing leaves 127.0.0.1. On failure pytest shows what each test printed: Claude's
 stdout and stderr, the requests each fake received and mitmdump's whole output.
