@@ -670,13 +670,7 @@ def rewrite_request(body: dict, *, model: str | None = None,
                     max_tokens: int | None = None) -> dict:
     """The client's Messages body with only the model and a lower max_tokens changed (`body`
     itself when neither changes): what a same-format provider is sent."""
-    changes: dict = {}
-    if model is not None and body.get("model") != model:
-        changes["model"] = model
-    asked = body.get("max_tokens")
-    if max_tokens and isinstance(asked, int) and asked > max_tokens:
-        changes["max_tokens"] = max_tokens
-    return dict(body, **changes) if changes else body
+    return c.rewrite_body(body, model, max_tokens, ("max_tokens",))
 
 
 def client_stream_encoder(body: dict) -> "StreamEncoder":

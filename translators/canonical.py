@@ -646,6 +646,41 @@ def need(value: Any, kind: type | tuple, path: str, optional: bool = False) -> A
          path)
 
 
+def rewrite_body(body: dict, model: str | None, max_tokens: int | None,
+                 cap_fields: tuple[str, ...]) -> dict:
+    """A same-format request: the client's body with only the model and a lower output cap
+    changed (each of `cap_fields` the client sent above `max_tokens`); `body` itself when
+    nothing changes, so the client's bytes can go on as they are."""
+    changes: dict = {}
+    if model is not None and body.get("model") != model:
+        changes["model"] = model
+    if max_tokens:
+        for key in cap_fields:
+            asked = body.get(key)
+            if isinstance(asked, int) and asked > max_tokens:
+                changes[key] = max_tokens
+    return dict(body, **changes) if changes else body
+
+
+def openai_response_format(kind: Any, spec: dict, path: str, spec_path: str
+                           ) -> "ResponseFormat | None":
+    """OpenAI's structured-output request (Chat's `response_format`, Responses' `text.format`)
+    as canonical: `text` is none, `json_object` any JSON object, `json_schema` the schema
+    whose name, schema, description and strict are read from `spec` (at `spec_path`)."""
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat()
+    if kind != "json_schema":
+        fail("must be of type text, json_object or json_schema", path + ".type")
+
+    def opt(key: str, kind):
+        return need(spec.get(key), kind, spec_path + key, optional=True)
+
+    return ResponseFormat(opt("name", str), opt("schema", dict), opt("description", str),
+                          opt("strict", bool))
+
+
 # JSON has no inf or NaN: never written (a ValueError, made a TranslationError below)
 _dumps_utf8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _dumps_ascii = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode

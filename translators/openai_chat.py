@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from translators import canonical as c
 from translators.canonical import dumps_compact, fail, need
-from translators.sse import SSEParser
+from translators.sse import SSEDecoder, SSEParser
 
 NAME = "openai-chat"
 STREAM_CONTENT_TYPE = "text/event-stream"
@@ -234,20 +234,12 @@ def _decode_tool_choice(choice, parallel) -> c.ToolChoice | None:
 
 
 def _response_format(value) -> c.ResponseFormat | None:
-    kind = need(value, dict, "response_format", optional=True) and value.get("type")
-    if value is None or kind == "text":
+    if need(value, dict, "response_format", optional=True) is None:
         return None
-    if kind == "json_object":
-        return c.ResponseFormat()
-    if kind != "json_schema":
-        fail("must be of type text, json_object or json_schema", "response_format.type")
-    spec = need(value.get("json_schema"), dict, "response_format.json_schema")
-
-    def opt(key: str, kind):
-        return need(spec.get(key), kind, "response_format.json_schema." + key, optional=True)
-
-    return c.ResponseFormat(opt("name", str), opt("schema", dict), opt("description", str),
-                            opt("strict", bool))
+    kind = value.get("type")
+    spec = need(value.get("json_schema"), dict, "response_format.json_schema") \
+        if kind == "json_schema" else {}
+    return c.openai_response_format(kind, spec, "response_format", "response_format.json_schema.")
 
 
 def _refuse_unanswerable(body: dict) -> None:
@@ -611,7 +603,7 @@ class _Held:
     block: int | None = None  # its block index once emitted
 
 
-class StreamDecoder:
+class StreamDecoder(SSEDecoder):
     """Chat completion chunks (SSE bytes) -> canonical events, whatever the chunk boundaries.
 
     Parallel tool calls: the first tool call streams live; every later delta (other tool calls,
@@ -633,23 +625,9 @@ class StreamDecoder:
         self._stop: c.StopReason | None = None
         self._usage = c.Usage()
 
-    @property
-    def usage(self) -> c.Usage:
-        return self._usage
-
-    def feed(self, chunk: bytes) -> list[c.Event]:
-        out: list[c.Event] = []
-        for ev in self._sse.feed(chunk):
-            self._event(ev.event, ev.data, out)
-        return out
-
-    def close(self) -> list[c.Event]:
-        out: list[c.Event] = []
-        for ev in self._sse.close():
-            self._event(ev.event, ev.data, out)
+    def _closed(self, out: list) -> None:
         if self._phase is not _Phase.DONE:
             self._end(out)
-        return out
 
     # -- one SSE event
 
@@ -956,15 +934,7 @@ def rewrite_request(body: dict, *, model: str | None = None,
                     max_tokens: int | None = None) -> dict:
     """The client's Chat body with only the model and a lower output cap changed (whichever
     of max_tokens / max_completion_tokens it sent); `body` itself when nothing changes."""
-    changes: dict = {}
-    if model is not None and body.get("model") != model:
-        changes["model"] = model
-    if max_tokens:
-        for key in ("max_tokens", "max_completion_tokens"):
-            asked = body.get(key)
-            if isinstance(asked, int) and asked > max_tokens:
-                changes[key] = max_tokens
-    return dict(body, **changes) if changes else body
+    return c.rewrite_body(body, model, max_tokens, ("max_tokens", "max_completion_tokens"))
 
 
 def client_stream_encoder(body: dict) -> StreamEncoder:

@@ -35,7 +35,7 @@ import uuid
 from translators import canonical as c
 from translators import openai_chat
 from translators.canonical import dumps_compact, fail, need
-from translators.sse import SSEParser
+from translators.sse import SSEDecoder, SSEParser
 
 NAME = "openai-responses"
 STREAM_CONTENT_TYPE = "text/event-stream"
@@ -305,19 +305,9 @@ def _decode_tool_choice(choice, parallel) -> c.ToolChoice | None:
 
 
 def _response_format(fmt) -> c.ResponseFormat | None:
-    kind = need(fmt, dict, "text.format", optional=True) and fmt.get("type")
-    if fmt is None or kind == "text":
+    if need(fmt, dict, "text.format", optional=True) is None:
         return None
-    if kind == "json_object":
-        return c.ResponseFormat()
-    if kind != "json_schema":
-        fail("must be of type text, json_object or json_schema", "text.format.type")
-
-    def opt(key: str, kind):
-        return need(fmt.get(key), kind, "text.format." + key, optional=True)
-
-    return c.ResponseFormat(opt("name", str), opt("schema", dict), opt("description", str),
-                            opt("strict", bool))
+    return c.openai_response_format(fmt.get("type"), fmt, "text.format", "text.format.")
 
 
 def decode_request(body: dict) -> c.Request:
@@ -615,7 +605,7 @@ _OPEN_PHASE = {"text": _Phase.TEXT, "thinking": _Phase.THINKING, "tool_use": _Ph
 _FINAL = frozenset({"response.completed", "response.incomplete"})
 
 
-class StreamDecoder:
+class StreamDecoder(SSEDecoder):
     """Responses SSE (`event: response.*`) -> canonical events, whatever the chunk boundaries.
     Output items come one after another; each text content part, reasoning item and tool call
     is one block. A custom tool call's text streams as the JSON of its function form
@@ -632,23 +622,9 @@ class StreamDecoder:
         self._calls = False
         self._usage = c.Usage()
 
-    @property
-    def usage(self) -> c.Usage:
-        return self._usage
-
-    def feed(self, chunk: bytes) -> list[c.Event]:
-        out: list[c.Event] = []
-        for ev in self._sse.feed(chunk):
-            self._event(ev.event, ev.data, out)
-        return out
-
-    def close(self) -> list[c.Event]:
-        out: list[c.Event] = []
-        for ev in self._sse.close():
-            self._event(ev.event, ev.data, out)
+    def _closed(self, out: list) -> None:
         if self._phase is not _Phase.DONE:
             self._error("api_error", "upstream stream ended before response.completed", out)
-        return out
 
     def _event(self, name: str, data: str, out: list) -> None:
         if self._phase is _Phase.DONE or not data.strip() or data.strip() == "[DONE]":
@@ -977,10 +953,6 @@ def sniff_stream(head: bytes) -> bool:
 
 def rewrite_request(body: dict, *, model: str | None = None,
                     max_tokens: int | None = None) -> dict:
-    changes: dict = {}
-    if model is not None and body.get("model") != model:
-        changes["model"] = model
-    asked = body.get("max_output_tokens")
-    if max_tokens and isinstance(asked, int) and asked > max_tokens:
-        changes["max_output_tokens"] = max_tokens
-    return dict(body, **changes) if changes else body
+    """The client's Responses body with only the model and a lower max_output_tokens changed;
+    `body` itself when nothing changes."""
+    return c.rewrite_body(body, model, max_tokens, ("max_output_tokens",))

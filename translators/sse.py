@@ -111,3 +111,29 @@ class SSEParser:
             self._event = value
         # "id", "retry" and unknown fields: nothing here needs them
 
+
+
+class SSEDecoder:
+    """The shared half of a stream decoder for a format framed as server-sent events: `feed`
+    and `close` hand each event to the subclass's `_event(name, data, out)`; at the end of the
+    stream `close` calls its `_closed(out)`. A subclass sets `_sse` (an SSEParser) and
+    `_usage` (what the stream reported so far)."""
+
+    __slots__ = ()
+
+    @property
+    def usage(self):
+        return self._usage
+
+    def feed(self, chunk: bytes) -> list:
+        out: list = []
+        for ev in self._sse.feed(chunk):
+            self._event(ev.event, ev.data, out)
+        return out
+
+    def close(self) -> list:
+        out: list = []
+        for ev in self._sse.close():
+            self._event(ev.event, ev.data, out)
+        self._closed(out)
+        return out
