@@ -466,7 +466,7 @@ class DirectStream:
         final = self.final
         for ev in events:
             if type(ev) is canonical.StreamError:
-                ev = self.fwd._scrubbed_event(job, ev)
+                ev = self.fwd.scrubbed_event(job, ev)
                 if self.check is not None:
                     data = self.fwd.scrubber_of(job).scrub_bytes(data)
                 self.error = f"{self.dc.cand.key}: {ev.kind}: {ev.message}"

@@ -695,7 +695,7 @@ class Forwarder:
                 for ev in events:
                     if type(ev) is canonical.StreamError:
                         # the provider's own words: they may echo the key it was sent
-                        ev = self._scrubbed_event(job, ev)
+                        ev = self.scrubbed_event(job, ev)
                         if same:
                             out = self.scrubber_of(job).scrub_bytes(out)
                         error = f"{cand.key}: {ev.kind}: {ev.message}"
@@ -723,7 +723,7 @@ class Forwarder:
             out = passed
             for ev in tail:
                 if type(ev) is canonical.StreamError:
-                    ev = self._scrubbed_event(job, ev)
+                    ev = self.scrubbed_event(job, ev)
                     error = f"{cand.key}: {ev.kind}: {ev.message}"
                 if encoder is not None:
                     out += encoder.encode(ev)
@@ -777,7 +777,7 @@ class Forwarder:
                 message = message.replace(cand.key, cand.public_name)
         return message
 
-    def _scrubbed_event(self, job: Job, ev: canonical.StreamError) -> canonical.StreamError:
+    def scrubbed_event(self, job: Job, ev: canonical.StreamError) -> canonical.StreamError:
         return dataclasses.replace(ev, message=self.scrub(job, ev.message))
 
     def account(self, job: Job, cand: Candidate, usage: canonical.Usage, model: str | None) -> None:
