@@ -64,8 +64,10 @@ def connections_to(pid: int, port: int) -> int:
     return count
 
 
-def at_rest(web_port: int, pid: int, provider_port: int, timeout: float = 15.0) -> dict:
-    """detour.status once nothing is in flight, with `open_fds` less the provider pool. mitmweb
+def at_rest(web_port: int, pid: int, upstream_ports: tuple[int, ...],
+            timeout: float = 15.0) -> dict:
+    """detour.status once nothing is in flight, with `open_fds` less the upstream keep-alive
+    connections (detour's provider pool, mitmproxy's passthrough connections). mitmweb
     keeps every flow it showed (about 60 kB each): they are cleared first, so `rss_bytes`
     measures what detour keeps."""
     command(web_port, "view.clear")
@@ -78,8 +80,24 @@ def at_rest(web_port: int, pid: int, provider_port: int, timeout: float = 15.0) 
             break
         assert time.monotonic() < deadline, f"left behind: {busy}, {state['process']}"
         time.sleep(0.2)
-    state["process"]["open_fds"] -= connections_to(pid, provider_port)
+    state["process"]["open_fds"] -= sum(connections_to(pid, port) for port in upstream_ports)
     return state["process"]
+
+
+def at_rest_settled(web_port: int, pid: int, upstream_ports: tuple[int, ...],
+            timeout: float = 15.0) -> dict:
+    """`at_rest` once two readings 0.3 s apart agree on open fds and tasks: connections a
+    client closed are closed on the proxy's side a moment later, and a baseline read in that
+    moment would count them."""
+    deadline = time.monotonic() + timeout
+    last = at_rest(web_port, pid, upstream_ports)
+    while True:
+        time.sleep(0.3)
+        now = at_rest(web_port, pid, upstream_ports)
+        if all(now[k] == last[k] for k in ("open_fds", "asyncio_tasks")) \
+                or time.monotonic() > deadline:
+            return now
+        last = now
 
 
 @pytest.mark.slow
@@ -93,7 +111,8 @@ def test_nothing_is_left_behind(confdir, tmp_path, fake_openai, fake_anthropic):
         f'vendors: {{api.anthropic.com: "{fake_anthropic.base_url}"}}\n'
         'cooldown_seconds: 0\n')
     m = proxy.mitm
-    provider_port = int(fake_openai.base_url.rsplit(":", 1)[1])
+    upstream_ports = (int(fake_openai.base_url.rsplit(":", 1)[1]),
+                      int(fake_anthropic.base_url.rsplit(":", 1)[1]))
     body = capture("text")
     ids: list[str] = []
     answered = collections.Counter()
@@ -143,13 +162,13 @@ def test_nothing_is_left_behind(confdir, tmp_path, fake_openai, fake_anthropic):
             b"".join(chunks)
 
         run(20)  # warm up: pools, caches, the first allocations
-        base = at_rest(web_port, m.proc.pid, provider_port)
+        base = at_rest_settled(web_port, m.proc.pid, upstream_ports)
         flapping = [Status(429), Status(500), CutAfter(2), Text(pieces=["a"] * 30, delay=0.001)]
         fake_openai.enqueue(*flapping * (CALLS // 8))
         run(CALLS // THREADS)
         deadline = time.monotonic() + 15
         while True:  # settles: connections the clients closed are closed on the proxy's side
-            after = at_rest(web_port, m.proc.pid, provider_port)
+            after = at_rest(web_port, m.proc.pid, upstream_ports)
             settled = all(after[k] == base[k] for k in ("open_fds", "asyncio_tasks"))
             if settled or time.monotonic() > deadline:
                 break
