@@ -4,6 +4,7 @@ loopback port with their own confdir, stopped by their PID (never anyone else's)
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +17,13 @@ MITMDUMP = Path(sys.executable).parent / "mitmdump"
 PROXY_VARS = {"https_proxy", "http_proxy", "all_proxy", "no_proxy"}
 # "HTTP(S) proxy listening at ...", "reverse proxy to URL listening at ...": any mode
 LISTENING = re.compile(rb" listening at (?:\*|[\d.]+):(\d+)")
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the system may hand it out again later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cpu_of_pid(pid: int) -> float:
@@ -59,8 +67,10 @@ class Mitmdump:
             self.args += ["-s", str(ROUTER)]
             if home is not None:
                 self.args += ["--set", f"detour_home={home}"]
+        self.web_port: int | None = None
         if web is not None:
-            self.args += ["--set", f"web_port={web[0]}", "--set", f"web_password={web[1]}",
+            self.web_port = web[0] or free_port()
+            self.args += ["--set", f"web_port={self.web_port}", "--set", f"web_password={web[1]}",
                           "--set", "web_open_browser=false"]
         self.args += list(extra)
         if env is None:
@@ -81,6 +91,52 @@ class Mitmdump:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
     def start(self, timeout: float = 30.0) -> "Mitmdump":
+        """Start it; with `web`, until mitmweb itself answers on its port: a port chosen free
+        can be taken by another listener before mitmweb binds it (seen once in CI: the
+        websocket got someone else's 404), so a mismatch restarts it on another port (3 tries)."""
+        for attempt in range(3):
+            try:
+                self._start(timeout)
+            except RuntimeError:
+                if self.web_port is None or "Web server failed to listen" not in self.text:
+                    raise
+                who = "its port was taken before it could listen"
+            else:
+                if self.web_port is None:
+                    return self
+                who = self._who_answers_web()
+            if who is None:
+                return self
+            self.stop()
+            if attempt == 2:
+                raise RuntimeError(f"mitmweb never answered on its port: {who}\n{self.text}")
+            old = self.web_port
+            self.web_port = free_port()
+            self.args[self.args.index(f"web_port={old}")] = f"web_port={self.web_port}"
+            self.output.clear()
+            self.port = None
+        return self
+
+    def _who_answers_web(self) -> str | None:
+        """None when mitmweb answers on `web_port`, else what answered. Its proxy can be listening
+        before its web server is (12.3 logs them in that order)."""
+        import httpx
+
+        deadline = time.monotonic() + 30
+        while b"Web server listening at" not in self.output and self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                return "its web server never said it listens"
+            time.sleep(0.05)
+
+        try:
+            r = httpx.get(f"http://127.0.0.1:{self.web_port}/", trust_env=False, timeout=10)
+        except httpx.HTTPError as e:
+            return f"{type(e).__name__}: {e}"
+        if r.headers.get("server", "").startswith("mitmproxy"):
+            return None
+        return f"HTTP {r.status_code} {dict(r.headers)} {r.text[:200]!r}"
+
+    def _start(self, timeout: float) -> None:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         found = threading.Event()
@@ -104,7 +160,6 @@ class Mitmdump:
         if self.port is None:
             self.stop()
             raise RuntimeError(f"mitmdump exited:\n{self.text}")
-        return self
 
     @property
     def text(self) -> str:

@@ -2,7 +2,6 @@
 
 import functools
 import json
-import socket
 import ssl
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import sqlite_utils
 
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.openai_provider import FakeOpenAI
-from tests.harness import Mitmdump
+from tests.harness import Mitmdump, free_port  # noqa: F401 - free_port: the tests import it from here
 
 CAPTURES = Path(__file__).resolve().parent.parent / "data" / "captures"
 CLIENT_KEY = "test-client-key-not-real"
@@ -23,13 +22,6 @@ VENDOR_KEY = "sk-ant-fake-vendor-key"
 
 def capture(name: str) -> dict:
     return json.loads((CAPTURES / f"claude-code.messages.{name}.request.json").read_text())
-
-
-def free_port() -> int:
-    """A port nothing listens on (connection refused), for dead-provider tests."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ def test_mitmweb_shows_route_and_attempts(confdir, tmp_path, fake_openai):
         f'  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}\n'
         f'  dead: {{kind: openai, base_url: "http://127.0.0.1:{dead}/v1", api_keys: [x]}}\n'
         f'routes: {{"*": [dead/m, fake/fake-model]}}\n', web=(web_port, PASSWORD)).mitm
+    web_port = m.web_port  # another, if that one was taken
     with m:  # stops it
         ctx = ssl.create_default_context(cafile=str(m.ca_cert))
         with httpx.Client(proxy=m.url, verify=ctx, trust_env=False, timeout=20) as c:

@@ -88,6 +88,7 @@ def command(web_port: int, name: str) -> dict:
 def test_accounts_and_routes_through_mitmweb(confdir, tmp_path, fake):
     web_port = free_port()
     proxy = start_proxy(confdir, tmp_path / "home", config(fake), web=(web_port, PASSWORD))
+    web_port = proxy.mitm.web_port  # another, if that one was taken
     try:
         before = command(web_port, "detour.accounts")["accounts"]
         assert [(a["provider"], a["account"], a["state"]) for a in before] == [

@@ -163,6 +163,7 @@ vendors:
 """
         proxy = start_proxy(confdir, home, config, web=(web_port, PASSWORD), env=env,
                             extra=["--set", f"save_stream_file={flows_file}"])
+        web_port = proxy.mitm.web_port  # another, if that one was taken
         recorder = None
         try:
             recorder = UpdatesRecorder(web_port).start()

@@ -48,7 +48,7 @@ def start_web(confdir: Path, home: Path, fake_openai, more_config: str = "", **m
         f'providers:\n  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", '
         f'api_keys: [{PROVIDER_KEY}]}}\n' + (more_config or 'routes: {"*": [fake/fake-model]}\n'),
         web=(web_port, PASSWORD), **mitmdump)
-    return proxy, web_port
+    return proxy, proxy.mitm.web_port  # another, if that one was taken
 
 
 def connections_to(pid: int, port: int) -> int:
