@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # Installs the real AI coding CLIs used by the slow end-to-end tests into ./clients (ignored by
-# git). Versions are pinned to the ones the captures in tests/data/captures were taken with.
+# git). Versions are pinned to the ones the captures in tests/data/captures were taken with; a
+# client already installed at its pinned version is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CLAUDE_CODE_VERSION="${CLAUDE_CODE_VERSION:-2.1.197}"
-if [ -x clients/node_modules/.bin/claude ] &&
-   grep -q "\"version\": \"$CLAUDE_CODE_VERSION\"" clients/node_modules/@anthropic-ai/claude-code/package.json 2>/dev/null; then
-  exit 0
-fi
+declare -A PINNED=(
+  ["@anthropic-ai/claude-code"]="${CLAUDE_CODE_VERSION:-2.1.197}"
+  ["@openai/codex"]="${CODEX_VERSION:-0.169.0}"
+  ["@google/gemini-cli"]="${GEMINI_CLI_VERSION:-0.61.0}"
+  ["@qwen-code/qwen-code"]="${QWEN_CODE_VERSION:-0.15.10}"
+)
+wanted=()
+for pkg in "${!PINNED[@]}"; do
+  version="${PINNED[$pkg]}"
+  if ! grep -q "\"version\": \"$version\"" "clients/node_modules/$pkg/package.json" 2>/dev/null; then
+    wanted+=("$pkg@$version")
+  fi
+done
+[ ${#wanted[@]} -eq 0 ] && exit 0
 mkdir -p clients
-npm install --prefix ./clients --no-audit --no-fund --loglevel=error \
-  "@anthropic-ai/claude-code@$CLAUDE_CODE_VERSION"
+npm install --prefix ./clients --no-audit --no-fund --loglevel=error "${wanted[@]}"
