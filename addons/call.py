@@ -13,8 +13,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from addons import prices
 from addons.scrubber import SecretScrubber
 from addons.usage import UsageRow, now_iso
+from addons.user_agents import client_tool
 from translators import canonical
 
 log = logging.getLogger(__name__)
@@ -31,12 +33,15 @@ class Call:
     # tests set this: a second finish raises instead of being logged
     strict = False
 
-    __slots__ = ("row", "started", "delivered", "done", "scrubber", "credentials", "_sink")
+    __slots__ = ("row", "started", "delivered", "done", "scrubber", "credentials",
+                 "client_subscription", "_sink")
 
     def __init__(self, flow_id: str, client: str, client_format: str,
                  sink: Callable[[UsageRow], None], scrubber: SecretScrubber | None = None,
                  credentials: list[str] | None = None):
-        self.row = UsageRow(now_iso(), flow_id, client, client_format, "", False)
+        tool, version = client_tool(client)
+        self.row = UsageRow(now_iso(), flow_id, client, client_format, "", False,
+                            client_tool=tool, client_version=version)
         self.started = time.perf_counter()
         # the client-format final event (Anthropic message_stop, Chat [DONE]) was handed to the
         # client: the call succeeded, even if the client leaves before the provider's stream ends
@@ -46,6 +51,9 @@ class Call:
         # client's own credentials (added only when there is text to scrub)
         self.scrubber = scrubber or SecretScrubber()
         self.credentials = credentials or []
+        # the client's own credential is a subscription login (OAuth), not an API key: what
+        # its passthrough calls cost is the API price they would have had (addons/prices.py)
+        self.client_subscription = False
         self._sink = sink
 
     @property
@@ -79,7 +87,10 @@ class Call:
         row = self.row
         row.provider, row.account, row.model_upstream = provider, account, model
 
-    def used(self, usage: canonical.Usage, cost_usd: float | None) -> None:
+    def used(self, usage: canonical.Usage, cost_usd: float | None, cost_basis: str | None = None,
+             price_source: str | None = None) -> None:
+        """Tokens and their cost (None: no price known); `cost_basis` says what the cost is
+        ("api" or "subscription": an API-equivalent), `price_source` where its price came from."""
         row = self.row
         row.input_tokens = usage.input_tokens
         row.output_tokens = usage.output_tokens
@@ -87,6 +98,15 @@ class Call:
         row.cache_write_tokens = usage.cache_write_tokens
         row.reasoning_tokens = usage.reasoning_tokens
         row.cost_usd = cost_usd
+        row.cost_basis = cost_basis if cost_usd is not None else None
+        row.price_source = price_source if cost_usd is not None else None
+
+    def price_later(self, provider_url: str, cost_basis: str) -> None:
+        """No configured price: the usage store's writer looks up the model's default price
+        (addons/prices.py) for the provider at this URL; `cost_basis` holds if it finds one."""
+        self.row.price_url = provider_url
+        self.row.cost_basis = cost_basis
+        prices.warm_up()
 
     def status(self, status: int) -> None:
         """The status the client was (or is being) sent."""

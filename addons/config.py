@@ -69,7 +69,9 @@ clients: {}
 #    routes:
 #      claude-haiku-*: [deepseek/deepseek-chat]   # its small background model, cheaper
 
-# Prices in USD per million tokens, for the cost column of `detour usage`.
+# Prices in USD per million tokens, for the cost column of `detour usage`. Known models
+# are priced already (the genai-prices package's table); an entry here overrides a model's
+# price, or prices one the table lacks (else its cost stays unknown, never 0).
 prices: {}
 #  deepseek-chat: {input: 0.27, output: 1.10, cache_read: 0.07}
 """

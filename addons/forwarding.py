@@ -32,6 +32,7 @@ from addons.config import DIRECT, Config, Provider, Timeouts
 from addons.decoding import BoundedDecoder, TooLarge
 from addons.failure_policy import (ErrorBody, Failed, Scope, Verdict, Weight, rest_seconds,
                                    skipped_weight, vendor_wait, verdict)
+from addons.prices import API, CONFIG, SUBSCRIPTION, configured_cost
 from addons.quota import QuotaBook, RecentErrors
 from addons.routing import Candidate, CooldownBook, Rest, model_key, passthrough_key
 from addons.scrubber import SecretScrubber, credentials_of
@@ -783,20 +784,24 @@ class Forwarder:
     def account(self, job: Job, cand: Candidate, usage: canonical.Usage, model: str | None) -> None:
         job.call.answered_by(cand.provider_name if cand.provider else _host_of(job.vendor_url),
                              cand.account_label, model or cand.model)
-        self.set_usage(job.call, usage)
+        if cand.provider is not None:
+            self.set_usage(job.call, usage, cand.provider.spec.base_url)
+        else:  # the client's own credential: its subscription login, or its API key
+            self.set_usage(job.call, usage, job.vendor_url, job.call.client_subscription)
 
-    def set_usage(self, call: Call, usage: canonical.Usage) -> None:
-        call.used(usage, self.cost(call.row.model_upstream, usage))
-
-    def cost(self, model: str, usage: canonical.Usage) -> float | None:
-        price = self.config.prices.get(model)
-        if price is None:
-            return None
-        cache_read = price.cache_read if price.cache_read is not None else price.input
-        cache_write = price.cache_write if price.cache_write is not None else price.input
-        return round((usage.input_tokens * price.input + usage.output_tokens * price.output
-                      + usage.cache_read_tokens * cache_read
-                      + usage.cache_write_tokens * cache_write) / 1e6, 8)
+    def set_usage(self, call: Call, usage: canonical.Usage, provider_url: str = "",
+                  subscription: bool = False) -> None:
+        """The call's tokens and their cost (addons/prices.py): the API price, or for a
+        subscription login the API price it would have cost, marked as such. A configured
+        price is applied now; a default one by the usage store's writer, off the event loop
+        (the price table takes a second to load)."""
+        basis = SUBSCRIPTION if subscription else API
+        price = self.config.prices.get(call.row.model_upstream)
+        if price is not None:
+            call.used(usage, configured_cost(price, usage), basis, CONFIG)
+        else:
+            call.used(usage, None)
+            call.price_later(provider_url, basis)
 
 
 def client_encoder(job: Job):

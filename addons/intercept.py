@@ -32,6 +32,7 @@ from addons.direct import DirectPath
 from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
+from addons.prices import subscription_login
 from addons.routing import plan
 from addons.scrubber import credentials_of
 from addons.settings import DetourSettings
@@ -322,8 +323,10 @@ class Interceptor:
         """The call of a model call, kept until it finishes. Its row is scrubbed of the
         configuration's secrets and of the client's own credentials (a vendor may echo them)."""
         rt = self.settings.runtime
+        credentials = _joined(held)
         call = Call(flow.id, client_name(flow.request.headers), fmt, self._store,
-                    rt.forwarder.scrubber, credentials_of(_joined(held)))
+                    rt.forwarder.scrubber, credentials_of(credentials))
+        call.client_subscription = subscription_login(credentials)
         self._calls[flow.id] = call
         return call
 
@@ -476,7 +479,8 @@ class Interceptor:
         else:
             usage = _usage_of_whole(call.row.client_format, flow.response)
         if usage is not None:
-            self.settings.runtime.forwarder.set_usage(call, usage)
+            self.settings.runtime.forwarder.set_usage(call, usage, flow.request.pretty_url,
+                                                      call.client_subscription)
         if status >= 400:  # the vendor's words, scrubbed when the call finishes
             call.failed(flow.response.get_text(strict=False)[:300]
                         if not flow.response.stream else f"HTTP {status}")

@@ -23,6 +23,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from addons.prices import price_rows
+from addons.user_agents import client_tool
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,8 @@ USAGE_COLUMNS = {
     "ts": str,  # ISO 8601 UTC, when the request arrived
     "flow_id": str,
     "client": str,  # the client program, from its User-Agent (claude-cli/2.1.197 ...)
+    "client_tool": str,  # the client normalised (claude-code, codex, gemini-cli, curl ...)
+    "client_version": str,  # its version, from the same User-Agent ("" if it has none)
     "client_format": str,
     "provider": str,
     "account": str,  # a label (env var name, key fingerprint), never the secret
@@ -43,7 +49,11 @@ USAGE_COLUMNS = {
     "cache_read_tokens": int,
     "cache_write_tokens": int,
     "reasoning_tokens": int,
-    "cost_usd": float,
+    "cost_usd": float,  # NULL when the model's price is unknown, never a guessed 0
+    # what cost_usd is: "api" (what the call cost at API prices) or "subscription" (a
+    # subscription/OAuth login: the equivalent API cost, not money spent); NULL with no cost
+    "cost_basis": str,
+    "price_source": str,  # where the price came from: "config" or "genai-prices"
     "latency_ms": float,
     "ttfb_ms": float,
     "stream": int,
@@ -90,6 +100,12 @@ class UsageRow:
     ttfb_ms: float | None = None
     error: str | None = None
     route: list[dict] = field(default_factory=list)
+    client_tool: str = ""
+    client_version: str = ""
+    cost_basis: str | None = None
+    price_source: str | None = None
+    # not a column: set when the writer is to price the row (the provider's URL, or "")
+    price_url: str | None = None
 
     def as_record(self) -> dict:
         # not dataclasses.asdict: it deep-copies `route`, which is written as JSON here anyway
@@ -128,7 +144,107 @@ def open_db(path: Path) -> sqlite_utils.Database:
             db["usage"].add_column(name, typ)
     if "usage_rejected" not in db.table_names():
         db["usage_rejected"].create(REJECTED_COLUMNS, pk="id")
+    MIGRATIONS.apply(db)
     return db
+
+
+# Schema changes of databases written by earlier versions, applied once each by open_db (the
+# `_sqlite_migrations` table says which ran). Columns new to USAGE_COLUMNS are added above;
+# what they mean for the rows already stored is filled in here.
+MIGRATIONS = Migrations("detour-usage")
+
+
+@MIGRATIONS(name="0001_client_tool")
+def _client_tool(db: sqlite_utils.Database) -> None:
+    """client_tool and client_version of the rows written before they existed."""
+    clients = [c for (c,) in db.execute(
+        "SELECT DISTINCT client FROM usage WHERE client_tool IS NULL")]
+    for client in clients:
+        tool, version = client_tool(client or "")
+        db.execute("UPDATE usage SET client_tool = ?, client_version = ? "
+                   "WHERE client IS ? AND client_tool IS NULL", [tool, version, client])
+
+
+@MIGRATIONS(name="0002_report_indexes")
+def _report_indexes(db: sqlite_utils.Database) -> None:
+    """What `detour usage` and the Datasette queries filter on: time ranges (the ts index,
+    from the start) per tool, per provider and account; a call's row by its flow id."""
+    usage = db["usage"]
+    usage.create_index(["ts"], if_not_exists=True)
+    usage.create_index(["flow_id"], if_not_exists=True)
+    usage.create_index(["client_tool", "ts"], if_not_exists=True)
+    usage.create_index(["provider", "account", "ts"], if_not_exists=True)
+
+
+# `usage_daily`: the usage rows summed per UTC day, model, provider, account and client tool,
+# kept by triggers on `usage` (whoever writes a row, the sums follow), so that a report over
+# months reads a few thousand sums instead of millions of rows. Each sum is an expression over
+# one row ({r}: NEW in the triggers, the table in a query of raw rows).
+DAILY_KEYS = {
+    "day": "substr({r}.ts, 1, 10)",
+    # the model that answered, or the one asked when none did
+    "model": "CASE WHEN coalesce({r}.model_upstream, '') != '' THEN {r}.model_upstream "
+             "ELSE coalesce({r}.model_requested, '') END",
+    "provider": "coalesce({r}.provider, '')",
+    "account": "coalesce({r}.account, '')",
+    "client_tool": "coalesce({r}.client_tool, '')",
+}
+DAILY_SUMS = {
+    "calls": "1",
+    "input_tokens": "coalesce({r}.input_tokens, 0)",
+    "output_tokens": "coalesce({r}.output_tokens, 0)",
+    "cache_read_tokens": "coalesce({r}.cache_read_tokens, 0)",
+    "cache_write_tokens": "coalesce({r}.cache_write_tokens, 0)",
+    "reasoning_tokens": "coalesce({r}.reasoning_tokens, 0)",
+    "cost_usd": "coalesce({r}.cost_usd, 0.0)",  # of the priced calls
+    # the part of cost_usd that is a subscription's API-equivalent
+    "subscription_usd": "CASE WHEN {r}.cost_basis = 'subscription' "
+                        "THEN coalesce({r}.cost_usd, 0.0) ELSE 0.0 END",
+    # calls with tokens whose model had no price
+    "unpriced": "({r}.cost_usd IS NULL AND "
+                "coalesce({r}.input_tokens, 0) + coalesce({r}.output_tokens, 0) > 0)",
+    "fallbacks": "coalesce({r}.attempts > 1, 0)",  # answered (or failed) after >1 attempt
+    # a status >= 400, or none at all (the client left, the proxy stopped)
+    "errors": "coalesce({r}.status >= 400 OR coalesce({r}.status, 0) = 0, 1)",
+    "latency_ms": "coalesce({r}.latency_ms, 0.0)",
+    "latency_count": "{r}.latency_ms IS NOT NULL",
+    "ttfb_ms": "coalesce({r}.ttfb_ms, 0.0)",
+    "ttfb_count": "{r}.ttfb_ms IS NOT NULL",
+}
+
+
+def daily_select(r: str = "usage") -> str:
+    """The daily sums of raw rows: `SELECT keys..., sums... FROM usage` (add WHERE, GROUP BY)."""
+    keys = ", ".join(e.format(r=r) for e in DAILY_KEYS.values())
+    sums = ", ".join(f"total({e.format(r=r)})" for e in DAILY_SUMS.values())
+    return f"SELECT {keys}, {sums} FROM usage"
+
+
+@MIGRATIONS(name="0003_usage_daily")
+def _usage_daily(db: sqlite_utils.Database) -> None:
+    """The table of daily sums, its triggers, and the sums of the rows already stored."""
+    keys, sums = list(DAILY_KEYS), list(DAILY_SUMS)
+    columns = ", ".join([f"{k} TEXT NOT NULL" for k in keys] + [f"{c} NUMERIC NOT NULL DEFAULT 0"
+                                                                for c in sums])
+    db.execute(f"CREATE TABLE IF NOT EXISTS usage_daily ({columns}, "
+               f"PRIMARY KEY ({', '.join(keys)})) WITHOUT ROWID")
+    new_values = ", ".join(e.format(r="NEW") for e in [*DAILY_KEYS.values(),
+                                                        *DAILY_SUMS.values()])
+    add = ", ".join(f"{c} = {c} + excluded.{c}" for c in sums)
+    db.execute(f"""
+        CREATE TRIGGER IF NOT EXISTS usage_daily_insert AFTER INSERT ON usage BEGIN
+            INSERT INTO usage_daily ({', '.join(keys + sums)}) VALUES ({new_values})
+            ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {add};
+        END""")
+    subtract = ", ".join(f"{c} = {c} - {e.format(r='OLD')}" for c, e in DAILY_SUMS.items())
+    match = " AND ".join(f"{k} = {e.format(r='OLD')}" for k, e in DAILY_KEYS.items())
+    db.execute(f"""
+        CREATE TRIGGER IF NOT EXISTS usage_daily_delete AFTER DELETE ON usage BEGIN
+            UPDATE usage_daily SET {subtract} WHERE {match};
+        END""")
+    db.execute("DELETE FROM usage_daily")
+    db.execute(f"INSERT INTO usage_daily ({', '.join(keys + sums)}) "
+               f"{daily_select()} GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}")
 
 
 def row_json(rec: dict) -> str:
@@ -154,6 +270,8 @@ class UsageStore:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._unavailable = ""  # why the database cannot be written, while it cannot
+        self._conn: sqlite3.Connection | None = None  # the writer's (see _writer)
+        self._conn_file: tuple[int, int] | None = None
         open_db(path).close()
         self.import_spill()
         _keep_reserve(path.parent / RESERVE_NAME)
@@ -190,6 +308,7 @@ class UsageStore:
                 rows, self._queue = self._queue, []
             if not rows and not self._rejected:
                 return 0
+            price_rows(rows)
             written, unwritten = self._write(rows)
             if unwritten:
                 with self._lock:
@@ -202,29 +321,56 @@ class UsageStore:
         with self._write_lock, self._lock:
             rows, self._queue = self._queue, []
             rejected, self._rejected = self._rejected, []
+            self._drop_writer()
         if rows or rejected:
             self._spill([{"row": rec} for rec in rows]
                         + [{"row": rec, "rejected": reason} for rec, reason in rejected])
 
     # ------------------------------------------------------------ writing
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, check_same_thread: bool = True) -> sqlite3.Connection:
         if not self.path.is_file():  # sqlite3 would create an empty database without the tables
             raise FileNotFoundError(errno.ENOENT, "no database file", str(self.path))
-        return sqlite3.connect(self.path, timeout=self.busy_timeout)
+        return sqlite3.connect(self.path, timeout=self.busy_timeout,
+                               check_same_thread=check_same_thread)
+
+    def _writer(self) -> sqlite3.Connection:
+        """The flushes' connection, kept open between them (opening one per flush took two
+        thirds of the writer's time), and opened again when the file at the path is no longer
+        the one it has open (replaced, removed). synchronous=NORMAL: in WAL mode a commit then
+        survives the process being killed, not a power cut, and costs no fsync."""
+        st = os.stat(self.path)
+        if self._conn is not None and self._conn_file == (st.st_dev, st.st_ino):
+            return self._conn
+        self._drop_writer()
+        # flushes run in worker threads, one at a time (_write_lock)
+        conn = self._connect(check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        # closing the last connection would checkpoint the WAL (~0.2 s, on mitmproxy's event
+        # loop at a stop); the commits' own auto-checkpoints and the next open do it instead
+        conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+        self._conn, self._conn_file = conn, (st.st_dev, st.st_ino)
+        return conn
+
+    def _drop_writer(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
     def _write(self, rows: list[dict]) -> tuple[int, list[dict]]:
         """Store `rows` (one transaction; row by row when one of them fails it) and the rows set
         aside. Returns how many were stored and the ones to try again later."""
         try:
-            conn = self._connect()
+            conn = self._writer()
         except UNAVAILABLE as e:
+            self._drop_writer()
             self._note_unavailable(e, len(rows))
             return 0, rows
         try:
             try:
                 written = _insert(conn, rows)
             except UNAVAILABLE as e:
+                self._drop_writer()
                 self._note_unavailable(e, len(rows))
                 return 0, rows
             except Exception:  # noqa: BLE001 - one bad row: find it, keep the others
@@ -233,6 +379,7 @@ class UsageStore:
                     try:
                         written += _insert(conn, [rec])
                     except UNAVAILABLE as e:
+                        self._drop_writer()
                         self._note_unavailable(e, len(rows) - i)
                         return written, rows[i:]
                     except Exception as e:  # noqa: BLE001
@@ -241,8 +388,9 @@ class UsageStore:
                                   rec.get("flow_id"), reason)
                         self._rejected.append((rec, reason))
             self._write_rejected(conn)
-        finally:
-            conn.close()
+        except BaseException:
+            self._drop_writer()
+            raise
         if self._unavailable:
             log.info("usage: %s is written again", self.path)
             self._unavailable = ""

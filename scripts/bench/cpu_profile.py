@@ -131,6 +131,10 @@ routes:
   {OBSERVE_MODEL}: [passthrough]
 vendors:
   api.anthropic.com: "{vendor.base_url}"
+prices:  # the fakes' models, priced here: no default price table to load (a thread's second)
+  fake-model: {{input: 1, output: 2}}
+  {PACED_UPSTREAM}: {{input: 1, output: 2}}
+  {OBSERVE_MODEL}: {{input: 1, output: 2}}
 """)
         extra = ["--set", "connection_strategy=lazy", "--set", "ssl_insecure=true",
                  "-s", str(ADDON)]

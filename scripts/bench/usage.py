@@ -1,0 +1,125 @@
+"""Scenario `usage`: the usage store and `detour usage` at scale.
+
+    cd /work/main && .venv/bin/python -m scripts.bench.usage [--rows 1000000] [--days 30]
+
+1. Rows per second the store's writer sustains (`UsageStore.flush` of queued rows, batches of
+   its default size, into a database with every index of the current schema).
+2. `detour usage` (every table, and `--json`) on a database seeded with `--rows` rows spread
+   over `--days` days, run as a user runs it: the seconds it takes, whole process.
+
+`seed()` is also what the tests use to fill a database with known rows.
+"""
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from addons.usage import ROW_COLUMNS, UsageRow, UsageStore, open_db
+
+TOOLS = [("claude-cli/2.1.197 (external, cli)", "claude-code", "2.1.197"),
+         ("codex_exec/0.169.0 (Debian 12.0.0; x86_64)", "codex", "0.169.0"),
+         ("GeminiCLI/0.61.0/gemini-2.5-pro (linux; x64)", "gemini-cli", "0.61.0"),
+         ("QwenCode/0.15.10 (linux; x64)", "qwen-code", "0.15.10"),
+         ("curl/8.5.0", "curl", "8.5.0")]
+ROUTES = [("anthropic", "env:ANTHROPIC_A", "claude-sonnet-4-5", 3.0, 15.0),
+          ("anthropic", "env:ANTHROPIC_B", "claude-opus-4-1", 15.0, 75.0),
+          ("deepseek", "env:DEEPSEEK", "deepseek-chat", 0.27, 1.10),
+          ("openai", "file:~/openai-key", "gpt-5", 1.25, 10.0),
+          ("local", "none", "llama-3-70b", None, None)]
+
+
+def seeded_rows(count: int, days: int, seed: int = 1, end: datetime | None = None):
+    """`count` rows as the store writes them, spread over the `days` before `end`, from a
+    fixed random seed (the same rows every time)."""
+    rng = random.Random(seed)
+    end = end or datetime.now(UTC)
+    span = days * 86400
+    for i in range(count):
+        ua, tool, version = TOOLS[rng.randrange(len(TOOLS))]
+        provider, account, model, pin, pout = ROUTES[rng.randrange(len(ROUTES))]
+        inp, out = rng.randrange(10, 5000), rng.randrange(1, 2000)
+        cread, cwrite = rng.randrange(0, 50000), rng.randrange(0, 3000)
+        status = 200 if rng.random() > 0.03 else rng.choice((429, 502, 0))
+        attempts = 1 if rng.random() > 0.05 else 2
+        cost = (None if pin is None else
+                round((inp * pin + out * pout + cread * pin * 0.1 + cwrite * pin * 1.25) / 1e6, 8))
+        ts = end - timedelta(seconds=span * (i + rng.random()) / count)
+        yield UsageRow(
+            ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
+            f"seed{seed}-{i}", ua, "anthropic-messages", model, rng.random() < 0.8,
+            provider=provider, account=account, model_upstream=model, status=status,
+            attempts=attempts, input_tokens=inp, output_tokens=out, cache_read_tokens=cread,
+            cache_write_tokens=cwrite, reasoning_tokens=0, cost_usd=cost,
+            latency_ms=rng.uniform(200, 30000), ttfb_ms=rng.uniform(100, 3000),
+            error=None if status == 200 else f"status {status}", client_tool=tool,
+            client_version=version, cost_basis=None if cost is None else "api",
+            price_source=None if cost is None else "config")
+
+
+def seed(path: Path, count: int, days: int = 30, seed: int = 1,
+         end: datetime | None = None) -> None:
+    """A database at `path` with the seeded rows (one transaction)."""
+    db = open_db(path)
+    sql = (f"INSERT INTO usage ({', '.join(ROW_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(ROW_COLUMNS))})")
+    with db.conn:
+        db.conn.executemany(sql, (tuple(rec[c] for c in ROW_COLUMNS) for rec in (
+            row.as_record() for row in seeded_rows(count, days, seed, end))))
+    db.close()
+
+
+def writer_rate(folder: Path, rows: int, batch: int = 200) -> float:
+    """Rows per second the store writes, in flushes of `batch` rows (under load the flusher
+    wakes as soon as a batch is queued)."""
+    store = UsageStore(folder / "writer.db")
+    made = list(seeded_rows(rows, 1, seed=2))
+    written = 0
+    t0 = time.perf_counter()
+    for start in range(0, rows, batch):
+        for row in made[start:start + batch]:
+            store.add(row)
+        written += store.flush()
+    elapsed = time.perf_counter() - t0
+    assert written == rows, (written, rows)
+    return rows / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--writer-rows", type=int, default=100_000)
+    parser.add_argument("--home", type=Path,
+                        help="keep the seeded database in this folder (reused when it exists)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rate = writer_rate(folder, args.writer_rows)
+        print(f"writer: {rate:,.0f} rows/s ({args.writer_rows:,} rows, batches of 200)")
+        home = args.home or folder / "home"
+        home.mkdir(exist_ok=True)
+        if not (home / "detour.db").exists():
+            t0 = time.perf_counter()
+            seed(home / "detour.db", args.rows, args.days)
+            print(f"seeded {args.rows:,} rows over {args.days} days in "
+                  f"{time.perf_counter() - t0:.1f} s")
+        env = {**os.environ, "DETOUR_HOME": str(home), "COLUMNS": "150"}
+        for extra in ([], ["--json"], ["--since", "all", "--by", "model"]):
+            cmd = [sys.executable, "-c", "from scripts.cli import cli; cli(prog_name='detour')",
+                   "usage", "--since", f"{args.days + 1}d", *extra]
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+            elapsed = time.perf_counter() - t0
+            assert done.returncode == 0, done.stderr.decode()
+            print(f"detour usage {' '.join(cmd[4:])}: {elapsed:.2f} s "
+                  f"(whole process, {len(done.stdout):,} bytes out)")
+
+
+if __name__ == "__main__":
+    main()
