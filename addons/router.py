@@ -13,8 +13,10 @@ if _root not in sys.path:
     sys.path.insert(0, _root)
 
 from addons.intercept import Interceptor  # noqa: E402
+from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
 from addons.settings import DetourSettings  # noqa: E402
 
 _settings = DetourSettings()
-addons = [_settings, Interceptor(_settings), OperatorCommands(_settings)]
+addons = [_settings, Interceptor(_settings), OperatorCommands(_settings),
+          MetricsServer(_settings)]

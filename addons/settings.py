@@ -76,6 +76,8 @@ class DetourSettings:
         self._rests_writer: asyncio.Task | None = None
         self._mtime: float | None = None
         self._relay_started = asyncio.Event()
+        # why the last edit of config.yaml was refused, until an edit loads (for /healthz)
+        self.config_error: str | None = None
 
     def load(self, loader):
         loader.add_option(
@@ -327,7 +329,9 @@ class DetourSettings:
                 config, providers = _reload(rt.config_path, rt.config)
             except ConfigError as e:
                 log.error("detour: %s; keeping the previous configuration", e)
+                self.config_error = str(e)
                 continue
+            self.config_error = None
             self._apply(config, providers)
             log.info("detour: reloaded %s (%d providers)", rt.config_path, len(providers))
 

@@ -19,6 +19,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -272,6 +273,8 @@ class UsageStore:
         self._unavailable = ""  # why the database cannot be written, while it cannot
         self._conn: sqlite3.Connection | None = None  # the writer's (see _writer)
         self._conn_file: tuple[int, int] | None = None
+        # called with the records each flush stored (priced), in the writer's thread
+        self.observers: list[Callable[[list[dict]], None]] = []
         open_db(path).close()
         self.import_spill()
         _keep_reserve(path.parent / RESERVE_NAME)
@@ -313,7 +316,29 @@ class UsageStore:
             if unwritten:
                 with self._lock:
                     self._queue[:0] = unwritten
+            stored = rows[:len(rows) - len(unwritten)]  # what is not written is at the end
+            for observer in self.observers:
+                try:
+                    observer(stored)
+                except Exception as e:  # noqa: BLE001 - an observer never stops the writer
+                    log.error("usage: observer %r failed", observer, exc_info=e)
             return written
+
+    def check_writable(self, timeout: float = BUSY_TIMEOUT) -> str | None:
+        """None when the database takes a write now (a write lock within `timeout`), else
+        why not. Writes nothing."""
+        try:
+            if not self.path.is_file():
+                return f"{self.path}: no database file"
+            conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            finally:
+                conn.close()
+        except UNAVAILABLE as e:
+            return f"{self.path}: {type(e).__name__}: {e}"
+        return None
 
     def close(self) -> None:
         """Write what is queued (waiting at most the busy timeout) and spill the rest."""
