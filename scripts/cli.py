@@ -6,10 +6,12 @@ import click
 
 from addons.config import home_dir
 from certs.ca import DEFAULT_CONFDIR
+from scripts.background import run, stop
 from scripts.certs import certs
 from scripts.config import config
 from scripts.options import Settings
 from scripts.proxy import env, up
+from scripts.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,3 +50,6 @@ cli.add_command(up)
 cli.add_command(env)
 cli.add_command(certs)
 cli.add_command(config)
+cli.add_command(run)
+cli.add_command(stop)
+cli.add_command(status)
