@@ -9,6 +9,7 @@ from certs.ca import DEFAULT_CONFDIR
 from scripts.background import run, stop
 from scripts.certs import certs
 from scripts.config import config
+from scripts.doctor import doctor
 from scripts.options import Settings
 from scripts.proxy import env, up
 from scripts.status import status
@@ -53,3 +54,4 @@ cli.add_command(config)
 cli.add_command(run)
 cli.add_command(stop)
 cli.add_command(status)
+cli.add_command(doctor)

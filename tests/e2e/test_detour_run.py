@@ -26,6 +26,8 @@ import pytest
 import yaml
 
 from addons.instance import Instance, home_locked, running_instance
+from certs.ca import ensure_ca
+from scripts.doctor import probe_tls
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.openai_provider import FakeOpenAI, agent_reply
 from tests.harness import PROXY_VARS, ROOT, free_port
@@ -187,6 +189,21 @@ def test_status_shows_the_proxy_todays_calls_and_the_untouched_call(stack):
     assert "not a model call detour translates" in untouched["why"]
     log = (stack.home / "proxy.log").read_text()
     assert "a tool call went by untouched: GET api.anthropic.com/v1/models" in log
+
+
+def test_doctor_probes_the_running_proxys_tls_against_the_ca_and_the_bundle(stack, tmp_path):
+    run = stack.detour("doctor", "--json")
+    checks = json.loads(run.stdout)
+    tls = [c for c in checks if c["name"] == "tls" or c["name"].startswith("tool ")]
+    assert tls and all(c["state"] == "ok" for c in tls), tls
+    assert {"name": "proxy", "state": "ok", "fix": "",
+            "detail": f"running on 127.0.0.1:{stack.port} (pid "
+                      f"{running_instance(stack.home).pid})"} in checks
+    # another CA than the proxy's: the handshake does not verify, and says so
+    other = ensure_ca(tmp_path / "other-confdir")
+    verdict = probe_tls("127.0.0.1", stack.port, other.cert_path)
+    assert "does not verify against" in verdict and str(other.cert_path) in verdict
+    assert probe_tls("127.0.0.1", stack.port, stack.confdir / "mitmproxy-ca-cert.pem") == ""
 
 
 @pytest.mark.slow
