@@ -50,6 +50,8 @@ def cli(ctx: click.Context, home: Path | None, confdir: Path):
 cli.add_command(up)
 cli.add_command(env)
 cli.add_command(certs)
+# `detour cert install` reads as a sentence; the same group, not listed twice
+cli.add_command(click.Group("cert", commands=certs.commands, help=certs.help, hidden=True))
 cli.add_command(config)
 cli.add_command(run)
 cli.add_command(stop)
