@@ -331,6 +331,13 @@ class Config(_Strict):
                     if cand == PASSTHROUGH:
                         continue
                     provider, sep, model = cand.partition("/")
+                    if not sep and cand in self.combos:
+                        raise ValueError(
+                            f"{section}.{name}[{i}]: {cand!r} is a combo, and combos do not "
+                            "nest: a candidate is provider/model or passthrough. Write the "
+                            f"combo's candidates here ({', '.join(self.combos[cand])}), or "
+                            f"have clients ask for model {cand!r}"
+                        )
                     if not sep or not model:
                         raise ValueError(
                             f"{section}.{name}[{i}]: {cand!r} is not provider/model or passthrough"
@@ -457,3 +464,25 @@ def ensure_home(home: Path) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(DEFAULT_CONFIG_YAML)
     return cfg
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but probably not meant: providers no route uses (every call then goes to
+    its original vendor), a provider without keys or with every key disabled."""
+    tables = [config.routes, config.combos] + [c.routes for c in config.clients.values()]
+    used = {cand.partition("/")[0] for table in tables for cands in table.values()
+            for cand in cands if cand != PASSTHROUGH}
+    out = []
+    if config.providers and not used:
+        out.append("providers are configured but no route, combo or client route uses one: "
+                   "every call goes to its original vendor (observe mode). Route models to "
+                   f"them, e.g. routes: {{\"*\": [{next(iter(config.providers))}/MODEL]}}")
+    for name, provider in config.providers.items():
+        if used and name not in used:
+            out.append(f"providers.{name}: no route, combo or client route uses it")
+        if not provider.api_keys:
+            out.append(f"providers.{name}: no api_keys: calls go to it without a credential "
+                       "(right for a local server; a hosted API answers 401)")
+        elif all(not isinstance(k, str) and k.disabled for k in provider.api_keys):
+            out.append(f"providers.{name}: every key is disabled: its routes skip it")
+    return out

@@ -12,11 +12,13 @@ _root = str(Path(__file__).resolve().parent.parent)
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
+from addons.instance import ProxyInstance  # noqa: E402
 from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
 from addons.settings import DetourSettings  # noqa: E402
+from addons.untouched import UntouchedCalls  # noqa: E402
 
 _settings = DetourSettings()
-addons = [_settings, Interceptor(_settings), OperatorCommands(_settings),
-          MetricsServer(_settings)]
+addons = [_settings, ProxyInstance(_settings), Interceptor(_settings), OperatorCommands(_settings),
+          UntouchedCalls(_settings), MetricsServer(_settings)]

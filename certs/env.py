@@ -59,6 +59,17 @@ def client_env(proxy_url: str, ca_cert: Path, bundle: Path,
     }
 
 
+# what `detour run` adds for the tool it starts: Node 22.21+/24.5+ honours HTTPS_PROXY in its
+# built-in fetch only when told (a plain Node script; the coding CLIs bring their own agent)
+TOOL_EXTRAS = {"NODE_USE_ENV_PROXY": "1"}
+
+
+def tool_env(proxy_url: str, ca_cert: Path, bundle: Path,
+             environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The variables `detour run` gives a tool: client_env and TOOL_EXTRAS."""
+    return {**client_env(proxy_url, ca_cert, bundle, environ), **TOOL_EXTRAS}
+
+
 def detect_shell(environ: Mapping[str, str] = os.environ) -> str:
     """The shell to render for, from $SHELL (or PowerShell's own variable); bash if unknown."""
     if "PSModulePath" in environ and "SHELL" not in environ:

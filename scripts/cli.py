@@ -6,11 +6,14 @@ import click
 
 from addons.config import home_dir
 from certs.ca import DEFAULT_CONFDIR
+from scripts.background import run, stop
 from scripts.certs import certs
 from scripts.config import config
+from scripts.doctor import doctor
 from scripts.options import Settings
 from scripts.proxy import env, up
 from scripts.usage import usage
+from scripts.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,5 +51,11 @@ def cli(ctx: click.Context, home: Path | None, confdir: Path):
 cli.add_command(up)
 cli.add_command(env)
 cli.add_command(certs)
+# `detour cert install` reads as a sentence; the same group, not listed twice
+cli.add_command(click.Group("cert", commands=certs.commands, help=certs.help, hidden=True))
 cli.add_command(config)
 cli.add_command(usage)
+cli.add_command(run)
+cli.add_command(stop)
+cli.add_command(status)
+cli.add_command(doctor)

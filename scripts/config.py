@@ -2,7 +2,8 @@
 
 import click
 
-from addons.config import Config, ConfigError, ensure_home, load_config, resolve_secret
+from addons.config import (Config, ConfigError, config_warnings, ensure_home, load_config,
+                           resolve_secret)
 from scripts.options import DetourError, Settings, emit, output_options, pass_settings
 
 
@@ -68,13 +69,17 @@ def check(settings: Settings, as_json: bool):
         "routes": len(cfg.routes),
         "combos": len(cfg.combos),
     }
+    warnings = config_warnings(cfg)
     if as_json:
-        emit({"ok": True, "path": str(settings.config_path), **counts}, as_json=True)
+        emit({"ok": True, "path": str(settings.config_path), **counts, "warnings": warnings},
+             as_json=True)
     else:
         click.echo(
             f"ok: {counts['providers']} providers, {counts['routes']} routes,"
             f" {counts['combos']} combos ({settings.config_path})"
         )
+        for warning in warnings:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
 
 
 @config.command()

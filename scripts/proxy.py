@@ -1,8 +1,10 @@
 """`detour up` (run the proxy) and `detour env` (the shell variables that send clients to it)."""
 
+import errno
 import os
 import shlex
 import shutil
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 import click
 
 import addons
-from addons.config import DEFAULT_HOME, ensure_home, is_loopback
+from addons.config import DEFAULT_HOME, config_warnings, ensure_home, is_loopback
+from addons.instance import Instance, home_locked, running_instance
 from certs.ca import default_confdir
 from certs.env import client_env, detect_shell, proxy_url, render_exports
 from scripts.certs import prepare_trust
@@ -117,6 +120,70 @@ def trust(settings: Settings):
         raise DetourError(f"cannot prepare the CA and trust bundle: {os_cause(e)}") from None
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why mitmproxy could not listen on host:port, or None if it can. Binds as asyncio does
+    (SO_REUSEADDR on POSIX), so a port that merely has connections in TIME_WAIT is free."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        return f"cannot resolve {host}: {e.strerror}"
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as s:
+            if os.name != "nt":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                if e.errno in (errno.EADDRINUSE, getattr(errno, "WSAEADDRINUSE", -1)):
+                    return f"port {port} on {host or 'every interface'} is in use"
+                return f"cannot listen on {host}:{port}: {e.strerror}"
+    return None
+
+
+def check_port(host: str, port: int, option: str = "--port") -> None:
+    """detour's own message for a port it cannot listen on, before any banner (mitmproxy's
+    would suggest its `--mode regular@PORT`)."""
+    problem = port_problem(host, port)
+    if problem:
+        raise DetourError(f"{problem}: choose another with {option}, e.g. {option} {port + 10}")
+
+
+def refuse_second_proxy(settings: Settings) -> None:
+    """A second proxy on a home whose proxy already runs is refused, naming the first: two
+    would share one database and its cooldowns unseen."""
+    if not home_locked(settings.home):
+        return
+    other = Instance.read(settings.home)
+    who = (f"pid {other.pid} on {proxy_url(other.client_host, other.port)}" if other
+           else "still starting")
+    raise DetourError(
+        f"a detour proxy already runs for {settings.home} ({who}). Use it (`detour run TOOL`, "
+        "`eval \"$(detour env)\"`), stop it (`detour stop`), or start another with --home DIR.")
+
+
+def proxy_settings(settings: Settings, instance: Instance) -> Settings:
+    """The settings of a running proxy: its CA is in the confdir it was started with, which a
+    client must trust whatever --confdir this command got."""
+    if not instance.confdir:
+        return settings
+    return Settings(home=settings.home, confdir=Path(instance.confdir))
+
+
+def prepare_proxy(settings: Settings):
+    """What a proxy needs before it starts: a usable DETOUR_HOME, a valid config.yaml, the
+    router script, the CA and the trust bundle. Returns (config path, CA, bundle)."""
+    config_path = usable_home(settings.home)
+    config = checked_config(config_path)
+    for warning in config_warnings(config):
+        click.secho(f"detour: warning: {warning}", fg="yellow", err=True)
+    router = router_script()
+    if not router.is_file():
+        raise DetourError(f"{router}: not found; is detour installed completely?")
+    ca, bundle = trust(settings)
+    return config_path, ca, bundle
+
+
 def env_hint(settings: Settings, host: str, port: int, shell: str) -> str:
     """The command that loads `detour env` in another shell, with the options it needs here."""
     args = ["detour"]
@@ -183,12 +250,11 @@ def up(
         if not allow_remote:
             raise DetourError(f"refusing: {warning}. Pass --allow-remote to do it anyway.")
         click.secho(f"detour: WARNING: {warning}", fg="red", err=True)
-    config_path = usable_home(settings.home)
-    checked_config(config_path)
-    router = router_script()
-    if not router.is_file():
-        raise DetourError(f"{router}: not found; is detour installed completely?")
-    ca, bundle = trust(settings)
+    refuse_second_proxy(settings)
+    check_port(host, port)
+    if web:
+        check_port(DEFAULT_HOST, web_port, "--web-port")  # mitmweb's UI listens on loopback
+    config_path, ca, bundle = prepare_proxy(settings)
     argv = up_argv(
         home=settings.home,
         confdir=settings.confdir,
@@ -234,6 +300,19 @@ def env(settings: Settings, host: str, port: int, shell: str | None):
         detour env | source                           # fish
         detour env --shell powershell | Invoke-Expression
     """
+    click_ctx = click.get_current_context()
+    if all(click_ctx.get_parameter_source(name) is click.core.ParameterSource.DEFAULT
+           for name in ("host", "port")):
+        running = running_instance(settings.home)
+        if running is not None:
+            host, port = running.client_host, running.port
+            settings = proxy_settings(settings, running)
+    else:
+        running = True  # the address was given: nothing to say
     ca, bundle = trust(settings)
+    if running is None:
+        click.echo(f"detour: no proxy is running for {settings.home} yet; these variables "
+                   f"point at {proxy_url(host, port)} (start it with `detour up`, or run "
+                   "a tool with `detour run TOOL`)", err=True)
     variables = client_env(proxy_url(host, port), ca.cert_path, bundle)
     click.echo(render_exports(variables, shell or detect_shell()), nl=False)

@@ -52,6 +52,11 @@ routes:
         "providers": 2,
         "routes": 2,
         "combos": 0,
+        "warnings": [
+            "providers.local: no route, combo or client route uses it",
+            "providers.local: no api_keys: calls go to it without a credential (right for a"
+            " local server; a hosted API answers 401)",
+        ],
     }
 
 

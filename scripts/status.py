@@ -1,0 +1,200 @@
+"""`detour status`: is a proxy running for this DETOUR_HOME (pid, address, uptime), the
+configuration in force, each provider's accounts with their rests, today's calls, and the tool
+calls that went by untouched. Read from DETOUR_HOME's files (proxy.json, config.yaml,
+detour.db, untouched.json), so it works the same whoever started the proxy, or with none.
+"""
+
+import datetime
+import sqlite3
+import time
+from pathlib import Path
+
+import click
+
+from addons.config import Config, ConfigError, config_warnings, load_config
+from addons.instance import running_instance
+from addons.routing import account_label
+from addons.untouched import read_untouched
+from certs.env import proxy_url
+from scripts.options import Settings, output_options, pass_settings
+
+DB_NAME = "detour.db"
+
+
+def proxy_record(home: Path) -> dict:
+    instance = running_instance(home)
+    if instance is None:
+        return {"running": False}
+    return {"running": True, "pid": instance.pid,
+            "url": proxy_url(instance.client_host, instance.port), "host": instance.host,
+            "port": instance.port, "started": _iso(instance.started),
+            "uptime_seconds": round(time.time() - instance.started),
+            "web_port": instance.web_port, "log": instance.log}
+
+
+def config_record(path: Path) -> tuple[dict, Config | None]:
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        return {"path": str(path), "valid": False, "error": str(e)}, None
+    return {"path": str(path), "valid": True, "providers": len(config.providers),
+            "routes": len(config.routes), "combos": len(config.combos),
+            "clients": len(config.clients), "warnings": config_warnings(config)}, config
+
+
+def label_of(entry, index: int) -> str:
+    """The label detour gives an account, without resolving an `env:`/`file:` reference (the
+    label is the reference itself): status works in a shell that lacks the variables."""
+    ref = entry if isinstance(entry, str) else entry.key
+    return account_label(ref, ref, index)
+
+
+def accounts_record(config: Config | None, db: Path) -> list[dict]:
+    """Each configured account with its state: resting (as a whole or for some models, with
+    why and until when, from the cooldowns the proxy keeps in detour.db) or ready."""
+    rests = _rests(db)
+    out = []
+    for name, provider in (config.providers if config else {}).items():
+        for i, entry in enumerate(provider.api_keys or [None]):
+            label = label_of(entry, i) if entry is not None else "no-key"
+            disabled = entry is not None and not isinstance(entry, str) and entry.disabled
+            key = f"{name}/{label}"
+            mine = [r for r in rests if r["key"] == key or r["key"].startswith(key + "@")]
+            state = "disabled" if disabled else "resting" if mine else "ready"
+            out.append({"provider": name, "account": f"account {i + 1}", "label": label,
+                        "state": state, "rests": [
+                            {"model": r["key"].partition("@")[2] or None, **{
+                                k: r[k] for k in ("until", "seconds_left", "reason", "cause")}}
+                            for r in mine]})
+    return out
+
+
+def _rests(db: Path) -> list[dict]:
+    rows = _query(db, "SELECT key, until, reason, cause FROM cooldowns WHERE until > ?",
+                  (time.time(),))
+    return [{"key": k, "until": _iso(u), "seconds_left": round(u - time.time()), "reason": r,
+             "cause": c} for k, u, r, c in rows]
+
+
+def calls_today(db: Path) -> dict:
+    """Today's model calls (since local midnight): count, failures, tokens, cost, and by
+    provider and model."""
+    midnight = datetime.datetime.now().astimezone().replace(hour=0, minute=0, second=0,
+                                                            microsecond=0)
+    since = midnight.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    rows = _query(db, "SELECT provider, model_upstream, model_requested, count(*), "
+                  "sum(status >= 400 OR status = 0), sum(input_tokens), sum(output_tokens), "
+                  "sum(cache_read_tokens), sum(cost_usd) FROM usage WHERE ts >= ? "
+                  "GROUP BY 1, 2, 3 ORDER BY 4 DESC", (since,))
+    total = {"calls": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0,
+             "cache_read_tokens": 0, "cost_usd": 0.0}
+    groups = []
+    for provider, upstream, requested, n, failed, tin, tout, cached, cost in rows:
+        group = {"provider": provider or "", "model": upstream or requested or "",
+                 "calls": n, "failed": failed or 0, "input_tokens": tin or 0,
+                 "output_tokens": tout or 0, "cache_read_tokens": cached or 0,
+                 "cost_usd": round(cost or 0.0, 6)}
+        groups.append(group)
+        for k in total:
+            total[k] += group[k]
+    total["cost_usd"] = round(total["cost_usd"], 6)
+    return {"since": midnight.isoformat(timespec="seconds"), **total, "by_model": groups}
+
+
+def _query(db: Path, sql: str, args: tuple) -> list[tuple]:
+    if not db.exists():
+        return []
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
+        try:
+            return conn.execute(sql, args).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []  # no such table yet (a proxy that never ran), or the file is not a database
+
+
+def status_record(settings: Settings) -> dict:
+    config, parsed = config_record(settings.config_path)
+    db = settings.home / DB_NAME
+    return {"home": str(settings.home), "proxy": proxy_record(settings.home), "config": config,
+            "accounts": accounts_record(parsed, db), "today": calls_today(db),
+            "untouched": read_untouched(settings.home)}
+
+
+def _iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).isoformat(timespec="seconds")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def render(record: dict) -> list[str]:
+    proxy, config, today = record["proxy"], record["config"], record["today"]
+    lines = []
+    if proxy["running"]:
+        web = f", mitmweb UI on port {proxy['web_port']}" if proxy.get("web_port") else ""
+        lines.append(f"proxy     running on {proxy['url']} (pid {proxy['pid']}, up "
+                     f"{_duration(proxy['uptime_seconds'])}{web})")
+        if proxy.get("log"):
+            lines.append(f"          log {proxy['log']}")
+    else:
+        lines.append("proxy     not running (`detour up`, or `detour run TOOL` starts one)")
+    lines.append(f"home      {record['home']}")
+    if config["valid"]:
+        lines.append(f"config    {config['path']}: {config['providers']} providers, "
+                     f"{config['routes']} routes, {config['combos']} combos")
+        lines += [f"  warning: {w}" for w in config["warnings"]]
+    else:
+        lines.append(f"config    INVALID: {config['error']}")
+    lines.append("accounts" + ("" if record["accounts"] else "  none configured (observe mode: "
+                                                             "calls go to their vendors)"))
+    for a in record["accounts"]:
+        state = a["state"]
+        for rest in a["rests"]:
+            model = f" for {rest['model']}" if rest["model"] else ""
+            state = (f"resting{model} {_duration(rest['seconds_left'])} more "
+                     f"({rest['reason']}: {rest['cause'] or '-'})")
+            break
+        lines.append(f"  {a['provider']:<14} {a['account']:<10} {a['label']:<24} {state}")
+    lines.append(f"today     {today['calls']} calls, {today['failed']} failed, "
+                 f"{today['input_tokens']} input / {today['output_tokens']} output tokens"
+                 + (f", ${today['cost_usd']:.4f}" if today["cost_usd"] else ""))
+    for g in today["by_model"][:10]:
+        lines.append(f"  {g['provider'] or '-':<14} {g['model']:<34} {g['calls']} calls"
+                     + (f", {g['failed']} failed" if g["failed"] else ""))
+    if record["untouched"]:
+        lines.append("untouched tool calls (went to their vendor as they were):")
+        for u in record["untouched"][:10]:
+            what = f"{u['host']}{u['path']}" if u["path"] else u["host"]
+            lines.append(f"  {u['method']} {what} x{u['count']}: {u['why']}")
+    return lines
+
+
+@click.command()
+@output_options
+@pass_settings
+def status(settings: Settings, as_json: bool):
+    """Show whether a proxy runs for this DETOUR_HOME, the config in force, each account's
+    state and rests, today's calls, and tool calls that went by untouched.
+
+    \b
+    Example:
+        detour status
+        detour status --json | jq .accounts
+    """
+    record = status_record(settings)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(record, indent=2))
+        return
+    click.echo("\n".join(render(record)))
