@@ -76,6 +76,8 @@ class DetourSettings:
         self._rests_writer: asyncio.Task | None = None
         self._mtime: float | None = None
         self._relay_started = asyncio.Event()
+        # the team gateway (addons/gateway.py): users' limits, asked before a call is routed
+        self.gate = None
 
     def load(self, loader):
         loader.add_option(

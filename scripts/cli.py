@@ -10,6 +10,7 @@ from scripts.certs import certs
 from scripts.config import config
 from scripts.options import Settings
 from scripts.proxy import env, up
+from scripts.users import user
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,3 +49,4 @@ cli.add_command(up)
 cli.add_command(env)
 cli.add_command(certs)
 cli.add_command(config)
+cli.add_command(user)
