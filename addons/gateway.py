@@ -32,8 +32,10 @@ from mitmproxy import ctx, http
 from mitmproxy.addons.proxyauth import make_auth_required_response
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons.config import ROUND_ROBIN
 from addons.formats import HANDLED_HOSTS
 from addons.settings import DetourSettings
+from addons.shared_state import SharedState, safe_url
 from addons.user_limits import LocalCounters, Refusal, spent_tokens
 from addons.users import User, UsersError, read_users, users_path
 
@@ -120,18 +122,38 @@ class Gateway:
                 self.counters.seed(name, tokens, usd)
 
     async def _watch_users(self) -> None:
+        """The users file, and the configuration's `state:` (config.yaml is reloaded by the
+        settings addon; a changed URL is joined here)."""
         while True:
             await asyncio.sleep(USERS_POLL_SECONDS)
             if _signature(self._path) != self._signature:
                 self._reload()
+            await self._follow_state()
+
+    async def _follow_state(self) -> None:
+        rt = self.settings.runtime
+        url = rt.config.state
+        if self.shared is not None and self.shared.url == url:
+            return
+        if self.shared is not None:
+            shared, self.shared = self.shared, None
+            await shared.stop()
+            log.info("detour: shared state %s left", safe_url(shared.url))
+        if url:
+            self.shared = SharedState(url, rt.cooldowns, self.counters)
+            self.shared.start()
 
     def running(self):
         self._watch = create_task(self._watch_users(), name="detour users watch",
                                   keep_ref=True)
+        create_task(self._follow_state(), name="detour shared state start", keep_ref=True)
 
     def done(self):
         if self._watch is not None:
             self._watch.cancel()
+        if self.shared is not None:
+            shared, self.shared = self.shared, None
+            create_task(shared.stop(), name="detour shared state stop", keep_ref=True)
 
     # ------------------------------------------------------------ access
 
@@ -198,21 +220,44 @@ class Gateway:
 
     # ------------------------------------------------------------ limits
 
-    async def admit(self, user: str) -> Refusal | None:
-        """Whether a model call of `user` may go on (the interceptor asks before routing)."""
-        if not user or not self.users:
-            return None
-        account = self.users.get(user)
-        if account is None or not account.limits:
-            return None
+    async def admit(self, user: str, model: str = "", user_agent: str = "") -> Refusal | None:
+        """Whether a model call of `user` may go on (the interceptor asks before routing,
+        with nothing awaited between this and the routing). With shared state, the same
+        round trip takes the route's round-robin turns for every process."""
+        account = self.users.get(user) if user and self.users else None
+        limits = account.limits if account is not None and account.limits else None
         shared = self.shared
         if shared is not None and shared.up:
-            decided, refusal = await shared.admit(user, account.limits)
-            if decided:
-                if refusal is None:
-                    self.counters.counted(user)
-                return refusal
-        return self.counters.admit(user, account.limits)
+            groups = self._turn_groups(model, user_agent)
+            if limits or groups:
+                decided = await shared.admit(user, limits, groups)
+                if decided is not None:
+                    refused, turns = decided
+                    if refused is None:
+                        for group, turn in zip(groups, turns):
+                            self.settings.runtime.cooldowns.set_turn(group, turn)
+                        if limits:
+                            self.counters.counted(user)
+                    return refused
+        return self.counters.admit(user, limits) if limits else None
+
+    def _turn_groups(self, model: str, user_agent: str) -> list[str]:
+        """The round-robin groups (`provider#priority`, two accounts or more) the route of
+        `model` may take a turn of."""
+        rt = self.settings.runtime
+        groups: list[str] = []
+        for entry in rt.config.candidates(model, user_agent):
+            name, sep, _ = entry.partition("/")
+            provider = rt.providers.get(name) if sep else None
+            if provider is None or provider.spec.strategy != ROUND_ROBIN:
+                continue
+            sizes: dict[int, int] = {}
+            for account in provider.accounts:
+                if not account.disabled:
+                    sizes[account.priority] = sizes.get(account.priority, 0) + 1
+            groups += [f"{name}#{p}" for p, n in sizes.items()
+                       if n > 1 and f"{name}#{p}" not in groups]
+        return groups
 
     def recorded(self, row) -> None:
         """A call's row was written: its tokens and cost count against its user's limits."""

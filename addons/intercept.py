@@ -276,7 +276,8 @@ class Interceptor:
         stream = endpoint.stream(body)
         call.requested(model, stream)
         gate = self.settings.gate
-        if gate is not None and (refusal := await gate.admit(call.row.user)) is not None:
+        if gate is not None and (refusal := await gate.admit(
+                call.row.user, model, req.headers.get("user-agent", ""))) is not None:
             return self._reject(flow, fmt, call, 429, refusal.message,
                                 {"retry-after": str(refusal.retry_after)})
         config = rt.config
