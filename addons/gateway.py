@@ -60,6 +60,7 @@ class Gateway:
         self._verified: dict[tuple[str, bytes], str] = {}  # -> the hash it was checked against
         self._watch: asyncio.Task | None = None
         self._refused_hosts: set[str] = set()
+        self._database: str | None = None  # the usage database in use (read at start)
 
     # ------------------------------------------------------------ users file
 
@@ -132,6 +133,10 @@ class Gateway:
 
     async def _follow_state(self) -> None:
         rt = self.settings.runtime
+        if rt.config.database != self._database:
+            self._database = rt.config.database
+            log.warning("detour: config.yaml's `database:` changed: usage rows go where they "
+                        "went until detour restarts")
         url = rt.config.state
         if self.shared is not None and self.shared.url == url:
             return
@@ -144,6 +149,7 @@ class Gateway:
             self.shared.start()
 
     def running(self):
+        self._database = self.settings.runtime.config.database
         self._watch = create_task(self._watch_users(), name="detour users watch",
                                   keep_ref=True)
         create_task(self._follow_state(), name="detour shared state start", keep_ref=True)

@@ -209,7 +209,11 @@ class DetourSettings:
             providers = build_providers(config)
             store = rests = None
             if self.runtime is None:
-                store = UsageStore(home / "detour.db")
+                if config.database:  # imported only then: psycopg is not small
+                    from addons.usage_postgres import PostgresUsageStore
+                    store = PostgresUsageStore(config.database, home)
+                else:
+                    store = UsageStore(home / "detour.db")
                 cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
                 rests = CooldownStore(home / "detour.db", cooldowns)
                 rests.load()  # and restarts

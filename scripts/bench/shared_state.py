@@ -15,6 +15,7 @@ Everything is on 127.0.0.1; the processes are stopped by their PID at the end.
 
 import argparse
 import json
+import ssl
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,8 +68,9 @@ def run(args) -> dict:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the processes did not join Redis")
                 time.sleep(0.1)
-            clients = [httpx.Client(proxy=m.url, verify=str(m.ca_cert), trust_env=False,
-                                    timeout=30) for m in procs]
+            clients = [httpx.Client(proxy=m.url, trust_env=False, timeout=30,
+                                    verify=ssl.create_default_context(cafile=str(m.ca_cert)))
+                       for m in procs]
             try:
                 body = {"model": "anything", "messages": [{"role": "user", "content": "hi"}]}
 
