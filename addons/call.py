@@ -38,10 +38,10 @@ class Call:
 
     def __init__(self, flow_id: str, client: str, client_format: str,
                  sink: Callable[[UsageRow], None], scrubber: SecretScrubber | None = None,
-                 credentials: list[str] | None = None):
+                 credentials: list[str] | None = None, user: str = ""):
         tool, version = client_tool(client)
         self.row = UsageRow(now_iso(), flow_id, client, client_format, "", False,
-                            client_tool=tool, client_version=version)
+                            client_tool=tool, client_version=version, user=user)
         self.started = time.perf_counter()
         # the client-format final event (Anthropic message_stop, Chat [DONE]) was handed to the
         # client: the call succeeded, even if the client leaves before the provider's stream ends

@@ -310,6 +310,29 @@ class Config(_Strict):
     # 5xx, timeouts and refused connections (1 s, then doubling while they keep failing)
     cooldown_seconds: Annotated[float, Field(ge=0)] = 30.0
     limits: Limits = Limits()
+    # a gateway (users configured, or remote clients allowed) proxies the vendors' hosts only,
+    # and these (globs, e.g. "*.github.com"): it is not an open proxy
+    allow_hosts: list[str] = Field(default_factory=list)
+    # where several detour processes share cooldowns, round-robin turns and users' limit
+    # counters: redis://[:password@]host:port[/db] (rediss:// with TLS); unset: in-process
+    state: str | None = Field(default=None, repr=False)
+    # where every process's usage rows go: postgresql://user:password@host:port/db (read at
+    # start); unset: DETOUR_HOME/detour.db (SQLite)
+    database: str | None = Field(default=None, repr=False)
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")  # never repeats it
+        return v
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
 
     @field_validator("vendors")
     @classmethod

@@ -118,6 +118,7 @@ class Interceptor:
             "usage_rows_queued": rt.store.stats()["rows_queued"],
             "cooling_down": {key: round(left) for key, left in rt.cooldowns.resting().items()},
             "relay_ports": list(rt.relay.ports) if rt.relay else [],
+            "gateway": self.settings.gate.stats() if self.settings.gate is not None else {},
             "process": {**_process_figures(),
                         "relay_connections": relay.get("connections", 0),
                         "relay_connections_waiting": relay.get("connections_waiting", 0)},
@@ -137,7 +138,7 @@ class Interceptor:
         flow (`flows/add`): script addons come before the View in mitmweb's addon chain."""
         req = flow.request
         host = req.pretty_host
-        if host not in HANDLED_HOSTS:
+        if host not in HANDLED_HOSTS or flow.response is not None:  # refused (the gateway)
             return
         flow.metadata[META + ".host"] = host  # survives a vendor override
         held = credentials_held(req.headers)
@@ -232,8 +233,8 @@ class Interceptor:
     async def _request(self, flow: http.HTTPFlow):
         req = flow.request
         host = req.pretty_host  # parsed anew at each read: read once
-        if host not in HANDLED_HOSTS:
-            return
+        if host not in HANDLED_HOSTS or flow.response is not None:
+            return  # refused before its request hook (the gateway's 407 or 403)
         flow.metadata[META + ".host"] = host  # survives a vendor override
         held = self._held.pop(flow.id, {})
         endpoint = client_call(host, req.method, req.path)
@@ -275,6 +276,11 @@ class Interceptor:
             return self._reject(flow, fmt, call, 400, "model: a model name (string) is required")
         stream = endpoint.stream(body)
         call.requested(model, stream)
+        gate = self.settings.gate
+        if gate is not None and (refusal := await gate.admit(
+                call.row.user, model, req.headers.get("user-agent", ""))) is not None:
+            return self._reject(flow, fmt, call, 429, refusal.message,
+                                {"retry-after": str(refusal.retry_after)})
         config = rt.config
         candidates = plan(config, rt.providers, model,
                           user_agent=req.headers.get("user-agent", ""),
@@ -325,7 +331,8 @@ class Interceptor:
         rt = self.settings.runtime
         credentials = _joined(held)
         call = Call(flow.id, client_name(flow.request.headers), fmt, self._store,
-                    rt.forwarder.scrubber, credentials_of(credentials))
+                    rt.forwarder.scrubber, credentials_of(credentials),
+                    flow.metadata.get("detour.user", ""))
         call.client_subscription = subscription_login(credentials)
         self._calls[flow.id] = call
         return call
@@ -335,6 +342,8 @@ class Interceptor:
         self._calls.pop(row.flow_id, None)
         self._taps.pop(row.flow_id, None)
         self.settings.runtime.store.add(row)
+        if self.settings.gate is not None:
+            self.settings.gate.recorded(row)
 
     def _stopping(self) -> None:
         """The proxy stops (after the relay ended its jobs, before the store closes): every
@@ -493,14 +502,15 @@ class Interceptor:
 
     # ------------------------------------------------------------ endings
 
-    def _reject(self, flow, fmt: str, call: Call | None, status: int, message: str) -> None:
+    def _reject(self, flow, fmt: str, call: Call | None, status: int, message: str,
+                headers: dict[str, str] | None = None) -> None:
         """Bad input: an error in the client's own format; the proxy serves on. The call (if
         the flow is a model call, and not one already finished) ends with it."""
         mod = FORMATS[fmt]
         redact_credentials(flow.request.headers)
         flow.response = http.Response.make(status, mod.error_body(status, f"detour: {message}"),
                                            {"content-type": mod.JSON_CONTENT_TYPE,
-                                            ID_HEADER: flow.id})
+                                            ID_HEADER: flow.id, **(headers or {})})
         flow.comment = f"detour: rejected ({status}): {message}"
         flow.marked = MARK
         if call is not None and not call.done:

@@ -138,6 +138,8 @@ class CooldownBook:
         self._last_used: dict[str, float] = {}
         self._turns: dict[str, int] = {}
         self._changed: set[str] = set()
+        # told each key whose rest changed (the shared state publishes it to other processes)
+        self._listeners: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------ rests
 
@@ -148,7 +150,7 @@ class CooldownBook:
         current = self._rests.get(key)
         if current is None or until > current.until:
             self._rests[key] = Resting(until, reason, cause)
-            self._changed.add(key)
+            self._note(key)
 
     def fail(self, key: str, reason: Rest, seconds_for: Callable[[int], float],
              cause: str = "") -> float:
@@ -158,7 +160,7 @@ class CooldownBook:
         self._streaks[(key, reason)] = streak
         seconds = min(seconds_for(streak), self.MAX_SECONDS)
         self.cool(key, seconds, reason, cause)
-        self._changed.add(key)
+        self._note(key)
         return seconds
 
     def fail_transient(self, key: str, cap: float, cause: str = "") -> float:
@@ -178,7 +180,7 @@ class CooldownBook:
             for reason in Rest:
                 had |= self._streaks.pop((k, reason), None) is not None
             if had:
-                self._changed.add(k)
+                self._note(k)
 
     def rest(self, key: str, model: str | None = None, now: float | None = None
              ) -> Resting | None:
@@ -220,10 +222,10 @@ class CooldownBook:
         ended = sorted(k for k in self._rests if match(k))
         for k in ended:
             del self._rests[k]
-            self._changed.add(k)
+            self._note(k)
         for k, reason in [s for s in self._streaks if match(s[0])]:
             del self._streaks[(k, reason)]
-            self._changed.add(k)
+            self._note(k)
         return ended
 
     # ------------------------------------------------------------ choosing among the ready
@@ -241,7 +243,52 @@ class CooldownBook:
         self._turns[group] = turn + 1
         return turn
 
+    def set_turn(self, group: str, turn: int) -> None:
+        """The group's next turn is `turn` (taken from the turns every process shares)."""
+        self._turns[group] = turn
+
     # ------------------------------------------------------------ persistence
+
+    def _note(self, key: str) -> None:
+        self._changed.add(key)
+        for listener in self._listeners:
+            listener(key)
+
+    def watch(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(key)` whenever the rest (or failure streak) of `key` changes here."""
+        self._listeners.append(listener)
+
+    def unwatch(self, listener: Callable[[str], None]) -> None:
+        self._listeners.remove(listener)
+
+    def snapshot(self, key: str) -> tuple[float, str, str, int] | None:
+        """`key`'s rest as (wall-clock deadline, reason, cause, streak), None if it has none."""
+        r = self._rests.get(key)
+        if r is None:
+            return None
+        return (time.time() + (r.until - time.monotonic()), r.reason.value, r.cause,
+                self._streaks.get((key, r.reason), 0))
+
+    def apply_shared(self, key: str, rest: tuple[float, str, str, int] | None) -> None:
+        """Another process's news of `key` (addons/shared_state.py): a rest (kept if it ends
+        later than the one known here) or its end. Listeners are not told: it came from them."""
+        if rest is None:
+            self._rests.pop(key, None)
+            for reason in Rest:
+                self._streaks.pop((key, reason), None)
+            return
+        until, reason, cause, streak = rest
+        try:
+            kind = Rest(reason)
+        except ValueError:
+            return
+        left = min(until - time.time(), self.MAX_SECONDS)
+        current = self._rests.get(key)
+        deadline = time.monotonic() + left
+        if left > 0 and (current is None or deadline > current.until):
+            self._rests[key] = Resting(deadline, kind, cause)
+        if streak > self._streaks.get((key, kind), 0):
+            self._streaks[(key, kind)] = streak
 
     @property
     def changed(self) -> bool:

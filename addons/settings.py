@@ -78,6 +78,8 @@ class DetourSettings:
         self._relay_started = asyncio.Event()
         # why the last edit of config.yaml was refused, until an edit loads (for /healthz)
         self.config_error: str | None = None
+        # the team gateway (addons/gateway.py): users' limits, asked before a call is routed
+        self.gate = None
 
     def load(self, loader):
         loader.add_option(
@@ -209,7 +211,11 @@ class DetourSettings:
             providers = build_providers(config)
             store = rests = None
             if self.runtime is None:
-                store = UsageStore(home / "detour.db")
+                if config.database:  # imported only then: psycopg is not small
+                    from addons.usage_postgres import PostgresUsageStore
+                    store = PostgresUsageStore(config.database, home)
+                else:
+                    store = UsageStore(home / "detour.db")
                 cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
                 rests = CooldownStore(home / "detour.db", cooldowns)
                 rests.load()  # and restarts

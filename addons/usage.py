@@ -60,6 +60,7 @@ USAGE_COLUMNS = {
     "stream": int,
     "error": str,
     "route": str,  # JSON list of attempts: provider, account, model, status, ms, error
+    "user": str,  # the gateway user who made the call (detour user add); "" without users
 }
 ROW_COLUMNS = tuple(name for name in USAGE_COLUMNS if name != "id")
 _INSERT = (f"INSERT INTO usage ({', '.join(ROW_COLUMNS)}) "
@@ -107,6 +108,7 @@ class UsageRow:
     price_source: str | None = None
     # not a column: set when the writer is to price the row (the provider's URL, or "")
     price_url: str | None = None
+    user: str = ""
 
     def as_record(self) -> dict:
         # not dataclasses.asdict: it deep-copies `route`, which is written as JSON here anyway
@@ -350,6 +352,22 @@ class UsageStore:
         if rows or rejected:
             self._spill([{"row": rec} for rec in rows]
                         + [{"row": rec, "rejected": reason} for rec, reason in rejected])
+
+    def spent_by_user(self, users: list[str], now: float) -> dict[str, tuple[int, float]]:
+        """Each user's tokens today and cost_usd this month (UTC) in the stored rows: what
+        their limits have counted before this start."""
+        day = time.strftime("%Y-%m-%d", time.gmtime(now))
+        conn = self._connect()
+        try:
+            rows = conn.execute(
+                "SELECT user, SUM(CASE WHEN ts >= ? THEN COALESCE(input_tokens, 0) + "
+                "COALESCE(output_tokens, 0) + COALESCE(cache_read_tokens, 0) + "
+                "COALESCE(cache_write_tokens, 0) ELSE 0 END), SUM(COALESCE(cost_usd, 0)) "
+                "FROM usage WHERE ts >= ? AND user IN (SELECT value FROM json_each(?)) "
+                "GROUP BY user", (day, day[:7], json.dumps(users))).fetchall()
+        finally:
+            conn.close()
+        return {user: (int(tokens or 0), float(usd or 0)) for user, tokens, usd in rows}
 
     # ------------------------------------------------------------ writing
 

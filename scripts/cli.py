@@ -14,6 +14,7 @@ from scripts.options import Settings
 from scripts.proxy import env, up
 from scripts.usage import usage
 from scripts.status import status
+from scripts.users import user
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,3 +60,4 @@ cli.add_command(run)
 cli.add_command(stop)
 cli.add_command(status)
 cli.add_command(doctor)
+cli.add_command(user)

@@ -215,6 +215,9 @@ def env_hint(settings: Settings, host: str, port: int, shell: str) -> str:
     help="mitmweb UI port (with --web).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No banner; mitmproxy logs errors only.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="mitmdump processes on the one port (SO_REUSEPORT), one per core; share "
+              "their state with `state: redis://...` in config.yaml.")
 @click.option(
     "--allow-remote",
     is_flag=True,
@@ -229,6 +232,7 @@ def up(
     web_port: int,
     quiet: bool,
     allow_remote: bool,
+    workers: int = 1,
 ):
     """Run the proxy: mitmdump (or mitmweb with --web) with the detour router.
 
@@ -241,6 +245,8 @@ def up(
         # in another shell:
         eval "$(detour env)" && claude
     """
+    if workers > 1 and web:
+        raise DetourError("--workers runs mitmdump processes: drop --web (one mitmweb per port)")
     if not is_loopback(host):
         warning = (
             f"listening on {host} exposes the proxy to the network, and it has no"
@@ -279,6 +285,10 @@ def up(
         click.echo("\n".join(banner), err=True)
     sys.stdout.flush()
     sys.stderr.flush()
+    if workers > 1:
+        from scripts.workers import run_workers, worker_argv
+        mitmdump_args = argv[len(mitmproxy_command("mitmdump")):]
+        sys.exit(run_workers(worker_argv(mitmdump_args), workers))
     # exec, not a child: Ctrl-C and SIGTERM go straight to mitmproxy, which shuts down cleanly
     os.execv(argv[0], argv)
 
