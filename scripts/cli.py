@@ -6,6 +6,7 @@ import click
 
 from addons.config import home_dir
 from certs.ca import DEFAULT_CONFDIR
+from scripts.account import account
 from scripts.certs import certs
 from scripts.config import config
 from scripts.options import Settings
@@ -48,3 +49,4 @@ cli.add_command(up)
 cli.add_command(env)
 cli.add_command(certs)
 cli.add_command(config)
+cli.add_command(account)
