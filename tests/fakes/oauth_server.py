@@ -57,6 +57,7 @@ class FakeOAuth(FakeServer):
         self.pending_polls = 2  # authorization_pending answers before a device code is approved
         self.expire_device = False
         self.after_token = None
+        self.after_use = None  # called right after a /userinfo answer was written
         self._ids = itertools.count(1)
         self._codes: dict[str, dict] = {}
         self._devices: dict[str, dict] = {}
@@ -237,6 +238,8 @@ class FakeOAuth(FakeServer):
         hook = self.after_token
         if hook is not None and received.method == "POST" and received.route.endswith("/token"):
             hook()
+        if self.after_use is not None and received.route.endswith("/userinfo"):
+            self.after_use()
         return out
 
 
