@@ -6,6 +6,7 @@ a second."""
 import asyncio
 import sys
 import time
+import webbrowser
 
 import click
 import httpx
@@ -14,10 +15,13 @@ from rich.table import Table
 
 from addons import formats
 from addons.config import ConfigError, load_config
+from addons.credentials import logins, oauth
+from addons.credentials.logins import LoginFailed
 from addons.credentials.provider import CredentialProvider, NeedsLogin, RefreshFailed
 from addons.credentials.store import (API_KEY, OAUTH, AccountError, AccountStore,
                                       StoredAccount)
 from addons.credentials.vault import VaultError
+from addons.credentials.vendors import VENDORS
 from addons.routing import Account, account_label
 from scripts.options import DetourError, Settings, output_options, pass_settings
 
@@ -370,3 +374,80 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
         return False, f"HTTP {resp.status_code} from {url}: {text}"
     finally:
         await creds.aclose()
+
+
+@account.command()
+@click.argument("vendor", type=click.Choice(sorted(VENDORS)))
+@click.option("--name", help="Its name within the provider (default login-N); logging in "
+              "again under a taken name replaces that login.")
+@click.option("--provider", help="The config.yaml provider it joins (default: VENDOR).")
+@click.option("--priority", type=click.IntRange(0), default=1, show_default=True,
+              help="Its group: lower groups are asked first.")
+@click.option("--no-browser", is_flag=True,
+              help="Print the URL (or device code) instead of opening a browser: for a remote "
+                   "machine (forward the callback port, e.g. ssh -L 1455:localhost:1455).")
+@pass_settings
+def login(settings: Settings, vendor: str, name: str | None, provider: str | None,
+          priority: int, no_browser: bool):
+    """Log in to a subscription with the vendor's own OAuth flow; the tokens are stored
+    encrypted and refreshed by detour from then on (the CLI's own refresh calls are answered
+    from detour's store while the proxy runs).
+
+    \b
+    Example:
+        detour account login claude --name work
+        detour account login codex --no-browser
+        detour account login qwen                 # prints a code to enter on chat.qwen.ai
+    """
+    v = VENDORS[vendor]
+    provider = provider or vendor
+    try:
+        providers = load_config(settings.config_path).providers
+    except ConfigError:
+        providers = {}
+    spec = providers.get(provider)
+    if spec is not None and spec.kind not in v.kinds:
+        raise DetourError(f"provider {provider!r} is kind {spec.kind}; a {vendor} login serves "
+                          f"kind {' or '.join(v.kinds)} (use --provider)")
+    store = open_store(settings)
+    try:
+        store.check_key()
+    except VaultError as e:
+        raise _fail(e) from None
+    console = Console(stderr=True)
+    try:
+        done = asyncio.run(_login(v, console, no_browser))
+    except KeyboardInterrupt:
+        raise DetourError("login cancelled; nothing was stored") from None
+    except (LoginFailed, oauth.OAuthError, oauth.TokenEndpointUnreachable) as e:
+        raise DetourError(f"{vendor} login failed: {e}") from None
+    try:
+        acct = store.add(provider, name, OAUTH, done.secrets, vendor=vendor, priority=priority,
+                         expires_at=done.expires_at, replace=bool(name), **done.meta)
+    except (AccountError, VaultError) as e:
+        raise _fail(e) from None
+    who = done.meta.get("email") or done.meta.get("account_id") or ""
+    click.echo(f"logged in: {provider}/{acct.name}" + (f" ({who})" if who else ""))
+    if spec is None:
+        click.echo(f"note: {settings.config_path} has no provider {provider!r} yet; add one of "
+                   f"kind {v.kinds[0]} for this login to serve calls", err=True)
+
+
+async def _login(v, console: Console, no_browser: bool):
+    async def open_url(url: str) -> None:
+        if no_browser or not await asyncio.to_thread(webbrowser.open, url):
+            console.print(f"Open this URL to log in to {v.title}:\n\n  {url}\n", soft_wrap=True)
+        else:
+            console.print(f"A browser was opened to log in to {v.title}. If not, open:\n"
+                          f"  {url}", soft_wrap=True)
+
+    async def notify(dc) -> None:
+        url = dc.verification_uri_complete or dc.verification_uri
+        console.print(f"To log in to {v.title}, open {url}\nand enter the code:  "
+                      f"[bold]{dc.user_code}[/]", soft_wrap=True)
+        if not no_browser:
+            await asyncio.to_thread(webbrowser.open, url)
+
+    async with httpx.AsyncClient(trust_env=False) as http:
+        with console.status("Waiting for the login to complete (Ctrl-C cancels)..."):
+            return await logins.login(v, http, open_url, notify)
