@@ -15,7 +15,7 @@ from rich.table import Table
 
 from addons import formats
 from addons.config import ConfigError, load_config
-from addons.credentials import logins, oauth
+from addons.credentials import importers, logins, oauth
 from addons.credentials.logins import LoginFailed
 from addons.credentials.provider import CredentialProvider, NeedsLogin, RefreshFailed
 from addons.credentials.store import (API_KEY, OAUTH, AccountError, AccountStore,
@@ -198,7 +198,12 @@ def list_(settings: Settings, as_json: bool):
         table.add_row(r["provider"], r["name"], r["kind"], f"[{style}]{state}[/]" if style
                       else state, str(r["priority"]), plan, r["expires"], r["cooldown"],
                       r["last_error"], r["source"])
-    Console(width=max(120, Console().width)).print(table)
+    _console().print(table)
+
+
+def _console() -> Console:
+    """Wide enough for a row per account even when the terminal (or a pipe) says 80."""
+    return Console(width=max(160, Console().width))
 
 
 def _stored(store: AccountStore, provider: str, name: str) -> StoredAccount:
@@ -451,3 +456,65 @@ async def _login(v, console: Console, no_browser: bool):
     async with httpx.AsyncClient(trust_env=False) as http:
         with console.status("Waiting for the login to complete (Ctrl-C cancels)..."):
             return await logins.login(v, http, open_url, notify)
+
+
+@account.command("import")
+@click.argument("vendor", required=False, type=click.Choice(sorted(importers.READERS)))
+@click.option("--provider", help="The config.yaml provider it joins (default: the vendor).")
+@click.option("--name", help="Its name (default imported-N).")
+@click.option("--yes", is_flag=True, help="Import without asking.")
+@pass_settings
+def import_(settings: Settings, vendor: str | None, provider: str | None, name: str | None,
+            yes: bool):
+    """Adopt the logins the CLIs hold on this machine (Claude Code, Codex, Gemini CLI, Qwen
+    Code), after showing what was found. detour then refreshes them; their files are left
+    as they are.
+
+    \b
+    Example:
+        detour account import            # every CLI's login found
+        detour account import codex --yes
+    """
+    found = importers.find([vendor] if vendor else None)
+    if not found:
+        click.echo("no CLI login found" + (f" for {vendor}" if vendor else ""))
+        return
+    store = open_store(settings)
+    held = {}
+    try:
+        for a in store.accounts(secrets=True):
+            if a.kind == OAUTH:
+                held[a.secrets.get("refresh_token")] = a
+    except VaultError as e:
+        raise _fail(e) from None
+    table = Table(box=None, header_style="bold")
+    for col in ("login", "file", "account", "expires", ""):
+        table.add_column(col, overflow="fold")
+    todo = []
+    for f in found:
+        same = held.get(f.secrets.get("refresh_token"))
+        note = f"already held as {same.provider}/{same.name}" if same else "new"
+        who = " ".join(x for x in (f.meta.get("email"), f.meta.get("plan")) if x)
+        table.add_row(VENDORS[f.vendor].title, str(f.path), who, _when(f.expires_at), note)
+        if same is None:
+            todo.append(f)
+    _console().print(table)
+    if not todo:
+        return
+    if not yes and not click.confirm(f"Import {len(todo)} login(s) into {store.path}?",
+                                     default=True):
+        click.echo("nothing imported")
+        return
+    for f in todo:
+        target = provider or f.vendor
+        try:
+            acct = store.add(target, name or _free_name(store, target), OAUTH, f.secrets,
+                             vendor=f.vendor, expires_at=f.expires_at, **f.meta)
+        except (AccountError, VaultError) as e:
+            raise _fail(e) from None
+        click.echo(f"imported {target}/{acct.name} from {f.path}")
+
+
+def _free_name(store: AccountStore, provider: str) -> str:
+    taken = {a.name for a in store.accounts(provider)}
+    return next(f"imported-{i}" for i in range(1, len(taken) + 2) if f"imported-{i}" not in taken)
