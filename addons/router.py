@@ -12,9 +12,10 @@ _root = str(Path(__file__).resolve().parent.parent)
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
+from addons.credentials.owner import TokenOwner  # noqa: E402
 from addons.intercept import Interceptor  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
 from addons.settings import DetourSettings  # noqa: E402
 
 _settings = DetourSettings()
-addons = [_settings, Interceptor(_settings), OperatorCommands(_settings)]
+addons = [_settings, Interceptor(_settings), OperatorCommands(_settings), TokenOwner(_settings)]

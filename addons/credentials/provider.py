@@ -13,6 +13,7 @@ re-requested). `invalid_grant` marks the account `needs_login`: routing skips it
 """
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -112,6 +113,26 @@ class CredentialProvider:
             self._http = None
 
     # ------------------------------------------------------------ what the request path asks
+
+    def vendors(self) -> set[str]:
+        """The logins (vendors) held now."""
+        return {h.account.vendor for h in self._held.values()}
+
+    def holds(self, account_id: int) -> bool:
+        return account_id in self._held
+
+    def token_answer(self, account, refresh_token: str) -> bytes:
+        """A token endpoint's answer for a CLI asking to refresh a login detour holds: the
+        current access token, and the CLI's own refresh token back (detour's chain is never
+        handed out)."""
+        held = self._held[account.stored_id]
+        exp = held.account.expires_at
+        out = {"access_token": held.secrets.get("access_token", ""), "token_type": "Bearer",
+               "refresh_token": refresh_token,
+               "expires_in": max(0, int(exp - time.time())) if exp else 3600}
+        if held.secrets.get("id_token"):
+            out["id_token"] = held.secrets["id_token"]
+        return json.dumps(out).encode()
 
     def is_oauth(self, account) -> bool:
         return account is not None and account.stored_id in self._held
@@ -216,7 +237,7 @@ class CredentialProvider:
                 return
             if row is not None and row.state == NEEDS_LOGIN:
                 held.account = row
-                raise NeedsLogin(self.unusable(_Ref(acct.id)))
+                raise NeedsLogin(self.unusable(AccountRef(acct.id)))
             vendor = VENDORS.get(acct.vendor)
             if vendor is None:
                 raise RefreshFailed(f"{acct.provider}/{acct.name}: no refresh for login "
@@ -281,7 +302,7 @@ class CredentialProvider:
                 row = await asyncio.to_thread(self.store.by_id, held.account.id)
                 self._adopt(held, row, secrets, generation)
                 if row is not None and row.state == NEEDS_LOGIN:
-                    raise NeedsLogin(self.unusable(_Ref(row.id)))
+                    raise NeedsLogin(self.unusable(AccountRef(row.id)))
                 return
         raise RefreshFailed("another process is refreshing this account's token")
 
@@ -291,7 +312,7 @@ class CredentialProvider:
         acct.state, acct.last_error = NEEDS_LOGIN, why
         log.warning("detour: %s/%s needs a new login: %s", acct.provider, acct.name, why)
         self.on_change()
-        raise NeedsLogin(self.unusable(_Ref(acct.id)))
+        raise NeedsLogin(self.unusable(AccountRef(acct.id)))
 
     # ------------------------------------------------------------ background
 
@@ -316,5 +337,7 @@ class CredentialProvider:
 
 
 @dataclass(frozen=True)
-class _Ref:
+class AccountRef:
+    """A stored account by its id, where no routing Account is at hand (messages, owner.py)."""
+
     stored_id: int

@@ -17,6 +17,8 @@ Migrations: `detour_meta.accounts_schema` is the schema version; `MIGRATIONS[i]`
 database from version i to i + 1.
 """
 
+import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -50,7 +52,26 @@ def _v1(db: sqlite_utils.Database) -> None:
     db[TABLE].create_index(["provider", "name"], unique=True)
 
 
-MIGRATIONS = (_v1,)
+def _v2(db: sqlite_utils.Database) -> None:
+    # fingerprints (SHA-256) of every refresh token an account has held: a CLI still holding
+    # an earlier one of the chain is recognised when it asks to refresh (owner.py)
+    db[TABLE].add_column("refresh_hashes", str)
+
+
+MIGRATIONS = (_v1, _v2)
+KEPT_HASHES = 20
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _with_hash(current: str | None, secrets: dict) -> str | None:
+    hashes = json.loads(current) if current else []
+    token = secrets.get("refresh_token")
+    if token and token_hash(token) not in hashes:
+        hashes.append(token_hash(token))
+    return json.dumps(hashes[-KEPT_HASHES:]) if hashes else current
 
 
 @dataclass
@@ -245,6 +266,31 @@ class AccountStore:
             db.close()
         return StoredAccount.of(rows[0]) if rows else None
 
+    def holding(self, vendor: str, refresh_token: str) -> StoredAccount | None:
+        """The account of this vendor whose chain of refresh tokens includes this one (the
+        one a CLI kept when detour adopted its login), if any."""
+        h = token_hash(refresh_token)
+        for acct, hashes in self._hashes(vendor):
+            if h in hashes:
+                return acct
+        return None
+
+    def vendors_held(self) -> set[str]:
+        db = self._db()
+        try:
+            return {r[0] for r in db.execute(
+                f"SELECT DISTINCT vendor FROM {TABLE} WHERE kind = ?", [OAUTH]).fetchall()}
+        finally:
+            db.close()
+
+    def _hashes(self, vendor: str):
+        db = self._db()
+        try:
+            rows = list(db[TABLE].rows_where("vendor = ? AND kind = ?", [vendor, OAUTH]))
+        finally:
+            db.close()
+        return [(StoredAccount.of(r), json.loads(r["refresh_hashes"] or "[]")) for r in rows]
+
     def secrets_of(self, account_id: int) -> tuple[dict, int]:
         """An account's secrets, decrypted, and their generation."""
         db = self._db()
@@ -279,6 +325,9 @@ class AccountStore:
             fields = {"kind": kind, "vendor": vendor, "secret": token, "expires_at": expires_at,
                       "state": READY, "last_error": None, "updated": now,
                       **{k: v for k, v in meta.items() if v is not None}}
+            old = db.execute(f"SELECT refresh_hashes FROM {TABLE} WHERE provider = ? AND "
+                             "name = ?", [provider, chosen]).fetchone()
+            fields["refresh_hashes"] = _with_hash(old[0] if old else None, secrets)
             if chosen in taken:
                 if not replace:
                     raise AccountError(f"provider {provider!r} already has an account named "
@@ -371,6 +420,9 @@ class AccountStore:
                   **{k: v for k, v in meta.items() if v is not None}}
 
         def swap(db):
+            old = db.execute(f"SELECT refresh_hashes FROM {TABLE} WHERE id = ?",
+                             [account_id]).fetchone()
+            fields["refresh_hashes"] = _with_hash(old[0] if old else None, secrets)
             done = db.execute(
                 f"UPDATE {TABLE} SET {', '.join(f'{k} = ?' for k in fields)}, "
                 "generation = generation + 1 WHERE id = ? AND generation = ?",

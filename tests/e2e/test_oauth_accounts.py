@@ -52,7 +52,8 @@ def setup(confdir, tmp_path_factory, auth, vendor):
     os.environ.setdefault("DETOUR_KEY_BACKEND", "file")
     store = AccountStore(home / "detour.db")
     # logged in, the access token already expired: the first calls refresh it
-    first = store.add("claude", "first", OAUTH, auth.grant(), vendor="claude",
+    first_tokens = auth.grant()  # as Claude Code held them when detour adopted the login
+    first = store.add("claude", "first", OAUTH, first_tokens, vendor="claude",
                       expires_at=time.time() - 60, email="first@example.com", plan="max")
     second = store.add("claude", "second", OAUTH, auth.grant(), vendor="claude",
                        priority=2, expires_at=time.time() + 3600)
@@ -63,6 +64,7 @@ routes:
   claude-sub: [claude/*]
 """
     proxy = start_proxy(confdir, home, config, env=env(auth))
+    proxy.first_tokens = first_tokens
     yield proxy, store, first, second
     proxy.mitm.stop()
 
@@ -87,6 +89,25 @@ def test_expired_token_one_refresh_for_concurrent_calls(setup, auth, vendor):
                                                           "oauth-2025-04-20"]
     assert {proxy.row_of(r)["account"] for r in answers} == {"db:first"}
     assert "client-own-key" not in json.dumps([r.headers for r in sent])
+
+
+@pytest.mark.parametrize("host", ["platform.claude.com", "console.anthropic.com"])
+def test_the_clis_own_refresh_is_answered_from_the_store(setup, auth, host):
+    """One owner per login: Claude Code refreshing the login detour adopted gets detour's
+    current access token and its own refresh token back; nothing is spent at the vendor."""
+    proxy, store, first, _ = setup
+    kept = proxy.first_tokens["refresh_token"]
+    calls = auth.refresh_calls
+    with proxy.client() as c:
+        r = c.post(f"https://{host}/v1/oauth/token", json={
+            "grant_type": "refresh_token", "refresh_token": kept,
+            "client_id": "9d1c250a-e61b-44d9-88ed-5944d1962f5e"})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["access_token"] == store.secrets_of(first.id)[0]["access_token"]
+    assert answer["refresh_token"] == kept and answer["expires_in"] > 3000
+    assert auth.refresh_calls == calls
+    assert auth.accepts(answer["access_token"])
 
 
 def test_refused_token_is_refreshed_once_and_retried(setup, auth, vendor):
