@@ -153,9 +153,14 @@ class AccountStore:
                 raise
         finally:
             db.close()
-        if os.stat(self.path).st_mode & 0o077:
-            os.chmod(self.path, 0o600)  # the database holds no plain secret, but rests and
-            # usage are the user's business
+        # the database holds no plain secret, but rests and usage are the user's business
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"),
+                     self.path.with_name(self.path.name + "-shm")):
+            try:
+                if os.stat(path).st_mode & 0o077:
+                    os.chmod(path, 0o600)
+            except FileNotFoundError:
+                pass
 
     @staticmethod
     def _meta(db, key: str) -> str | None:

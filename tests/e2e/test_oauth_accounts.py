@@ -4,6 +4,7 @@ on an expired token make one refresh; a token the vendor refuses (401) is refres
 the call retried on the same account; a spent login (invalid_grant) is marked needs_login,
 skipped, shown by `detour account list`, and named in the client's error."""
 
+import base64
 import json
 import os
 import time
@@ -12,13 +13,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from click.testing import CliRunner
 
-from addons.credentials.store import OAUTH, AccountStore
+from addons.credentials.store import API_KEY, OAUTH, AccountStore
 from scripts.cli import cli
 from tests.e2e.conftest import start_proxy
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.oauth_server import AcceptedTokens, FakeOAuth
 
 URL = "https://api.anthropic.com/v1/messages"
+SPARE_KEY = "sk-ant-api03-stored-spare-key-5e7a9c1b3d5f7a9c"
 BODY = {"model": "claude-sub", "max_tokens": 20, "messages": [{"role": "user",
                                                                 "content": "hi"}]}
 HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "client-own-key-not-real",
@@ -57,6 +59,7 @@ def setup(confdir, tmp_path_factory, auth, vendor):
                       expires_at=time.time() - 60, email="first@example.com", plan="max")
     second = store.add("claude", "second", OAUTH, auth.grant(), vendor="claude",
                        priority=2, expires_at=time.time() + 3600)
+    store.add("claude", "spare-key", API_KEY, {"api_key": SPARE_KEY}, priority=3)
     config = f"""
 providers:
   claude: {{kind: anthropic, base_url: "{vendor.base_url}"}}
@@ -147,3 +150,34 @@ def test_spent_login_needs_login_and_is_skipped(setup, auth, vendor):
     message = r.json()["error"]["message"]
     assert "needs login" in message and "detour account login claude --name first" in message
     assert second_refresh not in r.text and token not in r.text
+
+
+def encodings(secret: str) -> list[bytes]:
+    """A secret as it could sit in a file: itself, hex, and base64 (standard and URL-safe) at
+    each of the three alignments it can have inside a longer encoded blob."""
+    raw = secret.encode()
+    out = [raw, raw.hex().encode(), raw.hex().upper().encode()]
+    for lead in range(3):
+        for enc in (base64.b64encode, base64.urlsafe_b64encode):
+            text = enc(b"\0" * lead + raw)
+            # the characters that depend on the lead bytes or the padding are left out
+            out.append(text[(lead * 4 + 2) // 3 + (1 if lead else 0):-4 or None])
+    return [o for o in out if len(o) >= 12]
+
+
+def test_secrets_are_encrypted_at_rest(setup, auth):
+    proxy, *_ = setup
+    proxy.rows()  # the usage rows are flushed by now
+    secrets = set(auth.issued_access) | set(auth.issued_refresh) | {SPARE_KEY}
+    assert len(secrets) >= 6
+    files = [p for p in proxy.home.rglob("*") if p.is_file()]
+    assert {"detour.db", "credentials.key", "config.yaml"} <= {p.name for p in files}
+    for path in files:
+        data = path.read_bytes()
+        for secret in secrets:
+            for form in encodings(secret):
+                assert form not in data, f"{path.name} holds a secret ({form[:12]!r}...)"
+    for name in ("credentials.key", "detour.db", "detour.db-wal"):
+        path = proxy.home / name
+        if path.exists():
+            assert oct(path.stat().st_mode & 0o777) == "0o600", name

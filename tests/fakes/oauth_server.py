@@ -65,6 +65,7 @@ class FakeOAuth(FakeServer):
         self._refresh: dict[str, dict] = {}
         self._access: dict[str, dict] = {}  # access token -> {"refresh": its refresh token}
         self.issued_access: list[str] = []
+        self.issued_refresh: list[str] = []
         self.tokens_issued = self.refresh_calls = self.code_calls = self.device_polls = 0
         self.oauth_lock = threading.Lock()
 
@@ -114,6 +115,7 @@ class FakeOAuth(FakeServer):
         if parent is not None:
             self._refresh[parent]["successor"] = refresh
         self.issued_access.append(access)
+        self.issued_refresh.append(refresh)
         self.tokens_issued += 1
         return {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
                 "expires_in": self.expires_in, "scope": "user:inference"}
