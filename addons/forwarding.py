@@ -29,6 +29,7 @@ import orjson
 from addons import formats, policies
 from addons.call import Call
 from addons.config import DIRECT, Config, Provider, Timeouts
+from addons.credentials.provider import NeedsLogin, RefreshFailed
 from addons.decoding import BoundedDecoder, TooLarge
 from addons.failure_policy import (ErrorBody, Failed, Scope, Verdict, Weight, rest_seconds,
                                    skipped_weight, vendor_wait, verdict)
@@ -58,7 +59,7 @@ NOT_CONTENT = (canonical.MessageStart, canonical.Ping)
 PASSTHROUGH_TIMEOUTS = Timeouts()
 # Attempt fields that are bookkeeping, not the route story a usage row keeps
 NOT_IN_ROUTE = frozenset({"key", "rest_model", "retry_after", "failed", "verdict", "weight",
-                          "error_body"})
+                          "error_body", "token_generation"})
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Attempt:
     rest: str | None = None  # the rest it earned (or, skipped, the rest it was in): a Rest value
     despite_rest: bool = False  # resting for a transient failure, asked since all others rest
     over_budget: bool = False  # a whole call out of its total time: the route stops there
+    reauthorized: bool = False  # an OAuth token refused (401), refreshed, asked again
     unreachable: bool = False  # no connection could be made (refused, no route, TLS failure)
     rest_s: float | None = None  # how long the rest it earned lasts (seconds)
     rest_scope: str | None = None  # what it rests: "model" (this account for this model) or
@@ -133,6 +135,7 @@ class Attempt:
     # what its failure (or, skipped, its rest) means: failure_policy.py
     verdict: Verdict | None = field(default=None, repr=False)
     weight: Weight = field(default=Weight.FAILED, repr=False)
+    token_generation: int = field(default=0, repr=False)  # the OAuth token's version sent
 
     @property
     def tried(self) -> bool:
@@ -197,6 +200,8 @@ class Forwarder:
         self.recent_errors = RecentErrors()
         self.scrubber = SecretScrubber()  # the configuration's secrets (settings sets it)
         self._clients: dict[tuple, httpx.AsyncClient] = {}
+        # stored accounts' credentials (addons/credentials): OAuth tokens, kept fresh
+        self.credentials = None
 
     # mitmproxy's own upstream proxy (`--mode upstream:URL`, credentials in the URL), if any:
     # providers without a `proxy:` of their own are reached through it, as every other flow is
@@ -298,7 +303,9 @@ class Forwarder:
                 if h in job.client_headers:
                     headers[h] = job.client_headers[h]
         query: dict[str, str] = {}
-        if cand.account.secret:
+        if self.credentials is not None and cand.account.stored_id is not None:
+            self.credentials.put_on(cand.account, kind, dialect, headers, query)
+        elif cand.account.secret:
             formats.credential_of(kind, dialect).apply(cand.account.secret, headers, query)
         headers["accept"] = "text/event-stream" if job.stream else "application/json"
         headers.update(spec.headers)
@@ -341,7 +348,7 @@ class Forwarder:
             if att is not None:
                 attempts.append(att)
                 rest = self.cooldowns.rest(att.key, att.rest_model)
-                if rest.reason is Rest.TRANSIENT and (spare is None or rest.until < spare[0]):
+                if rest is not None and rest.reason is Rest.TRANSIENT and (spare is None or rest.until < spare[0]):
                     spare = (rest.until, cand, att)
                 continue
             att = self.fresh_attempt(job, cand)
@@ -371,6 +378,11 @@ class Forwarder:
         """A candidate not asked because it rests, as the route tells it; None if it does not."""
         key = self.cooldown_key(job, cand)
         rest_model = cand.model if cand.provider is not None else None
+        why = self.credentials.unusable(cand.account) if self.credentials else None
+        if why is not None:  # a spent login: never asked, and the client is told why
+            return Attempt(cand.provider_name, cand.account_label, cand.model, skipped=True,
+                           rest=Rest.AUTH.value, key=key, rest_model=rest_model,
+                           weight=Weight.RESTING, error=why)
         rest = self.cooldowns.rest(key, rest_model)
         if rest is None:
             return None
@@ -392,6 +404,15 @@ class Forwarder:
         self.cooldowns.used(att.key)
         try:
             opened = await self._try(job, cand, att)
+            if (opened is None and att.status == 401 and self.credentials is not None
+                    and self.credentials.is_oauth(cand.account)
+                    and await self.credentials.after_unauthorized(cand.account,
+                                                                  att.token_generation)):
+                # an OAuth token refused: one refresh, one more try on the same account
+                att.status = att.error = att.failed = att.retry_after = None
+                att.error_body = ErrorBody()
+                att.reauthorized = True
+                opened = await self._try(job, cand, att)
         finally:
             att.ms = round((time.perf_counter() - t0) * 1000, 1)
         if opened is not None:
@@ -422,6 +443,22 @@ class Forwarder:
             att.status = 400
             att.failed = Failed.UNTRANSLATABLE
             return None
+        creds = self.credentials
+        if creds is not None and creds.is_oauth(cand.account):
+            try:
+                await creds.fresh(cand.account)  # waits only for an expired token's refresh
+            except NeedsLogin as e:
+                att.status, att.error = 401, str(e)
+                return None
+            except RefreshFailed as e:
+                att.error, att.failed = str(e), Failed.BROKEN
+                return None
+            att.token_generation = creds.generation(cand.account)
+            headers = dict(headers)  # the built request keeps no token: it may be refreshed
+            spec = cand.provider.spec
+            kind = formats.provider_kind(spec.kind)
+            creds.put_on(cand.account, kind, formats.dialect_name(spec.dialect, spec.base_url)
+                         if kind.dialects else None, headers, {})
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
         client = self.client(spec)

@@ -14,6 +14,7 @@ if _root not in sys.path:
 
 from addons.instance import ProxyInstance  # noqa: E402
 from addons.gateway import Gateway  # noqa: E402
+from addons.credentials.owner import TokenOwner  # noqa: E402
 from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
@@ -22,4 +23,5 @@ from addons.untouched import UntouchedCalls  # noqa: E402
 
 _settings = DetourSettings()
 addons = [_settings, ProxyInstance(_settings), Gateway(_settings), Interceptor(_settings),
-          OperatorCommands(_settings), UntouchedCalls(_settings), MetricsServer(_settings)]
+          OperatorCommands(_settings), UntouchedCalls(_settings), MetricsServer(_settings),
+          TokenOwner(_settings)]

@@ -30,6 +30,10 @@ class Account:
     name: str = "account 1"
     priority: int = 1  # its group: lower groups are asked first
     disabled: bool = False  # kept (its secret is scrubbed, operators see it), never asked
+    # an account of detour's own store (`detour account add|login`): its id there; its
+    # credential comes from addons/credentials (an OAuth token is refreshed), `secret` is the
+    # one current when the providers were built
+    stored_id: int | None = None
 
     def __repr__(self) -> str:  # keep the secret out of any accidental log line
         return f"Account({self.label!r})"
@@ -51,8 +55,10 @@ class ProviderRuntime:
     accounts: tuple[Account, ...]
 
 
-def build_providers(config: Config) -> dict[str, ProviderRuntime]:
-    """Resolve every provider's secrets now (start or reload), naming the bad one if any."""
+def build_providers(config: Config, stored=()) -> dict[str, ProviderRuntime]:
+    """Resolve every provider's secrets now (start or reload), naming the bad one if any.
+    `stored`: accounts of detour's own store (addons/credentials, secrets decrypted), which
+    join their provider's list after its config.yaml keys."""
     out = {}
     for name, spec in config.providers.items():
         accounts = []
@@ -64,6 +70,11 @@ def build_providers(config: Config) -> dict[str, ProviderRuntime]:
                                                                            entry.disabled)
             accounts.append(Account(account_label(ref, secret, i), secret, f"account {i + 1}",
                                     priority, disabled))
+        for acct in stored:
+            if acct.provider == name:
+                accounts.append(Account(acct.label, acct.current_secret,
+                                        f"account {len(accounts) + 1}", acct.priority,
+                                        not acct.enabled, acct.id))
         out[name] = ProviderRuntime(name, spec, tuple(accounts))
     return out
 

@@ -22,6 +22,8 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.config import (CONFIG_NAME, PASSTHROUGH, Config, ConfigError, ensure_home, home_dir,
                            is_loopback, load_config, parse_config)
 from addons.cooldown_store import CooldownStore
+from addons.credentials.provider import CredentialProvider
+from addons.credentials.store import AccountStore
 from addons.forwarding import Forwarder
 from addons.relay import MAX_WAITING, ConditionLog, RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
@@ -80,6 +82,10 @@ class DetourSettings:
         self.config_error: str | None = None
         # the team gateway (addons/gateway.py): users' limits, asked before a call is routed
         self.gate = None
+        # accounts of detour's own store (`detour account ...`), joined to config.yaml's
+        self.credentials: CredentialProvider | None = None
+        self._accounts_revision: int | None = None
+        self._refresher: asyncio.Task | None = None
 
     def load(self, loader):
         loader.add_option(
@@ -208,7 +214,11 @@ class DetourSettings:
             else:
                 cfg_path = ensure_home(home)
             config = load_config(cfg_path)
-            providers = build_providers(config)
+            if self.credentials is None:
+                self.credentials = CredentialProvider(AccountStore(home / "detour.db"),
+                                                      self.accounts_changed)
+            self._accounts_revision = self.credentials.store.revision()
+            providers = build_providers(config, self.credentials.load())
             store = rests = None
             if self.runtime is None:
                 if config.database:  # imported only then: psycopg is not small
@@ -226,6 +236,7 @@ class DetourSettings:
         if self.runtime is None:
             self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
                                    Forwarder(config, cooldowns), store, rests)
+            self.runtime.forwarder.credentials = self.credentials
         rt = self.runtime
         rt.home, rt.config_path = home, cfg_path
         self._apply(config, providers)
@@ -245,6 +256,8 @@ class DetourSettings:
         self._rests_writer = create_task(rt.rests.run(), name="detour cooldowns write",
                                          keep_ref=True)
         self._watch = create_task(self._watch_config(), name="detour config watch", keep_ref=True)
+        self._refresher = create_task(self.credentials.run(), name="detour token refresh",
+                                      keep_ref=True)
         if rt.relay is None and not self._relay_started.is_set():
             relay = RelayServer(rt.forwarder, self.finished, ctx.options.detour_relay_ports,
                                 ctx.options.detour_relay_max_waiting)
@@ -273,7 +286,7 @@ class DetourSettings:
         rt = self.runtime
         if rt is None:
             return
-        for task in (self._watch, self._flusher, self._rests_writer):
+        for task in (self._watch, self._flusher, self._rests_writer, self._refresher):
             if task is not None:
                 task.cancel()
         if rt.relay is not None:
@@ -283,6 +296,7 @@ class DetourSettings:
             hook()
         self._relay_started.clear()
         create_task(rt.forwarder.aclose(), name="detour http close", keep_ref=True)
+        create_task(self.credentials.aclose(), name="detour oauth close", keep_ref=True)
         rt.rests.write()
         rt.store.close()
 
@@ -305,6 +319,33 @@ class DetourSettings:
                  ", ".join(ended) or "none were resting")
         return json.dumps({"cleared": ended})
 
+    def _poll_accounts(self) -> None:
+        """Accounts added, removed or changed by `detour account ...` (or another process's
+        refresh) while the proxy runs: the store's revision moved."""
+        try:
+            revision = self.credentials.store.revision()
+        except sqlite3.Error as e:
+            log.warning("detour: cannot read stored accounts now: %s", e)
+            return
+        if revision != self._accounts_revision:
+            self._accounts_revision = revision
+            self.accounts_changed()
+
+    def accounts_changed(self) -> None:
+        """Rebuild the providers' account lists from config.yaml and the store."""
+        rt = self.runtime
+        if rt is None:
+            return
+        try:
+            providers = build_providers(rt.config, self.credentials.load())
+        except ConfigError as e:
+            log.error("detour: %s; keeping the previous accounts", e)
+            return
+        self._apply(rt.config, providers)
+        log.info("detour: accounts reloaded (%d stored)",
+                 sum(1 for p in providers.values() for a in p.accounts
+                     if a.stored_id is not None))
+
     def finished(self, job) -> None:
         for hook in self._finished_hooks:
             hook(job)
@@ -323,6 +364,7 @@ class DetourSettings:
         loaded once the file has held still for a moment: an editor truncates, then writes."""
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
+            self._poll_accounts()
             rt = self.runtime
             seen = _signature(rt.config_path)
             if seen is None or seen[0] == self._mtime:
@@ -332,7 +374,7 @@ class DetourSettings:
                 continue  # still being written: look again at the next poll
             self._mtime = seen[0]
             try:
-                config, providers = _reload(rt.config_path, rt.config)
+                config, providers = _reload(rt.config_path, rt.config, self.credentials.load())
             except ConfigError as e:
                 log.error("detour: %s; keeping the previous configuration", e)
                 self.config_error = str(e)
@@ -342,7 +384,7 @@ class DetourSettings:
             log.info("detour: reloaded %s (%d providers)", rt.config_path, len(providers))
 
 
-def _reload(path: Path, current: Config) -> tuple[Config, dict[str, ProviderRuntime]]:
+def _reload(path: Path, current: Config, stored=()) -> tuple[Config, dict[str, ProviderRuntime]]:
     """The edited configuration, or a ConfigError naming why it is kept out. An edit that would
     drop every provider (so every route: each call then goes to the original vendor) is taken
     for a file caught half written unless it names its routes (`routes: {"*": [passthrough]}`)."""
@@ -356,7 +398,7 @@ def _reload(path: Path, current: Config) -> tuple[Config, dict[str, ProviderRunt
             f"{path}: this edit drops every provider and route (an empty or half-written "
             "file?); to send every call to the original vendors on purpose, write "
             "routes: {\"*\": [passthrough]}")
-    return config, build_providers(config)
+    return config, build_providers(config, stored)
 
 
 def _names_routes(text: str) -> bool:

@@ -7,6 +7,7 @@ import click
 from addons.config import home_dir
 from certs.ca import DEFAULT_CONFDIR
 from scripts.background import run, stop
+from scripts.account import account
 from scripts.certs import certs
 from scripts.config import config
 from scripts.doctor import doctor
@@ -61,3 +62,4 @@ cli.add_command(stop)
 cli.add_command(status)
 cli.add_command(doctor)
 cli.add_command(user)
+cli.add_command(account)

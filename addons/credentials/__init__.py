@@ -1,0 +1,16 @@
+"""Accounts detour holds itself: API keys added with `detour account add` and subscription
+logins (`detour account login` / `import`), kept in detour.db with their secrets encrypted.
+
+- `vault.py`: the encryption key (the OS keyring when one works, else a 0600 key file in
+  DETOUR_HOME) and MultiFernet encryption, so the key can be rotated.
+- `store.py`: the `accounts` table (migrated by version), every write in one transaction that
+  also bumps a revision a running proxy polls.
+- `vendors.py`: each subscription's public OAuth constants (every URL overridable by
+  environment) and how its token endpoint wants to be spoken to.
+- `oauth.py`: token requests (refresh, code exchange, device flow) and their errors.
+- `provider.py`: what the request path asks: an account's current credential headers; refresh
+  ahead of expiry, single-flight per account, rotated tokens committed before use.
+- `logins.py`, `importers.py`: the login flows and adopting the CLIs' own credential files.
+- `owner.py`: the mitmproxy addon that answers the CLIs' own refresh calls for logins detour
+  holds (one owner per login), and picks up accounts added while the proxy runs.
+"""

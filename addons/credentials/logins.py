@@ -1,0 +1,162 @@
+"""The login flows: authorization code + PKCE with a local callback (Claude, Codex, Gemini
+CLI, Antigravity) and the device authorization grant (Qwen with PKCE; GitHub Copilot, then
+its Copilot token exchange). They return what to store; nothing is written until the login
+completed (the caller stores it in one transaction), so an interrupted login leaves nothing.
+
+`open_url` shows the user where to go (a browser, or a printed URL for another machine);
+`notify` tells them what is happening (the device code to type).
+"""
+
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+
+from addons.credentials import oauth
+from addons.credentials.vendors import Vendor
+
+LOGIN_TIMEOUT = 600.0  # seconds the user has to approve
+
+PAGE = (b"<!doctype html><meta charset=utf-8><title>detour</title>"
+        b"<p style='font-family:sans-serif'>%s You can close this tab.</p>")
+
+
+class LoginFailed(Exception):
+    pass
+
+
+@dataclass
+class Login:
+    """A completed login: the secrets to store and what the user may see of the account."""
+
+    secrets: dict
+    expires_at: float | None
+    meta: dict = field(default_factory=dict)  # email, plan, account_id, project_id
+
+
+def _meta(v: Vendor, tokens: oauth.TokenSet) -> dict:
+    meta: dict = {}
+    claims = oauth.jwt_claims(tokens.id_token)
+    if claims.get("email"):
+        meta["email"] = claims["email"]
+    openai_auth = claims.get("https://api.openai.com/auth") or {}
+    if openai_auth.get("chatgpt_plan_type"):
+        meta["plan"] = openai_auth["chatgpt_plan_type"]
+    if openai_auth.get("chatgpt_account_id"):
+        meta["account_id"] = openai_auth["chatgpt_account_id"]
+    account = tokens.extra.get("account")
+    if isinstance(account, dict):  # Anthropic's token answer names the account
+        meta.setdefault("email", account.get("email_address"))
+        meta.setdefault("account_id", account.get("uuid"))
+    if tokens.extra.get("resource_url"):  # Qwen: where this login's API lives
+        meta["project_id"] = tokens.extra["resource_url"]
+    return {k: v for k, v in meta.items() if v}
+
+
+class _Callback:
+    """The local HTTP server the browser is sent back to: one GET with code and state."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.result: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.server: asyncio.Server | None = None
+
+    async def start(self, port: int) -> int:
+        try:
+            self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        except OSError as e:
+            raise LoginFailed(f"cannot listen on 127.0.0.1:{port} for the login's callback "
+                              f"({e.strerror}); is another login running?") from None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10)
+            while (await asyncio.wait_for(reader.readline(), 10)) not in (b"\r\n", b"\n", b""):
+                pass
+            parts = line.decode("latin-1").split()
+            target = parts[1] if len(parts) >= 2 else "/"
+            url = urlsplit(target)
+            if url.path != self.path:
+                await self._answer(writer, 404, b"Not the login callback.")
+                return
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            ok = "code" in query
+            await self._answer(writer, 200, b"Logged in to detour." if ok
+                               else b"The login was not completed.")
+            if not self.result.done():
+                self.result.set_result(query)
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    @staticmethod
+    async def _answer(writer, status: int, text: bytes) -> None:
+        body = PAGE % text
+        writer.write(b"HTTP/1.1 %d OK\r\ncontent-type: text/html; charset=utf-8\r\n"
+                     b"content-length: %d\r\nconnection: close\r\n\r\n" % (status, len(body))
+                     + body)
+        await writer.drain()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def login_pkce(v: Vendor, http: httpx.AsyncClient,
+                     open_url: Callable[[str], Awaitable[None]],
+                     timeout: float = LOGIN_TIMEOUT) -> Login:
+    verifier, challenge = oauth.pkce_pair()
+    state = secrets.token_urlsafe(24)
+    callback = _Callback(v.callback_path)
+    port = await callback.start(v.port)
+    try:
+        redirect_uri = f"http://{v.callback_host}:{port}{v.callback_path}"
+        await open_url(oauth.authorize_url(v, redirect_uri, state, challenge))
+        try:
+            query = await asyncio.wait_for(callback.result, timeout)
+        except TimeoutError:
+            raise LoginFailed(f"no answer from the browser within {timeout:.0f}s") from None
+    finally:
+        callback.close()
+    if query.get("state") != state:
+        raise LoginFailed("the callback's state does not match this login (a stale tab?)")
+    if "error" in query:
+        raise LoginFailed(f"the login was refused: {query['error']} "
+                          f"{query.get('error_description', '')}".strip())
+    code = query.get("code", "")
+    # Anthropic's callback page may hand over `code#state`
+    code = code.partition("#")[0]
+    tokens = await oauth.exchange_code(http, v, code, verifier, redirect_uri, state)
+    if not tokens.refresh_token:
+        raise LoginFailed("the token answer has no refresh token (offline access refused)")
+    return Login(tokens.secrets(), tokens.expires_at, _meta(v, tokens))
+
+
+async def login_device(v: Vendor, http: httpx.AsyncClient,
+                       notify: Callable[[oauth.DeviceCode], Awaitable[None]],
+                       sleep=asyncio.sleep) -> Login:
+    dc = await oauth.start_device(http, v)
+    await notify(dc)
+    tokens = await oauth.poll_device(http, v, dc, sleep)
+    if v.name == "copilot":
+        # GitHub's token does not expire; the Copilot token it buys does (about 30 min)
+        copilot = await oauth.copilot_token(http, v, tokens.access_token)
+        secrets_ = {"github_token": tokens.access_token, "access_token": copilot.access_token}
+        return Login(secrets_, copilot.expires_at,
+                     {"project_id": copilot.extra.get("api")} if copilot.extra.get("api")
+                     else {})
+    if not tokens.refresh_token:
+        raise LoginFailed("the token answer has no refresh token")
+    return Login(tokens.secrets(), tokens.expires_at, _meta(v, tokens))
+
+
+async def login(v: Vendor, http: httpx.AsyncClient, open_url, notify, sleep=asyncio.sleep
+                ) -> Login:
+    if v.flow == "device":
+        return await login_device(v, http, notify, sleep)
+    return await login_pkce(v, http, open_url)

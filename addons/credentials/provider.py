@@ -1,0 +1,343 @@
+"""What the request path asks of stored accounts: their current credential, put on a request
+the way the provider wants it.
+
+An OAuth account's access token is refreshed ahead of its expiry (`REFRESH_AHEAD`, by the
+background `run` loop, off the request path); a request meets an expired token only when
+that loop has not got to it (just started, clock jump), and then waits for the refresh.
+Whatever the number of requests, one refresh per account is in flight (`_flights`), and
+across processes sharing detour.db one at a time (the store's lease). The order that makes a
+crash harmless: the token answer is committed to the database (durably) before the new access
+token is handed to anyone; a refresh token the server answered for is never sent again (if
+the commit fails, the new tokens are kept in memory and committed at the next try, never
+re-requested). `invalid_grant` marks the account `needs_login`: routing skips it and says so.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from addons import formats
+from addons.credentials import oauth
+from addons.credentials.store import (NEEDS_LOGIN, OAUTH, READY, AccountError, AccountStore,
+                                      StoredAccount)
+from addons.credentials.vault import VaultError
+from addons.credentials.vendors import VENDORS
+
+log = logging.getLogger(__name__)
+
+REFRESH_AHEAD = 300.0  # seconds before expiry the background loop refreshes
+EXPIRED_SKEW = 30.0  # a token this close to expiry counts as expired on the request path
+LEASE_SECONDS = 60.0
+LEASE_WAIT = 45.0  # how long to wait for another process's refresh of the same account
+CHECK_SECONDS = 15.0  # the background loop's pace
+ANTHROPIC_OAUTH_BETA = "oauth-2025-04-20"
+
+
+class NeedsLogin(Exception):
+    """The account's login is spent: `detour account login` again."""
+
+
+class RefreshFailed(Exception):
+    """No new token now (the token endpoint unreachable or refusing): try another account."""
+
+
+@dataclass
+class Held:
+    """An OAuth account's tokens as this process holds them."""
+
+    account: StoredAccount
+    secrets: dict
+    generation: int
+    pending: oauth.TokenSet | None = None  # answered by the server, not yet committed
+
+
+def stored_secret(acct: StoredAccount) -> str:
+    s = acct.secrets or {}
+    return s.get("api_key") or s.get("access_token") or ""
+
+
+class CredentialProvider:
+    def __init__(self, store: AccountStore, on_change: Callable[[], None] | None = None,
+                 http: httpx.AsyncClient | None = None):
+        self.store = store
+        self.on_change = on_change or (lambda: None)
+        self._http = http
+        self._held: dict[int, Held] = {}
+        self._flights: dict[int, asyncio.Future] = {}
+        self.refreshes = 0  # token requests made (tests, status)
+        self.problem: str | None = None  # why stored accounts could not be read, if so
+
+    # ------------------------------------------------------------ loading
+
+    def load(self) -> list[StoredAccount]:
+        """Every stored account with its secrets (for the providers' lists); OAuth ones are
+        held for refresh. A wrong or lost key is logged (once per cause) and yields none."""
+        try:
+            accounts = self.store.accounts(secrets=True)
+        except VaultError as e:
+            if self.problem != str(e):
+                log.error("detour: stored accounts not used: %s", e)
+            self.problem = str(e)
+            return []
+        self.problem = None
+        seen = set()
+        for acct in accounts:
+            acct.current_secret = stored_secret(acct)
+            if acct.kind != OAUTH:
+                continue
+            seen.add(acct.id)
+            held = self._held.get(acct.id)
+            if held is None or acct.generation >= held.generation:
+                pending = held.pending if held is not None else None
+                self._held[acct.id] = Held(acct, acct.secrets, acct.generation, pending)
+            else:
+                held.account = acct
+        for gone in set(self._held) - seen:
+            del self._held[gone]
+        return accounts
+
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            # never through the proxy (HTTPS_PROXY may point at this very process)
+            self._http = httpx.AsyncClient(trust_env=False)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # ------------------------------------------------------------ what the request path asks
+
+    def vendors(self) -> set[str]:
+        """The logins (vendors) held now."""
+        return {h.account.vendor for h in self._held.values()}
+
+    def holds(self, account_id: int) -> bool:
+        return account_id in self._held
+
+    def token_answer(self, account, refresh_token: str) -> bytes:
+        """A token endpoint's answer for a CLI asking to refresh a login detour holds: the
+        current access token, and the CLI's own refresh token back (detour's chain is never
+        handed out)."""
+        held = self._held[account.stored_id]
+        exp = held.account.expires_at
+        out = {"access_token": held.secrets.get("access_token", ""), "token_type": "Bearer",
+               "refresh_token": refresh_token,
+               "expires_in": max(0, int(exp - time.time())) if exp else 3600}
+        if held.secrets.get("id_token"):
+            out["id_token"] = held.secrets["id_token"]
+        return json.dumps(out).encode()
+
+    def is_oauth(self, account) -> bool:
+        return account is not None and account.stored_id in self._held
+
+    def unusable(self, account) -> str | None:
+        """Why a stored account must not be asked now (a login needed), else None."""
+        held = self._held.get(account.stored_id) if account is not None else None
+        if held is None:
+            return None
+        a = held.account
+        if a.state == NEEDS_LOGIN:
+            return (f"needs login: run `detour account login {a.vendor or a.provider} "
+                    f"--name {a.name}`" + (f" ({a.last_error})" if a.last_error else ""))
+        return None
+
+    def generation(self, account) -> int:
+        held = self._held.get(account.stored_id)
+        return held.generation if held else 0
+
+    def token(self, account) -> str:
+        held = self._held.get(account.stored_id)
+        return held.secrets.get("access_token", "") if held else account.secret
+
+    def put_on(self, account, kind: formats.ProviderKind, dialect: str | None,
+               headers: dict[str, str], query: dict[str, str]) -> None:
+        """The account's current credential, placed as its provider wants it: an OAuth token
+        as a Bearer (Anthropic also needs its OAuth beta flag, and no x-api-key)."""
+        if not self.is_oauth(account):
+            if account.secret:
+                formats.credential_of(kind, dialect).apply(account.secret, headers, query)
+            return
+        token = self.token(account)
+        if kind.name == "anthropic":
+            headers.pop("x-api-key", None)
+            headers["authorization"] = f"Bearer {token}"
+            betas = [b.strip() for b in headers.get("anthropic-beta", "").split(",")
+                     if b.strip()]
+            if ANTHROPIC_OAUTH_BETA not in betas:
+                betas.append(ANTHROPIC_OAUTH_BETA)
+            headers["anthropic-beta"] = ",".join(betas)
+        else:
+            formats.credential_of(kind, dialect).apply(token, headers, query)
+
+    async def fresh(self, account) -> None:
+        """Make sure the account's token is not expired (waiting for the one refresh in
+        flight if it is); NeedsLogin / RefreshFailed if none can be had."""
+        held = self._held.get(account.stored_id)
+        if held is None:
+            return
+        if held.account.state == NEEDS_LOGIN:
+            raise NeedsLogin(self.unusable(account))
+        exp = held.account.expires_at
+        if held.pending is None and (exp is None or exp - time.time() > EXPIRED_SKEW):
+            if exp is not None and exp - time.time() < REFRESH_AHEAD:
+                self._start(held)  # due soon: refreshed in the background, not waited for
+            return
+        await self._start(held)
+
+    async def after_unauthorized(self, account, generation: int) -> bool:
+        """A 401 with the token of `generation`: refresh once (unless another refresh already
+        replaced that token); True when a retry with a new token makes sense."""
+        held = self._held.get(account.stored_id)
+        if held is None:
+            return False
+        if held.generation == generation:
+            try:
+                await self._start(held, force=True)
+            except (NeedsLogin, RefreshFailed):
+                return False
+        return held.generation != generation
+
+    # ------------------------------------------------------------ refresh, single-flight
+
+    def _start(self, held: Held, force: bool = False) -> asyncio.Future:
+        fut = self._flights.get(held.account.id)
+        if fut is None:
+            fut = asyncio.ensure_future(self._refresh(held, force))
+            self._flights[held.account.id] = fut
+            fut.add_done_callback(lambda f, i=held.account.id: self._landed(i, f))
+        return fut
+
+    def _landed(self, account_id: int, fut: asyncio.Future) -> None:
+        self._flights.pop(account_id, None)
+        if not fut.cancelled() and fut.exception() is not None:
+            fut.exception()  # retrieved: waiters see it; the background loop logs it
+
+    async def _refresh(self, held: Held, force: bool) -> None:
+        acct = held.account
+        store = self.store
+        if held.pending is not None:  # answered earlier, never committed: commit, not ask
+            await self._commit(held, held.pending)
+            return
+        if not await asyncio.to_thread(store.take_lease, acct.id, LEASE_SECONDS):
+            await self._wait_for_other(held)
+            return
+        try:
+            # another process may have refreshed already: its tokens are the ones to use
+            secrets, generation = await asyncio.to_thread(store.secrets_of, acct.id)
+            row = await asyncio.to_thread(store.by_id, acct.id)
+            if generation != held.generation:
+                self._adopt(held, row, secrets, generation)
+                return
+            if row is not None and row.state == NEEDS_LOGIN:
+                held.account = row
+                raise NeedsLogin(self.unusable(AccountRef(acct.id)))
+            vendor = VENDORS.get(acct.vendor)
+            if vendor is None:
+                raise RefreshFailed(f"{acct.provider}/{acct.name}: no refresh for login "
+                                    f"{acct.vendor!r}")
+            if not secrets.get("refresh_token") and not secrets.get("github_token"):
+                await self._needs_login(held, "no refresh token stored")
+            self.refreshes += 1
+            try:
+                tokens = await oauth.refresh(self.http(), vendor, secrets)
+            except oauth.InvalidGrant as e:
+                await self._needs_login(held, f"refresh refused: {e}")
+            except oauth.OAuthError as e:
+                await asyncio.to_thread(store.mark, acct.id, None, f"refresh failed: {e}")
+                raise RefreshFailed(f"token refresh failed: {e}") from None
+            except oauth.TokenEndpointUnreachable as e:
+                await asyncio.to_thread(store.mark, acct.id, None, f"refresh failed: {e}")
+                raise RefreshFailed(f"token endpoint unreachable: {e}") from None
+            # from here on the old refresh token may be spent: these tokens are the only
+            # ones, committed before anyone uses them
+            held.pending = tokens
+            await self._commit(held, tokens)
+        finally:
+            await asyncio.to_thread(store.drop_lease, acct.id)
+
+    async def _commit(self, held: Held, tokens: oauth.TokenSet) -> None:
+        acct = held.account
+        secrets = tokens.secrets(held.secrets)
+        try:
+            generation = await asyncio.to_thread(
+                self.store.commit_tokens, acct.id, held.generation, secrets, tokens.expires_at)
+        except AccountError:
+            # replaced meanwhile by a login or import: the stored ones win
+            held.pending = None
+            secrets, generation = await asyncio.to_thread(self.store.secrets_of, acct.id)
+            self._adopt(held, await asyncio.to_thread(self.store.by_id, acct.id), secrets,
+                        generation)
+            return
+        except Exception as e:
+            log.error("detour: cannot store the refreshed tokens of %s/%s (%s); kept in "
+                      "memory, stored at the next try", acct.provider, acct.name, e)
+            raise RefreshFailed(f"cannot store refreshed tokens: {type(e).__name__}") from None
+        held.pending = None
+        held.secrets, held.generation = secrets, generation
+        acct.expires_at, acct.state, acct.last_error = tokens.expires_at, READY, None
+        acct.generation = generation
+        self.on_change()
+
+    def _adopt(self, held: Held, row: StoredAccount | None, secrets: dict, generation: int):
+        held.secrets, held.generation = secrets, generation
+        if row is not None:
+            held.account = row
+        self.on_change()
+
+    async def _wait_for_other(self, held: Held) -> None:
+        """Another process holds the lease: wait for its tokens (their generation moves)."""
+        deadline = time.monotonic() + LEASE_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            secrets, generation = await asyncio.to_thread(self.store.secrets_of,
+                                                          held.account.id)
+            if generation != held.generation:
+                row = await asyncio.to_thread(self.store.by_id, held.account.id)
+                self._adopt(held, row, secrets, generation)
+                if row is not None and row.state == NEEDS_LOGIN:
+                    raise NeedsLogin(self.unusable(AccountRef(row.id)))
+                return
+        raise RefreshFailed("another process is refreshing this account's token")
+
+    async def _needs_login(self, held: Held, why: str):
+        acct = held.account
+        await asyncio.to_thread(self.store.mark, acct.id, NEEDS_LOGIN, why)
+        acct.state, acct.last_error = NEEDS_LOGIN, why
+        log.warning("detour: %s/%s needs a new login: %s", acct.provider, acct.name, why)
+        self.on_change()
+        raise NeedsLogin(self.unusable(AccountRef(acct.id)))
+
+    # ------------------------------------------------------------ background
+
+    async def run(self) -> None:
+        """Refresh every OAuth token before it expires, off the request path."""
+        while True:
+            await self.refresh_due()
+            await asyncio.sleep(CHECK_SECONDS)
+
+    async def refresh_due(self) -> int:
+        now = time.time()
+        due = [h for h in list(self._held.values())
+               if h.account.state == READY and h.account.enabled and (
+                   h.pending is not None or (h.account.expires_at is not None
+                                             and h.account.expires_at - now < REFRESH_AHEAD))]
+        for held in due:
+            try:
+                await self._start(held)
+            except (NeedsLogin, RefreshFailed) as e:
+                log.warning("detour: %s/%s: %s", held.account.provider, held.account.name, e)
+        return len(due)
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    """A stored account by its id, where no routing Account is at hand (messages, owner.py)."""
+
+    stored_id: int
