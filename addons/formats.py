@@ -54,9 +54,15 @@ class QueryParam:
 
 Source = BodyField | PathPart | QueryParam
 
-# what kind of call an endpoint takes (only model calls today; model lists, compaction and
-# token counting come with the formats that have them)
+# what kind of call an endpoint takes (token counting comes with the formats that have it)
 MODEL_CALL = "model-call"
+# the WebSocket mode of a model endpoint (Codex opens one before each turn): refused with 426,
+# which makes the client fall back to HTTPS at once (addons/side_calls.py)
+SOCKET_UPGRADE = "socket-upgrade"
+# a model list (`GET /v1/models`): the models detour routes for the client
+MODEL_LIST = "model-list"
+# a history compaction (`POST /v1/responses/compact`): answered by the routed provider
+COMPACTION = "compaction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +126,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
     Endpoint.make("api.openai.com", "/v1/chat/completions", openai_chat.NAME),
     Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME),
+    Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME,
+                  kind=SOCKET_UPGRADE, method="GET"),
 )
 
 HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)

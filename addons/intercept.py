@@ -29,7 +29,8 @@ from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
-from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
+from addons import side_calls
+from addons.formats import HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, SOCKET_UPGRADE, client_call
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.routing import plan
@@ -144,7 +145,7 @@ class Interceptor:
             self._held[flow.id] = held
             redact_credentials(req.headers)
         endpoint = client_call(host, req.method, req.path)
-        if endpoint is not None:
+        if endpoint is not None and endpoint.endpoint.kind == MODEL_CALL:
             self._refuse_unread(flow, endpoint.client_format)
 
     def _refuse_unread(self, flow: http.HTTPFlow, fmt: str) -> None:
@@ -237,6 +238,10 @@ class Interceptor:
         held = self._held.pop(flow.id, {})
         endpoint = client_call(host, req.method, req.path)
         rt = self.settings.runtime
+        if endpoint is not None and endpoint.endpoint.kind != MODEL_CALL:
+            if self._side_call(flow, endpoint):
+                return
+            endpoint = None  # not answered here: it goes on as any other call on the host
         if endpoint is None:
             # not a model call: untouched, except that a configured vendor override applies
             # to the whole host
@@ -317,6 +322,16 @@ class Interceptor:
             flow.request.content = raw
             return
         await self._inline_answer(flow, job)
+
+    def _side_call(self, flow: http.HTTPFlow, endpoint) -> bool:
+        """A call on a model endpoint that is not a model call (addons/side_calls.py); True
+        when it was answered here."""
+        kind = endpoint.endpoint.kind
+        if kind == SOCKET_UPGRADE and side_calls.is_socket_upgrade(flow.request.headers):
+            side_calls.refuse_socket(flow, endpoint.client_format, ID_HEADER)
+            flow.marked = MARK
+            return True
+        return False
 
     def _open_call(self, flow: http.HTTPFlow, fmt: str, held: dict[str, list[str]]) -> Call:
         """The call of a model call, kept until it finishes. Its row is scrubbed of the
