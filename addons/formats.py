@@ -128,6 +128,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME),
     Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME,
                   kind=SOCKET_UPGRADE, method="GET"),
+    Endpoint.make("api.openai.com", "/v1/responses/compact", openai_responses.NAME,
+                  kind=COMPACTION),
+    Endpoint.make("api.openai.com", "/v1/models", openai_chat.NAME, kind=MODEL_LIST,
+                  method="GET"),
 )
 
 HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)

@@ -16,6 +16,7 @@ that an internal error, a client leaving or the proxy stopping ends them too.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,8 @@ from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
 from addons import side_calls
-from addons.formats import HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, SOCKET_UPGRADE, client_call
+from addons.formats import (COMPACTION, HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, MODEL_LIST,
+                            SOCKET_UPGRADE, client_call)
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.routing import plan
@@ -238,7 +240,7 @@ class Interceptor:
         held = self._held.pop(flow.id, {})
         endpoint = client_call(host, req.method, req.path)
         rt = self.settings.runtime
-        if endpoint is not None and endpoint.endpoint.kind != MODEL_CALL:
+        if endpoint is not None and endpoint.endpoint.kind not in (MODEL_CALL, COMPACTION):
             if self._side_call(flow, endpoint):
                 return
             endpoint = None  # not answered here: it goes on as any other call on the host
@@ -287,6 +289,17 @@ class Interceptor:
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
             return self._passthrough(flow, fmt, call, origin, held)
+        compacted = None
+        if endpoint.endpoint.kind == COMPACTION:
+            # asked of the routed provider as a summary request (addons/side_calls.py);
+            # passthrough would send that request to the vendor's compaction endpoint
+            compacted = functools.partial(side_calls.compacted_history, body)
+            try:
+                body = side_calls.summary_request(body)
+            except canonical.TranslationError as e:
+                return self._reject(flow, fmt, call, 400, str(e))
+            raw, stream = orjson.dumps(body), False
+            candidates = [c for c in candidates if c.provider is not None]
         headers = lowered(req.headers) | _joined(held)
         job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, stream, candidates, call)
         # a request one candidate cannot take (translated: a field its format cannot hold) goes
@@ -306,7 +319,7 @@ class Interceptor:
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
-        if self.direct.take(flow, job):
+        if compacted is None and self.direct.take(flow, job):
             return
         if stream:
             relay = await self.settings.ready_relay()
@@ -321,7 +334,7 @@ class Interceptor:
             flow.request.headers.pop("content-encoding", None)
             flow.request.content = raw
             return
-        await self._inline_answer(flow, job)
+        await self._inline_answer(flow, job, compacted)
 
     def _side_call(self, flow: http.HTTPFlow, endpoint) -> bool:
         """A call on a model endpoint that is not a model call (addons/side_calls.py); True
@@ -329,6 +342,18 @@ class Interceptor:
         kind = endpoint.endpoint.kind
         if kind == SOCKET_UPGRADE and side_calls.is_socket_upgrade(flow.request.headers):
             side_calls.refuse_socket(flow, endpoint.client_format, ID_HEADER)
+            flow.marked = MARK
+            return True
+        if kind == MODEL_LIST:
+            names, vendor = side_calls.routed_models(self.settings.runtime.config,
+                                                     flow.request.headers.get("user-agent", ""))
+            if vendor:  # the vendor's list, detour's names added on the way back
+                flow.metadata[META + ".models"] = names
+                return False
+            flow.response = http.Response.make(
+                200, side_calls.model_list_body(names),
+                {"content-type": "application/json", ID_HEADER: flow.id})
+            flow.comment = f"detour: the models routed for this client ({len(names)})"
             flow.marked = MARK
             return True
         return False
@@ -371,7 +396,8 @@ class Interceptor:
                 return [c for c in candidates[:i] if fits(job, c)] + candidates[i:]
         return [c for c in candidates if fits(job, c)]
 
-    async def _inline_answer(self, flow: http.HTTPFlow, job: Job) -> None:
+    async def _inline_answer(self, flow: http.HTTPFlow, job: Job, reshape=None) -> None:
+        """`reshape`: what a successful answer's body becomes (a compaction's history)."""
         rt = self.settings.runtime
         conn = flow.client_conn.id
         task = create_task(rt.forwarder.complete(job), name=f"detour call {flow.id}",
@@ -393,6 +419,13 @@ class Interceptor:
                 if not tasks:
                     del self._inline[conn]
         job.call.first_byte()
+        if reshape is not None and status == 200:
+            try:
+                body = reshape(body)
+            except (ValueError, canonical.TranslationError) as e:
+                status, body = 502, FORMATS[job.client_format].error_body(
+                    502, f"detour: the provider's summary cannot be used: {e}")
+                job.call.failed(f"compaction: {e}", 502)
         headers[ID_HEADER] = flow.id
         flow.response = http.Response.make(status, body, headers)
         self._finish(flow, job)
@@ -468,6 +501,11 @@ class Interceptor:
         self._redact_sent(flow)
         if self.direct.response(flow):
             return
+        names = flow.metadata.pop(META + ".models", None)
+        if names is not None and flow.response.status_code == 200:
+            merged = side_calls.merged_model_list(flow.response.get_content(strict=False), names)
+            if merged is not None:
+                flow.response.set_content(merged)
         tap = self._taps.pop(flow.id, None)
         if tap is None:
             return
