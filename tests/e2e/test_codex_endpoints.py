@@ -49,12 +49,6 @@ def fresh_fakes(fake_openai, fake_anthropic, vendor):
     yield
 
 
-@pytest.fixture
-def http(proxy):
-    with proxy.client() as c:
-        yield c
-
-
 def test_the_websocket_upgrade_is_refused_so_the_client_falls_back_to_https(http, vendor):
     r = http.get("https://api.openai.com/v1/responses", headers=CODEX_HEADERS | UPGRADE)
     assert r.status_code == 426

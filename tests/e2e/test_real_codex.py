@@ -30,6 +30,7 @@ import yaml
 
 from tests.fakes import anthropic_vendor, openai_provider
 from tests.fakes.anthropic_vendor import FakeAnthropic
+from tests.fakes.codex_backend import FakeCodexBackend, chatgpt_token
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.harness import ROOT, Mitmdump
 
@@ -50,6 +51,7 @@ metrics_exporter = "none"
 plugins = false
 api_key_model_discovery = false
 """
+CHATGPT_ACCOUNT = "acct-codex-user"  # the login's account (auth.json and wham/accounts/check)
 CLASSIC_MODEL = "gpt-5.5"  # Codex's classic tool shape (top-level tools, exec_command)
 
 if not os.access(CODEX, os.X_OK):
@@ -62,6 +64,7 @@ class CodexStack:
     kind: str  # the provider's kind
     provider: FakeAnthropic | FakeOpenAI
     vendor: FakeOpenAI  # api.openai.com's non-model paths
+    chatgpt: FakeCodexBackend  # chatgpt.com's non-model paths (ChatGPT-login mode)
     proxy: Mitmdump
     home: Path
     root: Path
@@ -106,11 +109,12 @@ def start_stack(tmp: Path, kind: str, extra_config: dict | None = None) -> Codex
                               ).start()
         spec = {"kind": "openai", "base_url": provider.base_url + "/v1"}
     vendor = FakeOpenAI().start()
+    chatgpt = FakeCodexBackend(account_id=CHATGPT_ACCOUNT).start()
     home = tmp / "detour-home"
     home.mkdir(mode=0o700)
     config = {"providers": {"fake": {**spec, "api_keys": [PROVIDER_KEY]}},
               "routes": {"*": [f"fake/{PROVIDER_MODEL}"]},
-              "vendors": {"api.openai.com": vendor.base_url}}
+              "vendors": {"api.openai.com": vendor.base_url, "chatgpt.com": chatgpt.base_url}}
     config.update(extra_config or {})
     (home / "config.yaml").write_text(yaml.safe_dump(config))
     (tmp / "mitmproxy").mkdir()
@@ -120,19 +124,21 @@ def start_stack(tmp: Path, kind: str, extra_config: dict | None = None) -> Codex
     except BaseException:
         provider.stop()
         vendor.stop()
+        chatgpt.stop()
         raise
-    return CodexStack(kind, provider, vendor, proxy, home, tmp)
+    return CodexStack(kind, provider, vendor, chatgpt, proxy, home, tmp)
 
 
 def stop_stack(stack: CodexStack) -> None:
     stack.proxy.stop()
     stack.provider.stop()
     stack.vendor.stop()
+    stack.chatgpt.stop()
     print(f"===== requests to the provider ({stack.kind}) =====")
     for r in stack.provider.requests:
         print(f"{r.method} {r.path} ({len(r.body)} bytes)")
-    print("===== requests to the vendor fake (api.openai.com) =====")
-    for r in stack.vendor.requests:
+    print("===== requests to the vendor fakes (api.openai.com, chatgpt.com) =====")
+    for r in stack.vendor.requests + stack.chatgpt.requests:
         print(f"{r.method} {r.path}")
     print("===== mitmdump output =====")
     print(stack.proxy.text[-6000:])
@@ -283,3 +289,41 @@ def test_shell_tool_round_trip(stack, model):
     assert "FAKE-TOOL-RESULT" in run.stdout and "detour-tool-ok" in run.stdout
     assert_client_key_never_reached_provider(stack)
     assert_rows(stack, since, 2)
+
+
+def chatgpt_login() -> dict:
+    """An auth.json of a ChatGPT login (unsigned JWTs: Codex reads their claims only)."""
+    token = chatgpt_token(CHATGPT_ACCOUNT)
+    return {"OPENAI_API_KEY": None, "auth_mode": "chatgpt",
+            "tokens": {"id_token": token, "access_token": token,
+                       "refresh_token": "rt-invented-refresh-token",
+                       "account_id": CHATGPT_ACCOUNT},
+            "last_refresh": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def test_chatgpt_login_mode_text_and_shell_tool(stack):
+    """Codex logged in with ChatGPT calls chatgpt.com/backend-api/codex/responses (zstd bodies);
+    routed like API-key mode, the login token never reaching the provider."""
+    since, before = stack.last_row_id(), len(stack.model_requests())
+    auth = chatgpt_login()
+    run = run_codex(stack, "Say hi", auth=auth)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == default_text(stack)
+    assert_no_websocket_retry(run)
+    tool = run_codex(stack, "RUN: echo detour-tool-ok", auth=auth)
+    assert tool.returncode == 0, tool.stderr
+    assert "FAKE-TOOL-RESULT" in tool.stdout and "detour-tool-ok" in tool.stdout
+
+    sent = stack.model_requests()[before:]
+    assert len(sent) == 3, [r.path for r in sent]
+    results = tool_results(stack, sent[2].json)
+    assert len(results) == 1 and "detour-tool-ok" in results[0], results
+    token = auth["tokens"]["access_token"]
+    for r in sent:
+        assert token not in json.dumps(r.headers) and token.encode() not in r.body
+    # Codex's account check reached chatgpt.com (the fake), its model calls never did
+    assert any(r.route.endswith("/wham/accounts/check") for r in stack.chatgpt.requests)
+    assert not [r for r in stack.chatgpt.requests if "/codex/responses" in r.route]
+    rows = stack.rows(since, 3)
+    assert [(r["client_format"], r["provider"], r["status"]) for r in rows] == [
+        ("openai-responses", "fake", 200)] * 3, rows
