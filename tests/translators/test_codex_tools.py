@@ -56,3 +56,18 @@ def test_a_call_of_exec_goes_back_as_the_custom_tool_call_codex_offered():
                      "call_id": "toolu_1", "name": "exec", "input": script}]
     assert [e["input"] for e in decoded
             if e["type"] == "response.custom_tool_call_input.done"] == [script]
+
+
+def test_encrypted_reasoning_goes_only_to_a_responses_target():
+    body = capture("codex.responses.tool-result")
+    at = next(i for i, item in enumerate(body["input"]) if item.get("type") == "custom_tool_call")
+    body["input"].insert(at, {"type": "reasoning", "id": "rs_1", "encrypted_content": "gAAAA-x",
+                              "summary": [{"type": "summary_text", "text": "plan"}]})
+    req = r.decode_request(body)
+    assert r.encode_request(req) == body  # OpenAI gets it back exactly
+    for wire in (anthropic.encode_request(req),
+                 openai_chat.encode_request(req, openai_chat.DIALECTS["deepseek"]),
+                 openai_chat.encode_request(req, openai_chat.COMPATIBLE)):
+        text = json.dumps(wire)
+        assert "gAAAA-x" not in text and "rs_1" not in text
+        assert "signature" not in text  # no forged Anthropic thinking block either
