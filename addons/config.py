@@ -37,6 +37,8 @@ DEFAULT_CONFIG_YAML = """\
 #               Qwen/DashScope, a local vLLM or Ollama /v1 ...)
 #   anthropic - the Anthropic Messages API
 #   openai-responses - OpenAI's Responses API (base_url .../v1; requests go to /responses)
+#   codex     - the ChatGPT backend Codex uses when logged in with ChatGPT (base_url
+#               https://chatgpt.com/backend-api/codex; api_keys: the login's access token)
 # api_keys are the provider's accounts: a literal key, env:VARIABLE or file:/path/to/key, or
 # {key: ..., priority: 2, disabled: true}. Lower priority groups are asked first; inside a
 # group accounts take turns (strategy: round-robin | least-recently-used). An account that

@@ -16,7 +16,9 @@ each provider kind is spoken to. Adding a format is a codec module in translator
 Data only: nothing here sends, decides a route or reads mitmproxy.
 """
 
+import base64
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -54,9 +56,15 @@ class QueryParam:
 
 Source = BodyField | PathPart | QueryParam
 
-# what kind of call an endpoint takes (only model calls today; model lists, compaction and
-# token counting come with the formats that have them)
+# what kind of call an endpoint takes (token counting comes with the formats that have it)
 MODEL_CALL = "model-call"
+# the WebSocket mode of a model endpoint (Codex opens one before each turn): refused with 426,
+# which makes the client fall back to HTTPS at once (addons/side_calls.py)
+SOCKET_UPGRADE = "socket-upgrade"
+# a model list (`GET /v1/models`): the models detour routes for the client
+MODEL_LIST = "model-list"
+# a history compaction (`POST /v1/responses/compact`): answered by the routed provider
+COMPACTION = "compaction"
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +128,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
     Endpoint.make("api.openai.com", "/v1/chat/completions", openai_chat.NAME),
     Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME),
+    Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME,
+                  kind=SOCKET_UPGRADE, method="GET"),
+    Endpoint.make("api.openai.com", "/v1/responses/compact", openai_responses.NAME,
+                  kind=COMPACTION),
+    Endpoint.make("api.openai.com", "/v1/models", openai_chat.NAME, kind=MODEL_LIST,
+                  method="GET"),
+    # Codex logged in with ChatGPT: the same Responses wire on the ChatGPT backend (request
+    # bodies zstd-compressed); its other paths (codex/models, wham/*) pass through
+    Endpoint.make("chatgpt.com", "/backend-api/codex/responses", openai_responses.NAME),
+    Endpoint.make("chatgpt.com", "/backend-api/codex/responses", openai_responses.NAME,
+                  kind=SOCKET_UPGRADE, method="GET"),
+    Endpoint.make("chatgpt.com", "/backend-api/codex/responses/compact", openai_responses.NAME,
+                  kind=COMPACTION),
 )
 
 HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)
@@ -175,7 +196,33 @@ class QueryKey:
         query[self.name] = secret
 
 
-Credential = HeaderKey | QueryKey
+@dataclass(frozen=True, slots=True)
+class ChatGPTToken:
+    """The ChatGPT backend's credential: a ChatGPT login's access token (a JWT) as Bearer, and
+    the ChatGPT account it belongs to (its `chatgpt_account_id` claim) in
+    `chatgpt-account-id`, as Codex sends them."""
+
+    def apply(self, secret: str, headers: dict[str, str], query: dict[str, str]) -> None:
+        headers["authorization"] = "Bearer " + secret
+        account = chatgpt_account_id(secret)
+        if account:
+            headers["chatgpt-account-id"] = account
+
+
+@functools.lru_cache(maxsize=64)
+def chatgpt_account_id(token: str) -> str | None:
+    """The `chatgpt_account_id` claim of a ChatGPT access token (read, not verified: the
+    backend verifies it), or None when the token carries none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        account = claims["https://api.openai.com/auth"]["chatgpt_account_id"]
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+    return account if isinstance(account, str) and account else None
+
+
+Credential = HeaderKey | QueryKey | ChatGPTToken
 BEARER = HeaderKey("authorization", "Bearer ")
 
 
@@ -189,6 +236,19 @@ class ProviderKind:
     # client headers a same-format call keeps (they still hold when detour picks the account)
     forwarded_headers: tuple[str, ...] = ()
     dialects: bool = False  # the codec's encode_request takes a translators Dialect
+    # body fields the provider insists on, and fields it refuses (left out, named as dropped)
+    required_fields: tuple[tuple[str, Any], ...] = ()
+    refused_fields: tuple[str, ...] = ()
+
+    def fit_body(self, body: dict, dropped: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
+        """`body` as this provider takes it (`body` itself when it already does)."""
+        if all(body.get(k) == v for k, v in self.required_fields) and not any(
+                k in body for k in self.refused_fields):
+            return body, dropped
+        gone = tuple(k for k in self.refused_fields if k in body)
+        fitted = {k: v for k, v in body.items() if k not in gone}
+        fitted.update(self.required_fields)
+        return fitted, dropped + gone
 
     def url(self, base_url: str, model: str) -> str:
         path = self.path
@@ -203,6 +263,11 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
                  fixed_headers=(("anthropic-version", "2023-06-01"),),
                  forwarded_headers=("anthropic-version", "anthropic-beta")),
     ProviderKind("openai-responses", openai_responses, "/responses", BEARER),
+    # the ChatGPT backend Codex uses when logged in with ChatGPT (base_url
+    # https://chatgpt.com/backend-api/codex): it only streams and never stores
+    ProviderKind("codex", openai_responses, "/responses", ChatGPTToken(),
+                 required_fields=(("stream", True), ("store", False)),
+                 refused_fields=("max_output_tokens",)),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)

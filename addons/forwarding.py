@@ -285,6 +285,7 @@ class Forwarder:
         if same:
             # same format in and out: the client's bytes, only the model (and a cap) change
             body, dropped = policies.apply_to_body(job.body, target)
+            body, dropped = kind.fit_body(body, dropped)
             data = job.raw_body if body is job.body else dump_json(body)
         else:
             req, dropped = policies.apply(job.canonical(), target)
@@ -294,6 +295,7 @@ class Forwarder:
                                             max_tokens_field=spec.max_tokens_field)
             else:
                 wire = codec.encode_request(req)
+            wire, dropped = kind.fit_body(wire, dropped)
             data = dump_json(wire)
         self._note_dropped(job, cand, dropped)
         headers = {"content-type": "application/json", "user-agent": "detour/0.1"}

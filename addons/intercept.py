@@ -16,6 +16,7 @@ that an internal error, a client leaving or the proxy stopping ends them too.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -29,7 +30,9 @@ from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
-from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
+from addons import side_calls
+from addons.formats import (COMPACTION, HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, MODEL_LIST,
+                            SOCKET_UPGRADE, client_call)
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.prices import subscription_login
@@ -146,7 +149,7 @@ class Interceptor:
             self._held[flow.id] = held
             redact_credentials(req.headers)
         endpoint = client_call(host, req.method, req.path)
-        if endpoint is not None:
+        if endpoint is not None and endpoint.endpoint.kind == MODEL_CALL:
             self._refuse_unread(flow, endpoint.client_format)
 
     def _refuse_unread(self, flow: http.HTTPFlow, fmt: str) -> None:
@@ -239,6 +242,10 @@ class Interceptor:
         held = self._held.pop(flow.id, {})
         endpoint = client_call(host, req.method, req.path)
         rt = self.settings.runtime
+        if endpoint is not None and endpoint.endpoint.kind not in (MODEL_CALL, COMPACTION):
+            if self._side_call(flow, endpoint):
+                return
+            endpoint = None  # not answered here: it goes on as any other call on the host
         if endpoint is None:
             # not a model call: untouched, except that a configured vendor override applies
             # to the whole host
@@ -289,6 +296,17 @@ class Interceptor:
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
             return self._passthrough(flow, fmt, call, origin, held)
+        compacted = None
+        if endpoint.endpoint.kind == COMPACTION:
+            # asked of the routed provider as a summary request (addons/side_calls.py);
+            # passthrough would send that request to the vendor's compaction endpoint
+            compacted = functools.partial(side_calls.compacted_history, body)
+            try:
+                body = side_calls.summary_request(body)
+            except canonical.TranslationError as e:
+                return self._reject(flow, fmt, call, 400, str(e))
+            raw, stream = orjson.dumps(body), False
+            candidates = [c for c in candidates if c.provider is not None]
         headers = lowered(req.headers) | _joined(held)
         job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, stream, candidates, call)
         # a request one candidate cannot take (translated: a field its format cannot hold) goes
@@ -308,7 +326,7 @@ class Interceptor:
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
-        if self.direct.take(flow, job):
+        if compacted is None and self.direct.take(flow, job):
             return
         if stream:
             relay = await self.settings.ready_relay()
@@ -323,7 +341,29 @@ class Interceptor:
             flow.request.headers.pop("content-encoding", None)
             flow.request.content = raw
             return
-        await self._inline_answer(flow, job)
+        await self._inline_answer(flow, job, compacted)
+
+    def _side_call(self, flow: http.HTTPFlow, endpoint) -> bool:
+        """A call on a model endpoint that is not a model call (addons/side_calls.py); True
+        when it was answered here."""
+        kind = endpoint.endpoint.kind
+        if kind == SOCKET_UPGRADE and side_calls.is_socket_upgrade(flow.request.headers):
+            side_calls.refuse_socket(flow, endpoint.client_format, ID_HEADER)
+            flow.marked = MARK
+            return True
+        if kind == MODEL_LIST:
+            names, vendor = side_calls.routed_models(self.settings.runtime.config,
+                                                     flow.request.headers.get("user-agent", ""))
+            if vendor:  # the vendor's list, detour's names added on the way back
+                flow.metadata[META + ".models"] = names
+                return False
+            flow.response = http.Response.make(
+                200, side_calls.model_list_body(names),
+                {"content-type": "application/json", ID_HEADER: flow.id})
+            flow.comment = f"detour: the models routed for this client ({len(names)})"
+            flow.marked = MARK
+            return True
+        return False
 
     def _open_call(self, flow: http.HTTPFlow, fmt: str, held: dict[str, list[str]]) -> Call:
         """The call of a model call, kept until it finishes. Its row is scrubbed of the
@@ -368,7 +408,8 @@ class Interceptor:
                 return [c for c in candidates[:i] if fits(job, c)] + candidates[i:]
         return [c for c in candidates if fits(job, c)]
 
-    async def _inline_answer(self, flow: http.HTTPFlow, job: Job) -> None:
+    async def _inline_answer(self, flow: http.HTTPFlow, job: Job, reshape=None) -> None:
+        """`reshape`: what a successful answer's body becomes (a compaction's history)."""
         rt = self.settings.runtime
         conn = flow.client_conn.id
         task = create_task(rt.forwarder.complete(job), name=f"detour call {flow.id}",
@@ -390,6 +431,13 @@ class Interceptor:
                 if not tasks:
                     del self._inline[conn]
         job.call.first_byte()
+        if reshape is not None and status == 200:
+            try:
+                body = reshape(body)
+            except (ValueError, canonical.TranslationError) as e:
+                status, body = 502, FORMATS[job.client_format].error_body(
+                    502, f"detour: the provider's summary cannot be used: {e}")
+                job.call.failed(f"compaction: {e}", 502)
         headers[ID_HEADER] = flow.id
         flow.response = http.Response.make(status, body, headers)
         self._finish(flow, job)
@@ -465,6 +513,11 @@ class Interceptor:
         self._redact_sent(flow)
         if self.direct.response(flow):
             return
+        names = flow.metadata.pop(META + ".models", None)
+        if names is not None and flow.response.status_code == 200:
+            merged = side_calls.merged_model_list(flow.response.get_content(strict=False), names)
+            if merged is not None:
+                flow.response.set_content(merged)
         tap = self._taps.pop(flow.id, None)
         if tap is None:
             return

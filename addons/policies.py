@@ -9,13 +9,16 @@ out (shown in the route story as "dropped").
 """
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+
 from addons.config import Provider
-from translators import anthropic, canonical
+from translators import anthropic, canonical, openai_responses
 
 # Claude Code's first system block: `x-anthropic-billing-header: cc_version=...; cch=...;`
 BILLING_HEADER = "x-anthropic-billing-header:"
@@ -85,7 +88,36 @@ def billing_header(req: canonical.Request, t: Target, changes: Changes, dropped:
             dropped.append(BILLING_HEADER_NOTE)
 
 
-CANONICAL_STEPS = (foreign_fields, end_user_id, reasoning_effort, output_cap, billing_header)
+CACHE_KEY = "prompt_cache_key"
+
+
+def conversation_key(system: str, first_message: str) -> str:
+    """A Responses prompt_cache_key for one conversation: what opens it (the system prompt and
+    the first message) does not change from turn to turn, so neither does the key, and
+    OpenAI's cache keeps routing the conversation's calls to where its prefix is cached."""
+    digest = hashlib.sha256(f"{system}\x00{first_message}".encode()).hexdigest()
+    return "detour-" + digest[:32]
+
+
+def _texts(parts) -> str:
+    return "\n".join(p.text for p in parts if type(p) is canonical.Text)
+
+
+def prompt_cache_key(req: canonical.Request, t: Target, changes: Changes, dropped: list) -> None:
+    """A Responses provider (OpenAI, the ChatGPT backend) gets a prompt_cache_key stable for
+    the conversation when the client gave none (Claude Code, Chat clients): a fresh one per
+    call, or none, would keep its prompt cache from hitting. After billing_header: the
+    system prompt without the header that changes on every call."""
+    key = openai_responses.EXTRAS_PREFIX + CACHE_KEY
+    if t.provider is not openai_responses or key in req.extras:
+        return
+    system = changes.get("system", req.system)
+    first = req.messages[0].parts if req.messages else ()
+    changes["extras"] = {**req.extras, key: conversation_key(_texts(system), _texts(first))}
+
+
+CANONICAL_STEPS = (foreign_fields, end_user_id, reasoning_effort, output_cap, billing_header,
+                   prompt_cache_key)
 
 
 def apply(req: canonical.Request, t: Target) -> tuple[canonical.Request, tuple[str, ...]]:
@@ -115,9 +147,23 @@ def _is_billing(block: Any) -> bool:
     return isinstance(block, dict) and str(block.get("text", "")).startswith(BILLING_HEADER)
 
 
+def prompt_cache_key_body(body: dict, t: Target, dropped: list) -> dict:
+    """prompt_cache_key on a Responses body that has none (an SDK client's)."""
+    if t.provider is not openai_responses or CACHE_KEY in body:
+        return body
+    # read off the raw fields: decoding a 40 KB body costs more than the rest of the call
+    items = body.get("input")
+    first = items[0] if isinstance(items, list) and items else items
+    system = body.get("instructions")
+    return dict(body, **{CACHE_KEY: conversation_key(
+        system if isinstance(system, str) else "",
+        first if isinstance(first, str) else orjson.dumps(first, option=orjson.OPT_SORT_KEYS)
+        .decode())})
+
+
 # the end user's id and the reasoning effort stay as sent: the provider speaks the client's
 # format and takes what the client's vendor takes
-BODY_STEPS = (billing_header_body,)
+BODY_STEPS = (billing_header_body, prompt_cache_key_body)
 
 
 def apply_to_body(body: dict, t: Target) -> tuple[dict, tuple[str, ...]]:

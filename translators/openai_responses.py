@@ -49,6 +49,7 @@ _ITEM_FIELDS = _P + "input/fields"  # per item: what differs from the item as re
 _UNITS = _P + "input/units"  # per item: its group and how many parts it became
 _CUSTOM = _P + "tools/custom"  # custom tool name -> its tool object
 _TOOL_FIELDS = _P + "tools/fields"  # function tool name -> fields beyond name/description/params
+_ADDITIONAL = _P + "tools/additional"  # tools offered in an additional_tools item (kept there)
 _KEPT = re.compile(r"(input|tools)\[(\d+)\]")  # an item or tool kept verbatim at its index
 
 # the function schema a freeform custom tool is offered as to a provider without them
@@ -265,11 +266,42 @@ def _decode_input(items, custom: dict, extras: dict) -> list[c.Message]:
     return messages
 
 
-def _decode_tools(tools, custom: dict, extras: dict) -> tuple[c.Tool, ...]:
+# the namespace whose tools Codex calls by their bare names (exec, wait, ...); tools of other
+# namespaces are called with a `namespace` field another provider cannot give back
+CALLED_BY_NAME = "functions"
+
+
+def _additional_tools(items, custom: dict, extras: dict) -> tuple[c.Tool, ...]:
+    """The tools Codex offers in `additional_tools` input items (its code mode: the custom
+    `exec` and its companions, inside a `functions` namespace), as canonical tools; the items
+    themselves stay in extras, so a Responses target gets them as they were."""
+    if not isinstance(items, list):
+        return ()
+    offered: list = []
+    for i, item in enumerate(items):
+        if not (isinstance(item, dict) and item.get("type") == "additional_tools"):
+            continue
+        for tool in item.get("tools") if isinstance(item.get("tools"), list) else ():
+            if not isinstance(tool, dict):
+                continue
+            if tool.get("type") == "namespace":
+                if tool.get("name") == CALLED_BY_NAME and isinstance(tool.get("tools"), list):
+                    offered += tool["tools"]
+            else:
+                offered.append(tool)
+    tools = _decode_tools([t for t in offered if isinstance(t, dict) and t.get("type") in (
+        "function", "custom")], custom, extras, "additional_tools.tools")
+    if tools:
+        extras[_ADDITIONAL] = [t.name for t in tools]
+    return tools
+
+
+def _decode_tools(tools, custom: dict, extras: dict,
+                  where: str = "tools") -> tuple[c.Tool, ...]:
     out: list[c.Tool] = []
-    fields: dict = {}
-    for i, tool in enumerate(need(tools, list, "tools", optional=True) or ()):
-        path = f"tools[{i}]"
+    fields: dict = extras.get(_TOOL_FIELDS, {})
+    for i, tool in enumerate(need(tools, list, where, optional=True) or ()):
+        path = f"{where}[{i}]"
         kind = need(tool, dict, path).get("type")
         if kind == "function":
             name = _name(tool.get("name"), path + ".name")
@@ -315,6 +347,7 @@ def decode_request(body: dict) -> c.Request:
     extras: dict = {}
     custom: dict = {}  # custom tool name -> its tool object (None: only its calls were seen)
     tools = _decode_tools(body.get("tools"), custom, extras)
+    tools += _additional_tools(body.get("input"), custom, extras)
     messages = _decode_input(body.get("input"), custom, extras)
     if custom:
         extras[_CUSTOM] = custom
@@ -399,7 +432,10 @@ def encode_request(req: c.Request) -> dict:
         items.append(item)
     tools: list[dict] = []
     tool_fields = req.extras.get(_TOOL_FIELDS, {})
+    additional = frozenset(req.extras.get(_ADDITIONAL) or ())
     for t in req.tools:
+        if t.name in additional:
+            continue  # offered in its additional_tools item, which goes back in its place
         if t.name in custom and custom[t.name] is not None:
             tools.append(custom[t.name])
             continue

@@ -68,7 +68,8 @@ def test_apply_runs_every_step_in_order():
         "up-model", True, None, None, 8192)
     assert req.system == (c.Text("sys"),) and REQ.system[0] is BILLING  # the input is kept
     assert [s.__name__ for s in policies.CANONICAL_STEPS] == [
-        "foreign_fields", "end_user_id", "reasoning_effort", "output_cap", "billing_header"]
+        "foreign_fields", "end_user_id", "reasoning_effort", "output_cap", "billing_header",
+        "prompt_cache_key"]
 
 
 BODY = {"model": "claude-x", "max_tokens": 64000, "metadata": {"user_id": "u"},

@@ -41,6 +41,13 @@ def fake_anthropic():
         yield fake
 
 
+@pytest.fixture
+def http(proxy):
+    """An HTTPS client through the module's `proxy` (a module fixture of the test file)."""
+    with proxy.client() as c:
+        yield c
+
+
 class Proxy:
     def __init__(self, mitm: Mitmdump, home: Path):
         self.mitm = mitm

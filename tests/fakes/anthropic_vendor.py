@@ -20,8 +20,9 @@ Default reply (queue empty): `Text(default_text)`, i.e. "Hello from the fake Ant
 in 3 text deltas, stop_reason "end_turn"; or the constructor's `default_reply`. `agent_reply`
 (for real CLIs, `--agent`): the last user/assistant message is a user turn with a
 `tool_result` -> text `"FAKE-TOOL-RESULT: " + its text`; else its text has `RUN: <command>` and
-the request offers a `Bash` tool -> `tool_use` Bash `{"command": <command>, "description":
-"run the requested command"}` (stop_reason "tool_use"); else None (the default text).
+the request offers a shell tool (Claude Code's `Bash`, Codex's `exec`/`exec_command`, ...:
+`replies.shell_call`) -> a `tool_use` of it running <command> (stop_reason "tool_use"); else
+None (the default text).
 
 Rendering:
 - whole: a `message` {id, type, role, model, content [thinking?, text?, tool_use...],
@@ -49,7 +50,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from .replies import (Answer, Counts, Events, Reply, StreamError, Text, ToolCall, ToolCalls,
-                      resolve)
+                      resolve, shell_call)
 from .server import (JSON_TYPE, SSE_TYPE, FakeServer, Plan, Received, Stream, Whole, dumps,
                      run_cli)
 
@@ -356,10 +357,7 @@ def agent_reply(received: Received) -> Reply | None:
                                                    for b in results))
     found = _RUN.findall(_text_of(turns[-1].get("content")))
     offered = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
-    if found and "Bash" in offered:
-        return ToolCall("Bash", {"command": found[-1].strip(),
-                                 "description": "run the requested command"})
-    return None
+    return shell_call(offered, found[-1].strip()) if found else None
 
 
 if __name__ == "__main__":

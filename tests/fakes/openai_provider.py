@@ -19,9 +19,9 @@ content deltas, finish "stop"; or the constructor's `default_reply` (a reply, or
 `(Received) -> reply | None`). `agent_reply` is such a callable, for real CLIs (`--agent`):
 - the last message is a `tool` message -> text `"FAKE-TOOL-RESULT: " + its text`;
 - else the last user message has `RUN: <command>` (to the end of its line) and the request
-  offers a shell tool (`Bash`, `run_shell_command`, `exec_command` or `shell`) -> one call of
-  it with `{"command": <command>, "description": "run the requested command"}` (plus
-  `"is_background": false` for `run_shell_command`), finish "tool_calls";
+  offers a shell tool (`Bash`, `run_shell_command`, `exec_command`, `shell` or Codex's `exec`:
+  `replies.shell_call` gives each its own arguments) -> one call of it running <command>,
+  finish "tool_calls";
 - else None: the default text.
 
 Rendering:
@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from .replies import (Answer, Counts, Events, Reply, StreamError, Text, ToolCall, ToolCalls,
-                      resolve)
+                      resolve, shell_call)
 from .server import (JSON_TYPE, SSE_TYPE, FakeServer, Plan, Received, Stream, Whole, dumps,
                      run_cli)
 
@@ -313,7 +313,6 @@ class FakeOpenAI(FakeServer):
         yield DONE
 
 
-_SHELL_TOOLS = ("Bash", "run_shell_command", "exec_command", "shell")
 _RUN = re.compile(r"RUN:[ \t]*([^\r\n]+)")
 
 
@@ -340,14 +339,7 @@ def agent_reply(received: Received) -> Reply | None:
         return None
     offered = {(t.get("function") or {}).get("name") for t in body.get("tools") or []
                if isinstance(t, dict)}
-    for name in _SHELL_TOOLS:
-        if name in offered:
-            arguments = {"command": found[-1].strip(),
-                         "description": "run the requested command"}
-            if name == "run_shell_command":
-                arguments["is_background"] = False
-            return ToolCall(name, arguments)
-    return None
+    return shell_call(offered, found[-1].strip())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ Endpoints (any path prefix):
   with `validate` (the default) also 400 for no `model`, no `input` (a string or a list), an
   `input` item that is not an object, a `function_call_output` answering no earlier
   `function_call`/`custom_tool_call`. Otherwise the next queued reply, else the default reply.
+- `GET .../models`: as `FakeOpenAI`.
 - anything else: 404 `Invalid URL (METHOD PATH)`.
 
 Rendering, as the captures in tests/data/captures/codex*.responses.*.response.txt show:
@@ -83,6 +84,8 @@ class FakeOpenAIResponses(FakeOpenAI):
         route = received.route
         if received.method == "POST" and route.endswith("/responses"):
             return self._responses(received)
+        if received.method == "GET" and route.endswith("/models"):
+            return super().plan(received)
         return self.error_plan(404, f"Invalid URL ({received.method} {route})", code=None)
 
     @staticmethod

@@ -251,6 +251,31 @@ Reply = (Text | ToolCall | ToolCalls | Events | Status | Garbage | CutAfter | St
          | Linger | Raw)
 
 
+# the shell tools of the real CLIs, in the order an agent prefers them, with their arguments
+SHELL_TOOLS = ("Bash", "run_shell_command", "exec_command", "shell", "exec")
+
+
+def shell_call(offered, command: str) -> ToolCall | None:
+    """A call running `command` with the first shell tool `offered` (tool names), in the
+    arguments that CLI's tool takes: Claude Code's `Bash`, Gemini CLI's and Qwen Code's
+    `run_shell_command`, Codex's `exec_command` ({cmd}) and, in its code mode, the custom
+    `exec` tool (JavaScript, offered to other providers as a function taking {input})."""
+    for name in SHELL_TOOLS:
+        if name not in offered:
+            continue
+        if name == "exec_command":
+            return ToolCall(name, {"cmd": command})
+        if name == "exec":
+            script = (f"const r = await tools.exec_command({{cmd: {json.dumps(command)}}});\n"
+                      "text(r.output);")
+            return ToolCall(name, {"input": script})
+        arguments = {"command": command, "description": "run the requested command"}
+        if name == "run_shell_command":
+            arguments["is_background"] = False
+        return ToolCall(name, arguments)
+    return None
+
+
 # --- what the fakes render: a content reply with every figure resolved ---------------------
 
 @dataclass(frozen=True, slots=True)
