@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from translators import anthropic, openai_chat, openai_responses
+from translators import anthropic, gemini, openai_chat, openai_responses
 
 # ---------------------------------------------------------------- how a value is read
 
@@ -52,11 +52,20 @@ class QueryParam:
     equals: str | None = None
 
 
-Source = BodyField | PathPart | QueryParam
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """A value the endpoint itself says (`generateContent` is never streamed)."""
 
-# what kind of call an endpoint takes (only model calls today; model lists, compaction and
-# token counting come with the formats that have them)
+    value: Any
+
+
+Source = BodyField | PathPart | QueryParam | Fixed
+
+# what kind of call an endpoint takes: a model call (routed, translated, counted), or a call
+# about models that detour answers itself when the route leaves the vendor (addons/side_calls.py)
 MODEL_CALL = "model-call"
+COUNT_TOKENS = "count-tokens"
+MODEL_LIST = "model-list"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +113,8 @@ class ClientCall:
         t = type(source)
         if t is BodyField:
             return body.get(source.name)
+        if t is Fixed:
+            return source.value
         if t is PathPart:
             value = self.parts.get(source.name)
         else:
@@ -114,12 +125,35 @@ class ClientCall:
 
 # ---------------------------------------------------------------- client formats
 
-CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, openai_responses)}
+CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, openai_responses,
+                                                      gemini)}
+
+GEMINI_HOST = "generativelanguage.googleapis.com"
+
+
+def _gemini_endpoints(version: str) -> tuple[Endpoint, ...]:
+    """The Gemini API under one version prefix: the model is in the path, and so is whether
+    the answer streams."""
+    models = f"/{version}/models"
+    in_path = PathPart("model")
+    return (
+        Endpoint.make(GEMINI_HOST, models + "/{model}:generateContent", gemini.NAME,
+                      model=in_path, stream=Fixed(False)),
+        Endpoint.make(GEMINI_HOST, models + "/{model}:streamGenerateContent", gemini.NAME,
+                      model=in_path, stream=Fixed(True)),
+        Endpoint.make(GEMINI_HOST, models + "/{model}:countTokens", gemini.NAME,
+                      kind=COUNT_TOKENS, model=in_path, stream=Fixed(False)),
+        Endpoint.make(GEMINI_HOST, models, gemini.NAME, kind=MODEL_LIST, method="GET",
+                      model=Fixed("*"), stream=Fixed(False)),
+    )
+
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
     Endpoint.make("api.openai.com", "/v1/chat/completions", openai_chat.NAME),
     Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME),
+    *_gemini_endpoints("v1beta"),
+    *_gemini_endpoints("v1"),
 )
 
 HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)
@@ -189,9 +223,14 @@ class ProviderKind:
     # client headers a same-format call keeps (they still hold when detour picks the account)
     forwarded_headers: tuple[str, ...] = ()
     dialects: bool = False  # the codec's encode_request takes a translators Dialect
+    # the path of a streamed call, when it is not `path` (Gemini: another method and ?alt=sse)
+    stream_path: str | None = None
+    # where the provider counts a prompt's tokens (addons/side_calls.py), if it does
+    count_path: str | None = None
 
-    def url(self, base_url: str, model: str) -> str:
-        path = self.path
+    def url(self, base_url: str, model: str, stream: bool = False,
+            path: str | None = None) -> str:
+        path = path or (self.stream_path if stream and self.stream_path else self.path)
         if "{model}" in path:
             path = path.replace("{model}", quote(model, safe=""))
         return base_url + path
@@ -203,6 +242,11 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
                  fixed_headers=(("anthropic-version", "2023-06-01"),),
                  forwarded_headers=("anthropic-version", "anthropic-beta")),
     ProviderKind("openai-responses", openai_responses, "/responses", BEARER),
+    # base_url: https://generativelanguage.googleapis.com (the version is in the path)
+    ProviderKind("gemini", gemini, "/v1beta/models/{model}:generateContent",
+                 HeaderKey("x-goog-api-key"),
+                 stream_path="/v1beta/models/{model}:streamGenerateContent?alt=sse",
+                 count_path="/v1beta/models/{model}:countTokens"),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)

@@ -29,12 +29,13 @@ from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
-from addons.formats import HANDLED_HOSTS, HOST_FORMATS, client_call
+from addons.formats import HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, client_call
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.routing import plan
 from addons.scrubber import credentials_of
 from addons.settings import DetourSettings
+from addons.side_calls import SideCalls
 from translators import canonical
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Interceptor:
         self._calls: dict[str, Call] = {}
         # calls mitmproxy's own connection carries to their one provider (addons/direct.py)
         self.direct = DirectPath(settings, self._finish)
+        self.side_calls = SideCalls(settings)
 
     # ------------------------------------------------------------ operator command
 
@@ -144,7 +146,7 @@ class Interceptor:
             self._held[flow.id] = held
             redact_credentials(req.headers)
         endpoint = client_call(host, req.method, req.path)
-        if endpoint is not None:
+        if endpoint is not None and endpoint.endpoint.kind == MODEL_CALL:
             self._refuse_unread(flow, endpoint.client_format)
 
     def _refuse_unread(self, flow: http.HTTPFlow, fmt: str) -> None:
@@ -237,6 +239,11 @@ class Interceptor:
         held = self._held.pop(flow.id, {})
         endpoint = client_call(host, req.method, req.path)
         rt = self.settings.runtime
+        if endpoint is not None and endpoint.endpoint.kind != MODEL_CALL:
+            # a token count, a model list: answered here, or left to the vendor as below
+            if await self.side_calls.answer(flow, endpoint, MARK):
+                return
+            endpoint = None
         if endpoint is None:
             # not a model call: untouched, except that a configured vendor override applies
             # to the whole host

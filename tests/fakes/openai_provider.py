@@ -335,11 +335,17 @@ def agent_reply(received: Received) -> Reply | None:
     if messages[-1].get("role") == "tool":
         return Text("FAKE-TOOL-RESULT: " + _text_of(messages[-1].get("content")))
     users = [m for m in messages if m.get("role") == "user"]
-    found = _RUN.findall(_text_of(users[-1].get("content"))) if users else []
-    if not found:
-        return None
     offered = {(t.get("function") or {}).get("name") for t in body.get("tools") or []
                if isinstance(t, dict)}
+    return shell_call(_text_of(users[-1].get("content")) if users else "", offered)
+
+
+def shell_call(user_text: str, offered: set) -> ToolCall | None:
+    """The agent's call of an offered shell tool for the last `RUN: <command>` of the user's
+    text, or None."""
+    found = _RUN.findall(user_text)
+    if not found:
+        return None
     for name in _SHELL_TOOLS:
         if name in offered:
             arguments = {"command": found[-1].strip(),
