@@ -20,8 +20,9 @@ Default reply (queue empty): `Text(default_text)`, i.e. "Hello from the fake Ant
 in 3 text deltas, stop_reason "end_turn"; or the constructor's `default_reply`. `agent_reply`
 (for real CLIs, `--agent`): the last user/assistant message is a user turn with a
 `tool_result` -> text `"FAKE-TOOL-RESULT: " + its text`; else its text has `RUN: <command>` and
-the request offers a `Bash` tool -> `tool_use` Bash `{"command": <command>, "description":
-"run the requested command"}` (stop_reason "tool_use"); else None (the default text).
+the request offers a shell tool (`Bash`, `run_shell_command`, ...) -> a `tool_use` of it
+`{"command": <command>, "description": "run the requested command"}` (stop_reason
+"tool_use"); else None (the default text).
 
 Rendering:
 - whole: a `message` {id, type, role, model, content [thinking?, text?, tool_use...],
@@ -44,10 +45,10 @@ import base64
 import hashlib
 import itertools
 import json
-import re
 import sys
 from collections.abc import Iterable, Iterator
 
+from .openai_provider import shell_call
 from .replies import (Answer, Counts, Events, Reply, StreamError, Text, ToolCall, ToolCalls,
                       resolve)
 from .server import (JSON_TYPE, SSE_TYPE, FakeServer, Plan, Received, Stream, Whole, dumps,
@@ -328,9 +329,6 @@ class FakeAnthropic(FakeServer):
         yield sse("message_stop", {"type": "message_stop"})
 
 
-_RUN = re.compile(r"RUN:[ \t]*([^\r\n]+)")
-
-
 def _text_of(content) -> str:
     if isinstance(content, str):
         return content
@@ -354,12 +352,8 @@ def agent_reply(received: Received) -> Reply | None:
     if results:
         return Text("FAKE-TOOL-RESULT: " + "".join(_text_of(b.get("content", ""))
                                                    for b in results))
-    found = _RUN.findall(_text_of(turns[-1].get("content")))
     offered = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
-    if found and "Bash" in offered:
-        return ToolCall("Bash", {"command": found[-1].strip(),
-                                 "description": "run the requested command"})
-    return None
+    return shell_call(_text_of(turns[-1].get("content")), offered)
 
 
 if __name__ == "__main__":
