@@ -156,33 +156,60 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *_gemini_endpoints("v1"),
 )
 
-HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)
-# the format an error on a vendor host is written in when its path says nothing (a host's
-# first endpoint)
-HOST_FORMATS: dict[str, str] = {}
-for _e in ENDPOINTS:
-    HOST_FORMATS.setdefault(_e.host, _e.client_format)
-# exact paths are found by one lookup; patterns are tried in the order written, per host
-_EXACT = {(e.host, e.method, e.path): e for e in ENDPOINTS if e.pattern is None}
-_PATTERNS: dict[str, tuple[Endpoint, ...]] = {}
-for _e in ENDPOINTS:
-    if _e.pattern is not None:
-        _PATTERNS[_e.host] = _PATTERNS.get(_e.host, ()) + (_e,)
+class FormatTable:
+    """Endpoints as one lookup: which hosts are handled, a host's format for errors (its first
+    endpoint's), and the endpoint a request is for."""
+
+    __slots__ = ("endpoints", "handled_hosts", "host_formats", "_exact", "_patterns")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...]):
+        self.endpoints = endpoints
+        self.handled_hosts = frozenset(e.host for e in endpoints)
+        self.host_formats: dict[str, str] = {}
+        for e in endpoints:
+            self.host_formats.setdefault(e.host, e.client_format)
+        # exact paths are found by one lookup; patterns are tried in the order written, per host
+        self._exact = {(e.host, e.method, e.path): e for e in endpoints if e.pattern is None}
+        self._patterns: dict[str, tuple[Endpoint, ...]] = {}
+        for e in endpoints:
+            if e.pattern is not None:
+                self._patterns[e.host] = self._patterns.get(e.host, ()) + (e,)
+
+    def client_call(self, host: str, method: str, path: str) -> ClientCall | None:
+        """The endpoint a request is for, or None (not one detour takes)."""
+        bare = path.partition("?")[0]
+        e = self._exact.get((host, method, bare))
+        if e is not None:
+            return ClientCall(e, path, {})
+        for e in self._patterns.get(host, ()):
+            if e.method == method and (m := e.pattern.fullmatch(bare)):
+                return ClientCall(e, path, m.groupdict())
+        return None
+
+
+# the vendors' own endpoints (config's `chat_hosts` adds more: `with_chat_hosts`)
+TABLE = FormatTable(ENDPOINTS)
+HANDLED_HOSTS = TABLE.handled_hosts
+HOST_FORMATS = TABLE.host_formats
+client_call = TABLE.client_call
 
 # where passthrough sends a vendor host (config `vendors:` overrides)
 VENDOR_ORIGINS: dict[str, str] = {host: f"https://{host}" for host in HANDLED_HOSTS}
 
+# Hosts whose OpenAI-compatible Chat endpoint clients call directly (Qwen Code: DashScope with
+# an API key, portal.qwen.ai with Qwen OAuth), intercepted as `openai-chat` (config
+# `chat_hosts:` replaces this list)
+DEFAULT_CHAT_HOSTS = ("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com", "portal.qwen.ai")
+# where they serve Chat: DashScope's compatible mode, and the plain /v1 of the others
+CHAT_HOST_PATHS = ("/compatible-mode/v1/chat/completions", "/v1/chat/completions")
 
-def client_call(host: str, method: str, path: str) -> ClientCall | None:
-    """The endpoint a request is for, or None (not one detour takes)."""
-    bare = path.partition("?")[0]
-    e = _EXACT.get((host, method, bare))
-    if e is not None:
-        return ClientCall(e, path, {})
-    for e in _PATTERNS.get(host, ()):
-        if e.method == method and (m := e.pattern.fullmatch(bare)):
-            return ClientCall(e, path, m.groupdict())
-    return None
+
+@functools.lru_cache(maxsize=8)
+def with_chat_hosts(hosts: tuple[str, ...]) -> FormatTable:
+    """The table of the vendors' endpoints plus the Chat endpoints of these hosts."""
+    extra = tuple(Endpoint.make(host, path, openai_chat.NAME) for host in hosts
+                  for path in CHAT_HOST_PATHS if host not in HANDLED_HOSTS)
+    return FormatTable(ENDPOINTS + extra)
 
 
 # ---------------------------------------------------------------- provider kinds

@@ -29,7 +29,8 @@ from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
-from addons.formats import HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, client_call
+from addons import formats
+from addons.formats import MODEL_CALL, FormatTable
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.routing import plan
@@ -124,11 +125,17 @@ class Interceptor:
                         "relay_connections_waiting": relay.get("connections_waiting", 0)},
         })
 
+    @property
+    def table(self) -> FormatTable:
+        """The endpoints detour takes, as configured (formats.py, config `chat_hosts`)."""
+        rt = self.settings.runtime
+        return rt.config.format_table if rt is not None else formats.TABLE
+
     # ------------------------------------------------------------ TLS: decrypt only our hosts
 
     def tls_clienthello(self, data: tls.ClientHelloData):
         host = data.client_hello.sni or (data.context.server.address or ("",))[0]
-        if host not in HANDLED_HOSTS:
+        if host not in self.table.handled_hosts:
             data.ignore_connection = True
 
     # ------------------------------------------------------------ credentials out of sight
@@ -138,14 +145,14 @@ class Interceptor:
         flow (`flows/add`): script addons come before the View in mitmweb's addon chain."""
         req = flow.request
         host = req.pretty_host
-        if host not in HANDLED_HOSTS:
+        if host not in self.table.handled_hosts:
             return
         flow.metadata[META + ".host"] = host  # survives a vendor override
         held = credentials_held(req.headers)
         if held:
             self._held[flow.id] = held
             redact_credentials(req.headers)
-        endpoint = client_call(host, req.method, req.path)
+        endpoint = self.table.client_call(host, req.method, req.path)
         if endpoint is not None and endpoint.endpoint.kind == MODEL_CALL:
             self._refuse_unread(flow, endpoint.client_format)
 
@@ -216,7 +223,7 @@ class Interceptor:
 
     def _internal_error(self, flow: http.HTTPFlow, e: Exception) -> None:
         host = flow.metadata.get(META + ".host") or flow.request.pretty_host
-        if host not in HANDLED_HOSTS:
+        if host not in self.table.handled_hosts:
             raise e  # not a flow detour takes
         log.error("detour: internal error on %s %s", flow.request.method,
                   flow.metadata.get(META, {}).get("url") or flow.request.pretty_url,
@@ -224,7 +231,7 @@ class Interceptor:
         message = internal_error(e)
         # a flow not yet known as a model call has no call: it is answered, not counted
         call = self._calls.get(flow.id)
-        fmt = call.row.client_format if call is not None else HOST_FORMATS[host]
+        fmt = call.row.client_format if call is not None else self.table.host_formats[host]
         relayed = self._relay_flows.pop(flow.id, None)
         if relayed is not None:  # handed to the relay already: withdrawn, its call ended here
             self.settings.runtime.relay.withdraw(flow.id)
@@ -233,11 +240,11 @@ class Interceptor:
     async def _request(self, flow: http.HTTPFlow):
         req = flow.request
         host = req.pretty_host  # parsed anew at each read: read once
-        if host not in HANDLED_HOSTS:
+        if host not in self.table.handled_hosts:
             return
         flow.metadata[META + ".host"] = host  # survives a vendor override
         held = self._held.pop(flow.id, {})
-        endpoint = client_call(host, req.method, req.path)
+        endpoint = self.table.client_call(host, req.method, req.path)
         rt = self.settings.runtime
         if endpoint is not None and endpoint.endpoint.kind != MODEL_CALL:
             # a token count, a model list: answered here, or left to the vendor as below

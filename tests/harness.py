@@ -91,6 +91,18 @@ def run_client(argv, env: dict, cwd: Path, timeout: float) -> ClientRun:
     return run
 
 
+def stop_and_show(proxy: "Mitmdump", provider) -> None:
+    """Stop a real-client test's proxy and fake provider, and print (pytest shows it when the
+    test failed) what the provider received and mitmdump's log."""
+    proxy.stop()
+    provider.stop()
+    print("\n===== requests to the fake provider =====")
+    for r in provider.requests:
+        print(f"{r.method} {r.path} ({len(r.body)} bytes)")
+    print("===== mitmdump output =====")
+    print(proxy.text)
+
+
 class Mitmdump:
     """`mitmdump [-s addons/router.py] --listen-port 0`, its port read from its own output."""
 

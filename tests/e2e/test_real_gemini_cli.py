@@ -23,7 +23,7 @@ import yaml
 
 from tests.fakes import anthropic_vendor, openai_provider
 from tests.fakes.replies import Text, ToolCall
-from tests.harness import ROOT, ClientRun, Mitmdump, run_client
+from tests.harness import ROOT, ClientRun, Mitmdump, run_client, stop_and_show
 
 pytestmark = pytest.mark.slow
 
@@ -112,13 +112,7 @@ def stack(request, tmp_path):
         proxy.start()
         yield Stack(provider, proxy, home, client_home, workdir)
     finally:
-        proxy.stop()
-        provider.stop()
-        print("\n===== requests to the fake provider =====")
-        for r in provider.requests:
-            print(f"{r.method} {r.path} ({len(r.body)} bytes)")
-        print("===== mitmdump output =====")
-        print(proxy.text)
+        stop_and_show(proxy, provider)
 
 
 def run_gemini(stack: Stack, *args: str) -> ClientRun:
