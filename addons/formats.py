@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from translators import anthropic, gemini, openai_chat, openai_responses
+from translators import anthropic, gemini, gemini_code_assist, openai_chat, openai_responses
 
 # ---------------------------------------------------------------- how a value is read
 
@@ -66,6 +66,9 @@ Source = BodyField | PathPart | QueryParam | Fixed
 MODEL_CALL = "model-call"
 COUNT_TOKENS = "count-tokens"
 MODEL_LIST = "model-list"
+# a client's setup call (Gemini CLI's loadCodeAssist, onboardUser, ...): passed through while
+# its vendor account is used, answered locally when the routes leave the vendor
+SETUP_CALL = "setup-call"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +129,7 @@ class ClientCall:
 # ---------------------------------------------------------------- client formats
 
 CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, openai_responses,
-                                                      gemini)}
+                                                      gemini, gemini_code_assist)}
 
 GEMINI_HOST = "generativelanguage.googleapis.com"
 
@@ -148,12 +151,38 @@ def _gemini_endpoints(version: str) -> tuple[Endpoint, ...]:
     )
 
 
+CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"
+GOOGLE_OAUTH_HOST = "oauth2.googleapis.com"
+
+
+def _code_assist_endpoints() -> tuple[Endpoint, ...]:
+    """Gemini CLI logged in with Google: the model calls in their envelope (the model is a body
+    field), its token count, and its setup calls (any other `/v1internal:<method>`)."""
+    name = gemini_code_assist.NAME
+    return (
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:generateContent", name,
+                      stream=Fixed(False)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:streamGenerateContent", name,
+                      stream=Fixed(True)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:countTokens", name, kind=COUNT_TOKENS,
+                      stream=Fixed(False)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:{method}", name, kind=SETUP_CALL,
+                      model=Fixed("*"), stream=Fixed(False)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:{method}", name, kind=SETUP_CALL,
+                      method="GET", model=Fixed("*"), stream=Fixed(False)),
+        # its check of the cached login's access token, before any of the above
+        *(Endpoint.make(GOOGLE_OAUTH_HOST, "/tokeninfo", name, kind=SETUP_CALL, method=m,
+                        model=Fixed("*"), stream=Fixed(False)) for m in ("GET", "POST")),
+    )
+
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
     Endpoint.make("api.openai.com", "/v1/chat/completions", openai_chat.NAME),
     Endpoint.make("api.openai.com", "/v1/responses", openai_responses.NAME),
     *_gemini_endpoints("v1beta"),
     *_gemini_endpoints("v1"),
+    *_code_assist_endpoints(),
 )
 
 class FormatTable:

@@ -1,5 +1,5 @@
-"""Calls about models that are not model calls (endpoint kinds other than MODEL_CALL in the
-format table): counting a prompt's tokens and listing models, as Gemini's API has them.
+"""Calls on a vendor host that are not model calls (endpoint kinds other than MODEL_CALL in
+the format table): counting a prompt's tokens, listing models, a client's setup calls.
 
 Whatever the route of the model, passthrough leaves the call to the vendor. Otherwise:
 - count-tokens: a provider that speaks the client's format and counts (`ProviderKind.
@@ -8,6 +8,10 @@ Whatever the route of the model, passthrough leaves the call to the vendor. Othe
   JSON, marked as such (`x-detour-estimate` header, the flow's comment).
 - model-list: when models default to passthrough the vendor's list is the truth (routed names
   work on top of it); otherwise the list is the routed model names of config.yaml.
+- setup-call (Gemini CLI's loadCodeAssist, onboardUser, listExperiments, ...): passed through
+  while the default route may use the client's own account (passthrough is among its
+  candidates); otherwise answered locally by the format's codec (`setup_answer`), since no
+  vendor account is used and the vendor would refuse a login detour never sees.
 
 No usage row is written: these calls use no tokens.
 """
@@ -20,7 +24,8 @@ from mitmproxy import http
 
 from addons import formats
 from addons.decoding import TooLarge, decode_whole
-from addons.formats import COUNT_TOKENS, ClientCall
+from addons.config import PASSTHROUGH
+from addons.formats import COUNT_TOKENS, SETUP_CALL, ClientCall
 from addons.routing import plan
 from addons.settings import DetourSettings
 from translators import canonical
@@ -50,7 +55,23 @@ class SideCalls:
         """Answer the call (flow.response set, True), or leave it to its vendor (False)."""
         if call.endpoint.kind == COUNT_TOKENS:
             return await self._count_tokens(flow, call, mark)
+        if call.endpoint.kind == SETUP_CALL:
+            return self._setup(flow, call, mark)
         return self._model_list(flow, call, mark)
+
+    # ------------------------------------------------------------ setup calls
+
+    def _setup(self, flow: http.HTTPFlow, call: ClientCall, mark: str) -> bool:
+        config = self.settings.runtime.config
+        default = config.candidates("*", flow.request.headers.get("user-agent", ""))
+        if not default or PASSTHROUGH in default:
+            return False
+        method = call.parts.get("method") or call.path.partition("?")[0].rpartition("/")[2]
+        codec = formats.CODECS[call.client_format]
+        self._answer(flow, 200, codec.setup_answer(method), codec.JSON_CONTENT_TYPE, mark,
+                     f"detour: {call.client_format} {method} answered locally (no vendor "
+                     "account in the routes)")
+        return True
 
     # ------------------------------------------------------------ model lists
 
@@ -72,7 +93,6 @@ class SideCalls:
         rt = self.settings.runtime
         req = flow.request
         codec = formats.CODECS[call.client_format]
-        model = call.model({})
         try:
             raw = decode_whole(req.raw_content or b"", req.headers.get("content-encoding", ""),
                                rt.config.limits.decompressed, "the request body once decompressed")
@@ -81,6 +101,11 @@ class SideCalls:
             return self._error(flow, codec, 400, f"cannot read the request body: {e}", mark)
         if not isinstance(body, dict):
             return self._error(flow, codec, 400, "the request body must be a JSON object", mark)
+        named = getattr(codec, "count_tokens_model", None)  # an envelope names it inside
+        model = named(body) if named else call.model(body)
+        if not isinstance(model, str) or not model:
+            return self._error(flow, codec, 400, "model: a model name is required", mark)
+        prompt = codec.count_tokens_prompt(body) if named else body
         candidates = plan(rt.config, rt.providers, model,
                           user_agent=req.headers.get("user-agent", ""),
                           quotas=rt.forwarder.quotas, cooldowns=rt.cooldowns)
@@ -90,14 +115,14 @@ class SideCalls:
             if cand.provider is None:
                 continue
             kind = formats.provider_kind(cand.provider.spec.kind)
-            if kind.codec.NAME == call.client_format and kind.count_path:
+            if kind.codec.NAME == call.client_format and kind.count_path and not named:
                 answer = await self._ask(cand, kind, body)
                 if answer is not None:
                     self._answer(flow, 200, answer, codec.JSON_CONTENT_TYPE, mark,
                                  f"detour: {model} token count by {cand.public_name}")
                     return True
             break  # only the route's first provider counts for it
-        total = estimate_tokens(body)
+        total = estimate_tokens(prompt)
         self._answer(flow, 200, codec.count_tokens_response(total), codec.JSON_CONTENT_TYPE,
                      mark, f"detour: {model} token count estimated locally ({total})",
                      {ESTIMATE_HEADER: f"about {CHARS_PER_TOKEN} characters a token"})

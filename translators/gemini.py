@@ -761,6 +761,11 @@ class StreamDecoder(SSEDecoder):
         if not self._done:
             self._fail("api_error", "upstream stream ended before its finishReason", out)
 
+    @staticmethod
+    def _unwrap(chunk: dict) -> dict:
+        """The GenerateContentResponse a chunk carries (an envelope's decoder unwraps it)."""
+        return chunk
+
     def _fail(self, kind: str, message: str, out: list) -> None:
         out.append(c.StreamError(kind, message))
         self._done = True
@@ -789,6 +794,7 @@ class StreamDecoder(SSEDecoder):
         if "error" in chunk and "candidates" not in chunk:
             err = chunk["error"]
             return self._fail(_error_kind(err), _error_message(err), out)
+        chunk = self._unwrap(chunk)
         try:
             usage = decode_usage(chunk.get("usageMetadata"))
         except c.TranslationError as e:
@@ -883,7 +889,12 @@ class StreamEncoder(c.EventEncoder):
             body["usageMetadata"] = encode_usage(cand.pop("usage"))
         body["modelVersion"] = self._model
         body["responseId"] = self._id
-        return b"data: " + dumps_compact(body) + b"\r\n\r\n"
+        return b"data: " + dumps_compact(self._wrap(body)) + b"\r\n\r\n"
+
+    @staticmethod
+    def _wrap(body: dict) -> dict:
+        """What a chunk is sent as (an envelope's encoder wraps it)."""
+        return body
 
     def _part(self, part: dict) -> bytes:
         if self._signature is not None:
@@ -961,8 +972,10 @@ def sniff_stream(head: bytes) -> bool:
         line = line.strip()
         if not line or line.startswith(b":"):
             continue
+        # (a Code Assist envelope holds the same keys inside its "response")
         return line.startswith(b"data:") and (b'"candidates"' in line or
-                                              b'"usageMetadata"' in line)
+                                              b'"usageMetadata"' in line) and not (
+            line[5:].lstrip().startswith(b'{"response"'))
     return False
 
 

@@ -26,9 +26,11 @@ def test_the_vendor_endpoints_are_model_calls_of_their_format():
                                ("example.com", "POST", "/v1/messages")):
         assert formats.client_call(host, method, path) is None
     assert formats.HANDLED_HOSTS == {"api.anthropic.com", "api.openai.com",
-                                     "generativelanguage.googleapis.com"}
+                                     "generativelanguage.googleapis.com",
+                                     "cloudcode-pa.googleapis.com"}
     assert formats.HOST_FORMATS["api.openai.com"] == "openai-chat"
-    assert set(formats.CODECS) == {"anthropic", "openai-chat", "openai-responses", "gemini"}
+    assert set(formats.CODECS) == {"anthropic", "openai-chat", "openai-responses", "gemini",
+                                   "gemini-cli"}
 
 
 def test_a_patterned_path_gives_model_and_stream_from_the_url():

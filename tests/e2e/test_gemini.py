@@ -12,7 +12,7 @@ from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, start_proxy
 from tests.fakes.gemini_provider import FakeGemini
 from tests.fakes.openai_responses_provider import FakeOpenAIResponses
 from tests.fakes.replies import StreamError, Text, ToolCall, Usage
-from translators import anthropic, canonical, gemini, openai_chat
+from translators import anthropic, canonical, gemini, gemini_code_assist, openai_chat
 
 GEMINI_KEY = "AIza-fake-provider-key"
 BASE = "https://generativelanguage.googleapis.com/v1beta/models"
@@ -302,3 +302,69 @@ def test_model_list_names_the_routed_models(proxy, http):
     assert r.status_code == 200, r.text
     names = [m["name"] for m in r.json()["models"]]
     assert names == [f"models/{n}" for n in ROUTES]
+
+
+# ---------------------------------------------------------------- Gemini CLI's Code Assist
+
+CODE_ASSIST = "https://cloudcode-pa.googleapis.com/v1internal"
+GOOGLE_HEADERS = {"authorization": "Bearer ya29.client-token-not-real",
+                  "content-type": "application/json"}
+
+
+def envelope(route: str, body: dict) -> dict:
+    return {"model": route, "project": "proj-1", "user_prompt_id": "p-1",
+            "request": dict(body, session_id="s-1")}
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+@pytest.mark.parametrize("route", ["to-chat", "to-gem"])
+def test_code_assist_client(proxy, http, fake_openai, fake_gemini, route, stream):
+    fake = fake_openai if route == "to-chat" else fake_gemini
+    fake.enqueue(ToolCall("run_shell_command", {"command": "echo hi"}), Text("done", usage=USAGE))
+    first = {"contents": [user("Run echo hi")], "tools": [SHELL_TOOL]}
+    url = CODE_ASSIST + (":streamGenerateContent?alt=sse" if stream else ":generateContent")
+    r = http.post(url, json=envelope(route, first), headers=GOOGLE_HEADERS)
+    assert r.status_code == 200, r.text
+    if stream:
+        resp = canonical.collect_response(checked_events(gemini_code_assist, r.content))
+        assert all(json.loads(line[6:]).keys() == {"response", "traceId"}
+                   for line in r.text.splitlines() if line.startswith("data: "))
+    else:
+        assert set(r.json()) == {"response", "traceId"}
+        resp = gemini_code_assist.decode_response(r.json())
+    call = next(p for p in resp.parts if type(p) is canonical.ToolUse)
+    sent = fake.requests[-1]
+    assert "ya29" not in json.dumps(dict(sent.headers))
+    if route == "to-gem":  # the envelope is Code Assist's own: the Gemini API gets the body
+        assert "session_id" not in sent.json and "project" not in sent.json
+        assert sent.json["contents"] == first["contents"]
+    model_turn = gemini.encode_response(resp)["candidates"][0]["content"]
+    follow = dict(first, contents=first["contents"] + [model_turn, {"role": "user", "parts": [
+        {"functionResponse": {"id": call.id, "name": call.name,
+                              "response": {"output": "hi"}}}]}])
+    r2 = http.post(url, json=envelope(route, follow), headers=GOOGLE_HEADERS)
+    assert r2.status_code == 200, r2.text
+    answer = canonical.collect_response(checked_events(gemini_code_assist, r2.content)) if \
+        stream else gemini_code_assist.decode_response(r2.json())
+    assert [p.text for p in answer.parts if type(p) is canonical.Text] == ["done"]
+    row = proxy.row_of(r2)
+    assert (row["client_format"], row["model_requested"], row["status"]) == (
+        "gemini-cli", route, 200)
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+        400, 600, 50)
+
+
+def test_code_assist_setup_calls_are_answered_when_routed_away(proxy, http, fake_openai):
+    r = http.post(CODE_ASSIST + ":loadCodeAssist", json={"metadata": {}},
+                  headers=GOOGLE_HEADERS)
+    assert r.status_code == 200, r.text
+    assert r.json()["cloudaicompanionProject"] == gemini_code_assist.LOCAL_PROJECT
+    assert http.post(CODE_ASSIST + ":recordCodeAssistMetrics", json={},
+                     headers=GOOGLE_HEADERS).json() == {}
+    token = http.post("https://oauth2.googleapis.com/tokeninfo", headers=GOOGLE_HEADERS)
+    assert token.status_code == 200 and token.json()["expires_in"] > 0
+    count = http.post(CODE_ASSIST + ":countTokens", headers=GOOGLE_HEADERS, json={
+        "request": {"model": "models/to-chat", "contents": [user("y" * 400)]}})
+    assert count.status_code == 200 and count.headers["x-detour-estimate"]
+    assert 100 <= count.json()["totalTokens"] <= 120
+    assert not fake_openai.requests

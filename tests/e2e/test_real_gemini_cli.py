@@ -16,6 +16,7 @@ Skipped only when the gemini binary is missing (`bash scripts/install-clients.sh
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 GEMINI = ROOT / "clients" / "node_modules" / ".bin" / "gemini"
 CLIENT_KEY = "AIza-client-key-not-real"  # what Gemini CLI sends; never reaches a provider
+GOOGLE_TOKEN = "ya29.fake-google-access-token-not-real"  # its Google login's token: the same
 TIMEOUT = 55.0
 CLASSIFIER = {"complexity_reasoning": "a fake provider's rating", "complexity_score": 1}
 
@@ -115,22 +117,33 @@ def stack(request, tmp_path):
         stop_and_show(proxy, provider)
 
 
-def run_gemini(stack: Stack, *args: str) -> ClientRun:
+def google_login(stack: Stack) -> dict:
+    """Gemini CLI logged in with Google, as far as it can tell: a cached login whose access
+    token is fresh (so it never refreshes it), and the Code Assist auth type."""
+    (stack.client_home / ".gemini" / "oauth_creds.json").write_text(json.dumps({
+        "access_token": GOOGLE_TOKEN, "refresh_token": "1//fake-refresh-token-not-real",
+        "scope": "https://www.googleapis.com/auth/cloud-platform", "token_type": "Bearer",
+        "expiry_date": int(time.time() * 1000) + 3_600_000}))
+    return {"GOOGLE_GENAI_USE_GCA": "true"}
+
+
+def run_gemini(stack: Stack, *args: str, login: dict | None = None) -> ClientRun:
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-           "HOME": str(stack.client_home), "GEMINI_API_KEY": CLIENT_KEY,
-           "GEMINI_CLI_TRUST_WORKSPACE": "true", "HTTPS_PROXY": stack.proxy.url,
-           "NODE_EXTRA_CA_CERTS": str(stack.proxy.ca_cert)}
+           "HOME": str(stack.client_home), "GEMINI_CLI_TRUST_WORKSPACE": "true",
+           "HTTPS_PROXY": stack.proxy.url, "NODE_EXTRA_CA_CERTS": str(stack.proxy.ca_cert),
+           **(login or {"GEMINI_API_KEY": CLIENT_KEY})}
     run = run_client([GEMINI, *args], env, stack.workdir, TIMEOUT)
     if run.returncode is None:
         pytest.fail(f"gemini {' '.join(args)} did not finish within {TIMEOUT:.0f} s")
     return run
 
 
-def assert_rows(stack: Stack, n: int) -> list[dict]:
+def assert_rows(stack: Stack, n: int, client_format: str = "gemini") -> list[dict]:
     rows = stack.usage_rows()
     assert len(rows) == n, [(r["model_requested"], r["status"], r["error"]) for r in rows]
     for row in rows:
-        assert (row["client_format"], row["provider"], row["status"]) == ("gemini", "fake", 200)
+        assert (row["client_format"], row["provider"], row["status"]) == (
+            client_format, "fake", 200)
         assert row["model_upstream"] == "fake-model" and row["error"] is None
         assert row["input_tokens"] > 0 and row["output_tokens"] > 0
     return rows
@@ -138,7 +151,8 @@ def assert_rows(stack: Stack, n: int) -> list[dict]:
 
 def assert_key_stayed_home(stack: Stack) -> None:
     for r in stack.provider.requests:
-        assert CLIENT_KEY not in json.dumps(r.headers) and CLIENT_KEY.encode() not in r.body
+        for secret in (CLIENT_KEY, GOOGLE_TOKEN):
+            assert secret not in json.dumps(r.headers) and secret.encode() not in r.body
 
 
 def test_text_answer(stack):
@@ -164,3 +178,22 @@ def test_shell_tool_round_trip(stack):
     assert "detour-gemini-ok" in last and "run_shell_command" in last
     assert_key_stayed_home(stack)
     assert_rows(stack, 3)
+
+
+@pytest.mark.parametrize("stack", ["chat"], indirect=True)
+def test_google_login_rerouted(stack):
+    """Code Assist mode: its setup calls (token check, loadCodeAssist, quota, ...) answered by
+    detour, its model calls (in their envelope) by the Chat provider."""
+    login = google_login(stack)
+    run = run_gemini(stack, "-p", "Say hi", login=login)
+    assert run.returncode == 0, run.stderr
+    assert stack.provider.default_text in run.stdout
+    tool = run_gemini(stack, "--yolo", "-p", "RUN: echo detour-gca-ok", login=login)
+    assert tool.returncode == 0, tool.stderr
+    assert "FAKE-TOOL-RESULT" in tool.stdout and "detour-gca-ok" in tool.stdout
+    calls = stack.model_calls()
+    assert len(calls) == 5, [r.path for r in calls]  # classifier + answer, classifier + 2
+    assert_key_stayed_home(stack)
+    # only model calls reached the provider: the setup calls were answered by detour
+    assert all(r.route.endswith("/chat/completions") for r in stack.provider.requests)
+    assert_rows(stack, 5, "gemini-cli")
