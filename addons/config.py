@@ -39,6 +39,7 @@ DEFAULT_CONFIG_YAML = """\
 #   openai-responses - OpenAI's Responses API (base_url .../v1; requests go to /responses)
 #   codex     - the ChatGPT backend Codex uses when logged in with ChatGPT (base_url
 #               https://chatgpt.com/backend-api/codex; api_keys: the login's access token)
+#   gemini    - the Gemini API, API key (base_url https://generativelanguage.googleapis.com)
 # api_keys are the provider's accounts: a literal key, env:VARIABLE or file:/path/to/key, or
 # {key: ..., priority: 2, disabled: true}. Lower priority groups are asked first; inside a
 # group accounts take turns (strategy: round-robin | least-recently-used). An account that
@@ -76,6 +77,10 @@ clients: {}
 # price, or prices one the table lacks (else its cost stays unknown, never 0).
 prices: {}
 #  deepseek-chat: {input: 0.27, output: 1.10, cache_read: 0.07}
+
+# Hosts whose OpenAI-compatible /v1/chat/completions (DashScope: /compatible-mode/v1/...)
+# clients call directly, taken as OpenAI Chat calls. Default: Qwen Code's own hosts.
+# chat_hosts: [dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com, portal.qwen.ai]
 """
 
 
@@ -307,6 +312,9 @@ class Config(_Strict):
     # client tools (by User-Agent) with routes of their own, first match in the order written
     clients: dict[str, ClientRoutes] = Field(default_factory=dict)
     vendors: dict[str, str] = Field(default_factory=dict)
+    # hosts whose /v1/chat/completions (DashScope: /compatible-mode/v1/...) is intercepted as
+    # OpenAI Chat (Qwen Code's own hosts by default)
+    chat_hosts: list[str] = Field(default_factory=lambda: list(formats.DEFAULT_CHAT_HOSTS))
     prices: dict[str, Price] = Field(default_factory=dict)
     # how long an account rests after a 429 without Retry-After; the cap of the backoff after
     # 5xx, timeouts and refused connections (1 s, then doubling while they keep failing)
@@ -373,6 +381,11 @@ class Config(_Strict):
                             f" (configured: {', '.join(self.providers) or 'none'})"
                         )
         return self
+
+    @property
+    def format_table(self) -> "formats.FormatTable":
+        """The endpoints detour takes: the vendors' and those of `chat_hosts`."""
+        return formats.with_chat_hosts(tuple(self.chat_hosts))
 
     def vendor_origin(self, host: str) -> str:
         return self.vendors.get(host) or formats.VENDOR_ORIGINS.get(host) or f"https://{host}"

@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from translators import anthropic, openai_chat, openai_responses
+from translators import anthropic, gemini, gemini_code_assist, openai_chat, openai_responses
 
 # ---------------------------------------------------------------- how a value is read
 
@@ -54,17 +54,28 @@ class QueryParam:
     equals: str | None = None
 
 
-Source = BodyField | PathPart | QueryParam
+@dataclass(frozen=True, slots=True)
+class Fixed:
+    """A value the endpoint itself says (`generateContent` is never streamed)."""
 
-# what kind of call an endpoint takes (token counting comes with the formats that have it)
+    value: Any
+
+
+Source = BodyField | PathPart | QueryParam | Fixed
+
+# what kind of call an endpoint takes: a model call (routed, translated, counted), or a call
+# about models that detour answers itself when the route leaves the vendor (addons/side_calls.py)
 MODEL_CALL = "model-call"
+COUNT_TOKENS = "count-tokens"
+MODEL_LIST = "model-list"
 # the WebSocket mode of a model endpoint (Codex opens one before each turn): refused with 426,
 # which makes the client fall back to HTTPS at once (addons/side_calls.py)
 SOCKET_UPGRADE = "socket-upgrade"
-# a model list (`GET /v1/models`): the models detour routes for the client
-MODEL_LIST = "model-list"
 # a history compaction (`POST /v1/responses/compact`): answered by the routed provider
 COMPACTION = "compaction"
+# a client's setup call (Gemini CLI's loadCodeAssist, onboardUser, ...): passed through while
+# its vendor account is used, answered locally when the routes leave the vendor
+SETUP_CALL = "setup-call"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,8 @@ class ClientCall:
         t = type(source)
         if t is BodyField:
             return body.get(source.name)
+        if t is Fixed:
+            return source.value
         if t is PathPart:
             value = self.parts.get(source.name)
         else:
@@ -122,7 +135,53 @@ class ClientCall:
 
 # ---------------------------------------------------------------- client formats
 
-CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, openai_responses)}
+CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, openai_responses,
+                                                      gemini, gemini_code_assist)}
+
+GEMINI_HOST = "generativelanguage.googleapis.com"
+
+
+def _gemini_endpoints(version: str) -> tuple[Endpoint, ...]:
+    """The Gemini API under one version prefix: the model is in the path, and so is whether
+    the answer streams."""
+    models = f"/{version}/models"
+    in_path = PathPart("model")
+    return (
+        Endpoint.make(GEMINI_HOST, models + "/{model}:generateContent", gemini.NAME,
+                      model=in_path, stream=Fixed(False)),
+        Endpoint.make(GEMINI_HOST, models + "/{model}:streamGenerateContent", gemini.NAME,
+                      model=in_path, stream=Fixed(True)),
+        Endpoint.make(GEMINI_HOST, models + "/{model}:countTokens", gemini.NAME,
+                      kind=COUNT_TOKENS, model=in_path, stream=Fixed(False)),
+        Endpoint.make(GEMINI_HOST, models, gemini.NAME, kind=MODEL_LIST, method="GET",
+                      model=Fixed("*"), stream=Fixed(False)),
+    )
+
+
+CODE_ASSIST_HOST = "cloudcode-pa.googleapis.com"
+GOOGLE_OAUTH_HOST = "oauth2.googleapis.com"
+
+
+def _code_assist_endpoints() -> tuple[Endpoint, ...]:
+    """Gemini CLI logged in with Google: the model calls in their envelope (the model is a body
+    field), its token count, and its setup calls (any other `/v1internal:<method>`)."""
+    name = gemini_code_assist.NAME
+    return (
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:generateContent", name,
+                      stream=Fixed(False)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:streamGenerateContent", name,
+                      stream=Fixed(True)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:countTokens", name, kind=COUNT_TOKENS,
+                      stream=Fixed(False)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:{method}", name, kind=SETUP_CALL,
+                      model=Fixed("*"), stream=Fixed(False)),
+        Endpoint.make(CODE_ASSIST_HOST, "/v1internal:{method}", name, kind=SETUP_CALL,
+                      method="GET", model=Fixed("*"), stream=Fixed(False)),
+        # its check of the cached login's access token, before any of the above
+        *(Endpoint.make(GOOGLE_OAUTH_HOST, "/tokeninfo", name, kind=SETUP_CALL, method=m,
+                        model=Fixed("*"), stream=Fixed(False)) for m in ("GET", "POST")),
+    )
+
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.anthropic.com", "/v1/messages", anthropic.NAME),
@@ -141,35 +200,66 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                   kind=SOCKET_UPGRADE, method="GET"),
     Endpoint.make("chatgpt.com", "/backend-api/codex/responses/compact", openai_responses.NAME,
                   kind=COMPACTION),
+    *_gemini_endpoints("v1beta"),
+    *_gemini_endpoints("v1"),
+    *_code_assist_endpoints(),
 )
 
-HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)
-# the format an error on a vendor host is written in when its path says nothing (a host's
-# first endpoint)
-HOST_FORMATS: dict[str, str] = {}
-for _e in ENDPOINTS:
-    HOST_FORMATS.setdefault(_e.host, _e.client_format)
-# exact paths are found by one lookup; patterns are tried in the order written, per host
-_EXACT = {(e.host, e.method, e.path): e for e in ENDPOINTS if e.pattern is None}
-_PATTERNS: dict[str, tuple[Endpoint, ...]] = {}
-for _e in ENDPOINTS:
-    if _e.pattern is not None:
-        _PATTERNS[_e.host] = _PATTERNS.get(_e.host, ()) + (_e,)
+
+class FormatTable:
+    """Endpoints as one lookup: which hosts are handled, a host's format for errors (its first
+    endpoint's), and the endpoint a request is for."""
+
+    __slots__ = ("endpoints", "handled_hosts", "host_formats", "_exact", "_patterns")
+
+    def __init__(self, endpoints: tuple[Endpoint, ...]):
+        self.endpoints = endpoints
+        self.handled_hosts = frozenset(e.host for e in endpoints)
+        self.host_formats: dict[str, str] = {}
+        for e in endpoints:
+            self.host_formats.setdefault(e.host, e.client_format)
+        # exact paths are found by one lookup; patterns are tried in the order written, per host
+        self._exact = {(e.host, e.method, e.path): e for e in endpoints if e.pattern is None}
+        self._patterns: dict[str, tuple[Endpoint, ...]] = {}
+        for e in endpoints:
+            if e.pattern is not None:
+                self._patterns[e.host] = self._patterns.get(e.host, ()) + (e,)
+
+    def client_call(self, host: str, method: str, path: str) -> ClientCall | None:
+        """The endpoint a request is for, or None (not one detour takes)."""
+        bare = path.partition("?")[0]
+        e = self._exact.get((host, method, bare))
+        if e is not None:
+            return ClientCall(e, path, {})
+        for e in self._patterns.get(host, ()):
+            if e.method == method and (m := e.pattern.fullmatch(bare)):
+                return ClientCall(e, path, m.groupdict())
+        return None
+
+
+# the vendors' own endpoints (config's `chat_hosts` adds more: `with_chat_hosts`)
+TABLE = FormatTable(ENDPOINTS)
+HANDLED_HOSTS = TABLE.handled_hosts
+HOST_FORMATS = TABLE.host_formats
+client_call = TABLE.client_call
 
 # where passthrough sends a vendor host (config `vendors:` overrides)
 VENDOR_ORIGINS: dict[str, str] = {host: f"https://{host}" for host in HANDLED_HOSTS}
 
+# Hosts whose OpenAI-compatible Chat endpoint clients call directly (Qwen Code: DashScope with
+# an API key, portal.qwen.ai with Qwen OAuth), intercepted as `openai-chat` (config
+# `chat_hosts:` replaces this list)
+DEFAULT_CHAT_HOSTS = ("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com", "portal.qwen.ai")
+# where they serve Chat: DashScope's compatible mode, and the plain /v1 of the others
+CHAT_HOST_PATHS = ("/compatible-mode/v1/chat/completions", "/v1/chat/completions")
 
-def client_call(host: str, method: str, path: str) -> ClientCall | None:
-    """The endpoint a request is for, or None (not one detour takes)."""
-    bare = path.partition("?")[0]
-    e = _EXACT.get((host, method, bare))
-    if e is not None:
-        return ClientCall(e, path, {})
-    for e in _PATTERNS.get(host, ()):
-        if e.method == method and (m := e.pattern.fullmatch(bare)):
-            return ClientCall(e, path, m.groupdict())
-    return None
+
+@functools.lru_cache(maxsize=8)
+def with_chat_hosts(hosts: tuple[str, ...]) -> FormatTable:
+    """The table of the vendors' endpoints plus the Chat endpoints of these hosts."""
+    extra = tuple(Endpoint.make(host, path, openai_chat.NAME) for host in hosts
+                  for path in CHAT_HOST_PATHS if host not in HANDLED_HOSTS)
+    return FormatTable(ENDPOINTS + extra)
 
 
 # ---------------------------------------------------------------- provider kinds
@@ -239,6 +329,10 @@ class ProviderKind:
     # body fields the provider insists on, and fields it refuses (left out, named as dropped)
     required_fields: tuple[tuple[str, Any], ...] = ()
     refused_fields: tuple[str, ...] = ()
+    # the path of a streamed call, when it is not `path` (Gemini: another method and ?alt=sse)
+    stream_path: str | None = None
+    # where the provider counts a prompt's tokens (addons/side_calls.py), if it does
+    count_path: str | None = None
 
     def fit_body(self, body: dict, dropped: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
         """`body` as this provider takes it (`body` itself when it already does)."""
@@ -250,8 +344,9 @@ class ProviderKind:
         fitted.update(self.required_fields)
         return fitted, dropped + gone
 
-    def url(self, base_url: str, model: str) -> str:
-        path = self.path
+    def url(self, base_url: str, model: str, stream: bool = False,
+            path: str | None = None) -> str:
+        path = path or (self.stream_path if stream and self.stream_path else self.path)
         if "{model}" in path:
             path = path.replace("{model}", quote(model, safe=""))
         return base_url + path
@@ -268,6 +363,11 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
     ProviderKind("codex", openai_responses, "/responses", ChatGPTToken(),
                  required_fields=(("stream", True), ("store", False)),
                  refused_fields=("max_output_tokens",)),
+    # base_url: https://generativelanguage.googleapis.com (the version is in the path)
+    ProviderKind("gemini", gemini, "/v1beta/models/{model}:generateContent",
+                 HeaderKey("x-goog-api-key"),
+                 stream_path="/v1beta/models/{model}:streamGenerateContent?alt=sse",
+                 count_path="/v1beta/models/{model}:countTokens"),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)

@@ -311,7 +311,7 @@ class Forwarder:
             formats.credential_of(kind, dialect).apply(cand.account.secret, headers, query)
         headers["accept"] = "text/event-stream" if job.stream else "application/json"
         headers.update(spec.headers)
-        url = kind.url(spec.base_url, cand.model)
+        url = kind.url(spec.base_url, cand.model, job.stream)
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query)
         return codec.NAME, url, headers, data

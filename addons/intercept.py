@@ -30,15 +30,16 @@ from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
-from addons import side_calls
-from addons.formats import (COMPACTION, HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, MODEL_LIST,
-                            SOCKET_UPGRADE, client_call)
+from addons import formats, side_calls
+from addons.formats import (COMPACTION, MODEL_CALL, MODEL_LIST, SOCKET_UPGRADE,
+                            FormatTable)
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.prices import subscription_login
 from addons.routing import plan
 from addons.scrubber import credentials_of
 from addons.settings import DetourSettings
+from addons.side_calls import SideCalls
 from translators import canonical
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class Interceptor:
         self._calls: dict[str, Call] = {}
         # calls mitmproxy's own connection carries to their one provider (addons/direct.py)
         self.direct = DirectPath(settings, self._finish)
+        self.side_calls = SideCalls(settings)
 
     # ------------------------------------------------------------ operator command
 
@@ -127,11 +129,17 @@ class Interceptor:
                         "relay_connections_waiting": relay.get("connections_waiting", 0)},
         })
 
+    @property
+    def table(self) -> FormatTable:
+        """The endpoints detour takes, as configured (formats.py, config `chat_hosts`)."""
+        rt = self.settings.runtime
+        return rt.config.format_table if rt is not None else formats.TABLE
+
     # ------------------------------------------------------------ TLS: decrypt only our hosts
 
     def tls_clienthello(self, data: tls.ClientHelloData):
         host = data.client_hello.sni or (data.context.server.address or ("",))[0]
-        if host not in HANDLED_HOSTS:
+        if host not in self.table.handled_hosts:
             data.ignore_connection = True
 
     # ------------------------------------------------------------ credentials out of sight
@@ -141,14 +149,14 @@ class Interceptor:
         flow (`flows/add`): script addons come before the View in mitmweb's addon chain."""
         req = flow.request
         host = req.pretty_host
-        if host not in HANDLED_HOSTS or flow.response is not None:  # refused (the gateway)
-            return
+        if host not in self.table.handled_hosts or flow.response is not None:
+            return  # not a vendor host, or refused (the gateway)
         flow.metadata[META + ".host"] = host  # survives a vendor override
         held = credentials_held(req.headers)
         if held:
             self._held[flow.id] = held
             redact_credentials(req.headers)
-        endpoint = client_call(host, req.method, req.path)
+        endpoint = self.table.client_call(host, req.method, req.path)
         if endpoint is not None and endpoint.endpoint.kind == MODEL_CALL:
             self._refuse_unread(flow, endpoint.client_format)
 
@@ -219,7 +227,7 @@ class Interceptor:
 
     def _internal_error(self, flow: http.HTTPFlow, e: Exception) -> None:
         host = flow.metadata.get(META + ".host") or flow.request.pretty_host
-        if host not in HANDLED_HOSTS:
+        if host not in self.table.handled_hosts:
             raise e  # not a flow detour takes
         log.error("detour: internal error on %s %s", flow.request.method,
                   flow.metadata.get(META, {}).get("url") or flow.request.pretty_url,
@@ -227,7 +235,7 @@ class Interceptor:
         message = internal_error(e)
         # a flow not yet known as a model call has no call: it is answered, not counted
         call = self._calls.get(flow.id)
-        fmt = call.row.client_format if call is not None else HOST_FORMATS[host]
+        fmt = call.row.client_format if call is not None else self.table.host_formats[host]
         relayed = self._relay_flows.pop(flow.id, None)
         if relayed is not None:  # handed to the relay already: withdrawn, its call ended here
             self.settings.runtime.relay.withdraw(flow.id)
@@ -236,14 +244,17 @@ class Interceptor:
     async def _request(self, flow: http.HTTPFlow):
         req = flow.request
         host = req.pretty_host  # parsed anew at each read: read once
-        if host not in HANDLED_HOSTS or flow.response is not None:
+        if host not in self.table.handled_hosts or flow.response is not None:
             return  # refused before its request hook (the gateway's 407 or 403)
         flow.metadata[META + ".host"] = host  # survives a vendor override
         held = self._held.pop(flow.id, {})
-        endpoint = client_call(host, req.method, req.path)
+        endpoint = self.table.client_call(host, req.method, req.path)
         rt = self.settings.runtime
         if endpoint is not None and endpoint.endpoint.kind not in (MODEL_CALL, COMPACTION):
-            if self._side_call(flow, endpoint):
+            # a WebSocket upgrade, a token count, a model list, a setup call: answered
+            # here, or left to the vendor as below
+            if self._side_call(flow, endpoint) or await self.side_calls.answer(
+                    flow, endpoint, MARK):
                 return
             endpoint = None  # not answered here: it goes on as any other call on the host
         if endpoint is None:
@@ -351,7 +362,8 @@ class Interceptor:
             side_calls.refuse_socket(flow, endpoint.client_format, ID_HEADER)
             flow.marked = MARK
             return True
-        if kind == MODEL_LIST:
+        if kind == MODEL_LIST and not hasattr(formats.CODECS[endpoint.client_format],
+                                              "model_list"):  # OpenAI's list (Gemini's: SideCalls)
             names, vendor = side_calls.routed_models(self.settings.runtime.config,
                                                      flow.request.headers.get("user-agent", ""))
             if vendor:  # the vendor's list, detour's names added on the way back

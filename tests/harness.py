@@ -1,6 +1,7 @@
 """Real mitmdump processes for integration tests and benchmarks: started on an ephemeral
 loopback port with their own confdir, stopped by their PID (never anyone else's)."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -47,6 +48,59 @@ def stop_process(proc: subprocess.Popen, sig: int, reader: threading.Thread | No
     if proc.stdout is not None:
         proc.stdout.close()
     return proc.returncode
+
+
+@dataclasses.dataclass
+class ClientRun:
+    """A real CLI's run: its exit status, what it printed, how long it took."""
+
+    returncode: int | None  # None: it overran and was killed
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def show(self, argv) -> None:
+        print(f"===== {' '.join(map(str, argv))}: exit {self.returncode} after "
+              f"{self.seconds:.1f} s =====")
+        print("----- stdout -----\n" + self.stdout + "\n----- stderr -----\n" + self.stderr)
+
+
+def run_client(argv, env: dict, cwd: Path, timeout: float) -> ClientRun:
+    """Run a real CLI in its own process group (Node CLIs relaunch themselves in a child), stdin
+    closed, bounded by `timeout`: the whole group is killed when it overruns, and whatever
+    the group left behind when it ends."""
+    started = time.monotonic()
+    proc = subprocess.Popen([str(a) for a in argv], env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    overran = False
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        overran = True
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    run = ClientRun(None if overran else proc.returncode, stdout.decode(errors="replace"),
+                    stderr.decode(errors="replace"), time.monotonic() - started)
+    run.show(argv)
+    return run
+
+
+def stop_and_show(proxy: "Mitmdump", provider) -> None:
+    """Stop a real-client test's proxy and fake provider, and print (pytest shows it when the
+    test failed) what the provider received and mitmdump's log."""
+    proxy.stop()
+    provider.stop()
+    print("\n===== requests to the fake provider =====")
+    for r in provider.requests:
+        print(f"{r.method} {r.path} ({len(r.body)} bytes)")
+    print("===== mitmdump output =====")
+    print(proxy.text)
 
 
 class Mitmdump:

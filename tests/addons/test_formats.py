@@ -25,9 +25,12 @@ def test_the_vendor_endpoints_are_model_calls_of_their_format():
                                ("api.anthropic.com", "POST", "/api/claude_code/metrics"),
                                ("example.com", "POST", "/v1/messages")):
         assert formats.client_call(host, method, path) is None
-    assert formats.HANDLED_HOSTS >= {"api.anthropic.com", "api.openai.com", "chatgpt.com"}
+    assert formats.HANDLED_HOSTS >= {"api.anthropic.com", "api.openai.com", "chatgpt.com",
+                                     "generativelanguage.googleapis.com",
+                                     "cloudcode-pa.googleapis.com"}
     assert formats.HOST_FORMATS["api.openai.com"] == "openai-chat"
-    assert set(formats.CODECS) == {"anthropic", "openai-chat", "openai-responses"}
+    assert set(formats.CODECS) == {"anthropic", "openai-chat", "openai-responses", "gemini",
+                                   "gemini-cli"}
 
 
 def test_a_patterned_path_gives_model_and_stream_from_the_url():
@@ -78,9 +81,10 @@ def test_dialect_follows_the_host(base_url, dialect):
 
 
 def test_unknown_kinds_and_dialects_are_named_with_the_known_ones():
-    with pytest.raises(ConfigError, match=r"providers\.x\.kind: .*'gemini' "
-                                          r"\(known: openai, anthropic, openai-responses, codex"):
-        parse_config("providers: {x: {kind: gemini, base_url: http://a}}")
+    with pytest.raises(ConfigError, match=r"providers\.x\.kind: .*'gemnii' "
+                                          r"\(known: openai, anthropic, openai-responses, codex, "
+                                          r"gemini\)"):
+        parse_config("providers: {x: {kind: gemnii, base_url: http://a}}")
     with pytest.raises(ConfigError, match=r"providers\.x\.dialect: .*known: compatible"):
         parse_config("providers: {x: {kind: openai, base_url: http://a, dialect: nope}}")
     with pytest.raises(ConfigError, match="content_parts: only for kind openai"):

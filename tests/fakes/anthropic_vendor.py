@@ -45,12 +45,11 @@ import base64
 import hashlib
 import itertools
 import json
-import re
 import sys
 from collections.abc import Iterable, Iterator
 
 from .replies import (Answer, Counts, Events, Reply, StreamError, Text, ToolCall, ToolCalls,
-                      resolve, shell_call)
+                      requested_shell_call, resolve)
 from .server import (JSON_TYPE, SSE_TYPE, FakeServer, Plan, Received, Stream, Whole, dumps,
                      run_cli)
 
@@ -329,9 +328,6 @@ class FakeAnthropic(FakeServer):
         yield sse("message_stop", {"type": "message_stop"})
 
 
-_RUN = re.compile(r"RUN:[ \t]*([^\r\n]+)")
-
-
 def _text_of(content) -> str:
     if isinstance(content, str):
         return content
@@ -355,9 +351,8 @@ def agent_reply(received: Received) -> Reply | None:
     if results:
         return Text("FAKE-TOOL-RESULT: " + "".join(_text_of(b.get("content", ""))
                                                    for b in results))
-    found = _RUN.findall(_text_of(turns[-1].get("content")))
     offered = {t.get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
-    return shell_call(offered, found[-1].strip()) if found else None
+    return requested_shell_call(_text_of(turns[-1].get("content")), offered)
 
 
 if __name__ == "__main__":

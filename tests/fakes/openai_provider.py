@@ -48,7 +48,7 @@ import time
 from collections.abc import Iterable, Iterator
 
 from .replies import (Answer, Counts, Events, Reply, StreamError, Text, ToolCall, ToolCalls,
-                      resolve, shell_call)
+                      requested_shell_call, resolve)
 from .server import (JSON_TYPE, SSE_TYPE, FakeServer, Plan, Received, Stream, Whole, dumps,
                      run_cli)
 
@@ -313,7 +313,6 @@ class FakeOpenAI(FakeServer):
         yield DONE
 
 
-_RUN = re.compile(r"RUN:[ \t]*([^\r\n]+)")
 
 
 def _text_of(content) -> str:
@@ -334,12 +333,9 @@ def agent_reply(received: Received) -> Reply | None:
     if messages[-1].get("role") == "tool":
         return Text("FAKE-TOOL-RESULT: " + _text_of(messages[-1].get("content")))
     users = [m for m in messages if m.get("role") == "user"]
-    found = _RUN.findall(_text_of(users[-1].get("content"))) if users else []
-    if not found:
-        return None
     offered = {(t.get("function") or {}).get("name") for t in body.get("tools") or []
                if isinstance(t, dict)}
-    return shell_call(offered, found[-1].strip())
+    return requested_shell_call(_text_of(users[-1].get("content")) if users else "", offered)
 
 
 if __name__ == "__main__":

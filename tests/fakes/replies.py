@@ -23,6 +23,7 @@ Token usage nobody set is computed deterministically (see `Usage`).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -274,6 +275,16 @@ def shell_call(offered, command: str) -> ToolCall | None:
             arguments["is_background"] = False
         return ToolCall(name, arguments)
     return None
+
+
+_RUN = re.compile(r"RUN:[ \t]*([^\r\n]+)")
+
+
+def requested_shell_call(user_text: str, offered) -> ToolCall | None:
+    """The call of an offered shell tool running the last `RUN: <command>` of the user's
+    text (how a test asks a fake agent for a tool round trip), or None."""
+    found = _RUN.findall(user_text)
+    return shell_call(offered, found[-1].strip()) if found else None
 
 
 # --- what the fakes render: a content reply with every figure resolved ---------------------
