@@ -46,6 +46,7 @@ USAGE_DESCRIPTIONS = {
     "error": "What went wrong, as the client was told, or how the call ended",
     "route": "Each candidate asked or skipped, as JSON: provider, account, model, status, ms, "
              "error, the rest it earned",
+    "user": "The gateway user who made the call (detour user add); empty without users",
 }
 assert set(USAGE_DESCRIPTIONS) == set(USAGE_COLUMNS) - {"id"}, "describe every usage column"
 
