@@ -26,6 +26,9 @@ from addons.settings import DetourSettings
 
 log = logging.getLogger(__name__)
 
+# set by `detour up --workers N` (scripts/workers.py) in each worker's environment
+WORKER_ENV = "DETOUR_WORKER"
+SUPERVISOR_ENV = "DETOUR_SUPERVISOR_PID"
 LOCK_NAME = "proxy.lock"
 STATE_NAME = "proxy.json"
 LOG_NAME = "proxy.log"  # where a proxy `detour run` started in the background writes
@@ -148,9 +151,13 @@ class ProxyInstance:
         self._writer: asyncio.Task | None = None
 
     def configure(self, updated) -> None:
-        if self.lock is not None:
+        if self.lock is not None or self.home is not None:
             return  # the first home stays this process's (a later detour_home is the same proxy)
         home = self.settings.runtime.home
+        if os.environ.get(WORKER_ENV):
+            # a worker of `detour up --workers N`: its supervisor holds the lock for them all
+            self.home = home
+            return
         lock = HomeLock(home)
         try:
             held = lock.acquire()
@@ -170,6 +177,8 @@ class ProxyInstance:
             log.warning("detour: config: %s", warning)
 
     def running(self) -> None:
+        if os.environ.get(WORKER_ENV, "1") != "1":
+            return  # worker 1 says where the workers listen
         self._writer = create_task(self._publish(), name="detour instance state", keep_ref=True)
 
     async def _publish(self) -> None:
@@ -190,7 +199,7 @@ class ProxyInstance:
         rt = self.settings.runtime
         web_port = getattr(ctx.options, "web_port", None)  # mitmweb's option only
         self.instance = Instance(
-            pid=os.getpid(), host=str(ctx.options.listen_host or host), port=int(port),
+            pid=_proxy_pid(), host=str(ctx.options.listen_host or host), port=int(port),
             started=time.time(), home=str(self.home), confdir=str(ctx.options.confdir),
             config=str(rt.config_path), web_port=web_port,
             log=os.environ.get("DETOUR_PROXY_LOG") or None)
@@ -201,11 +210,16 @@ class ProxyInstance:
             self._writer.cancel()
         if self.home is not None and self.instance is not None:
             current = Instance.read(self.home)
-            if current is not None and current.pid == os.getpid():
+            if current is not None and current.pid == _proxy_pid():
                 (self.home / STATE_NAME).unlink(missing_ok=True)
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+
+
+def _proxy_pid() -> int:
+    """The pid `detour stop` signals: this process, or the supervisor of its workers."""
+    return int(os.environ.get(SUPERVISOR_ENV) or os.getpid())
 
 
 def write_state(home: Path, instance: Instance) -> None:

@@ -60,6 +60,8 @@ class PostgresUsageStore(UsageStore):
         self._task = None
         self._unavailable = ""
         self._conn: psycopg.Connection | None = None
+        # called with the records each flush stored (priced), in the writer's thread
+        self.observers: list = []
         with self._write_lock:
             try:  # at start: a database that cannot be used is an error that names it
                 _create_tables(self._connect())
@@ -75,6 +77,9 @@ class PostgresUsageStore(UsageStore):
             self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.busy_timeout)),
                                          autocommit=True)
         return self._conn
+
+    def _drop_writer(self) -> None:  # UsageStore's name for it
+        self._drop_connection()
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

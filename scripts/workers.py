@@ -11,6 +11,7 @@ stops cleanly, writing its queued usage rows) and stops them all when one exits.
 """
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -24,9 +25,22 @@ def worker_argv(mitmdump_args: list[str]) -> list[str]:
     return [sys.executable, "-m", WORKER_MODULE, *mitmdump_args]
 
 
-def run_workers(argv: list[str], count: int, out=None) -> int:
-    """Run `count` workers of `argv` until they stop; returns the first nonzero exit code."""
+# what each worker is told (addons/instance.py): the supervisor holds DETOUR_HOME's lock and
+# is the pid `detour stop` signals; worker 1 writes proxy.json for it
+from addons.instance import SUPERVISOR_ENV, WORKER_ENV  # noqa: E402
+
+
+def run_workers(argv: list[str], count: int, out=None, home=None) -> int:
+    """Run `count` workers of `argv` until they stop; returns the first nonzero exit code.
+    With `home`, the supervisor holds that DETOUR_HOME's lock for the workers' life."""
     out = out or sys.stdout
+    home_lock = None
+    if home is not None:
+        from addons.instance import HomeLock
+        home_lock = HomeLock(home)
+        if not home_lock.acquire():
+            out.write(f"detour: another detour proxy already runs for DETOUR_HOME {home}\n")
+            return 1
     procs: list[subprocess.Popen] = []
     lock = threading.Lock()
 
@@ -45,7 +59,13 @@ def run_workers(argv: list[str], count: int, out=None) -> int:
     readers = []
     try:
         for number in range(1, count + 1):
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            env = dict(os.environ, **{WORKER_ENV: str(number), SUPERVISOR_ENV: str(os.getpid())})
+            worker = list(argv)
+            if number > 1 and not any(a.startswith("detour_metrics_port=") for a in argv):
+                # one metrics port per host: worker 1 serves it (its own counts)
+                worker += ["--set", "detour_metrics_port=0"]
+            proc = subprocess.Popen(worker, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=env)
             procs.append(proc)
             reader = threading.Thread(target=pump, args=(number, proc), daemon=True)
             reader.start()
@@ -64,6 +84,8 @@ def run_workers(argv: list[str], count: int, out=None) -> int:
                 proc.kill()
                 proc.wait()
     finally:
+        if home_lock is not None:
+            home_lock.release()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for reader in readers:

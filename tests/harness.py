@@ -117,6 +117,9 @@ class Mitmdump:
                      "--set", f"confdir={confdir}"]
         if not any(a.startswith("flow_detail=") for a in extra):  # quiet unless asked
             self.args += ["--set", "flow_detail=0"]
+        if router and not any(a.startswith("detour_metrics_port=") for a in extra):
+            # the metrics port is fixed by default (9464): one per machine, not one per test
+            self.args += ["--set", "detour_metrics_port=0"]
         if router:
             self.args += ["-s", str(ROUTER)]
             if home is not None:
@@ -144,7 +147,7 @@ class Mitmdump:
     def ca_cert(self) -> Path:
         return self.confdir / "mitmproxy-ca-cert.pem"
 
-    def start(self, timeout: float = 30.0) -> "Mitmdump":
+    def start(self, timeout: float = 60.0) -> "Mitmdump":
         """Start it; with `web`, until mitmweb itself answers on its port: a port chosen free
         can be taken by another listener before mitmweb binds it (seen once in CI: the
         websocket got someone else's 404), so a mismatch restarts it on another port (3 tries)."""
