@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 USER_META = "detour.user"
 AUTH_META = "proxyauth"  # where mitmproxy's proxyauth puts (user, secret)
+PROXY_AUTHORIZATION = "proxy-authorization"
 REDACTED = "[redacted]"
 USERS_POLL_SECONDS = 1.0
 MAX_VERIFIED = 4096  # cached (user, secret digest) checks; cleared whole past it
@@ -169,22 +170,27 @@ class Gateway:
         return self.users is not None or bool(ctx.options.detour_allow_remote)
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
-            self._admit_flow(flow)
+        self._admit_flow(flow)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
-            self._admit_flow(flow)
+        self._admit_flow(flow)
 
     def _admit_flow(self, flow: http.HTTPFlow) -> None:
+        if PROXY_AUTHORIZATION in flow.request.headers:
+            # left on a flow proxyauth refused (a near miss of a real secret, maybe)
+            flow.request.headers[PROXY_AUTHORIZATION] = REDACTED
+        if flow.response is not None:
+            return  # refused by proxyauth already
         if self.users is not None and self._owns_auth():
             name = self._user_of(flow)
             if name is None:
                 flow.response = make_auth_required_response(True)
                 return
             flow.metadata[USER_META] = name
-        elif AUTH_META in flow.metadata:
-            flow.metadata[USER_META] = flow.metadata[AUTH_META][0]
+        elif AUTH_META in flow.metadata:  # another proxyauth (LDAP, ...): its name counts
+            name = flow.metadata[AUTH_META][0]
+            flow.metadata[AUTH_META] = (name, REDACTED)
+            flow.metadata[USER_META] = name
         if self.is_gateway and not self.host_allowed(flow.request.host):
             host = flow.request.host
             flow.response = http.Response.make(

@@ -29,6 +29,7 @@ from addons.relay import MAX_WAITING, ConditionLog, RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
 from addons.scrubber import scrubber_for
 from addons.usage import UsageStore
+from addons.users import users_path
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO and httpcore traces ~12 DEBUG records per request; mitmproxy
@@ -151,7 +152,8 @@ class DetourSettings:
     def _check_listen(self, modes: list[ProxyMode]) -> None:
         """No open proxy by accident: mitmproxy listens on every interface by default, and
         detour answers anyone who reaches it with the operator's provider keys."""
-        allowed = ctx.options.detour_allow_remote
+        authenticated = self._authenticated()
+        allowed = ctx.options.detour_allow_remote or authenticated
         for mode in modes:
             if mode.listen_port(ctx.options.listen_port) is None:
                 continue  # not a network listener (local capture mode)
@@ -174,8 +176,18 @@ class DetourSettings:
                     "so anyone who reaches it spends your provider accounts. Listen on "
                     "loopback (--listen-host 127.0.0.1), or allow it with "
                     "--set detour_allow_remote=true (detour up --allow-remote)")
-            log.warning("detour: listening on %s, reachable from the network without "
-                        "authentication (detour_allow_remote)", where)
+            if authenticated:
+                log.info("detour: listening on %s; clients authenticate (proxyauth: detour's "
+                         "users, `detour user list`)", where)
+            else:
+                log.warning("detour: listening on %s, reachable from the network without "
+                            "authentication (detour_allow_remote)", where)
+
+    def _authenticated(self) -> bool:
+        """Clients must authenticate: mitmproxy's proxyauth is set, or detour's users file
+        exists (the gateway sets proxyauth to it, addons/gateway.py)."""
+        return bool(getattr(ctx.options, "proxyauth", None)) or (
+            self.runtime is not None and users_path(self.runtime.home).exists())
 
     def client_connected(self, client) -> None:
         """No open proxy, whatever address mitmproxy bound: unless detour_allow_remote is set,
@@ -189,7 +201,8 @@ class DetourSettings:
                                   "(detour_max_clients); refusing new ones until some close",
                                   limit)
             return
-        if ctx.options.detour_allow_remote or not client.peername:
+        if ctx.options.detour_allow_remote or not client.peername or getattr(
+                ctx.options, "proxyauth", None):  # authenticated clients may be anywhere
             return
         host = str(client.peername[0])
         if is_loopback(host.removeprefix("::ffff:")):

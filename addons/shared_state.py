@@ -99,6 +99,7 @@ class SharedState:
         self._broken = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self.round_trips: deque[float] = deque(maxlen=SAMPLES)  # ms, request path
+        self.slow_round_trips = 0  # given up after ROUND_TRIP_TIMEOUT
         self.propagation: deque[float] = deque(maxlen=SAMPLES)  # ms, publish -> applied here
         book.watch(self._changed)
 
@@ -260,7 +261,11 @@ class SharedState:
         try:
             async with asyncio.timeout(ROUND_TRIP_TIMEOUT):
                 out = await self._admit(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as e:
+        except TimeoutError:
+            # slow, not gone (a busy moment here or there): this call decides on its own
+            self.slow_round_trips += 1
+            return None
+        except (RedisError, OSError) as e:
             self._down(e)
             return None
         self.round_trips.append((time.perf_counter() - t0) * 1000)
@@ -287,6 +292,7 @@ class SharedState:
                    if not self.up else {}),
                 "rests_waiting": len(self._pending), "counts_waiting": len(self._counts),
                 "round_trip_ms": _percentiles(self.round_trips),
+                "round_trips_given_up": self.slow_round_trips,
                 "propagation_ms": _percentiles(self.propagation)}
 
 

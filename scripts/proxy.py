@@ -14,6 +14,7 @@ import click
 import addons
 from addons.config import DEFAULT_HOME, config_warnings, ensure_home, is_loopback
 from addons.instance import Instance, home_locked, running_instance
+from addons.users import users_path
 from certs.ca import default_confdir
 from certs.env import client_env, detect_shell, proxy_url, render_exports
 from scripts.certs import prepare_trust
@@ -247,7 +248,11 @@ def up(
     """
     if workers > 1 and web:
         raise DetourError("--workers runs mitmdump processes: drop --web (one mitmweb per port)")
-    if not is_loopback(host):
+    if not is_loopback(host) and users_path(settings.home).exists():
+        # detour's users authenticate every client (proxyauth, addons/gateway.py)
+        click.echo(f"detour: listening on {host}: clients authenticate as detour's users "
+                   "(detour user list)", err=True)
+    elif not is_loopback(host):
         warning = (
             f"listening on {host} exposes the proxy to the network, and it has no"
             " authentication: anyone who can reach the port can spend your provider accounts"

@@ -3,6 +3,7 @@ nothing proxied without valid credentials, a removed user refused at once, open 
 too), usage rows carrying the user, non-vendor hosts refused unless in `allow_hosts`, and
 per-user limits answered 429 in the client's own format."""
 
+import base64
 import time
 
 import httpx
@@ -60,7 +61,7 @@ allow_hosts: ["127.0.0.1"]
     user_cli(home, "limits", "dollars", "--usd-per-month", "0.5")
     user_cli(home, "limits", "rpm", "--rpm", "3")
     user_cli(home, "limits", "suspended", "--rpm", "0")
-    mitm = Mitmdump(confdir, home).start()
+    mitm = Mitmdump(confdir, home, extra=["--set", f"save_stream_file={home / 'flows'}"]).start()
     proxy = Proxy(mitm, home)
     proxy.secrets = secrets
     yield proxy
@@ -179,3 +180,13 @@ def test_a_removed_user_is_refused_at_once_on_its_open_connection(gateway, fake)
         assert r.status_code == 407
     with as_user(gateway, "revoked") as fresh_client:
         assert "407" in refused_connect(fresh_client, CHAT_URL)
+
+
+def test_no_secret_in_the_saved_flows(gateway):
+    """Last: every flow above, the refused ones too, as mitmproxy saved them."""
+    gateway.mitm.stop()  # the save file is complete once mitmdump stops
+    saved = (gateway.home / "flows").read_bytes()
+    assert b"api.openai.com" in saved  # the flows are there
+    for secret in [*gateway.secrets.values(), "not-the-secret"]:
+        assert secret.encode() not in saved
+        assert base64.b64encode(f"alice:{secret}".encode()) not in saved

@@ -6,8 +6,10 @@ Postgres refuses is set aside and holds up no other."""
 import json
 import os
 import shutil
+import signal
 import ssl
 import tempfile
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +25,7 @@ from addons.usage_postgres import PostgresUsageStore
 from scripts.cli import cli
 from tests.e2e.conftest import PROVIDER_KEY, detour_home
 from tests.fakes.openai_provider import FakeOpenAI
-from tests.harness import Mitmdump
+from tests.harness import Mitmdump, stop_process
 
 URL = "https://api.openai.com/v1/chat/completions"
 
@@ -123,3 +125,26 @@ def test_a_database_that_cannot_be_reached_fails_at_start_naming_it(tmp_path):
     with pytest.raises(ConfigError, match=r"database postgresql://u@127\.0\.0\.1:1/x") as e:
         PostgresUsageStore("postgresql://u:hunter2@127.0.0.1:1/x", tmp_path)
     assert "hunter2" not in str(e.value)
+
+
+def test_a_killed_process_loses_nothing_past_the_flush_window(confdir, tmp_path, postgres):
+    with FakeOpenAI(keys=[PROVIDER_KEY]) as fake:
+        home = detour_home(tmp_path / "home", f"""
+providers:
+  fake: {{kind: openai, base_url: "{fake.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
+routes:
+  "*": [fake/fake-model]
+database: "{postgres}"
+""")
+        proc = Mitmdump(confdir, home).start()
+        try:
+            with httpx.Client(proxy=proc.url, trust_env=False, timeout=20,
+                              verify=ssl.create_default_context(cafile=str(proc.ca_cert))) as c:
+                flow_ids = [c.post(URL, json={"model": "k", "messages": [
+                    {"role": "user", "content": "hi"}]}).headers["x-detour-id"]
+                    for _ in range(5)]
+            time.sleep(3)  # past the flush window (0.5 s), with room for a busy machine
+        finally:
+            stop_process(proc.proc, signal.SIGKILL, proc._reader)  # no clean stop
+    assert sorted(r["flow_id"] for r in rows(postgres, "flow_id = ANY(%s)", (flow_ids,))) \
+        == sorted(flow_ids)
