@@ -15,8 +15,11 @@ if _root not in sys.path:
 from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
+from addons.request_log import RequestLog  # noqa: E402
 from addons.settings import DetourSettings  # noqa: E402
 
 _settings = DetourSettings()
-addons = [_settings, Interceptor(_settings), OperatorCommands(_settings),
+# the request log sees a request before the interceptor changes it (its tail, added at the
+# end of the chain, sees the answer as the client gets it)
+addons = [_settings, RequestLog(_settings), Interceptor(_settings), OperatorCommands(_settings),
           MetricsServer(_settings)]
