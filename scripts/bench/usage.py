@@ -166,11 +166,13 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100,
                         help="whole calls per connection, round and side")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--no-throughput", dest="throughput", action="store_false",
+                        help="skip the proxy throughput phase")
     parser.add_argument("--home", type=Path,
                         help="keep the seeded database in this folder (reused when it exists)")
     args = parser.parse_args()
     from scripts.bench.lib import median
-    result = throughput(args.rounds, args.requests, args.concurrency)
+    result = throughput(args.rounds, args.requests, args.concurrency) if args.throughput else {}
     for name, rates in result.items():
         print(f"{name}: {median(rates):,.0f} whole calls/s (median of {len(rates)} rounds, "
               f"c={args.concurrency}; rounds: {', '.join(f'{r:.0f}' for r in rates)})")
@@ -185,6 +187,13 @@ def main() -> None:
             seed(home / "detour.db", args.rows, args.days)
             print(f"seeded {args.rows:,} rows over {args.days} days in "
                   f"{time.perf_counter() - t0:.1f} s")
+        from scripts.usage_report import parse_when, summarise
+        now = datetime.now(UTC)
+        for window in (f"{args.days + 1}d", "7d", "24h"):
+            t0 = time.perf_counter()
+            report = summarise(home / "detour.db", parse_when(window, now), now)
+            print(f"summarise --since {window}: {time.perf_counter() - t0:.3f} s in process "
+                  f"({report.totals.calls:,} calls)")
         env = {**os.environ, "DETOUR_HOME": str(home), "COLUMNS": "150"}
         for extra in ([], ["--json"], ["--since", "all", "--by", "model"]):
             cmd = [sys.executable, "-c", "from scripts.cli import cli; cli(prog_name='detour')",
