@@ -12,6 +12,7 @@ relay accepting connections; 503 naming the failing checks otherwise.
 import asyncio
 import json
 import logging
+import os
 import time
 
 import h11
@@ -107,9 +108,8 @@ def error_kind(status: int, error: str | None) -> str:
     """A short label for how a call failed: its status, or the first word of how it ended."""
     if status:
         return str(status)
-    word = (error or "no-answer").split(":")[0].split()[0] if (error or "").strip() \
-        else "no-answer"
-    return word[:40]
+    words = (error or "").split(":")[0].split()
+    return words[0][:40] if words else "no-answer"
 
 
 class RuntimeGauges:
@@ -199,8 +199,10 @@ class MetricsServer:
         try:
             self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
         except OSError as e:
+            # asyncio's own message is long ("error while attempting to bind ..."): the cause
+            why = os.strerror(e.errno) if e.errno else str(e)
             log.warning("detour: metrics not served: cannot listen on 127.0.0.1:%d (%s); set "
-                        "detour_metrics_port to another port, or 0", port, e.strerror or e)
+                        "detour_metrics_port to another port, or 0", port, why)
             return
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("detour: metrics on http://127.0.0.1:%d/metrics, health on /healthz", self.port)

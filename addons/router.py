@@ -18,10 +18,13 @@ from addons.credentials.owner import TokenOwner  # noqa: E402
 from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
+from addons.request_log import RequestLog  # noqa: E402
 from addons.settings import DetourSettings  # noqa: E402
 from addons.untouched import UntouchedCalls  # noqa: E402
 
 _settings = DetourSettings()
-addons = [_settings, ProxyInstance(_settings), Gateway(_settings), Interceptor(_settings),
-          OperatorCommands(_settings), UntouchedCalls(_settings), MetricsServer(_settings),
-          TokenOwner(_settings)]
+# the request log sees a request before the interceptor changes it (its tail, added at the
+# end of the chain, sees the answer as the client gets it)
+addons = [_settings, ProxyInstance(_settings), Gateway(_settings), RequestLog(_settings),
+          Interceptor(_settings), OperatorCommands(_settings), UntouchedCalls(_settings),
+          MetricsServer(_settings), TokenOwner(_settings)]

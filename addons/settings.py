@@ -123,6 +123,11 @@ class DetourSettings:
             "headers is answered with mitmproxy's own 502 page, not the client's format.",
         )
         loader.add_option(
+            "detour_usage_record", bool, True,
+            "Record a usage row per model call in <detour_home>/detour.db. Off: no rows are "
+            "written (nor counted in /metrics).",
+        )
+        loader.add_option(
             "detour_allow_remote", bool, False,
             "Allow a listen address other than loopback. The proxy has no authentication: "
             "anyone who reaches the port spends your provider accounts. Without it, detour "
@@ -135,6 +140,7 @@ class DetourSettings:
             self._load()
         elif "upstream_auth" in updated:
             self._apply(self.runtime.config, self.runtime.providers)
+        self.runtime.store.recording = ctx.options.detour_usage_record
         if ctx.options.connection_strategy != "lazy":
             # eager would dial the vendor on CONNECT, before detour could reroute the call
             ctx.options.update(connection_strategy="lazy")

@@ -275,6 +275,7 @@ class UsageStore:
         self._unavailable = ""  # why the database cannot be written, while it cannot
         self._conn: sqlite3.Connection | None = None  # the writer's (see _writer)
         self._conn_file: tuple[int, int] | None = None
+        self.recording = True  # False: rows are dropped (detour_usage_record)
         # called with the records each flush stored (priced), in the writer's thread
         self.observers: list[Callable[[list[dict]], None]] = []
         open_db(path).close()
@@ -287,6 +288,8 @@ class UsageStore:
 
     def add(self, row: UsageRow) -> None:
         """Queue a row (its `Call` calls this once: the store does not de-duplicate)."""
+        if not self.recording:
+            return
         with self._lock:
             self._queue.append(row.as_record())
             full = len(self._queue) >= self.batch

@@ -1,7 +1,10 @@
 """Scenario `usage`: the usage store and `detour usage` at scale.
 
     cd /work/main && .venv/bin/python -m scripts.bench.usage [--rows 1000000] [--days 30]
+        [--rounds 3] [--requests 100] [--concurrency 4] [--home DIR (keep the seeded database)]
 
+0. Whole calls per second through the proxy with usage recording on vs off, in the same run
+   (two mitmdumps with the router, rounds alternating).
 1. Rows per second the store's writer sustains (`UsageStore.flush` of queued rows, batches of
    its default size, into a database with every index of the current schema).
 2. `detour usage` (every table, and `--json`) on a database seeded with `--rows` rows spread
@@ -90,14 +93,89 @@ def writer_rate(folder: Path, rows: int, batch: int = 200) -> float:
     return rows / elapsed
 
 
+def throughput(rounds: int, requests: int, concurrency: int) -> dict[str, list[float]]:
+    """Whole Claude Code calls per second through two mitmdumps with the router, the same
+    config and fake provider, usage recording on in one, off in the other
+    (`detour_usage_record=false`); rounds alternate between them."""
+    import ssl
+
+    from scripts.bench.claude_code import capture_body, check_whole, request_for
+    from scripts.bench.lib import FakeProcess, TunnelClient, ready_dirs, run_phase
+    from tests.harness import Mitmdump
+
+    out: dict[str, list[float]] = {"recording on": [], "recording off": []}
+    with tempfile.TemporaryDirectory(prefix="detour-bench-") as tmp:
+        tmp = Path(tmp)
+        provider = FakeProcess("openai", "--tls", "--events", "200").launch()
+        procs = []
+        try:
+            confdir, home = ready_dirs(tmp, [provider])
+            config = (f"providers:\n  p: {{kind: openai, base_url: '{provider.base_url}/v1', "
+                      "api_keys: [sk-fake-provider-key], verify: false}\n"
+                      "routes: {'*': [p/fake-model]}\n")
+            homes = {"recording on": home, "recording off": tmp / "home-off"}
+            homes["recording off"].mkdir()
+            base = ["--set", "connection_strategy=lazy", "--set", "ssl_insecure=true",
+                    "--set", "detour_metrics_port=0"]
+            mitms = {}
+            for name, folder in homes.items():
+                (folder / "config.yaml").write_text(config)
+                extra = base + (["--set", "detour_usage_record=false"] if "off" in name else [])
+                mitms[name] = Mitmdump(confdir, folder, extra=extra).start()
+                procs.append(mitms[name])
+            ctx = ssl.create_default_context(cafile=str(mitms["recording on"].ca_cert))
+            body = capture_body(False)
+            request = request_for("api.anthropic.com", body)
+            for i in range(rounds):
+                for name in (list(mitms) if i % 2 == 0 else list(reversed(mitms))):
+                    clients = [TunnelClient(mitms[name].port, "api.anthropic.com", 443, ctx)
+                               for _ in range(concurrency)]
+                    try:
+                        ph = run_phase(clients, requests, request, body,
+                                       mitms[name].cpu_seconds, check_whole)
+                    finally:
+                        for c in clients:
+                            c.close()
+                    if ph.errors:
+                        raise RuntimeError(f"{name}: {ph.errors[0]}")
+                    out[name].append(ph.n / ph.wall)
+            rows = sqlite_utils_count(home / "detour.db")
+            print(f"rows recorded by the recording side: {rows:,}")
+        finally:
+            for m in procs:
+                m.stop()
+            provider.stop()
+    return out
+
+
+def sqlite_utils_count(path: Path) -> int:
+    import sqlite3
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT count(*) FROM usage").fetchone()[0]
+    finally:
+        conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--writer-rows", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds per side")
+    parser.add_argument("--requests", type=int, default=100,
+                        help="whole calls per connection, round and side")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--no-throughput", dest="throughput", action="store_false",
+                        help="skip the proxy throughput phase")
     parser.add_argument("--home", type=Path,
                         help="keep the seeded database in this folder (reused when it exists)")
     args = parser.parse_args()
+    from scripts.bench.lib import median
+    result = throughput(args.rounds, args.requests, args.concurrency) if args.throughput else {}
+    for name, rates in result.items():
+        print(f"{name}: {median(rates):,.0f} whole calls/s (median of {len(rates)} rounds, "
+              f"c={args.concurrency}; rounds: {', '.join(f'{r:.0f}' for r in rates)})")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         rate = writer_rate(folder, args.writer_rows)
@@ -109,6 +187,13 @@ def main() -> None:
             seed(home / "detour.db", args.rows, args.days)
             print(f"seeded {args.rows:,} rows over {args.days} days in "
                   f"{time.perf_counter() - t0:.1f} s")
+        from scripts.usage_report import parse_when, summarise
+        now = datetime.now(UTC)
+        for window in (f"{args.days + 1}d", "7d", "24h"):
+            t0 = time.perf_counter()
+            report = summarise(home / "detour.db", parse_when(window, now), now)
+            print(f"summarise --since {window}: {time.perf_counter() - t0:.3f} s in process "
+                  f"({report.totals.calls:,} calls)")
         env = {**os.environ, "DETOUR_HOME": str(home), "COLUMNS": "150"}
         for extra in ([], ["--json"], ["--since", "all", "--by", "model"]):
             cmd = [sys.executable, "-c", "from scripts.cli import cli; cli(prog_name='detour')",

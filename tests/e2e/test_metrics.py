@@ -101,7 +101,7 @@ def test_calls_are_counted(proxy, fake_openai):
 
 def test_errors_are_counted_by_kind(proxy, fake_openai):
     fake_openai.clear()
-    fake_openai.enqueue(Status(400), Status(400))
+    fake_openai.enqueue(Status(400))  # a 400 skips the provider's other account
     with proxy.client() as client:
         r = client.post(URL, json=dict(capture("text"), stream=False), headers=HEADERS)
     assert r.status_code == 400
