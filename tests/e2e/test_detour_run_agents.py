@@ -1,17 +1,20 @@
-"""Two more agents people run through gateways like detour, real and unmodified, each set up
-the way its own documentation says for the Anthropic API, run with `detour run` against a
-loopback provider, finishing a prompt with a shell tool round trip:
+"""Real agents, unmodified, each set up the way its own documentation says, run with `detour
+run` against a loopback provider, finishing a prompt with a shell tool round trip:
 
 - the Cline CLI (`cline` on npm): `cline auth --provider anthropic --apikey ... --modelid ...`,
   then `cline --yolo PROMPT` (a one-shot run that ends through its `submit_and_exit` tool);
-- opencode (`opencode-ai` on npm): `ANTHROPIC_API_KEY`, `opencode run -m anthropic/MODEL`.
+- opencode (`opencode-ai` on npm): `ANTHROPIC_API_KEY`, `opencode run -m anthropic/MODEL`;
+- Codex CLI with an API key (`CODEX_API_KEY`, `codex exec`): OpenAI Responses over HTTPS once
+  its WebSocket attempts fail (detour does not take those yet);
+- Qwen Code with an OpenAI key and `OPENAI_BASE_URL=https://api.openai.com/v1` (Chat).
+(Claude Code's is in test_detour_run.py.)
 
 The proxy is a plain `mitmdump -s addons/router.py` started here (so `detour run` also shows it
 finds a proxy it did not start), in upstream mode towards a dead loopback port: whatever the
 agents send to hosts detour does not handle (telemetry, update checks, package registries)
 fails on the spot instead of reaching the internet; the provider is `proxy: direct`.
-Skipped when the agents are missing (`bash scripts/install-clients.sh`; DETOUR_CLIENTS_BIN
-names another folder of their executables).
+Each is skipped when missing (`bash scripts/install-clients.sh`; DETOUR_CLIENTS_BIN names
+more folders of executables, searched first).
 """
 
 import json
@@ -31,7 +34,17 @@ from tests.harness import PROXY_VARS, ROOT, Mitmdump
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(os.environ.get("DETOUR_CLIENTS_BIN") or ROOT / "clients" / "node_modules" / ".bin")
+# where the agents' executables are looked for, in order
+BINS = [Path(p) for p in os.environ.get("DETOUR_CLIENTS_BIN", "").split(os.pathsep) if p] + [
+    ROOT / "clients" / "node_modules" / ".bin"]
+
+
+def installed(name: str) -> bool:
+    return any(os.access(b / name, os.X_OK) for b in BINS)
+
+
+def missing(name: str) -> str:
+    return f"no {name} in {os.pathsep.join(map(str, BINS))} (bash scripts/install-clients.sh)"
 DETOUR = Path(sys.executable).parent / "detour"
 PROVIDER_KEY = "sk-fake-provider-key"
 CLIENT_KEY = "sk-ant-api03-test-client-key-not-real"
@@ -46,8 +59,9 @@ def text_of(content) -> str:
 
 
 def agent(received):
-    """A scripted model for both agents: a prompt `RUN: CMD` gets a call of the agent's shell
-    tool (Cline's run_commands, opencode's bash); its result gets the answer
+    """A scripted model for every agent: a prompt `RUN: CMD` gets a call of the agent's shell
+    tool (Cline's run_commands, opencode's bash, Codex's exec_command, Qwen Code's
+    run_shell_command); its result gets the answer
     `FAKE-TOOL-RESULT: ...`, through submit_and_exit where the agent offers it (a Cline
     --yolo run ends only through that tool)."""
     body = received.json or {}
@@ -67,6 +81,11 @@ def agent(received):
     command = prompt.split("RUN: ", 1)[1].splitlines()[0].strip().strip('"')
     if "run_commands" in tools:
         return ToolCall("run_commands", {"commands": [command]})
+    if "exec_command" in tools:
+        return ToolCall("exec_command", {"cmd": command})
+    if "run_shell_command" in tools:
+        return ToolCall("run_shell_command", {"command": command, "is_background": False,
+                                              "description": "run the requested command"})
     if "bash" in tools:
         return ToolCall("bash", {"command": command, "description": "run the requested command"})
     return None
@@ -118,7 +137,7 @@ def base_env(stack, name: str, **extra) -> dict:
     client_home.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items()
            if k.lower() not in PROXY_VARS and k not in ("NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE")}
-    return {**env, "HOME": str(client_home), "PATH": f"{BIN}:{os.environ['PATH']}",
+    return {**env, "HOME": str(client_home), "PATH": os.pathsep.join([*map(str, BINS), os.environ["PATH"]]),
             "DO_NOT_TRACK": "1", **extra}
 
 
@@ -134,7 +153,8 @@ def tool_results(calls) -> list[str]:
 
 def assert_round_trip(stack, before: int, marker: str) -> None:
     calls = chat_calls_since(stack, before)
-    asked = [r for r in calls if any(t["function"]["name"] in ("run_commands", "bash")
+    shells = ("run_commands", "bash", "exec_command", "run_shell_command")
+    asked = [r for r in calls if any(t["function"]["name"] in shells
                                      for t in (r.json or {}).get("tools", []))]
     assert len(asked) >= 2, [len(r.body) for r in calls]
     assert any(marker in result for result in tool_results(asked)), tool_results(asked)
@@ -143,7 +163,7 @@ def assert_round_trip(stack, before: int, marker: str) -> None:
         assert CLIENT_KEY.encode() not in r.body
 
 
-@pytest.mark.skipif(not os.access(BIN / "cline", os.X_OK), reason=f"no Cline CLI in {BIN}")
+@pytest.mark.skipif(not installed("cline"), reason=missing("cline"))
 def test_cline_cli(stack):
     env = base_env(stack, "cline", CLINE_NO_AUTO_UPDATE="1")
     configured = detour_run(stack, "cline", "cline", "auth", "--provider", "anthropic",
@@ -156,7 +176,7 @@ def test_cline_cli(stack):
     assert_round_trip(stack, before, "detour-cline-ok")
 
 
-@pytest.mark.skipif(not os.access(BIN / "opencode", os.X_OK), reason=f"no opencode in {BIN}")
+@pytest.mark.skipif(not installed("opencode"), reason=missing("opencode"))
 def test_opencode(stack):
     dead = "http://127.0.0.1:9/"  # its package installs must not reach a registry
     env = base_env(stack, "opencode", ANTHROPIC_API_KEY=CLIENT_KEY,
@@ -169,6 +189,37 @@ def test_opencode(stack):
                      "RUN: echo detour-opencode-ok", env=env)
     assert run.returncode == 0, run.stderr
     assert_round_trip(stack, before, "detour-opencode-ok")
+    assert "FAKE-TOOL-RESULT" in run.stdout
+
+
+@pytest.mark.skipif(not installed("codex"), reason=missing("codex"))
+def test_codex_cli_with_an_api_key(stack):
+    env = base_env(stack, "codex", CODEX_API_KEY=CLIENT_KEY)
+    before = len(stack["provider"].requests)
+    quiet = ["-c", "check_for_update_on_startup=false", "-c", "analytics.enabled=false",
+             "-c", "features.plugins=false", "-c", "features.api_key_model_discovery=false",
+             "-c", 'otel.metrics_exporter="none"']
+    run = detour_run(stack, "codex", "codex", "exec", "--skip-git-repo-check", *quiet,
+                     "-m", "gpt-5.5", "RUN: echo detour-codex-ok", env=env)
+    assert run.returncode == 0, run.stderr
+    assert_round_trip(stack, before, "detour-codex-ok")
+    assert "FAKE-TOOL-RESULT" in run.stdout
+
+
+@pytest.mark.skipif(not installed("qwen"), reason=missing("qwen"))
+def test_qwen_code_with_an_openai_key(stack):
+    env = base_env(stack, "qwen", OPENAI_API_KEY=CLIENT_KEY,
+                   OPENAI_BASE_URL="https://api.openai.com/v1")
+    settings = Path(env["HOME"]) / ".qwen" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({
+        "privacy": {"usageStatisticsEnabled": False}, "general": {"enableAutoUpdate": False},
+        "telemetry": {"enabled": False}, "memory": {"enableManagedAutoMemory": False}}))
+    before = len(stack["provider"].requests)
+    run = detour_run(stack, "qwen", "qwen", "--auth-type", "openai", "--yolo", "-p",
+                     "RUN: echo detour-qwen-ok", env=env)
+    assert run.returncode == 0, run.stderr
+    assert_round_trip(stack, before, "detour-qwen-ok")
     assert "FAKE-TOOL-RESULT" in run.stdout
 
 
