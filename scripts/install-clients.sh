@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real AI coding CLIs used by the slow end-to-end tests into ./clients (ignored by
-# git). Versions are pinned to the ones the captures in tests/data/captures were taken with; a
-# client already installed at its pinned version is left alone.
+# git). Versions are pinned to the ones the captures in tests/data/captures were taken with (and
+# those the Cline and opencode tests were written against); a client already installed at its
+# pinned version is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 declare -A PINNED=(
@@ -9,6 +10,9 @@ declare -A PINNED=(
   ["@openai/codex"]="${CODEX_VERSION:-0.169.0}"
   ["@google/gemini-cli"]="${GEMINI_CLI_VERSION:-0.61.0}"
   ["@qwen-code/qwen-code"]="${QWEN_CODE_VERSION:-0.15.10}"
+  # two more agents `detour run` is tested with (tests/e2e/test_detour_run_agents.py)
+  ["cline"]="${CLINE_VERSION:-3.0.65}"
+  ["opencode-ai"]="${OPENCODE_VERSION:-1.18.33}"
 )
 wanted=()
 for pkg in "${!PINNED[@]}"; do

@@ -185,6 +185,14 @@ def prepare_proxy(settings: Settings):
     return config_path, ca, bundle
 
 
+def run_hint(settings: Settings) -> str:
+    """`detour run` for this proxy's home (it finds the proxy, its port and CA from there)."""
+    args = ["detour"]
+    if settings.home != Path(DEFAULT_HOME).expanduser().resolve():
+        args += ["--home", str(settings.home)]
+    return shlex.join(args) + " run TOOL [ARGS]"
+
+
 def env_hint(settings: Settings, host: str, port: int, shell: str) -> str:
     """The command that loads `detour env` in another shell, with the options it needs here."""
     args = ["detour"]
@@ -284,6 +292,7 @@ def up(
             f"  CA      {ca.cert_path}  (SHA-256 {ca.fingerprint_sha256[:23]}...)",
             f"  bundle  {bundle}",
             f"in another shell: {env_hint(settings, host, port, detect_shell())}",
+            f"  or run a tool through it: {run_hint(settings)}",
         ]
         if ca.expired:
             banner.insert(3, f"  WARNING: the CA expired on {ca.not_after:%Y-%m-%d}")

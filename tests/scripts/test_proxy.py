@@ -39,6 +39,8 @@ def execs(monkeypatch) -> list[list[str]]:
         calls.append(list(argv))
 
     monkeypatch.setattr(scripts.proxy.os, "execv", fake_execv)
+    # nothing listens here: whether this machine's 8080 is taken is test_background's matter
+    monkeypatch.setattr(scripts.proxy, "port_problem", lambda host, port: None)
     return calls
 
 
@@ -118,6 +120,7 @@ def test_up_checks_config_makes_ca_and_bundle_then_execs(detour, home, confdir, 
     assert str(confdir / "mitmproxy-ca-cert.pem") in banner
     hint = f'in another shell: eval "$(detour --home {home} --confdir {confdir} env)"'
     assert hint in banner
+    assert f"or run a tool through it: detour --home {home} run TOOL [ARGS]" in banner
     assert result.stdout == ""
 
 

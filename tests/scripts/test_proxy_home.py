@@ -18,6 +18,7 @@ def no_exec(monkeypatch) -> list:
     """`up` must never become mitmproxy here: record what it would run instead."""
     calls: list = []
     monkeypatch.setattr(scripts.proxy.os, "execv", lambda path, argv: calls.append(argv))
+    monkeypatch.setattr(scripts.proxy, "port_problem", lambda host, port: None)  # 8080 may be taken
     return calls
 
 
