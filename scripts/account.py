@@ -395,8 +395,7 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
 def login(settings: Settings, vendor: str, name: str | None, provider: str | None,
           priority: int, no_browser: bool):
     """Log in to a subscription with the vendor's own OAuth flow; the tokens are stored
-    encrypted and refreshed by detour from then on (the CLI's own refresh calls are answered
-    from detour's store while the proxy runs).
+    encrypted, and detour refreshes them from then on.
 
     \b
     Example:
