@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import httpx
-from authlib.common.security import generate_token
-from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from addons.credentials.vendors import Vendor
 
@@ -82,11 +79,15 @@ class TokenSet:
 
 def pkce_pair() -> tuple[str, str]:
     """(code_verifier, S256 code_challenge)."""
+    # authlib is imported by the logins that need it, not by the proxy (its start is slower)
+    from authlib.common.security import generate_token
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
     verifier = generate_token(64)
     return verifier, create_s256_code_challenge(verifier)
 
 
 def authorize_url(v: Vendor, redirect_uri: str, state: str, challenge: str) -> str:
+    from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
     return prepare_grant_uri(v.url("authorize_url"), v.client_id, "code", redirect_uri,
                              " ".join(v.scopes), state, code_challenge=challenge,
                              code_challenge_method="S256", **dict(v.extra_authorize))
