@@ -416,12 +416,14 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
 @click.option("--provider", help="The config.yaml provider it joins (default: VENDOR).")
 @click.option("--priority", type=click.IntRange(0), default=1, show_default=True,
               help="Its group: lower groups are asked first.")
+@click.option("--project", help="Gemini/Antigravity: the Google Cloud project for Code Assist "
+              "(paid tiers need one; the free tier finds its own).")
 @click.option("--no-browser", is_flag=True,
               help="Print the URL (or device code) instead of opening a browser: for a remote "
                    "machine (forward the callback port, e.g. ssh -L 1455:localhost:1455).")
 @pass_settings
 def login(settings: Settings, vendor: str, name: str | None, provider: str | None,
-          priority: int, no_browser: bool):
+          priority: int, project: str | None, no_browser: bool):
     """Log in to a subscription with the vendor's own OAuth flow; the tokens are stored
     encrypted, and detour refreshes them from then on.
 
@@ -447,7 +449,7 @@ def login(settings: Settings, vendor: str, name: str | None, provider: str | Non
     except VaultError as e:
         raise _fail(e) from None
     try:
-        done = asyncio.run(_login(v, no_browser))
+        done = asyncio.run(_login(v, no_browser, project))
     except KeyboardInterrupt:
         raise DetourError("login cancelled; nothing was stored") from None
     except (LoginFailed, oauth.OAuthError, oauth.TokenEndpointUnreachable) as e:
@@ -464,7 +466,7 @@ def login(settings: Settings, vendor: str, name: str | None, provider: str | Non
                    f"kind {v.kinds[0]} for this login to serve calls", err=True)
 
 
-async def _login(v, no_browser: bool):
+async def _login(v, no_browser: bool, project: str | None):
     async def open_url(url: str) -> None:
         if no_browser or not await asyncio.to_thread(webbrowser.open, url):
             click.echo(f"Open this URL to log in to {v.title}:\n\n  {url}\n", err=True)
@@ -481,7 +483,7 @@ async def _login(v, no_browser: bool):
 
     async with httpx.AsyncClient(trust_env=False) as http:
         async with spinner("Waiting for the login to complete (Ctrl-C cancels)..."):
-            return await logins.login(v, http, open_url, notify)
+            return await logins.login(v, http, open_url, notify, project=project)
 
 
 @account.command("import")

@@ -40,6 +40,8 @@ def vendor_urls(auth, monkeypatch):
         monkeypatch.setenv(f"DETOUR_OAUTH_{up}_API_KEY_URL",
                            auth.url("/copilot_internal/v2/token"))
         monkeypatch.setenv(f"DETOUR_OAUTH_{up}_CALLBACK_PORT", "0")
+        monkeypatch.setenv(f"DETOUR_OAUTH_{up}_CODE_ASSIST_URL", auth.base_url)
+    monkeypatch.setattr(logins, "ONBOARD_POLL_SECONDS", 0.01)
     auth.deny = False
 
 
@@ -61,6 +63,9 @@ def test_pkce_login_through_the_browser(tmp_path, auth, vendor):
     assert stored.secrets["refresh_token"] and stored.expires_at
     if vendor == "codex":
         assert (stored.plan, stored.account_id) == ("plus", "acct-123")
+    if vendor in ("gemini", "antigravity"):  # Code Assist: onboarded once, then found
+        assert (stored.project_id, stored.plan) == ("fake-project-42", "free-tier")
+        assert auth.onboard_calls == 1
     listing = json.loads(detour(tmp_path, "account", "list", "--json"))
     assert listing[0]["state"] == "ready" and stored.secrets["access_token"] not in str(listing)
 
