@@ -174,11 +174,8 @@ async def code_assist_project(http: httpx.AsyncClient, v: Vendor, access_token: 
             resp = await http.request(method, url, json=body, headers=headers, timeout=30)
         except httpx.HTTPError as e:
             raise LoginFailed(f"Code Assist unreachable ({url}): {type(e).__name__}") from None
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
-        if resp.status_code >= 300 or not isinstance(data, dict):
+        data = oauth.json_object(resp)
+        if resp.status_code >= 300 or data is None:
             raise LoginFailed(f"Code Assist answered HTTP {resp.status_code} at {url}")
         return data
 

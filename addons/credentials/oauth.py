@@ -96,6 +96,15 @@ def authorize_url(v: Vendor, redirect_uri: str, state: str, challenge: str) -> s
 # ---------------------------------------------------------------- token endpoint
 
 
+def json_object(resp: httpx.Response) -> dict | None:
+    """The answer's JSON object, or None (not JSON, or not an object)."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 async def post_token(http: httpx.AsyncClient, url: str, params: dict, as_json: bool,
                      headers: dict | None = None) -> dict:
     """One token request; its JSON answer, or OAuthError / InvalidGrant /
@@ -110,11 +119,8 @@ async def post_token(http: httpx.AsyncClient, url: str, params: dict, as_json: b
                 timeout=TOKEN_TIMEOUT)
     except httpx.HTTPError as e:
         raise TokenEndpointUnreachable(f"{url}: {type(e).__name__}") from None
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
+    data = json_object(resp)
+    if data is None:
         raise OAuthError("invalid_response", f"HTTP {resp.status_code}, not a JSON object",
                          resp.status_code)
     error = data.get("error")
@@ -174,11 +180,8 @@ async def copilot_token(http: httpx.AsyncClient, v: Vendor, github_token: str) -
         raise InvalidGrant("copilot_unauthorized",
                            f"HTTP {resp.status_code}: no Copilot for this GitHub login",
                            resp.status_code)
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if resp.status_code >= 400 or not isinstance(data, dict):
+    data = json_object(resp)
+    if resp.status_code >= 400 or data is None:
         raise OAuthError("copilot_token", f"HTTP {resp.status_code}", resp.status_code)
     tokens = TokenSet.read(data)
     tokens.extra = {"api": (data.get("endpoints") or {}).get("api")}
