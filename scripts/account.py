@@ -4,14 +4,14 @@ the config.yaml provider of the same name; a running proxy picks up every change
 a second."""
 
 import asyncio
+import contextlib
+import itertools
 import sys
 import time
 import webbrowser
 
 import click
 import httpx
-from rich.console import Console
-from rich.table import Table
 
 from addons import formats
 from addons.config import ConfigError, load_config
@@ -187,23 +187,51 @@ def list_(settings: Settings, as_json: bool):
     if not rows:
         click.echo("no accounts (config.yaml has no api_keys; nothing stored)")
         return
-    table = Table(box=None, header_style="bold")
-    for col in ("provider", "name", "kind", "state", "prio", "plan / email", "expires",
-                "cooldown", "last error", "source"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        state = r["state"]
-        style = {"ready": "green", "needs_login": "red bold", "disabled": "dim"}.get(state, "")
-        plan = " ".join(x for x in (r["plan"], r["email"]) if x)
-        table.add_row(r["provider"], r["name"], r["kind"], f"[{style}]{state}[/]" if style
-                      else state, str(r["priority"]), plan, r["expires"], r["cooldown"],
-                      r["last_error"], r["source"])
-    _console().print(table)
+    colours = {"ready": "green", "needs_login": "red", "disabled": "bright_black"}
+    print_table(("provider", "name", "kind", "state", "prio", "plan / email", "expires",
+                 "cooldown", "last error", "source"),
+                [(r["provider"], r["name"], r["kind"], r["state"], str(r["priority"]),
+                  " ".join(x for x in (r["plan"], r["email"]) if x), r["expires"],
+                  r["cooldown"], r["last_error"], r["source"]) for r in rows],
+                {3: lambda v: colours.get(v)})
 
 
-def _console() -> Console:
-    """Wide enough for a row per account even when the terminal (or a pipe) says 80."""
-    return Console(width=max(160, Console().width))
+def print_table(header, rows, colour_of=None) -> None:
+    """Aligned columns, the header bold and some cells coloured on a terminal (plain text
+    when piped); a long last error is cut so a row stays one line."""
+    cells = [[str(c) for c in header]] + [[str(c)[:80] for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for n, row in enumerate(cells):
+        parts = []
+        for i, cell in enumerate(row):
+            text = cell.ljust(widths[i])
+            colour = (colour_of or {}).get(i)
+            if n == 0:
+                text = click.style(text, bold=True)
+            elif colour is not None and colour(cell):
+                text = click.style(text, fg=colour(cell))
+            parts.append(text)
+        click.echo("  ".join(parts).rstrip())
+
+
+@contextlib.asynccontextmanager
+async def spinner(message: str):
+    """A spinner on stderr while waiting (a terminal only); gone when the wait ends."""
+    if not sys.stderr.isatty():
+        yield
+        return
+
+    async def spin():
+        for frame in itertools.cycle("|/-\\"):
+            click.echo(f"\r{frame} {message}", nl=False, err=True)
+            await asyncio.sleep(0.15)
+    task = asyncio.ensure_future(spin())
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        click.echo("\r" + " " * (len(message) + 2) + "\r", nl=False, err=True)
 
 
 def _stored(store: AccountStore, provider: str, name: str) -> StoredAccount:
@@ -388,15 +416,16 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
 @click.option("--provider", help="The config.yaml provider it joins (default: VENDOR).")
 @click.option("--priority", type=click.IntRange(0), default=1, show_default=True,
               help="Its group: lower groups are asked first.")
+@click.option("--project", help="Gemini/Antigravity: the Google Cloud project for Code Assist "
+              "(paid tiers need one; the free tier finds its own).")
 @click.option("--no-browser", is_flag=True,
               help="Print the URL (or device code) instead of opening a browser: for a remote "
                    "machine (forward the callback port, e.g. ssh -L 1455:localhost:1455).")
 @pass_settings
 def login(settings: Settings, vendor: str, name: str | None, provider: str | None,
-          priority: int, no_browser: bool):
+          priority: int, project: str | None, no_browser: bool):
     """Log in to a subscription with the vendor's own OAuth flow; the tokens are stored
-    encrypted and refreshed by detour from then on (the CLI's own refresh calls are answered
-    from detour's store while the proxy runs).
+    encrypted, and detour refreshes them from then on.
 
     \b
     Example:
@@ -419,9 +448,8 @@ def login(settings: Settings, vendor: str, name: str | None, provider: str | Non
         store.check_key()
     except VaultError as e:
         raise _fail(e) from None
-    console = Console(stderr=True)
     try:
-        done = asyncio.run(_login(v, console, no_browser))
+        done = asyncio.run(_login(v, no_browser, project))
     except KeyboardInterrupt:
         raise DetourError("login cancelled; nothing was stored") from None
     except (LoginFailed, oauth.OAuthError, oauth.TokenEndpointUnreachable) as e:
@@ -438,24 +466,24 @@ def login(settings: Settings, vendor: str, name: str | None, provider: str | Non
                    f"kind {v.kinds[0]} for this login to serve calls", err=True)
 
 
-async def _login(v, console: Console, no_browser: bool):
+async def _login(v, no_browser: bool, project: str | None):
     async def open_url(url: str) -> None:
         if no_browser or not await asyncio.to_thread(webbrowser.open, url):
-            console.print(f"Open this URL to log in to {v.title}:\n\n  {url}\n", soft_wrap=True)
+            click.echo(f"Open this URL to log in to {v.title}:\n\n  {url}\n", err=True)
         else:
-            console.print(f"A browser was opened to log in to {v.title}. If not, open:\n"
-                          f"  {url}", soft_wrap=True)
+            click.echo(f"A browser was opened to log in to {v.title}. If not, open:\n  {url}",
+                       err=True)
 
     async def notify(dc) -> None:
         url = dc.verification_uri_complete or dc.verification_uri
-        console.print(f"To log in to {v.title}, open {url}\nand enter the code:  "
-                      f"[bold]{dc.user_code}[/]", soft_wrap=True)
+        click.echo(f"To log in to {v.title}, open {url}\nand enter the code:  "
+                   + click.style(dc.user_code, bold=True), err=True)
         if not no_browser:
             await asyncio.to_thread(webbrowser.open, url)
 
     async with httpx.AsyncClient(trust_env=False) as http:
-        with console.status("Waiting for the login to complete (Ctrl-C cancels)..."):
-            return await logins.login(v, http, open_url, notify)
+        async with spinner("Waiting for the login to complete (Ctrl-C cancels)..."):
+            return await logins.login(v, http, open_url, notify, project=project)
 
 
 @account.command("import")
@@ -487,18 +515,15 @@ def import_(settings: Settings, vendor: str | None, provider: str | None, name: 
                 held[a.secrets.get("refresh_token")] = a
     except VaultError as e:
         raise _fail(e) from None
-    table = Table(box=None, header_style="bold")
-    for col in ("login", "file", "account", "expires", ""):
-        table.add_column(col, overflow="fold")
-    todo = []
+    rows, todo = [], []
     for f in found:
         same = held.get(f.secrets.get("refresh_token"))
         note = f"already held as {same.provider}/{same.name}" if same else "new"
         who = " ".join(x for x in (f.meta.get("email"), f.meta.get("plan")) if x)
-        table.add_row(VENDORS[f.vendor].title, str(f.path), who, _when(f.expires_at), note)
+        rows.append((VENDORS[f.vendor].title, str(f.path), who, _when(f.expires_at), note))
         if same is None:
             todo.append(f)
-    _console().print(table)
+    print_table(("login", "file", "account", "expires", ""), rows)
     if not todo:
         return
     if not yes and not click.confirm(f"Import {len(todo)} login(s) into {store.path}?",

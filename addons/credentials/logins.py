@@ -1,5 +1,5 @@
 """The login flows: authorization code + PKCE with a local callback (Claude, Codex, Gemini
-CLI, Antigravity) and the device authorization grant (Qwen with PKCE; GitHub Copilot, then
+CLI, Antigravity: then their Code Assist project, found or onboarded) and the device authorization grant (Qwen with PKCE; GitHub Copilot, then
 its Copilot token exchange). They return what to store; nothing is written until the login
 completed (the caller stores it in one transaction), so an interrupted login leaves nothing.
 
@@ -19,6 +19,10 @@ from addons.credentials import oauth
 from addons.credentials.vendors import Vendor
 
 LOGIN_TIMEOUT = 600.0  # seconds the user has to approve
+ONBOARD_POLL_SECONDS = 5.0  # Code Assist onboarding: its long-running operation's pace
+ONBOARD_POLLS = 36
+CODE_ASSIST_METADATA = {"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED",
+                        "pluginType": "GEMINI"}
 
 PAGE = (b"<!doctype html><meta charset=utf-8><title>detour</title>"
         b"<p style='font-family:sans-serif'>%s You can close this tab.</p>")
@@ -155,8 +159,67 @@ async def login_device(v: Vendor, http: httpx.AsyncClient,
     return Login(tokens.secrets(), tokens.expires_at, _meta(v, tokens))
 
 
-async def login(v: Vendor, http: httpx.AsyncClient, open_url, notify, sleep=asyncio.sleep
-                ) -> Login:
+async def code_assist_project(http: httpx.AsyncClient, v: Vendor, access_token: str,
+                              project: str | None = None) -> tuple[str, str | None]:
+    """A Google login's Code Assist project and tier, as Gemini CLI finds them after a
+    login: `loadCodeAssist`; a user not yet onboarded is onboarded on the default tier
+    (`onboardUser`, a long-running operation polled until done). `project`: the Google Cloud
+    project a paid tier needs."""
+    base = v.url("code_assist_url").rstrip("/") + "/v1internal"
+    headers = {"authorization": f"Bearer {access_token}", "content-type": "application/json"}
+    meta = dict(CODE_ASSIST_METADATA, **({"duetProject": project} if project else {}))
+
+    async def call(method: str, url: str, body: dict | None = None) -> dict:
+        try:
+            resp = await http.request(method, url, json=body, headers=headers, timeout=30)
+        except httpx.HTTPError as e:
+            raise LoginFailed(f"Code Assist unreachable ({url}): {type(e).__name__}") from None
+        data = oauth.json_object(resp)
+        if resp.status_code >= 300 or data is None:
+            raise LoginFailed(f"Code Assist answered HTTP {resp.status_code} at {url}")
+        return data
+
+    load = await call("POST", f"{base}:loadCodeAssist",
+                      {"cloudaicompanionProject": project, "metadata": meta})
+    if load.get("currentTier"):
+        tier = (load.get("paidTier") or {}).get("id") or load["currentTier"].get("id")
+        found = _project_id(load.get("cloudaicompanionProject")) or project
+        if not found:
+            raise LoginFailed("this Google account's Code Assist tier needs a Google Cloud "
+                              "project: log in again with --project PROJECT_ID")
+        return found, tier
+    tier = next((t for t in load.get("allowedTiers") or [] if t.get("isDefault")),
+                {"id": "legacy-tier"})
+    request = {"tierId": tier.get("id"), "metadata": meta if project else CODE_ASSIST_METADATA}
+    if tier.get("id") != "free-tier":
+        request["cloudaicompanionProject"] = project
+    op = await call("POST", f"{base}:onboardUser", request)
+    for _ in range(ONBOARD_POLLS):
+        if op.get("done") or not op.get("name"):
+            break
+        await asyncio.sleep(ONBOARD_POLL_SECONDS)
+        op = await call("GET", f"{base}/{op['name']}")
+    found = _project_id((op.get("response") or {}).get("cloudaicompanionProject")) or project
+    if not found:
+        raise LoginFailed("Code Assist onboarding gave no project; log in again with "
+                          "--project PROJECT_ID")
+    return found, tier.get("id")
+
+
+def _project_id(value) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) and value else None
+
+
+async def login(v: Vendor, http: httpx.AsyncClient, open_url, notify, sleep=asyncio.sleep,
+                project: str | None = None) -> Login:
     if v.flow == "device":
         return await login_device(v, http, notify, sleep)
-    return await login_pkce(v, http, open_url)
+    done = await login_pkce(v, http, open_url)
+    if v.code_assist_url:
+        found, tier = await code_assist_project(http, v, done.secrets["access_token"], project)
+        done.meta["project_id"] = found
+        if tier:
+            done.meta["plan"] = tier
+    return done

@@ -16,9 +16,6 @@ from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import httpx
-from authlib.common.security import generate_token
-from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
-from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from addons.credentials.vendors import Vendor
 
@@ -82,17 +79,30 @@ class TokenSet:
 
 def pkce_pair() -> tuple[str, str]:
     """(code_verifier, S256 code_challenge)."""
+    # authlib is imported by the logins that need it, not by the proxy (its start is slower)
+    from authlib.common.security import generate_token
+    from authlib.oauth2.rfc7636 import create_s256_code_challenge
     verifier = generate_token(64)
     return verifier, create_s256_code_challenge(verifier)
 
 
 def authorize_url(v: Vendor, redirect_uri: str, state: str, challenge: str) -> str:
+    from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
     return prepare_grant_uri(v.url("authorize_url"), v.client_id, "code", redirect_uri,
                              " ".join(v.scopes), state, code_challenge=challenge,
                              code_challenge_method="S256", **dict(v.extra_authorize))
 
 
 # ---------------------------------------------------------------- token endpoint
+
+
+def json_object(resp: httpx.Response) -> dict | None:
+    """The answer's JSON object, or None (not JSON, or not an object)."""
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 async def post_token(http: httpx.AsyncClient, url: str, params: dict, as_json: bool,
@@ -109,11 +119,8 @@ async def post_token(http: httpx.AsyncClient, url: str, params: dict, as_json: b
                 timeout=TOKEN_TIMEOUT)
     except httpx.HTTPError as e:
         raise TokenEndpointUnreachable(f"{url}: {type(e).__name__}") from None
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
+    data = json_object(resp)
+    if data is None:
         raise OAuthError("invalid_response", f"HTTP {resp.status_code}, not a JSON object",
                          resp.status_code)
     error = data.get("error")
@@ -173,11 +180,8 @@ async def copilot_token(http: httpx.AsyncClient, v: Vendor, github_token: str) -
         raise InvalidGrant("copilot_unauthorized",
                            f"HTTP {resp.status_code}: no Copilot for this GitHub login",
                            resp.status_code)
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    if resp.status_code >= 400 or not isinstance(data, dict):
+    data = json_object(resp)
+    if resp.status_code >= 400 or data is None:
         raise OAuthError("copilot_token", f"HTTP {resp.status_code}", resp.status_code)
     tokens = TokenSet.read(data)
     tokens.extra = {"api": (data.get("endpoints") or {}).get("api")}

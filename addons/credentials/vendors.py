@@ -4,7 +4,7 @@ The constants are those the vendors' CLIs ship (public clients: their ids, and G
 installed-app "secret", are not secrets). Every URL can be overridden by environment, for a
 gateway or a test: `DETOUR_OAUTH_<VENDOR>_<FIELD>`, e.g. `DETOUR_OAUTH_CLAUDE_TOKEN_URL` or
 `DETOUR_OAUTH_QWEN_DEVICE_URL` (FIELD: AUTHORIZE_URL, TOKEN_URL, DEVICE_URL, API_KEY_URL,
-CALLBACK_PORT).
+CODE_ASSIST_URL, CALLBACK_PORT).
 
 `flow`: `pkce` (authorization code + PKCE with a local callback) or `device` (device
 authorization grant; Qwen's with PKCE too; Copilot's then exchanges the GitHub token for a
@@ -38,6 +38,8 @@ class Vendor:
     refresh_scope: str = ""  # a scope the refresh request names
     device_pkce: bool = False
     api_key_url: str = ""  # Copilot: where the GitHub token buys the Copilot token
+    # Google logins: Code Assist, where the account's project is found (or onboarded)
+    code_assist_url: str = ""
     # the CLI's own refresh endpoints that detour answers for a login it holds (owner.py)
     refresh_hosts: tuple[tuple[str, str], ...] = ()
 
@@ -84,7 +86,7 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
                    "https://www.googleapis.com/auth/userinfo.profile"),
            authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
            client_secret="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",
-           callback_path="/oauth2callback",
+           callback_path="/oauth2callback", code_assist_url="https://cloudcode-pa.googleapis.com",
            extra_authorize=(("access_type", "offline"), ("prompt", "consent")),
            refresh_hosts=(("oauth2.googleapis.com", "/token"),)),
     # Antigravity: Google OAuth with Antigravity's own installed-app client
@@ -98,7 +100,7 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
                    "https://www.googleapis.com/auth/experimentsandconfigs"),
            authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
            client_secret="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",
-           callback_path="/oauth-callback",
+           callback_path="/oauth-callback", code_assist_url="https://cloudcode-pa.googleapis.com",
            extra_authorize=(("access_type", "offline"), ("prompt", "consent"))),
     # Qwen Code: device flow with PKCE
     Vendor("qwen", "Qwen Code (chat.qwen.ai)", "device", "f0304373b74a44d2b584a3fb70ca9e56",

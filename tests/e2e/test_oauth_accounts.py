@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from addons.credentials.store import API_KEY, OAUTH, AccountStore
+from addons.credentials.vault import Vault
 from scripts.cli import cli
 from tests.e2e.conftest import start_proxy
 from tests.fakes.anthropic_vendor import FakeAnthropic
@@ -51,8 +52,7 @@ def env(auth) -> dict:
 @pytest.fixture(scope="module")
 def setup(confdir, tmp_path_factory, auth, vendor):
     home = tmp_path_factory.mktemp("home")
-    os.environ.setdefault("DETOUR_KEY_BACKEND", "file")
-    store = AccountStore(home / "detour.db")
+    store = AccountStore(home / "detour.db", Vault(home, "file"))
     # logged in, the access token already expired: the first calls refresh it
     first_tokens = auth.grant()  # as Claude Code held them when detour adopted the login
     first = store.add("claude", "first", OAUTH, first_tokens, vendor="claude",

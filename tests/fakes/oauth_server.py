@@ -19,6 +19,10 @@
 - `POST /device/code`: `device_code`, `user_code`, `verification_uri`, `interval`.
 - `GET /copilot_internal/v2/token` with `authorization: token <github token>`: a Copilot
   token (`expires_at`, `refresh_in`, `endpoints.api`).
+- Code Assist (`/v1internal:loadCodeAssist`, `:onboardUser`, `/v1internal/operations/..`), with
+  a Bearer access token: not onboarded, `allowedTiers` (free-tier the default); onboarding is
+  an operation done at its first poll, giving project `fake-project-42`; then loads answer
+  `currentTier` free-tier and that project.
 - `GET /userinfo` with a Bearer access token: 200 when it is current (marks it used), else 401.
 
 `tokens_issued`, `refresh_calls`, `code_calls`, `device_polls` count; `after_token` (if set)
@@ -58,6 +62,8 @@ class FakeOAuth(FakeServer):
         self.expire_device = False
         self.after_token = None
         self.after_use = None  # called right after a /userinfo answer was written
+        self.code_assist_project: str | None = None
+        self.onboard_calls = 0
         self._ids = itertools.count(1)
         self._codes: dict[str, dict] = {}
         self._devices: dict[str, dict] = {}
@@ -152,6 +158,8 @@ class FakeOAuth(FakeServer):
                 return self._token(self._params(received))
             if route.endswith("/copilot_internal/v2/token"):
                 return self._copilot(received)
+            if "/v1internal" in route:
+                return self._code_assist(received)
             if route.endswith("/userinfo"):
                 token = received.headers.get("authorization", "").removeprefix("Bearer ")
                 info = self._access.get(token)
@@ -222,6 +230,26 @@ class FakeOAuth(FakeServer):
             del self._devices[p["device_code"]]
             return self._json(200, self._issue())
         return self._error("unsupported_grant_type", str(grant))
+
+    def _code_assist(self, received: Received) -> Plan:
+        token = received.headers.get("authorization", "").removeprefix("Bearer ")
+        if token not in self._access:
+            return self._error("unauthenticated", status=401)
+        route = received.route
+        if route.endswith(":loadCodeAssist"):
+            if self.code_assist_project:
+                return self._json(200, {"currentTier": {"id": "free-tier"},
+                                        "cloudaicompanionProject": self.code_assist_project})
+            return self._json(200, {"allowedTiers": [
+                {"id": "free-tier", "isDefault": True}, {"id": "standard-tier"}]})
+        if route.endswith(":onboardUser"):
+            self.onboard_calls += 1
+            return self._json(200, {"name": "operations/onboard-1", "done": False})
+        if route.endswith("/operations/onboard-1"):
+            self.code_assist_project = "fake-project-42"
+            return self._json(200, {"name": "operations/onboard-1", "done": True, "response": {
+                "cloudaicompanionProject": {"id": self.code_assist_project}}})
+        return self._error("not_found", route, 404)
 
     def _copilot(self, received: Received) -> Plan:
         token = received.headers.get("authorization", "").removeprefix("token ")

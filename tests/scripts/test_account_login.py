@@ -40,6 +40,8 @@ def vendor_urls(auth, monkeypatch):
         monkeypatch.setenv(f"DETOUR_OAUTH_{up}_API_KEY_URL",
                            auth.url("/copilot_internal/v2/token"))
         monkeypatch.setenv(f"DETOUR_OAUTH_{up}_CALLBACK_PORT", "0")
+        monkeypatch.setenv(f"DETOUR_OAUTH_{up}_CODE_ASSIST_URL", auth.base_url)
+    monkeypatch.setattr(logins, "ONBOARD_POLL_SECONDS", 0.01)
     auth.deny = False
 
 
@@ -61,8 +63,27 @@ def test_pkce_login_through_the_browser(tmp_path, auth, vendor):
     assert stored.secrets["refresh_token"] and stored.expires_at
     if vendor == "codex":
         assert (stored.plan, stored.account_id) == ("plus", "acct-123")
+    if vendor in ("gemini", "antigravity"):  # Code Assist: onboarded once, then found
+        assert (stored.project_id, stored.plan) == ("fake-project-42", "free-tier")
+        assert auth.onboard_calls == 1
     listing = json.loads(detour(tmp_path, "account", "list", "--json"))
     assert listing[0]["state"] == "ready" and stored.secrets["access_token"] not in str(listing)
+
+
+def test_account_test_with_a_login(tmp_path, auth):
+    """`detour account test` on an OAuth login: Bearer + OAuth beta flag at the model list."""
+    from tests.fakes.anthropic_vendor import FakeAnthropic
+    from tests.fakes.oauth_server import AcceptedTokens
+    with FakeAnthropic() as vendor:
+        vendor.keys = AcceptedTokens(auth)
+        tmp_path.mkdir(exist_ok=True)
+        (tmp_path / "config.yaml").write_text(
+            f'providers:\n  claude: {{kind: anthropic, base_url: "{vendor.base_url}"}}\n')
+        detour(tmp_path, "account", "login", "claude", "--name", "sub")
+        assert "ok (HTTP 200" in detour(tmp_path, "account", "test", "claude", "sub")
+        seen = vendor.requests[-1].headers
+        assert seen["authorization"].startswith("Bearer fake-access-")
+        assert "oauth-2025-04-20" in seen["anthropic-beta"] and "x-api-key" not in seen
 
 
 def test_refused_or_interrupted_login_stores_nothing(tmp_path, auth, monkeypatch):
