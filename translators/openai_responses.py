@@ -808,9 +808,12 @@ class StreamEncoder(c.EventEncoder):
     go back as custom_tool_call items (their text whole at the block's end)."""
 
     __slots__ = ("_grammar", "_seq", "_created", "_custom", "_resp", "_output", "_item",
-                 "_chunks", "_stop", "_usage", "_tool")
+                 "_chunks", "_stop", "_usage", "_tool", "_signatures")
 
-    def __init__(self, *, custom_tools=frozenset(), created: int | None = None):
+    def __init__(self, *, custom_tools=frozenset(), created: int | None = None,
+                 signatures: bool = True):
+        """`signatures`: thinking signatures go out as the reasoning item's
+        `encrypted_content`."""
         self._grammar = c.StreamGrammar()
         self._seq = 0
         self._created = int(time.time()) if created is None else created
@@ -822,6 +825,7 @@ class StreamEncoder(c.EventEncoder):
         self._tool: c.BlockStart | None = None
         self._stop: c.StopReason | None = None
         self._usage = c.Usage()
+        self._signatures = signatures
 
     def _emit(self, kind: str, **fields) -> bytes:
         event = {"type": kind, "sequence_number": self._seq, **fields}
@@ -858,7 +862,7 @@ class StreamEncoder(c.EventEncoder):
             return self._emit("response.function_call_arguments.delta", **self._at(),
                               delta=event.partial_json)
         if t is c.SignatureDelta:
-            if self._item is not None:
+            if self._item is not None and self._signatures:
                 self._item["encrypted_content"] = self._item.get(
                     "encrypted_content", "") + event.signature
             return b""
@@ -962,7 +966,12 @@ def _custom_tool_names(body: dict) -> frozenset:
 
 
 def client_stream_encoder(body: dict) -> StreamEncoder:
-    return StreamEncoder(custom_tools=_custom_tool_names(body))
+    """The encoder of a translated answer to a Responses client. Its thinking comes from
+    another provider (a Responses provider's answer passes as its bytes), whose signature
+    is not OpenAI's encrypted content: the client (Codex) would send it back every turn, and
+    a Responses provider asked next (a fallback) would refuse it; no other provider can use
+    it either (a reasoning item decodes without one). So it is left out."""
+    return StreamEncoder(custom_tools=_custom_tool_names(body), signatures=False)
 
 
 # ---------------------------------------------------------------- sniffing and same-format

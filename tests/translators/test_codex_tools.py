@@ -71,3 +71,15 @@ def test_encrypted_reasoning_goes_only_to_a_responses_target():
         text = json.dumps(wire)
         assert "gAAAA-x" not in text and "rs_1" not in text
         assert "signature" not in text  # no forged Anthropic thinking block either
+
+
+def test_another_providers_thinking_signature_never_reaches_codex():
+    """Anthropic's signature sent to Codex as encrypted_content would come back every turn and
+    be refused by an OpenAI provider asked next: a translated answer carries the summary only."""
+    events = [c.MessageStart("msg_1", "m"), c.BlockStart(0, "thinking"),
+              c.ThinkingDelta(0, "let me think"), c.SignatureDelta(0, "EqQBCkgIARAB-anthropic"),
+              c.BlockStop(0), c.BlockStart(1, "text"), c.TextDelta(1, "hi"), c.BlockStop(1),
+              c.MessageDelta("end_turn", c.Usage(3, 4)), c.MessageStop()]
+    out = r.client_stream_encoder(capture("codex.responses.text")).encode_all(events)
+    assert b"EqQBCkgIARAB-anthropic" not in out and b"encrypted_content" not in out
+    assert b'"response.reasoning_summary_text.delta"' in out and b"let me think" in out
