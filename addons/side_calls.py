@@ -28,19 +28,11 @@ from mitmproxy import http
 
 from addons import formats
 from addons.config import PASSTHROUGH, Config
-from translators import canonical
+from translators import canonical, openai_responses
 
-# what Codex's own local compaction asks for, so the summary reads as Codex expects it
-SUMMARY_PROMPT = (
-    "You are performing a CONTEXT CHECKPOINT COMPACTION. Create a handoff summary for another "
-    "LLM that will resume the task. Include the current progress and key decisions made, "
-    "important context, constraints or user preferences, what remains to be done (clear next "
-    "steps), and any critical data, examples or references needed to continue. Be concise, "
-    "structured, and focused on helping the next LLM seamlessly continue the work.")
-SUMMARY_PREFIX = (
-    "Another language model started to solve this problem and produced a summary of its "
-    "thinking process. Use this to build on the work that has already been done and avoid "
-    "duplicating work. Here is the summary produced by the other language model:\n\n")
+# Codex's own compaction words (the codec answers its compaction_trigger with them too)
+SUMMARY_PROMPT = openai_responses.SUMMARY_PROMPT
+SUMMARY_PREFIX = openai_responses.SUMMARY_PREFIX
 # Codex marks the context it injects (environment, instructions) with these: not user words
 _INJECTED = ("<environment_context>", "<user_instructions>", "# AGENTS.md", "<permissions")
 
@@ -155,7 +147,7 @@ def compacted_history(request_body: dict, summary_answer: bytes) -> bytes:
     as a whole Responses answer: the user's own messages, then the summary as a user
     message, as Codex's local compaction builds its new history."""
     answer = orjson.loads(summary_answer)
-    resp = formats.CODECS["openai-responses"].decode_response(answer)
+    resp = openai_responses.decode_response(answer)
     summary = "".join(p.text for p in resp.parts if type(p) is canonical.Text).strip()
     if not summary:
         raise canonical.TranslationError("the provider's summary holds no text")

@@ -327,3 +327,23 @@ def test_chatgpt_login_mode_text_and_shell_tool(stack):
     rows = stack.rows(since, 3)
     assert [(r["client_format"], r["provider"], r["status"]) for r in rows] == [
         ("openai-responses", "fake", 200)] * 3, rows
+
+
+def test_mid_turn_compaction_is_summarised_by_the_provider(stack):
+    """Codex compacts mid-turn past its token limit (remote compaction v2: a turn ending with a
+    compaction_trigger item, answered by one compaction item). The provider is asked for the
+    summary in its own format; Codex accepts the item and the turn goes on from the summary."""
+    since, before = stack.last_row_id(), len(stack.model_requests())
+    run = run_codex(stack, "RUN: echo detour-tool-ok", "-c", "model_auto_compact_token_limit=5000")
+
+    assert run.returncode == 0, run.stderr
+    assert "context compacted" in run.stderr and "compact task" not in run.stderr, run.stderr
+    sent = stack.model_requests()[before:]
+    assert len(sent) == 3, [r.path for r in sent]
+    asked, after = json.dumps(sent[1].json["messages"][-1]), json.dumps(sent[2].json["messages"])
+    assert "CONTEXT CHECKPOINT COMPACTION" in asked
+    # the summary (the fake's text) stands for the history in the next request
+    assert "Here is the summary produced by the other language model" in after
+    assert default_text(stack) in after
+    assert run.stdout.strip() == default_text(stack)
+    assert_rows(stack, since, 3)
