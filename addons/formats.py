@@ -65,6 +65,10 @@ SOCKET_UPGRADE = "socket-upgrade"
 MODEL_LIST = "model-list"
 # a history compaction (`POST /v1/responses/compact`): answered by the routed provider
 COMPACTION = "compaction"
+# Codex's ChatGPT account check (`wham/accounts/check`), needed before its first prompt:
+# answered from the client's own token when its models are all rerouted
+ACCOUNT_CHECK = "account-check"
+CODEX_MODELS_PATH = "/backend-api/codex/models"  # its list has Codex's own shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,12 +139,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.openai.com", "/v1/models", openai_chat.NAME, kind=MODEL_LIST,
                   method="GET"),
     # Codex logged in with ChatGPT: the same Responses wire on the ChatGPT backend (request
-    # bodies zstd-compressed); its other paths (codex/models, wham/*) pass through
+    # bodies zstd-compressed); its other paths (plugins, wham/* but the account check) pass
+    # through. Codex asks codex/models in API-key mode too
     Endpoint.make("chatgpt.com", "/backend-api/codex/responses", openai_responses.NAME),
     Endpoint.make("chatgpt.com", "/backend-api/codex/responses", openai_responses.NAME,
                   kind=SOCKET_UPGRADE, method="GET"),
     Endpoint.make("chatgpt.com", "/backend-api/codex/responses/compact", openai_responses.NAME,
                   kind=COMPACTION),
+    Endpoint.make("chatgpt.com", CODEX_MODELS_PATH, openai_responses.NAME, kind=MODEL_LIST,
+                  method="GET"),
+    Endpoint.make("chatgpt.com", "/backend-api/wham/accounts/check", openai_responses.NAME,
+                  kind=ACCOUNT_CHECK, method="GET"),
 )
 
 HANDLED_HOSTS = frozenset(e.host for e in ENDPOINTS)

@@ -31,8 +31,8 @@ from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
 from addons import side_calls
-from addons.formats import (COMPACTION, HANDLED_HOSTS, HOST_FORMATS, MODEL_CALL, MODEL_LIST,
-                            SOCKET_UPGRADE, client_call)
+from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, HANDLED_HOSTS,
+                            HOST_FORMATS, MODEL_CALL, MODEL_LIST, SOCKET_UPGRADE, client_call)
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.routing import plan
@@ -241,7 +241,7 @@ class Interceptor:
         endpoint = client_call(host, req.method, req.path)
         rt = self.settings.runtime
         if endpoint is not None and endpoint.endpoint.kind not in (MODEL_CALL, COMPACTION):
-            if self._side_call(flow, endpoint):
+            if self._side_call(flow, endpoint, held):
                 return
             endpoint = None  # not answered here: it goes on as any other call on the host
         if endpoint is None:
@@ -336,7 +336,7 @@ class Interceptor:
             return
         await self._inline_answer(flow, job, compacted)
 
-    def _side_call(self, flow: http.HTTPFlow, endpoint) -> bool:
+    def _side_call(self, flow: http.HTTPFlow, endpoint, held: dict[str, list[str]]) -> bool:
         """A call on a model endpoint that is not a model call (addons/side_calls.py); True
         when it was answered here."""
         kind = endpoint.endpoint.kind
@@ -344,19 +344,25 @@ class Interceptor:
             side_calls.refuse_socket(flow, endpoint.client_format, ID_HEADER)
             flow.marked = MARK
             return True
-        if kind == MODEL_LIST:
-            names, vendor = side_calls.routed_models(self.settings.runtime.config,
-                                                     flow.request.headers.get("user-agent", ""))
-            if vendor:  # the vendor's list, detour's names added on the way back
+        names, vendor = side_calls.routed_models(self.settings.runtime.config,
+                                                 flow.request.headers.get("user-agent", ""))
+        if vendor:  # the vendor is asked; a list gets detour's names on the way back
+            if kind == MODEL_LIST:
                 flow.metadata[META + ".models"] = names
-                return False
-            flow.response = http.Response.make(
-                200, side_calls.model_list_body(names),
-                {"content-type": "application/json", ID_HEADER: flow.id})
+            return False
+        if kind == MODEL_LIST:
+            codex = endpoint.endpoint.path == CODEX_MODELS_PATH
+            body = side_calls.model_list_body(names, codex_shape=codex)
             flow.comment = f"detour: the models routed for this client ({len(names)})"
-            flow.marked = MARK
-            return True
-        return False
+        elif kind == ACCOUNT_CHECK:
+            body = side_calls.account_check_body(_joined(held).get("authorization", ""))
+            flow.comment = "detour: ChatGPT account check answered (its models are rerouted)"
+        else:
+            return False
+        flow.response = http.Response.make(
+            200, body, {"content-type": "application/json", ID_HEADER: flow.id})
+        flow.marked = MARK
+        return True
 
     def _open_call(self, flow: http.HTTPFlow, fmt: str, held: dict[str, list[str]]) -> Call:
         """The call of a model call, kept until it finishes. Its row is scrubbed of the

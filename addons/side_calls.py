@@ -10,6 +10,11 @@ them: formats.SOCKET_UPGRADE, MODEL_LIST, COMPACTION).
   routes, combos, the global routes; glob routes contribute the upstream models they name).
   When passthrough is a candidate of the client's catch-all route, the vendor's own list is
   fetched (the request goes on untouched) and detour's names are added to it on the way back.
+  Codex's own catalogue (`chatgpt.com/backend-api/codex/models`, asked in both of its modes)
+  is answered empty when its models are rerouted (Codex keeps its bundled list; a detour
+  answer saves it ~9 s of retries when chatgpt.com is out of reach), else passed through.
+- Codex's ChatGPT account check (`wham/accounts/check`, needed before its first prompt) is
+  answered from the client's own token when its models are rerouted, else passed through.
 - Compaction (`POST /v1/responses/compact`, Codex's remote compaction of a long session): a
   provider of another format has no such endpoint, so the history is sent to the routed
   provider as an ordinary request asking for a handoff summary, and the answer comes back as
@@ -84,9 +89,23 @@ def model_object(name: str, created: int) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "detour"}
 
 
-def model_list_body(names: list[str]) -> bytes:
+def model_list_body(names: list[str], codex_shape: bool = False) -> bytes:
+    """OpenAI's model list; `codex_shape`: Codex's own catalogue (`{"models": [...]}`, each a
+    full model description detour cannot make up), empty: Codex keeps its bundled one, and
+    takes any name routed by `-m`."""
+    if codex_shape:
+        return b'{"models":[]}'
     created = int(time.time())
     return orjson.dumps({"object": "list", "data": [model_object(n, created) for n in names]})
+
+
+def account_check_body(authorization: str) -> bytes:
+    """Codex's ChatGPT account check (`wham/accounts/check`), from the client's own token: its
+    account (the token's `chatgpt_account_id` claim), served by chatgpt.com as usual."""
+    account = formats.chatgpt_account_id(authorization.rpartition(" ")[2]) or ""
+    return orjson.dumps({"accounts": [{
+        "id": account, "workspace_backend_origin": "https://chatgpt.com",
+        "account_routing_override": "NO_CONSTRAINT"}] if account else []})
 
 
 def merged_model_list(vendor_body: bytes, names: list[str]) -> bytes | None:

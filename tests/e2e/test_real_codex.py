@@ -321,9 +321,10 @@ def test_chatgpt_login_mode_text_and_shell_tool(stack):
     token = auth["tokens"]["access_token"]
     for r in sent:
         assert token not in json.dumps(r.headers) and token.encode() not in r.body
-    # Codex's account check reached chatgpt.com (the fake), its model calls never did
-    assert any(r.route.endswith("/wham/accounts/check") for r in stack.chatgpt.requests)
-    assert not [r for r in stack.chatgpt.requests if "/codex/responses" in r.route]
+    # every model rerouted: detour answered Codex's account check and catalogue itself, and
+    # no model call reached chatgpt.com (the fake)
+    assert not [r for r in stack.chatgpt.requests if "/codex/responses" in r.route
+                or r.route.endswith(("/wham/accounts/check", "/codex/models"))]
     rows = stack.rows(since, 3)
     assert [(r["client_format"], r["provider"], r["status"]) for r in rows] == [
         ("openai-responses", "fake", 200)] * 3, rows
