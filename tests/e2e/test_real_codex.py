@@ -247,8 +247,10 @@ def assert_client_key_never_reached_provider(stack: CodexStack) -> None:
 
 
 def test_text_answer(stack):
+    """With Codex's model discovery on (its default): it asks chatgpt.com for its catalogue,
+    which detour answers (every model rerouted), so no call leaves for chatgpt.com."""
     since, before = stack.last_row_id(), len(stack.model_requests())
-    run = run_codex(stack, "Say hi")
+    run = run_codex(stack, "Say hi", "-c", "features.api_key_model_discovery=true")
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == default_text(stack)
@@ -259,6 +261,7 @@ def test_text_answer(stack):
     assert "Say hi" in json.dumps(sent[0].json["messages"])
     # the vendor fake never saw a model call, nor a WebSocket upgrade (detour answered it)
     assert not [r for r in stack.vendor.requests if r.route.startswith("/v1/responses")]
+    assert stack.chatgpt.requests == []
     assert_client_key_never_reached_provider(stack)
     assert_rows(stack, since, 1)
 
