@@ -26,11 +26,11 @@ import orjson
 from mitmproxy import command, connection, ctx, http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons import side_calls
 from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
-from addons import side_calls
 from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, HANDLED_HOSTS,
                             HOST_FORMATS, MODEL_CALL, MODEL_LIST, SOCKET_UPGRADE, client_call)
 from addons.forwarding import FORMATS, Job, internal_error
@@ -509,7 +509,8 @@ class Interceptor:
             return
         names = flow.metadata.pop(META + ".models", None)
         if names is not None and flow.response.status_code == 200:
-            merged = side_calls.merged_model_list(flow.response.get_content(strict=False), names)
+            merged = side_calls.merged_model_list(
+                flow.response.get_content(strict=False) or b"", names)
             if merged is not None:
                 flow.response.set_content(merged)
         tap = self._taps.pop(flow.id, None)
