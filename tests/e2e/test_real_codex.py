@@ -32,6 +32,7 @@ from tests.fakes import anthropic_vendor, openai_provider
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.codex_backend import FakeCodexBackend, chatgpt_token
 from tests.fakes.openai_provider import FakeOpenAI
+from tests.fakes.replies import Text
 from tests.harness import ROOT, Mitmdump
 
 pytestmark = pytest.mark.slow
@@ -351,3 +352,15 @@ def test_mid_turn_compaction_is_summarised_by_the_provider(stack):
     assert default_text(stack) in after
     assert run.stdout.strip() == default_text(stack)
     assert_rows(stack, since, 3)
+
+
+def test_reasoning_streams_as_codexs_own_reasoning(stack):
+    """The provider's thinking (Anthropic thinking blocks, Chat reasoning_content) reaches Codex
+    as its reasoning events: `codex exec --json` shows a reasoning item before the answer."""
+    stack.provider.enqueue(Text("the answer", reasoning="pondering the question"))
+    run = run_codex(stack, "Say hi", "--json")
+    assert run.returncode == 0, run.stderr
+    items = [json.loads(line)["item"] for line in run.stdout.splitlines()
+             if line.startswith("{") and json.loads(line).get("type") == "item.completed"]
+    assert [(i["type"], i["text"]) for i in items] == [
+        ("reasoning", "pondering the question"), ("agent_message", "the answer")]
