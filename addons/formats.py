@@ -274,7 +274,13 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
     ProviderKind("openai-responses", openai_responses, "/responses", BEARER),
     # the ChatGPT backend Codex uses when logged in with ChatGPT (base_url
     # https://chatgpt.com/backend-api/codex): it only streams and never stores
+    # (Codex's own headers go on with its own calls; others are sent as Codex's CLI)
     ProviderKind("codex", openai_responses, "/responses", ChatGPTToken(),
+                 fixed_headers=(("originator", "codex_cli_rs"),),
+                 forwarded_headers=("originator", "version", "session-id",
+                                    "x-codex-beta-features", "x-codex-turn-metadata",
+                                    "x-codex-window-id",
+                                    "x-openai-internal-codex-responses-lite"),
                  required_fields=(("stream", True), ("store", False)),
                  refused_fields=("max_output_tokens",)),
 )}

@@ -122,6 +122,7 @@ def test_a_whole_responses_call_served_by_the_chatgpt_backend(http, proxy, backe
     assert "max_output_tokens" not in sent.json and sent.json["model"] == "gpt-6.1-sol"
     assert sent.headers["authorization"] == f"Bearer {TOKEN}"
     assert sent.headers["chatgpt-account-id"] == ACCOUNT_ID
+    assert sent.headers["originator"] == "codex_cli_rs"
     row = proxy.row_of(r)
     assert (row["provider"], row["status"], row["stream"]) == ("chatgpt", 200, 0)
     assert TOKEN not in json.dumps(row)
@@ -138,6 +139,9 @@ def test_codex_routed_to_the_chatgpt_backend_keeps_its_bytes(http, proxy, backen
     assert sent.json == dict(body, model="gpt-6.1-sol")  # only the model changed
     assert sent.headers["authorization"] == f"Bearer {TOKEN}"
     assert sent.headers["chatgpt-account-id"] == ACCOUNT_ID
+    # Codex's own headers go on with its call (the backend knows its client by them)
+    for header in ("originator", "session-id", "x-codex-beta-features", "x-codex-turn-metadata"):
+        assert sent.headers[header] == codex_headers(name)[header], header
 
 
 def test_codex_rerouted_gets_its_account_check_and_catalogue_from_detour(http, backend):
