@@ -76,6 +76,10 @@ COMPACTION = "compaction"
 # a client's setup call (Gemini CLI's loadCodeAssist, onboardUser, ...): passed through while
 # its vendor account is used, answered locally when the routes leave the vendor
 SETUP_CALL = "setup-call"
+# Codex's ChatGPT account check (`wham/accounts/check`), needed before its first prompt:
+# answered from the client's own token when its models are all rerouted
+ACCOUNT_CHECK = "account-check"
+CODEX_MODELS_PATH = "/backend-api/codex/models"  # its list has Codex's own shape
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +198,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint.make("api.openai.com", "/v1/models", openai_chat.NAME, kind=MODEL_LIST,
                   method="GET"),
     # Codex logged in with ChatGPT: the same Responses wire on the ChatGPT backend (request
-    # bodies zstd-compressed); its other paths (codex/models, wham/*) pass through
+    # bodies zstd-compressed); its other paths (plugins, wham/* but the account check) pass
+    # through. Codex asks codex/models in API-key mode too
     Endpoint.make("chatgpt.com", "/backend-api/codex/responses", openai_responses.NAME),
     Endpoint.make("chatgpt.com", "/backend-api/codex/responses", openai_responses.NAME,
                   kind=SOCKET_UPGRADE, method="GET"),
     Endpoint.make("chatgpt.com", "/backend-api/codex/responses/compact", openai_responses.NAME,
                   kind=COMPACTION),
+    Endpoint.make("chatgpt.com", CODEX_MODELS_PATH, openai_responses.NAME, kind=MODEL_LIST,
+                  method="GET"),
+    Endpoint.make("chatgpt.com", "/backend-api/wham/accounts/check", openai_responses.NAME,
+                  kind=ACCOUNT_CHECK, method="GET"),
     *_gemini_endpoints("v1beta"),
     *_gemini_endpoints("v1"),
     *_code_assist_endpoints(),
@@ -360,7 +369,13 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
     ProviderKind("openai-responses", openai_responses, "/responses", BEARER),
     # the ChatGPT backend Codex uses when logged in with ChatGPT (base_url
     # https://chatgpt.com/backend-api/codex): it only streams and never stores
+    # (Codex's own headers go on with its own calls; others are sent as Codex's CLI)
     ProviderKind("codex", openai_responses, "/responses", ChatGPTToken(),
+                 fixed_headers=(("originator", "codex_cli_rs"),),
+                 forwarded_headers=("originator", "version", "session-id",
+                                    "x-codex-beta-features", "x-codex-turn-metadata",
+                                    "x-codex-window-id",
+                                    "x-openai-internal-codex-responses-lite"),
                  required_fields=(("stream", True), ("store", False)),
                  refused_fields=("max_output_tokens",)),
     # base_url: https://generativelanguage.googleapis.com (the version is in the path)

@@ -26,13 +26,14 @@ import orjson
 from mitmproxy import command, connection, ctx, http, tls
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons import side_calls
 from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
 from addons import formats, side_calls
-from addons.formats import (COMPACTION, MODEL_CALL, MODEL_LIST, SOCKET_UPGRADE,
-                            FormatTable)
+from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, MODEL_CALL,
+                            MODEL_LIST, SOCKET_UPGRADE, FormatTable)
 from addons.forwarding import FORMATS, Job, internal_error
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.prices import subscription_login
@@ -251,9 +252,9 @@ class Interceptor:
         endpoint = self.table.client_call(host, req.method, req.path)
         rt = self.settings.runtime
         if endpoint is not None and endpoint.endpoint.kind not in (MODEL_CALL, COMPACTION):
-            # a WebSocket upgrade, a token count, a model list, a setup call: answered
-            # here, or left to the vendor as below
-            if self._side_call(flow, endpoint) or await self.side_calls.answer(
+            # a WebSocket upgrade, a model list, an account check, a token count, a setup
+            # call: answered here, or left to the vendor as below
+            if self._side_call(flow, endpoint, held) or await self.side_calls.answer(
                     flow, endpoint, MARK):
                 return
             endpoint = None  # not answered here: it goes on as any other call on the host
@@ -354,7 +355,7 @@ class Interceptor:
             return
         await self._inline_answer(flow, job, compacted)
 
-    def _side_call(self, flow: http.HTTPFlow, endpoint) -> bool:
+    def _side_call(self, flow: http.HTTPFlow, endpoint, held: dict[str, list[str]]) -> bool:
         """A call on a model endpoint that is not a model call (addons/side_calls.py); True
         when it was answered here."""
         kind = endpoint.endpoint.kind
@@ -362,20 +363,28 @@ class Interceptor:
             side_calls.refuse_socket(flow, endpoint.client_format, ID_HEADER)
             flow.marked = MARK
             return True
-        if kind == MODEL_LIST and not hasattr(formats.CODECS[endpoint.client_format],
-                                              "model_list"):  # OpenAI's list (Gemini's: SideCalls)
-            names, vendor = side_calls.routed_models(self.settings.runtime.config,
-                                                     flow.request.headers.get("user-agent", ""))
-            if vendor:  # the vendor's list, detour's names added on the way back
+        if kind not in (MODEL_LIST, ACCOUNT_CHECK) or hasattr(
+                formats.CODECS[endpoint.client_format], "model_list"):
+            return False  # the others, and Gemini's list: SideCalls
+        names, vendor = side_calls.routed_models(self.settings.runtime.config,
+                                                 flow.request.headers.get("user-agent", ""))
+        if vendor:  # the vendor is asked; a list gets detour's names on the way back
+            if kind == MODEL_LIST:
                 flow.metadata[META + ".models"] = names
-                return False
-            flow.response = http.Response.make(
-                200, side_calls.model_list_body(names),
-                {"content-type": "application/json", ID_HEADER: flow.id})
+            return False
+        if kind == MODEL_LIST:
+            codex = endpoint.endpoint.path == CODEX_MODELS_PATH
+            body = side_calls.model_list_body(names, codex_shape=codex)
             flow.comment = f"detour: the models routed for this client ({len(names)})"
-            flow.marked = MARK
-            return True
-        return False
+        elif kind == ACCOUNT_CHECK:
+            body = side_calls.account_check_body(_joined(held).get("authorization", ""))
+            flow.comment = "detour: ChatGPT account check answered (its models are rerouted)"
+        else:
+            return False
+        flow.response = http.Response.make(
+            200, body, {"content-type": "application/json", ID_HEADER: flow.id})
+        flow.marked = MARK
+        return True
 
     def _open_call(self, flow: http.HTTPFlow, fmt: str, held: dict[str, list[str]]) -> Call:
         """The call of a model call, kept until it finishes. Its row is scrubbed of the
@@ -527,7 +536,8 @@ class Interceptor:
             return
         names = flow.metadata.pop(META + ".models", None)
         if names is not None and flow.response.status_code == 200:
-            merged = side_calls.merged_model_list(flow.response.get_content(strict=False), names)
+            merged = side_calls.merged_model_list(
+                flow.response.get_content(strict=False) or b"", names)
             if merged is not None:
                 flow.response.set_content(merged)
         tap = self._taps.pop(flow.id, None)

@@ -161,9 +161,26 @@ def prompt_cache_key_body(body: dict, t: Target, dropped: list) -> dict:
         .decode())})
 
 
+def detour_summaries_body(body: dict, t: Target, dropped: list) -> dict:
+    """A compaction item detour made for Codex (another provider summarised its history)
+    means nothing to OpenAI, which would try to decrypt it: it goes as the user message it
+    stands for."""
+    items = body.get("input")
+    if t.provider is not openai_responses or not isinstance(items, list):
+        return body
+    out = None
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "compaction" and (
+                summary := openai_responses.detour_summary(item)) is not None:
+            out = out or list(items)
+            out[i] = {"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": openai_responses.SUMMARY_PREFIX + summary}]}
+    return body if out is None else dict(body, input=out)
+
+
 # the end user's id and the reasoning effort stay as sent: the provider speaks the client's
 # format and takes what the client's vendor takes
-BODY_STEPS = (billing_header_body, prompt_cache_key_body)
+BODY_STEPS = (billing_header_body, prompt_cache_key_body, detour_summaries_body)
 
 
 def apply_to_body(body: dict, t: Target) -> tuple[dict, tuple[str, ...]]:

@@ -12,6 +12,11 @@ model is rerouted.
   fetched (the request goes on untouched) and detour's names are added to it on the way back.
   Gemini's list (`SideCalls`): when models default to passthrough the vendor's list is the
   truth; otherwise the routed model names of config.yaml.
+  Codex's own catalogue (`chatgpt.com/backend-api/codex/models`, asked in both of its modes)
+  is answered empty when its models are rerouted (Codex keeps its bundled list; a detour
+  answer saves it ~9 s of retries when chatgpt.com is out of reach), else passed through.
+- Codex's ChatGPT account check (`wham/accounts/check`, needed before its first prompt) is
+  answered from the client's own token when its models are rerouted, else passed through.
 - Compaction (`POST /v1/responses/compact`, Codex's remote compaction of a long session): a
   provider of another format has no such endpoint, so the history is sent to the routed
   provider as an ordinary request asking for a handoff summary, and the answer comes back as
@@ -44,7 +49,7 @@ from addons.decoding import TooLarge, decode_whole
 from addons.formats import COUNT_TOKENS, MODEL_LIST, SETUP_CALL, ClientCall
 from addons.routing import plan
 from addons.settings import DetourSettings
-from translators import canonical
+from translators import canonical, openai_responses
 
 log = logging.getLogger(__name__)
 
@@ -191,17 +196,9 @@ class SideCalls:
 
 # ---------------------------------------------------------------- Codex's side calls
 
-# what Codex's own local compaction asks for, so the summary reads as Codex expects it
-SUMMARY_PROMPT = (
-    "You are performing a CONTEXT CHECKPOINT COMPACTION. Create a handoff summary for another "
-    "LLM that will resume the task. Include the current progress and key decisions made, "
-    "important context, constraints or user preferences, what remains to be done (clear next "
-    "steps), and any critical data, examples or references needed to continue. Be concise, "
-    "structured, and focused on helping the next LLM seamlessly continue the work.")
-SUMMARY_PREFIX = (
-    "Another language model started to solve this problem and produced a summary of its "
-    "thinking process. Use this to build on the work that has already been done and avoid "
-    "duplicating work. Here is the summary produced by the other language model:\n\n")
+# Codex's own compaction words (the codec answers its compaction_trigger with them too)
+SUMMARY_PROMPT = openai_responses.SUMMARY_PROMPT
+SUMMARY_PREFIX = openai_responses.SUMMARY_PREFIX
 # Codex marks the context it injects (environment, instructions) with these: not user words
 _INJECTED = ("<environment_context>", "<user_instructions>", "# AGENTS.md", "<permissions")
 
@@ -253,9 +250,23 @@ def model_object(name: str, created: int) -> dict:
     return {"id": name, "object": "model", "created": created, "owned_by": "detour"}
 
 
-def model_list_body(names: list[str]) -> bytes:
+def model_list_body(names: list[str], codex_shape: bool = False) -> bytes:
+    """OpenAI's model list; `codex_shape`: Codex's own catalogue (`{"models": [...]}`, each a
+    full model description detour cannot make up), empty: Codex keeps its bundled one, and
+    takes any name routed by `-m`."""
+    if codex_shape:
+        return b'{"models":[]}'
     created = int(time.time())
     return orjson.dumps({"object": "list", "data": [model_object(n, created) for n in names]})
+
+
+def account_check_body(authorization: str) -> bytes:
+    """Codex's ChatGPT account check (`wham/accounts/check`), from the client's own token: its
+    account (the token's `chatgpt_account_id` claim), served by chatgpt.com as usual."""
+    account = formats.chatgpt_account_id(authorization.rpartition(" ")[2]) or ""
+    return orjson.dumps({"accounts": [{
+        "id": account, "workspace_backend_origin": "https://chatgpt.com",
+        "account_routing_override": "NO_CONSTRAINT"}] if account else []})
 
 
 def merged_model_list(vendor_body: bytes, names: list[str]) -> bytes | None:
@@ -316,7 +327,7 @@ def compacted_history(request_body: dict, summary_answer: bytes) -> bytes:
     as a whole Responses answer: the user's own messages, then the summary as a user
     message, as Codex's local compaction builds its new history."""
     answer = orjson.loads(summary_answer)
-    resp = formats.CODECS["openai-responses"].decode_response(answer)
+    resp = openai_responses.decode_response(answer)
     summary = "".join(p.text for p in resp.parts if type(p) is canonical.Text).strip()
     if not summary:
         raise canonical.TranslationError("the provider's summary holds no text")

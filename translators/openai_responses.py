@@ -26,6 +26,7 @@ Whole responses and streams: `reasoning` output items become Thinking with their
 accounting (input excludes cached).
 """
 
+import base64
 import enum
 import json
 import re
@@ -51,6 +52,23 @@ _CUSTOM = _P + "tools/custom"  # custom tool name -> its tool object
 _TOOL_FIELDS = _P + "tools/fields"  # function tool name -> fields beyond name/description/params
 _ADDITIONAL = _P + "tools/additional"  # tools offered in an additional_tools item (kept there)
 _KEPT = re.compile(r"(input|tools)\[(\d+)\]")  # an item or tool kept verbatim at its index
+
+# Codex's remote compaction (v2): a turn whose input ends with a `compaction_trigger` item
+# wants one `compaction` item back, whose opaque `encrypted_content` Codex sends again in
+# later turns in place of the history. Another provider is asked for a handoff summary (in
+# Codex's own words), and the item carries that summary, marked as detour's
+COMPACTION_TRIGGER = "compaction_trigger"
+COMPACTION_MARK = "detour-summary:v1:"
+SUMMARY_PROMPT = (
+    "You are performing a CONTEXT CHECKPOINT COMPACTION. Create a handoff summary for another "
+    "LLM that will resume the task. Include the current progress and key decisions made, "
+    "important context, constraints or user preferences, what remains to be done (clear next "
+    "steps), and any critical data, examples or references needed to continue. Be concise, "
+    "structured, and focused on helping the next LLM seamlessly continue the work.")
+SUMMARY_PREFIX = (
+    "Another language model started to solve this problem and produced a summary of its "
+    "thinking process. Use this to build on the work that has already been done and avoid "
+    "duplicating work. Here is the summary produced by the other language model:\n\n")
 
 # the function schema a freeform custom tool is offered as to a provider without them
 CUSTOM_INPUT_SCHEMA = {"type": "object", "properties": {"input": {"type": "string"}},
@@ -161,7 +179,34 @@ def _unit(item: dict, path: str, custom: dict) -> tuple[str, tuple] | None:
         summary = need(item.get("summary", []), list, path + ".summary")
         texts = [need(s, dict, f"{path}.summary[{i}]").get("text") for i, s in enumerate(summary)]
         return "assistant", (c.Thinking("\n\n".join(t for t in texts if isinstance(t, str))),)
+    if kind == COMPACTION_TRIGGER:
+        return "user", (c.Text(SUMMARY_PROMPT),)
+    if kind == "compaction":
+        summary = detour_summary(item)
+        return None if summary is None else ("user", (c.Text(SUMMARY_PREFIX + summary),))
     return None
+
+
+def detour_summary(item: dict) -> str | None:
+    """The summary a compaction item of detour's carries (None: OpenAI's own, encrypted)."""
+    content = item.get("encrypted_content")
+    if not (isinstance(content, str) and content.startswith(COMPACTION_MARK)):
+        return None
+    try:
+        return base64.b64decode(content[len(COMPACTION_MARK):], validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def compaction_item(summary: str) -> dict:
+    return {"type": "compaction", "id": _item_id("cmp_"), "encrypted_content":
+            COMPACTION_MARK + base64.b64encode(summary.encode()).decode()}
+
+
+def asks_compaction(body: dict) -> bool:
+    items = body.get("input")
+    return isinstance(items, list) and bool(items) and isinstance(items[-1], dict) and (
+        items[-1].get("type") == COMPACTION_TRIGGER)
 
 
 def _text_part(p, out_kind: str, path: str) -> dict:
@@ -808,9 +853,13 @@ class StreamEncoder(c.EventEncoder):
     go back as custom_tool_call items (their text whole at the block's end)."""
 
     __slots__ = ("_grammar", "_seq", "_created", "_custom", "_resp", "_output", "_item",
-                 "_chunks", "_stop", "_usage", "_tool")
+                 "_chunks", "_stop", "_usage", "_tool", "_signatures", "_summary")
 
-    def __init__(self, *, custom_tools=frozenset(), created: int | None = None):
+    def __init__(self, *, custom_tools=frozenset(), created: int | None = None,
+                 signatures: bool = True, compaction: bool = False):
+        """`signatures`: thinking signatures go out as the reasoning item's
+        `encrypted_content`. `compaction`: the answer to Codex's compaction_trigger: its text
+        is the summary, sent as the one `compaction` item Codex expects (nothing else)."""
         self._grammar = c.StreamGrammar()
         self._seq = 0
         self._created = int(time.time()) if created is None else created
@@ -822,6 +871,8 @@ class StreamEncoder(c.EventEncoder):
         self._tool: c.BlockStart | None = None
         self._stop: c.StopReason | None = None
         self._usage = c.Usage()
+        self._signatures = signatures
+        self._summary: list[str] | None = [] if compaction else None
 
     def _emit(self, kind: str, **fields) -> bytes:
         event = {"type": kind, "sequence_number": self._seq, **fields}
@@ -838,6 +889,22 @@ class StreamEncoder(c.EventEncoder):
     def encode(self, event: c.Event) -> bytes:
         self._grammar.check(event)
         t = type(event)
+        if self._summary is not None and t in (c.BlockStart, c.BlockStop, c.TextDelta,
+                                               c.ThinkingDelta, c.ToolInputDelta,
+                                               c.SignatureDelta):
+            if t is c.TextDelta:
+                self._summary.append(event.text)
+            return b""  # a compaction answers with its one item, at the end
+        if t is c.MessageStop and self._summary is not None:
+            self._item = compaction_item("".join(self._summary).strip())
+            out = (self._emit("response.output_item.added", output_index=len(self._output),
+                              item=self._item)
+                   + self._emit("response.output_item.done", output_index=len(self._output),
+                                item=self._item))
+            self._output.append(self._item)
+            self._item = None
+            resp = self._response("completed", self._usage, self._stop)
+            return out + self._emit("response.completed", response=resp)
         if t is c.TextDelta or t is c.ThinkingDelta:
             if not event.text or self._item is None:
                 return b""
@@ -858,7 +925,7 @@ class StreamEncoder(c.EventEncoder):
             return self._emit("response.function_call_arguments.delta", **self._at(),
                               delta=event.partial_json)
         if t is c.SignatureDelta:
-            if self._item is not None:
+            if self._item is not None and self._signatures:
                 self._item["encrypted_content"] = self._item.get(
                     "encrypted_content", "") + event.signature
             return b""
@@ -962,7 +1029,13 @@ def _custom_tool_names(body: dict) -> frozenset:
 
 
 def client_stream_encoder(body: dict) -> StreamEncoder:
-    return StreamEncoder(custom_tools=_custom_tool_names(body))
+    """The encoder of a translated answer to a Responses client. Its thinking comes from
+    another provider (a Responses provider's answer passes as its bytes), whose signature
+    is not OpenAI's encrypted content: the client (Codex) would send it back every turn, and
+    a Responses provider asked next (a fallback) would refuse it; no other provider can use
+    it either (a reasoning item decodes without one). So it is left out."""
+    return StreamEncoder(custom_tools=_custom_tool_names(body), signatures=False,
+                         compaction=asks_compaction(body))
 
 
 # ---------------------------------------------------------------- sniffing and same-format

@@ -4,7 +4,7 @@
     .venv/bin/python -m scripts.bench.codex --translators-only     # no Codex, ~20 s
     .venv/bin/python -m scripts.bench.codex --upgrade-404          # + one turn answered 404
 
-1. Translators, in process (no network), best of 5 runs of `--number` calls:
+1. Translators, in process (no network), CPU time, best of 5 runs of `--number` calls:
    - requests: Codex's captured request (tests/data/captures, code mode 68 KB and
      `-m gpt-5.5` 39 KB) decoded (Responses -> canonical) and encoded for Anthropic and Chat;
      the other way, Claude Code's 48 KB request encoded as Responses; the same-format rewrite
@@ -63,7 +63,10 @@ KEY = "sk-bench-provider-key"
 
 
 def _best_us(fn, number: int) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+    """CPU µs per call (this process's CPU clock: time another process took while this one
+    waited for a core is not counted, as the wall clock would on a busy machine)."""
+    timer = timeit.Timer(fn, timer=time.process_time)
+    return min(timer.repeat(number=number, repeat=5)) / number * 1e6
 
 
 def translator_figures(number: int, events: int) -> list[tuple[str, float]]:
@@ -283,7 +286,7 @@ def main(argv=None) -> int:
     print(f"# detour codex bench: {platform.python_implementation()} "
           f"{platform.python_version()}, {os.cpu_count()} CPUs")
     figures: dict = {"translators_us": {}}
-    print("\n## translators (µs, best of 5)")
+    print("\n## translators (CPU µs, best of 5)")
     for name, us in translator_figures(args.number, args.events):
         figures["translators_us"][name] = us
         print(f"{us:10.1f}  {name}")

@@ -21,9 +21,13 @@ def test_codex_endpoints_on_both_hosts():
             formats.COMPACTION
     assert formats.client_call("api.openai.com", "GET", "/v1/models").endpoint.kind == \
         formats.MODEL_LIST
-    # the backend's other paths pass through (Codex's account check, its model catalogue)
-    assert formats.client_call("chatgpt.com", "GET", "/backend-api/wham/accounts/check") is None
-    assert formats.client_call("chatgpt.com", "GET", "/backend-api/codex/models") is None
+    # Codex's account check and catalogue are detour's to answer when its models are rerouted
+    assert formats.client_call("chatgpt.com", "GET", "/backend-api/wham/accounts/check"
+                               ).endpoint.kind == formats.ACCOUNT_CHECK
+    assert formats.client_call("chatgpt.com", "GET", "/backend-api/codex/models?client_version=1"
+                               ).endpoint.kind == formats.MODEL_LIST
+    # the backend's other paths pass through
+    assert formats.client_call("chatgpt.com", "GET", "/backend-api/wham/settings/user") is None
     assert "chatgpt.com" in formats.HANDLED_HOSTS
 
 
@@ -108,3 +112,12 @@ def test_compaction_request_and_history():
     assert [i["content"][0]["text"] for i in out["output"]] == [
         "do it", side_calls.SUMMARY_PREFIX + "the summary"]
     assert out["usage"] == {"input_tokens": 5, "output_tokens": 2}
+
+
+def test_codex_catalogue_and_account_check_answered_locally():
+    assert json.loads(side_calls.model_list_body(["a"], codex_shape=True)) == {"models": []}
+    check = json.loads(side_calls.account_check_body("Bearer " + chatgpt_token("acct-7")))
+    assert check == {"accounts": [{"id": "acct-7", "workspace_backend_origin":
+                                   "https://chatgpt.com",
+                                   "account_routing_override": "NO_CONSTRAINT"}]}
+    assert json.loads(side_calls.account_check_body("Bearer opaque")) == {"accounts": []}

@@ -55,6 +55,8 @@ providers:
   chat: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
   chatgpt: {{kind: codex, base_url: "{backend.base_url}/backend-api/codex",
              api_keys: ["file:{token_file}"]}}
+clients:
+  codex: {{match: "codex_*", routes: {{to-chatgpt: [chatgpt/gpt-6.1-sol], "*": [chat/fake-model]}}}}
 routes:
   gpt-6.1-sol: [chat/fake-model]
   to-chatgpt: [chatgpt/gpt-6.1-sol]
@@ -120,6 +122,7 @@ def test_a_whole_responses_call_served_by_the_chatgpt_backend(http, proxy, backe
     assert "max_output_tokens" not in sent.json and sent.json["model"] == "gpt-6.1-sol"
     assert sent.headers["authorization"] == f"Bearer {TOKEN}"
     assert sent.headers["chatgpt-account-id"] == ACCOUNT_ID
+    assert sent.headers["originator"] == "codex_cli_rs"
     row = proxy.row_of(r)
     assert (row["provider"], row["status"], row["stream"]) == ("chatgpt", 200, 0)
     assert TOKEN not in json.dumps(row)
@@ -136,3 +139,19 @@ def test_codex_routed_to_the_chatgpt_backend_keeps_its_bytes(http, proxy, backen
     assert sent.json == dict(body, model="gpt-6.1-sol")  # only the model changed
     assert sent.headers["authorization"] == f"Bearer {TOKEN}"
     assert sent.headers["chatgpt-account-id"] == ACCOUNT_ID
+    # Codex's own headers go on with its call (the backend knows its client by them)
+    for header in ("originator", "session-id", "x-codex-beta-features", "x-codex-turn-metadata"):
+        assert sent.headers[header] == codex_headers(name)[header], header
+
+
+def test_codex_rerouted_gets_its_account_check_and_catalogue_from_detour(http, backend):
+    """Codex's models all rerouted: chatgpt.com is not needed (nor asked) for the account
+    check Codex makes before its first prompt, nor for its catalogue."""
+    headers = {"authorization": f"Bearer {CLIENT_TOKEN}", "user-agent": "codex_exec/0.169.0"}
+    check = http.get("https://chatgpt.com/backend-api/wham/accounts/check", headers=headers)
+    assert check.status_code == 200
+    assert check.json()["accounts"][0]["id"] == "acct-the-clients-own"
+    models = http.get("https://chatgpt.com/backend-api/codex/models?client_version=0.169.0",
+                      headers=headers)
+    assert models.status_code == 200 and models.json() == {"models": []}
+    assert backend.requests == []

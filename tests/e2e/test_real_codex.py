@@ -32,6 +32,7 @@ from tests.fakes import anthropic_vendor, openai_provider
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.codex_backend import FakeCodexBackend, chatgpt_token
 from tests.fakes.openai_provider import FakeOpenAI
+from tests.fakes.replies import Text
 from tests.harness import ROOT, Mitmdump
 
 pytestmark = pytest.mark.slow
@@ -247,8 +248,10 @@ def assert_client_key_never_reached_provider(stack: CodexStack) -> None:
 
 
 def test_text_answer(stack):
+    """With Codex's model discovery on (its default): it asks chatgpt.com for its catalogue,
+    which detour answers (every model rerouted), so no call leaves for chatgpt.com."""
     since, before = stack.last_row_id(), len(stack.model_requests())
-    run = run_codex(stack, "Say hi")
+    run = run_codex(stack, "Say hi", "-c", "features.api_key_model_discovery=true")
 
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == default_text(stack)
@@ -259,6 +262,7 @@ def test_text_answer(stack):
     assert "Say hi" in json.dumps(sent[0].json["messages"])
     # the vendor fake never saw a model call, nor a WebSocket upgrade (detour answered it)
     assert not [r for r in stack.vendor.requests if r.route.startswith("/v1/responses")]
+    assert stack.chatgpt.requests == []
     assert_client_key_never_reached_provider(stack)
     assert_rows(stack, since, 1)
 
@@ -321,9 +325,42 @@ def test_chatgpt_login_mode_text_and_shell_tool(stack):
     token = auth["tokens"]["access_token"]
     for r in sent:
         assert token not in json.dumps(r.headers) and token.encode() not in r.body
-    # Codex's account check reached chatgpt.com (the fake), its model calls never did
-    assert any(r.route.endswith("/wham/accounts/check") for r in stack.chatgpt.requests)
-    assert not [r for r in stack.chatgpt.requests if "/codex/responses" in r.route]
+    # every model rerouted: detour answered Codex's account check and catalogue itself, and
+    # no model call reached chatgpt.com (the fake)
+    assert not [r for r in stack.chatgpt.requests if "/codex/responses" in r.route
+                or r.route.endswith(("/wham/accounts/check", "/codex/models"))]
     rows = stack.rows(since, 3)
     assert [(r["client_format"], r["provider"], r["status"]) for r in rows] == [
         ("openai-responses", "fake", 200)] * 3, rows
+
+
+def test_mid_turn_compaction_is_summarised_by_the_provider(stack):
+    """Codex compacts mid-turn past its token limit (remote compaction v2: a turn ending with a
+    compaction_trigger item, answered by one compaction item). The provider is asked for the
+    summary in its own format; Codex accepts the item and the turn goes on from the summary."""
+    since, before = stack.last_row_id(), len(stack.model_requests())
+    run = run_codex(stack, "RUN: echo detour-tool-ok", "-c", "model_auto_compact_token_limit=5000")
+
+    assert run.returncode == 0, run.stderr
+    assert "context compacted" in run.stderr and "compact task" not in run.stderr, run.stderr
+    sent = stack.model_requests()[before:]
+    assert len(sent) == 3, [r.path for r in sent]
+    asked, after = json.dumps(sent[1].json["messages"][-1]), json.dumps(sent[2].json["messages"])
+    assert "CONTEXT CHECKPOINT COMPACTION" in asked
+    # the summary (the fake's text) stands for the history in the next request
+    assert "Here is the summary produced by the other language model" in after
+    assert default_text(stack) in after
+    assert run.stdout.strip() == default_text(stack)
+    assert_rows(stack, since, 3)
+
+
+def test_reasoning_streams_as_codexs_own_reasoning(stack):
+    """The provider's thinking (Anthropic thinking blocks, Chat reasoning_content) reaches Codex
+    as its reasoning events: `codex exec --json` shows a reasoning item before the answer."""
+    stack.provider.enqueue(Text("the answer", reasoning="pondering the question"))
+    run = run_codex(stack, "Say hi", "--json")
+    assert run.returncode == 0, run.stderr
+    items = [json.loads(line)["item"] for line in run.stdout.splitlines()
+             if line.startswith("{") and json.loads(line).get("type") == "item.completed"]
+    assert [(i["type"], i["text"]) for i in items] == [
+        ("reasoning", "pondering the question"), ("agent_message", "the answer")]

@@ -71,3 +71,67 @@ def test_encrypted_reasoning_goes_only_to_a_responses_target():
         text = json.dumps(wire)
         assert "gAAAA-x" not in text and "rs_1" not in text
         assert "signature" not in text  # no forged Anthropic thinking block either
+
+
+def test_another_providers_thinking_signature_never_reaches_codex():
+    """Anthropic's signature sent to Codex as encrypted_content would come back every turn and
+    be refused by an OpenAI provider asked next: a translated answer carries the summary only."""
+    events = [c.MessageStart("msg_1", "m"), c.BlockStart(0, "thinking"),
+              c.ThinkingDelta(0, "let me think"), c.SignatureDelta(0, "EqQBCkgIARAB-anthropic"),
+              c.BlockStop(0), c.BlockStart(1, "text"), c.TextDelta(1, "hi"), c.BlockStop(1),
+              c.MessageDelta("end_turn", c.Usage(3, 4)), c.MessageStop()]
+    out = r.client_stream_encoder(capture("codex.responses.text")).encode_all(events)
+    assert b"EqQBCkgIARAB-anthropic" not in out and b"encrypted_content" not in out
+    assert b'"response.reasoning_summary_text.delta"' in out and b"let me think" in out
+
+
+def compaction_turn() -> dict:
+    """Codex's remote compaction (v2) as it sends it: the turn's history, then a
+    compaction_trigger item (its x-codex-turn-metadata says request_kind "compaction")."""
+    body = capture("codex.responses.tool-result")
+    body["input"].append({"type": "compaction_trigger"})
+    return body
+
+
+def test_codex_compaction_asks_another_provider_for_a_summary_and_answers_one_item():
+    body = compaction_turn()
+    req = r.decode_request(body)
+    assert r.encode_request(req) == body  # a Responses provider compacts it itself
+    wire = anthropic.encode_request(req)
+    assert "CONTEXT CHECKPOINT COMPACTION" in json.dumps(wire["messages"][-1])
+    events = [c.MessageStart("msg_1", "m"), c.BlockStart(0, "thinking"),
+              c.ThinkingDelta(0, "hmm"), c.BlockStop(0), c.BlockStart(1, "text"),
+              c.TextDelta(1, "Ran echo hi; "), c.TextDelta(1, "nothing left."), c.BlockStop(1),
+              c.MessageDelta("end_turn", c.Usage(30, 6)), c.MessageStop()]
+    out = r.client_stream_encoder(body).encode_all(events)
+    decoded = [json.loads(line[6:]) for line in out.splitlines() if line.startswith(b"data: ")]
+    items = [e["item"] for e in decoded if e["type"] == "response.output_item.done"]
+    assert [i["type"] for i in items] == ["compaction"]  # exactly one, as Codex demands
+    assert r.detour_summary(items[0]) == "Ran echo hi; nothing left."
+    final = decoded[-1]
+    assert final["type"] == "response.completed" and final["response"]["output"] == items
+    assert [e["sequence_number"] for e in decoded] == list(range(len(decoded)))
+
+    # the next turn carries the item in place of the history: another provider reads the
+    # summary; OpenAI never gets detour's item (it would try to decrypt it)
+    later = {"model": "m", "input": [items[0], {"role": "user", "content": "go on"}]}
+    first = anthropic.encode_request(r.decode_request(later))["messages"][0]
+    assert "Ran echo hi; nothing left." in json.dumps(first)
+    openai_own = {"type": "compaction", "id": "cmp_1", "encrypted_content": "gAAAA-openai"}
+    assert r.decode_request({"model": "m", "input": [openai_own]}).messages == ()
+
+
+def test_a_responses_provider_gets_detours_summary_as_a_message():
+    from addons import policies
+    from addons.config import parse_config
+
+    item = r.compaction_item("the summary")
+    body = {"model": "m", "input": [item, {"role": "user", "content": "go on"}]}
+    spec = parse_config("providers: {p: {kind: openai-responses, base_url: 'http://p', "
+                        "api_keys: [k]}}\n").providers["p"]
+    target = policies.Target(r, r, spec, "up", True)
+    sent, _ = policies.apply_to_body(body, target)
+    assert sent["input"][0] == {"type": "message", "role": "user", "content": [
+        {"type": "input_text", "text": r.SUMMARY_PREFIX + "the summary"}]}
+    plain = {"model": "m", "input": [{"role": "user", "content": "hi"}], "prompt_cache_key": "k"}
+    assert policies.apply_to_body(plain, target)[0] == dict(plain, model="up")
