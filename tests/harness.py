@@ -65,7 +65,7 @@ class ClientRun:
         print("----- stdout -----\n" + self.stdout + "\n----- stderr -----\n" + self.stderr)
 
 
-def run_client(argv, env: dict, cwd: Path, timeout: float) -> ClientRun:
+def run_client(argv, env: dict, cwd: Path, timeout: float, show: bool = True) -> ClientRun:
     """Run a real CLI in its own process group (Node CLIs relaunch themselves in a child), stdin
     closed, bounded by `timeout`: the whole group is killed when it overruns, and whatever
     the group left behind when it ends."""
@@ -87,7 +87,8 @@ def run_client(argv, env: dict, cwd: Path, timeout: float) -> ClientRun:
             pass
     run = ClientRun(None if overran else proc.returncode, stdout.decode(errors="replace"),
                     stderr.decode(errors="replace"), time.monotonic() - started)
-    run.show(argv)
+    if show:
+        run.show(argv)
     return run
 
 
