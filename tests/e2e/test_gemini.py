@@ -56,7 +56,10 @@ routes:
   to-ant: [ant/claude-fake-sonnet]
   to-resp: [resp/gpt-fake-upstream]
   to-gem: [gem/gemini-fake-pro]
+  gemini-own: [passthrough]
   "*": [chat/fake-model]
+vendors:
+  generativelanguage.googleapis.com: "{fake_gemini.base_url}"
 """
     p = start_proxy(confdir, tmp_path_factory.mktemp("home"), config)
     yield p
@@ -303,7 +306,7 @@ def test_model_list_names_the_routed_models(proxy, http):
     r = http.get(BASE, headers=GEMINI_HEADERS)
     assert r.status_code == 200, r.text
     names = [m["name"] for m in r.json()["models"]]
-    assert names == [f"models/{n}" for n in ROUTES]
+    assert names == [f"models/{n}" for n in ROUTES + ["gemini-own"]]
 
 
 # ---------------------------------------------------------------- Gemini CLI's Code Assist
@@ -380,3 +383,27 @@ def test_a_key_in_the_url_never_reaches_flows_or_the_provider(proxy, http, fake_
     sent = fake_gemini.requests[-1]
     assert CLIENT_KEY not in sent.path and sent.headers["x-goog-api-key"] == GEMINI_KEY
     assert CLIENT_KEY not in json.dumps(proxy.row_of(r))
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_passthrough_keeps_the_clients_bytes_and_key_and_reads_usage(proxy, http, fake_gemini,
+                                                                     stream):
+    fake_gemini.keys.add(CLIENT_KEY)
+    try:
+        fake_gemini.enqueue(Text("from the vendor itself", usage=USAGE))
+        body = b'{"contents": [{"role": "user", "parts": [{"text": "hi"}]}],  "x": 1}'
+        url = f"{BASE}/gemini-own:" + ("streamGenerateContent?alt=sse" if stream
+                                       else "generateContent")
+        r = http.post(url, content=body, headers=GEMINI_HEADERS)
+    finally:
+        fake_gemini.keys.discard(CLIENT_KEY)
+    assert r.status_code == 200, r.text
+    sent = fake_gemini.requests[-1]
+    assert sent.body == body and sent.headers["x-goog-api-key"] == CLIENT_KEY
+    assert sent.route == "/v1beta/models/gemini-own:" + (
+        "streamGenerateContent" if stream else "generateContent")
+    row = proxy.row_of(r)
+    assert (row["provider"], row["client_format"], row["stream"]) == (
+        "generativelanguage.googleapis.com", "gemini", int(stream))
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+        400, 600, 50)
