@@ -252,6 +252,9 @@ HANDLED_HOSTS = TABLE.handled_hosts
 HOST_FORMATS = TABLE.host_formats
 client_call = TABLE.client_call
 
+# hosts that also take a client's key in the URL: (query parameter, the header it equals)
+QUERY_CREDENTIALS: dict[str, tuple[str, str]] = {GEMINI_HOST: ("key", "x-goog-api-key")}
+
 # where passthrough sends a vendor host (config `vendors:` overrides)
 VENDOR_ORIGINS: dict[str, str] = {host: f"https://{host}" for host in HANDLED_HOSTS}
 

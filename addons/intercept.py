@@ -153,6 +153,12 @@ class Interceptor:
         if host not in self.table.handled_hosts or flow.response is not None:
             return  # not a vendor host, or refused (the gateway)
         flow.metadata[META + ".host"] = host  # survives a vendor override
+        query_key = formats.QUERY_CREDENTIALS.get(host)
+        if query_key is not None and query_key[0] in req.query:
+            # a key in the URL would be in every flow and log line: it goes in the header the
+            # vendor takes it in as well, and is held like any other credential
+            req.headers[query_key[1]] = req.query[query_key[0]]
+            del req.query[query_key[0]]
         held = credentials_held(req.headers)
         if held:
             self._held[flow.id] = held

@@ -101,8 +101,8 @@ class SideCalls:
 
     def _model_list(self, flow: http.HTTPFlow, call: ClientCall, mark: str) -> bool:
         config = self.settings.runtime.config
-        default = config.routes.get("*", [])
-        if not default or all(c == "passthrough" for c in default):
+        default = config.candidates("*", flow.request.headers.get("user-agent", ""))
+        if not default or all(c == PASSTHROUGH for c in default):
             return False
         names = [name for name in config.routes if not any(ch in name for ch in "*?[")]
         names += [name for name in config.combos if name not in names]

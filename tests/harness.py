@@ -1,11 +1,13 @@
 """Real mitmdump processes for integration tests and benchmarks: started on an ephemeral
 loopback port with their own confdir, stopped by their PID (never anyone else's)."""
 
+import contextlib
 import dataclasses
 import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -65,7 +67,7 @@ class ClientRun:
         print("----- stdout -----\n" + self.stdout + "\n----- stderr -----\n" + self.stderr)
 
 
-def run_client(argv, env: dict, cwd: Path, timeout: float) -> ClientRun:
+def run_client(argv, env: dict, cwd: Path, timeout: float, show: bool = True) -> ClientRun:
     """Run a real CLI in its own process group (Node CLIs relaunch themselves in a child), stdin
     closed, bounded by `timeout`: the whole group is killed when it overruns, and whatever
     the group left behind when it ends."""
@@ -87,20 +89,44 @@ def run_client(argv, env: dict, cwd: Path, timeout: float) -> ClientRun:
             pass
     run = ClientRun(None if overran else proc.returncode, stdout.decode(errors="replace"),
                     stderr.decode(errors="replace"), time.monotonic() - started)
-    run.show(argv)
+    if show:
+        run.show(argv)
     return run
 
 
-def stop_and_show(proxy: "Mitmdump", provider) -> None:
-    """Stop a real-client test's proxy and fake provider, and print (pytest shows it when the
-    test failed) what the provider received and mitmdump's log."""
-    proxy.stop()
-    provider.stop()
-    print("\n===== requests to the fake provider =====")
-    for r in provider.requests:
-        print(f"{r.method} {r.path} ({len(r.body)} bytes)")
-    print("===== mitmdump output =====")
-    print(proxy.text)
+@contextlib.contextmanager
+def show_on_failure(proxy: "Mitmdump", provider):
+    """Around one real-client test sharing a proxy and a fake: print (pytest shows it when the
+    test failed) what the provider received and what mitmdump logged during the test."""
+    start = len(proxy.output)
+    try:
+        yield
+    finally:
+        print("\n===== requests to the fake provider =====")
+        for r in provider.requests:
+            print(f"{r.method} {r.path} ({len(r.body)} bytes)")
+        print("===== mitmdump output =====")
+        print(bytes(proxy.output[start:]).decode(errors="replace"))
+
+
+def new_rows(home: Path, after: int, expect: int, timeout: float = 15.0) -> list[dict]:
+    """The usage rows of DETOUR_HOME's database past the first `after`, waiting (rows are
+    written in batches) until there are `expect` of them or `timeout` passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = []
+        if (home / "detour.db").exists():
+            db = sqlite3.connect(home / "detour.db")
+            try:
+                db.row_factory = sqlite3.Row
+                rows = [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY id")][after:]
+            except sqlite3.OperationalError:  # the table is not there yet
+                rows = []
+            finally:
+                db.close()
+        if len(rows) >= expect or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)
 
 
 class Mitmdump:

@@ -745,9 +745,10 @@ class StreamDecoder(SSEDecoder):
     final figure)."""
 
     __slots__ = ("_sse", "_started", "_done", "_block", "_index", "_calls", "_usage",
-                 "_n_calls")
+                 "_n_calls", "_meta")
 
     def __init__(self):
+        self._meta = None  # the last usageMetadata read (Gemini repeats it on every chunk)
         self._sse = SSEParser()
         self._started = False
         self._done = False
@@ -795,14 +796,16 @@ class StreamDecoder(SSEDecoder):
             err = chunk["error"]
             return self._fail(_error_kind(err), _error_message(err), out)
         chunk = self._unwrap(chunk)
-        try:
-            usage = decode_usage(chunk.get("usageMetadata"))
-        except c.TranslationError as e:
-            return self._fail("api_error", f"bad usage from upstream: {e}", out)
-        if chunk.get("usageMetadata") is not None:
-            self._usage = usage
+        meta = chunk.get("usageMetadata")
+        if meta is not None and meta != self._meta:
+            try:
+                self._usage = decode_usage(meta)
+            except c.TranslationError as e:
+                return self._fail("api_error", f"bad usage from upstream: {e}", out)
+            self._meta = meta
         if not self._started:
             ident, model = chunk.get("responseId"), chunk.get("modelVersion")
+            usage = self._usage
             out.append(c.MessageStart(ident if isinstance(ident, str) else "",
                                       model if isinstance(model, str) else "",
                                       c.Usage(usage.input_tokens, 0, usage.cache_read_tokens)))
@@ -871,9 +874,10 @@ class StreamEncoder(c.EventEncoder):
     `finishReason` and the usage. Every event is checked against canonical.StreamGrammar."""
 
     __slots__ = ("_grammar", "_id", "_model", "_kind", "_tool", "_args", "_signature",
-                 "_thought")
+                 "_thought", "_frame")
 
     def __init__(self):
+        self._frame: tuple[bytes, bytes] | None = None  # a delta chunk around its parts
         self._grammar = c.StreamGrammar()
         self._id = self._model = ""
         self._kind: str | None = None  # the open block's kind
@@ -881,6 +885,16 @@ class StreamEncoder(c.EventEncoder):
         self._args: list[str] = []
         self._signature: str | None = None  # waiting for the part it belongs on
         self._thought = False  # the open thinking block streamed text
+
+    def _delta(self, part: dict) -> bytes:
+        """A chunk of one part and nothing else (most of a stream): the JSON around the part is
+        written once per stream."""
+        if self._frame is None:
+            whole = self._chunk([{"text": "\x00"}])
+            head, _, tail = whole.partition(b'{"text":"\\u0000"}')
+            self._frame = (head, tail)
+        head, tail = self._frame
+        return head + dumps_compact(part) + tail
 
     def _chunk(self, parts: list[dict] | None = None, **candidate) -> bytes:
         cand = {"content": {"role": "model", "parts": parts or []}, **candidate, "index": 0}
@@ -900,7 +914,7 @@ class StreamEncoder(c.EventEncoder):
         if self._signature is not None:
             part["thoughtSignature"] = self._signature
             self._signature = None
-        return self._chunk([part])
+        return self._delta(part)
 
     def encode(self, event: c.Event) -> bytes:
         self._grammar.check(event)
@@ -911,7 +925,7 @@ class StreamEncoder(c.EventEncoder):
             if not event.text:
                 return b""
             self._thought = True
-            return self._chunk([{"text": event.text, "thought": True}])
+            return self._delta({"text": event.text, "thought": True})
         if t is c.SignatureDelta:
             self._signature = (self._signature or "") + event.signature
             return b""

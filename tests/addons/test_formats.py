@@ -27,7 +27,7 @@ def test_the_vendor_endpoints_are_model_calls_of_their_format():
         assert formats.client_call(host, method, path) is None
     assert formats.HANDLED_HOSTS >= {"api.anthropic.com", "api.openai.com", "chatgpt.com",
                                      "generativelanguage.googleapis.com",
-                                     "cloudcode-pa.googleapis.com"}
+                                     "cloudcode-pa.googleapis.com", "oauth2.googleapis.com"}
     assert formats.HOST_FORMATS["api.openai.com"] == "openai-chat"
     assert set(formats.CODECS) == {"anthropic", "openai-chat", "openai-responses", "gemini",
                                    "gemini-cli"}

@@ -56,7 +56,10 @@ routes:
   to-ant: [ant/claude-fake-sonnet]
   to-resp: [resp/gpt-fake-upstream]
   to-gem: [gem/gemini-fake-pro]
+  gemini-own: [passthrough]
   "*": [chat/fake-model]
+vendors:
+  generativelanguage.googleapis.com: "{fake_gemini.base_url}"
 """
     p = start_proxy(confdir, tmp_path_factory.mktemp("home"), config)
     yield p
@@ -139,7 +142,8 @@ def test_gemini_client_tool_round_trip(proxy, http, fake_openai, fake_anthropic,
     fake.enqueue(ToolCall("run_shell_command", {"command": "echo hi"}),
                  Text("the command said hi"))
     first = {"contents": [user("Run echo hi")], "tools": [SHELL_TOOL]}
-    resp = answer_of(generate(http, route, first, stream), stream)
+    r1 = generate(http, route, first, stream)
+    resp = answer_of(r1, stream)
     calls = [p for p in resp.parts if type(p) is canonical.ToolUse]
     assert [(c.name, c.input) for c in calls] == [("run_shell_command", {"command": "echo hi"})]
     assert resp.stop_reason == "tool_use"
@@ -159,13 +163,14 @@ def test_gemini_client_tool_round_trip(proxy, http, fake_openai, fake_anthropic,
         {"role": "user", "parts": [{"functionResponse": {
             "id": call_id, "name": "run_shell_command",
             "response": {"output": "Output: hi"}}}]}], "tools": [SHELL_TOOL]}
-    answer = answer_of(generate(http, route, follow, stream), stream)
+    r2 = generate(http, route, follow, stream)
+    answer = answer_of(r2, stream)
     assert [p.text for p in answer.parts if type(p) is canonical.Text] == ["the command said hi"]
     sent = json.dumps(fake.requests[-1].json)
     assert "Output: hi" in sent
     if route != "to-gem":
         assert call_id in sent  # the provider's own call id came back with the result
-    assert [r["status"] for r in proxy.rows()[-2:]] == [200, 200]
+    assert [proxy.row_of(r)["status"] for r in (r1, r2)] == [200, 200]
 
 
 def test_gemini_client_stream_error_reaches_it_in_its_format(proxy, http, fake_openai):
@@ -301,7 +306,7 @@ def test_model_list_names_the_routed_models(proxy, http):
     r = http.get(BASE, headers=GEMINI_HEADERS)
     assert r.status_code == 200, r.text
     names = [m["name"] for m in r.json()["models"]]
-    assert names == [f"models/{n}" for n in ROUTES]
+    assert names == [f"models/{n}" for n in ROUTES + ["gemini-own"]]
 
 
 # ---------------------------------------------------------------- Gemini CLI's Code Assist
@@ -368,3 +373,37 @@ def test_code_assist_setup_calls_are_answered_when_routed_away(proxy, http, fake
     assert count.status_code == 200 and count.headers["x-detour-estimate"]
     assert 100 <= count.json()["totalTokens"] <= 120
     assert not fake_openai.requests
+
+
+def test_a_key_in_the_url_never_reaches_flows_or_the_provider(proxy, http, fake_gemini):
+    headers = {k: v for k, v in GEMINI_HEADERS.items() if k != "x-goog-api-key"}
+    r = http.post(f"{BASE}/to-gem:generateContent?key={CLIENT_KEY}",
+                  json={"contents": [user("hi")]}, headers=headers)
+    assert r.status_code == 200, r.text
+    sent = fake_gemini.requests[-1]
+    assert CLIENT_KEY not in sent.path and sent.headers["x-goog-api-key"] == GEMINI_KEY
+    assert CLIENT_KEY not in json.dumps(proxy.row_of(r))
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_passthrough_keeps_the_clients_bytes_and_key_and_reads_usage(proxy, http, fake_gemini,
+                                                                     stream):
+    fake_gemini.keys.add(CLIENT_KEY)
+    try:
+        fake_gemini.enqueue(Text("from the vendor itself", usage=USAGE))
+        body = b'{"contents": [{"role": "user", "parts": [{"text": "hi"}]}],  "x": 1}'
+        url = f"{BASE}/gemini-own:" + ("streamGenerateContent?alt=sse" if stream
+                                       else "generateContent")
+        r = http.post(url, content=body, headers=GEMINI_HEADERS)
+    finally:
+        fake_gemini.keys.discard(CLIENT_KEY)
+    assert r.status_code == 200, r.text
+    sent = fake_gemini.requests[-1]
+    assert sent.body == body and sent.headers["x-goog-api-key"] == CLIENT_KEY
+    assert sent.route == "/v1beta/models/gemini-own:" + (
+        "streamGenerateContent" if stream else "generateContent")
+    row = proxy.row_of(r)
+    assert (row["provider"], row["client_format"], row["stream"]) == (
+        "generativelanguage.googleapis.com", "gemini", int(stream))
+    assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
+        400, 600, 50)

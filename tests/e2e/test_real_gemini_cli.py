@@ -24,7 +24,7 @@ import yaml
 
 from tests.fakes import anthropic_vendor, openai_provider
 from tests.fakes.replies import Text, ToolCall
-from tests.harness import ROOT, ClientRun, Mitmdump, run_client, stop_and_show
+from tests.harness import ROOT, ClientRun, Mitmdump, new_rows, run_client, show_on_failure
 
 pytestmark = pytest.mark.slow
 
@@ -73,48 +73,53 @@ class Stack:
     provider: object
     proxy: Mitmdump
     home: Path
-    client_home: Path
-    workdir: Path
+    client_home: Path = Path()  # per test
+    workdir: Path = Path()
+    rows_before: int = 0
 
     def model_calls(self):
         return [r for r in self.provider.requests if r.method == "POST"]
 
-    def usage_rows(self) -> list[dict]:
-        import sqlite3
-        self.proxy.stop()  # a clean stop flushes the batched rows
-        db = sqlite3.connect(self.home / "detour.db")
-        try:
-            db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM usage ORDER BY id")]
-        finally:
-            db.close()
+    def usage_rows(self, expect: int) -> list[dict]:
+        """This test's usage rows, once `expect` of them are written (batched: waited for)."""
+        return new_rows(self.home, self.rows_before, expect)
 
 
-@pytest.fixture(params=sorted(PROVIDERS))
-def stack(request, tmp_path):
+@pytest.fixture(scope="module", params=sorted(PROVIDERS))
+def proxied(request, tmp_path_factory):
+    """One mitmdump and one fake per provider, for the module's tests."""
     make_fake, provider_config = PROVIDERS[request.param]
+    tmp_path = tmp_path_factory.mktemp(f"gemini-cli-{request.param}")
     provider = make_fake().start()
     home = tmp_path / "detour-home"
     home.mkdir(mode=0o700)
     config = {"providers": {"fake": provider_config(provider.base_url)},
               "routes": {"*": ["fake/fake-model"]}}
     (home / "config.yaml").write_text(yaml.safe_dump(config))
+    proxy = Mitmdump(tmp_path / "mitmproxy", home)
+    (tmp_path / "mitmproxy").mkdir()
+    try:
+        proxy.start()
+        yield Stack(provider, proxy, home)
+    finally:
+        proxy.stop()
+        provider.stop()
+
+
+@pytest.fixture
+def stack(proxied, tmp_path):
+    """The module's proxy and fake, with a fresh HOME and working directory for the CLI."""
     client_home = tmp_path / "client-home"
     (client_home / ".gemini").mkdir(parents=True)
     (client_home / ".gemini" / "settings.json").write_text(json.dumps({
         "privacy": {"usageStatisticsEnabled": False},
         "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False},
         "telemetry": {"enabled": False}}))
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    confdir = tmp_path / "mitmproxy"
-    confdir.mkdir()
-    proxy = Mitmdump(confdir, home)
-    try:
-        proxy.start()
-        yield Stack(provider, proxy, home, client_home, workdir)
-    finally:
-        stop_and_show(proxy, provider)
+    (tmp_path / "work").mkdir()
+    proxied.provider.clear()
+    with show_on_failure(proxied.proxy, proxied.provider):
+        yield dataclasses.replace(proxied, client_home=client_home, workdir=tmp_path / "work",
+                                  rows_before=len(new_rows(proxied.home, 0, 0)))
 
 
 def google_login(stack: Stack) -> dict:
@@ -139,7 +144,7 @@ def run_gemini(stack: Stack, *args: str, login: dict | None = None) -> ClientRun
 
 
 def assert_rows(stack: Stack, n: int, client_format: str = "gemini") -> list[dict]:
-    rows = stack.usage_rows()
+    rows = stack.usage_rows(n)
     assert len(rows) == n, [(r["model_requested"], r["status"], r["error"]) for r in rows]
     for row in rows:
         assert (row["client_format"], row["provider"], row["status"]) == (
@@ -180,7 +185,7 @@ def test_shell_tool_round_trip(stack):
     assert_rows(stack, 3)
 
 
-@pytest.mark.parametrize("stack", ["chat"], indirect=True)
+@pytest.mark.parametrize("proxied", ["chat"], indirect=True)
 def test_google_login_rerouted(stack):
     """Code Assist mode: its setup calls (token check, loadCodeAssist, quota, ...) answered by
     detour, its model calls (in their envelope) by the Chat provider."""

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from tests.fakes import anthropic_vendor, gemini_provider
-from tests.harness import ROOT, ClientRun, Mitmdump, run_client, stop_and_show
+from tests.harness import ROOT, ClientRun, Mitmdump, new_rows, run_client, show_on_failure
 
 pytestmark = pytest.mark.slow
 
@@ -41,32 +41,45 @@ PROVIDERS = {
 }
 
 
-@pytest.fixture(params=sorted(PROVIDERS))
-def stack(request, tmp_path):
+@pytest.fixture(scope="module", params=sorted(PROVIDERS))
+def proxied(request, tmp_path_factory):
+    """One mitmdump and one fake per provider, for the module's tests."""
     make_fake, provider_config = PROVIDERS[request.param]
+    tmp_path = tmp_path_factory.mktemp(f"qwen-{request.param}")
     provider = make_fake().start()
     home = tmp_path / "detour-home"
     home.mkdir(mode=0o700)
     (home / "config.yaml").write_text(yaml.safe_dump({
         "providers": {"fake": provider_config(provider.base_url)},
         "routes": {"*": ["fake/fake-model"]}}))
+    (tmp_path / "mitmproxy").mkdir()
+    proxy = Mitmdump(tmp_path / "mitmproxy", home)
+    try:
+        proxy.start()
+        yield provider, proxy, home
+    finally:
+        proxy.stop()
+        provider.stop()
+
+
+@pytest.fixture
+def stack(proxied, tmp_path):
+    """The module's fake and proxy, with a fresh HOME and working directory for Qwen Code."""
+    provider, proxy, home = proxied
     client_home = tmp_path / "client-home"
     (client_home / ".qwen").mkdir(parents=True)
     (client_home / ".qwen" / "settings.json").write_text(json.dumps({
         "privacy": {"usageStatisticsEnabled": False}, "general": {"enableAutoUpdate": False},
         "telemetry": {"enabled": False}, "memory": {"enableManagedAutoMemory": False}}))
     (tmp_path / "work").mkdir()
-    (tmp_path / "mitmproxy").mkdir()
-    proxy = Mitmdump(tmp_path / "mitmproxy", home)
-    try:
-        proxy.start()
-        yield provider, proxy, client_home, tmp_path / "work"
-    finally:
-        stop_and_show(proxy, provider)
+    provider.clear()
+    before = len(new_rows(home, 0, 0))
+    with show_on_failure(proxy, provider):
+        yield provider, proxy, client_home, tmp_path / "work", home, before
 
 
 def run_qwen(stack, *args: str) -> ClientRun:
-    _, proxy, client_home, workdir = stack
+    _, proxy, client_home, workdir, _, _ = stack
     env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
            "HOME": str(client_home), "OPENAI_API_KEY": CLIENT_KEY,
            "HTTPS_PROXY": proxy.url, "NODE_EXTRA_CA_CERTS": str(proxy.ca_cert)}
@@ -90,6 +103,18 @@ def test_text_answer(stack):
     assert provider.default_text in run.stdout
     calls = model_calls(provider)
     assert len(calls) == 1 and "Say hi" in json.dumps(calls[0].json)
+    assert_rows(stack, 1)
+
+
+def assert_rows(stack, n: int) -> None:
+    """One usage row per model call: Qwen Code's Chat calls, answered by the fake."""
+    _, _, _, _, home, before = stack
+    rows = new_rows(home, before, n)
+    assert len(rows) == n, [(r["model_requested"], r["status"], r["error"]) for r in rows]
+    for row in rows:
+        assert (row["client_format"], row["provider"], row["status"]) == (
+            "openai-chat", "fake", 200)
+        assert row["model_upstream"] == "fake-model" and row["output_tokens"] > 0
 
 
 def test_shell_tool_round_trip(stack):
@@ -101,3 +126,4 @@ def test_shell_tool_round_trip(stack):
     assert len(calls) == 2, [r.path for r in calls]
     last = json.dumps(calls[-1].json)
     assert "run_shell_command" in last and "detour-qwen-ok" in last
+    assert_rows(stack, 2)
