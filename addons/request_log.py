@@ -69,7 +69,9 @@ class RequestLog:
         self._tees: dict[str, StreamTee] = {}
         self._lock = threading.Lock()
         self._last_sweep = 0.0
+        self._tail = RequestLogTail(self)
         self._tail_added = False
+        self.requestheaders = self.request = None  # hooks: set while logging is on
 
     def load(self, loader):
         loader.add_option(
@@ -91,9 +93,18 @@ class RequestLog:
             "Request logs: bytes of each body kept (the rest is cut, and said so).",
         )
 
+    def configure(self, updated):
+        # the flow hooks exist only while logging is on: mitmproxy looks a hook up at each
+        # event, and an addon without it costs the flow nothing
+        if "detour_request_log" in updated:
+            on = ctx.options.detour_request_log
+            self.requestheaders = self._requestheaders if on else None
+            self.request = self._request if on else None
+            self._tail.on(on)
+
     def running(self):
         if not self._tail_added:
-            ctx.master.addons.add(RequestLogTail(self))
+            ctx.master.addons.add(self._tail)
             self._tail_added = True
 
     def folder(self) -> Path:
@@ -102,12 +113,12 @@ class RequestLog:
 
     # ------------------------------------------------------------ the request, as sent
 
-    def requestheaders(self, flow: http.HTTPFlow):
-        if not ctx.options.detour_request_log or flow.request.pretty_host not in HANDLED_HOSTS:
+    def _requestheaders(self, flow: http.HTTPFlow):
+        if flow.request.pretty_host not in HANDLED_HOSTS:
             return
         self._open[flow.id] = {"credentials": credentials_of(flow.request.headers)}
 
-    def request(self, flow: http.HTTPFlow):
+    def _request(self, flow: http.HTTPFlow):
         entry = self._open.get(flow.id)
         if entry is None:
             return
@@ -207,19 +218,16 @@ class RequestLog:
 
 
 class RequestLogTail:
-    """The end of the addon chain: the answer as the interceptor leaves it for the client."""
+    """The end of the addon chain: the answer as the interceptor leaves it for the client.
+    Its hooks exist only while logging is on (`on`)."""
 
     def __init__(self, log_: RequestLog):
         self.log = log_
+        self.responseheaders = self.response = self.error = None
 
-    def responseheaders(self, flow: http.HTTPFlow):
-        self.log.tee(flow)
-
-    def response(self, flow: http.HTTPFlow):
-        self.log.ended(flow)
-
-    def error(self, flow: http.HTTPFlow):
-        self.log.ended(flow)
+    def on(self, on: bool) -> None:
+        self.responseheaders = self.log.tee if on else None
+        self.response = self.error = self.log.ended if on else None
 
 
 class StreamTee:

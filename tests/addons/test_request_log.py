@@ -52,3 +52,20 @@ def test_sweep_by_age_then_size(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*/*.json")) == [
         "000000-2026-11-30.json", "000000-2026-12-01.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2026-11-30", "2026-12-01"]
+
+
+def test_off_by_default_with_no_flow_hooks_at_all():
+    from mitmproxy.test import taddons
+
+    from addons.request_log import RequestLog
+    from addons.settings import DetourSettings
+
+    addon = RequestLog(DetourSettings())
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon)
+        assert addon.requestheaders is None and addon.request is None
+        assert addon._tail.responseheaders is None and addon._tail.response is None
+        tctx.configure(addon, detour_request_log=True)
+        assert callable(addon.requestheaders) and callable(addon._tail.response)
+        tctx.configure(addon, detour_request_log=False)
+        assert addon.requestheaders is None and addon._tail.error is None
