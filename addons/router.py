@@ -12,12 +12,12 @@ _root = str(Path(__file__).resolve().parent.parent)
 if _root not in sys.path:
     sys.path.insert(0, _root)
 
-from addons.instance import ProxyInstance  # noqa: E402
 from addons.gateway import Gateway  # noqa: E402
 from addons.credentials.owner import TokenOwner  # noqa: E402
 from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
+from addons.proxy_instance import ProxyInstance  # noqa: E402
 from addons.request_log import RequestLog  # noqa: E402
 from addons.settings import DetourSettings  # noqa: E402
 from addons.untouched import UntouchedCalls  # noqa: E402

@@ -19,12 +19,14 @@ import logging
 import os
 import time
 from pathlib import Path
-
-from mitmproxy import http, tls
-from mitmproxy.utils.asyncio_utils import create_task
+from typing import TYPE_CHECKING
 
 from addons import formats
-from addons.settings import DetourSettings
+
+if TYPE_CHECKING:  # `detour status` reads untouched.json without loading mitmproxy
+    from mitmproxy import http, tls
+
+    from addons.settings import DetourSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ def _api_path(path: str) -> bool:
 
 
 class UntouchedCalls:
-    def __init__(self, settings: DetourSettings):
+    def __init__(self, settings: "DetourSettings"):
         self.settings = settings
         self.seen: dict[str, dict] = {}
         self._dirty = False
@@ -64,19 +66,19 @@ class UntouchedCalls:
 
     # ------------------------------------------------------------ what went by
 
-    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+    def tls_clienthello(self, data: "tls.ClientHelloData") -> None:
         host = data.client_hello.sni or ""
         if host in MODEL_HOSTS and host not in formats.HANDLED_HOSTS:
             self.note("CONNECT", host, "", f"{MODEL_HOSTS[host]}: detour does not handle "
                       "this host yet; its calls are tunnelled to the vendor untouched")
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: "http.HTTPFlow") -> None:
         self._after(flow)
 
-    def error(self, flow: http.HTTPFlow) -> None:
+    def error(self, flow: "http.HTTPFlow") -> None:
         self._after(flow)
 
-    def _after(self, flow: http.HTTPFlow) -> None:
+    def _after(self, flow: "http.HTTPFlow") -> None:
         if flow.marked:
             return  # detour took it (the interceptor marks every flow it answers)
         req = flow.request
@@ -109,6 +111,8 @@ class UntouchedCalls:
     # ------------------------------------------------------------ kept for `detour status`
 
     def running(self) -> None:
+        from mitmproxy.utils.asyncio_utils import create_task
+
         self.write()  # a fresh list per run: an older proxy's may name what this one handles
         self._writer = create_task(self._write_loop(), name="detour untouched write",
                                    keep_ref=True)
