@@ -50,7 +50,13 @@ def run_workers(argv: list[str], count: int, out=None, home=None) -> int:
                 out.write(f"[worker {number}] {line.decode(errors='replace')}")
                 out.flush()
 
+    stopping: list[int] = []  # the signal already passed on: a second SIGINT would make a
+    # worker that is writing its rows quit at once (it died by SIGINT, rows lost)
+
     def forward(signum, frame) -> None:
+        if stopping:
+            return
+        stopping.append(signum)
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signum)
