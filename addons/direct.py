@@ -21,15 +21,21 @@ The provider's credential is on the flow only while mitmproxy sends it: it is pu
 `responseheaders` or `error`. mitmproxy's timeouts do not cover first_byte, read or total: a
 watchdog task per flow closes mitmproxy's provider connection when one passes, and the call
 records the timeout. Known limit: what mitmproxy then tells the client is its own (a 502 page
-before the answer's headers, a cut stream after them), as for a provider it cannot connect to.
+before the answer's headers, a cut stream after them), as for a provider breaking off.
+A provider that cannot be reached is told in the client's format: mitmproxy would answer a
+failed connect with its own 502 page (an `error` hook cannot replace it), so when mitmproxy
+holds no connection for this client that it would reuse (`server_connected` and
+`server_disconnected` keep count), `take` connects first, as the relay's transport would, and
+answers a failure there.
 """
 
 import asyncio
 import logging
 import time
+from urllib.parse import urlsplit
 
 import orjson
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 
 from addons.config import DIRECT, Provider
 from addons.decoding import BoundedDecoder, TooLarge, decode_whole
@@ -79,6 +85,9 @@ class DirectPath:
         self.settings = settings
         self.finished = finished  # (flow, job): the interceptor ends the call and tells its story
         self.calls: dict[str, DirectCall] = {}
+        # mitmproxy's connections to servers, by client connection id: a call rides one
+        # without a new connect (see take)
+        self.servers: dict[str, list[connection.Server]] = {}
 
     # ------------------------------------------------------------ which calls
 
@@ -117,8 +126,9 @@ class DirectPath:
             return False
         return spec.verify != opts.ssl_insecure
 
-    def take(self, flow: http.HTTPFlow, job: Job) -> bool:
-        """Send the call through mitmproxy's own connection if it can go there; True if it does."""
+    async def take(self, flow: http.HTTPFlow, job: Job) -> bool:
+        """Send the call through mitmproxy's own connection if it can go there; True if it does
+        (or if it was answered here: its provider could not be reached)."""
         if not ctx.options.detour_direct:
             return False
         sole = self.sole_candidate(job)
@@ -135,6 +145,14 @@ class DirectPath:
         where = (flow.client_conn.id, url.split("/", 3)[2])
         if sum(1 for dc in self.calls.values() if dc.where == where) >= MAX_PER_ADDRESS:
             return False
+        if not self._carried(flow, url):
+            # mitmproxy would open a new connection, and tell a failure to open it in its own
+            # words (an HTML 502): detour opens one first, and tells a failure in the client's
+            started = time.perf_counter()
+            failure = await fwd.reach(cand, url)
+            if failure is not None:
+                self._unreachable(flow, job, cand, attempts, failure, started)
+                return True
         secrets = _secret_headers(cand, headers)
         req = flow.request
         called = req.pretty_url
@@ -157,6 +175,50 @@ class DirectPath:
         dc.watchdog = asyncio.get_running_loop().create_task(
             self._watch(dc, t.read, limits.stream_seconds), name=f"detour direct {flow.id}")
         return True
+
+    # ------------------------------------------------------------ mitmproxy's connections
+
+    def server_connected(self, client_id: str, server: connection.Server) -> None:
+        self.servers.setdefault(client_id, []).append(server)
+
+    def server_disconnected(self, client_id: str, server: connection.Server) -> None:
+        servers = self.servers.get(client_id)
+        if servers is not None and server in servers:
+            servers.remove(server)
+            if not servers:
+                del self.servers[client_id]
+
+    def client_disconnected(self, client_id: str) -> None:
+        self.servers.pop(client_id, None)
+
+    def _carried(self, flow: http.HTTPFlow, url: str) -> bool:
+        """mitmproxy holds a connection to `url`'s origin for this client that it would reuse
+        for the call (an HTTP/2 client's calls share an HTTP/2 connection only)."""
+        servers = self.servers.get(flow.client_conn.id)
+        if not servers:
+            return False
+        u = urlsplit(url)
+        address = (u.hostname, u.port or (443 if u.scheme == "https" else 80))
+        tls = u.scheme == "https"
+        h2 = flow.request.is_http2
+        return any(s.address == address and s.connected and s.via is None
+                   and (s.tls_established or not tls) and (not h2 or s.alpn == b"h2")
+                   for s in servers)
+
+    def _unreachable(self, flow: http.HTTPFlow, job: Job, cand: Candidate,
+                     attempts: list[Attempt], failure: tuple[Failed, str],
+                     started: float) -> None:
+        """The provider could not be reached: the call is answered here, as the relay would."""
+        fwd = self.settings.runtime.forwarder
+        att = attempts[-1]
+        att.failed, att.error = failure
+        att.unreachable = att.failed is Failed.UNREACHABLE
+        att.ms = round((time.perf_counter() - started) * 1000, 1)
+        fwd.cool(cand, att)
+        fwd.record(job, attempts)
+        status, headers, body = fwd.failure_response(job, fwd.failure(job, attempts))
+        flow.response = http.Response.make(status, body, headers | {ID_HEADER: flow.id})
+        self.finished(flow, job)
 
     # ------------------------------------------------------------ credentials
 

@@ -196,36 +196,62 @@ class Forwarder:
         self.recent_errors = RecentErrors()
         self.scrubber = SecretScrubber()  # the configuration's secrets (settings sets it)
         self._clients: dict[tuple, httpx.AsyncClient] = {}
+        self._lean: dict[tuple, StreamsTransport] = {}  # the lean transports among them
 
     # mitmproxy's own upstream proxy (`--mode upstream:URL`, credentials in the URL), if any:
     # providers without a `proxy:` of their own are reached through it, as every other flow is
     upstream_proxy: str | None = None
 
-    def client(self, spec: Provider | None) -> httpx.AsyncClient:
-        """The HTTP client for a provider (None: passthrough to a vendor), one per way out:
-        trust (verify, ca_file) and outbound proxy."""
+    def _way_out(self, spec: Provider | None) -> tuple:
         verify, ca_file = (spec.verify, spec.ca_file) if spec else (True, None)
         proxy = spec.proxy if spec and spec.proxy else self.upstream_proxy
         if proxy == DIRECT:
             proxy = None
-        key = (verify, ca_file, proxy)
+        return verify, ca_file, proxy
+
+    def client(self, spec: Provider | None) -> httpx.AsyncClient:
+        """The HTTP client for a provider (None: passthrough to a vendor), one per way out:
+        trust (verify, ca_file) and outbound proxy."""
+        key = self._way_out(spec)
         c = self._clients.get(key)
         if c is None:
+            verify, ca_file, proxy = key
             tls = ssl_context(verify, ca_file)
             # the lean transport speaks to providers directly; through an outbound proxy
             # (CONNECT, SOCKS) httpx's default transport does the work
             transport = self.transport or (
                 StreamsTransport(tls) if proxy is None else httpx.AsyncHTTPTransport(
                     verify=tls, proxy=httpx.Proxy(proxy), trust_env=False))
+            if isinstance(transport, StreamsTransport):
+                self._lean[key] = transport
             # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
             # through mitmproxy; timeouts are set per request from the provider's config.
             c = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport)
             self._clients[key] = c
         return c
 
+    async def reach(self, cand: Candidate, url: str) -> tuple[Failed, str] | None:
+        """Whether a provider takes a connection as its own requests would make it (TCP and
+        TLS, within timeouts.connect): None, or how the attempt failed and why. None too where
+        that cannot be checked without sending (an outbound proxy, a test's scripted
+        transport)."""
+        spec = cand.provider.spec
+        self.client(spec)
+        transport = self._lean.get(self._way_out(spec))
+        if transport is None:
+            return None
+        try:
+            await transport.reach(url, spec.timeouts.connect)
+        except httpx.ConnectError as e:
+            return Failed.UNREACHABLE, _connect_failure(e)
+        except httpx.TimeoutException as e:
+            return Failed.TIMEOUT, f"timed out ({type(e).__name__})"
+        return None
+
     async def aclose(self) -> None:
         clients = list(self._clients.values())
         self._clients.clear()
+        self._lean.clear()
         for c in clients:
             await c.aclose()
 

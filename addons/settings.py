@@ -107,9 +107,11 @@ class DetourSettings:
             "detour_direct", bool, False,
             "A model call with one usable candidate (no fallback possible) that mitmproxy's own "
             "connection can reach as configured goes through it, translated on the way, "
-            "instead of through detour's relay or its own client (addons/direct.py). Lighter "
-            "on paced streams; but a provider that cannot be reached or times out before its "
-            "headers is answered with mitmproxy's own 502 page, not the client's format.",
+            "instead of through detour's relay or its own client (addons/direct.py): lighter "
+            "per call and per event. A provider that cannot be reached is answered in the "
+            "client's format; but one that times out or breaks off before its headers gets "
+            "mitmproxy's own 502 page, and a stream cut after them ends without an error "
+            "event in the client's format.",
         )
         loader.add_option(
             "detour_allow_remote", bool, False,
