@@ -163,6 +163,7 @@ class DirectPath:
             if name not in HOP_BY_HOP:
                 req.headers[name] = REDACTED if name in secrets else value
         req.content = body
+        job.let_go()
         dc = DirectCall(flow, job, cand, attempts, provider_format, secrets)
         dc.where = where
         self.calls[flow.id] = dc

@@ -14,6 +14,7 @@ from policies.py, then the codec's encoder (or, same format, the client's own by
 """
 
 import asyncio
+import copy
 import dataclasses
 import json
 import logging
@@ -85,6 +86,10 @@ class Job:
     dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # candidates left out before any was tried, and why: "provider/account: reason"
     unfit: list[str] = field(default_factory=list)
+    # after let_go: what the answer is fitted to (answer_shape's arguments), and a fresh
+    # client stream encoder to copy (client_encoder)
+    _shape_of: tuple | None = None
+    _encoder_proto: Any = None
 
     @property
     def row(self):
@@ -95,6 +100,20 @@ class Job:
     def delivered(self) -> bool:
         """The client has the answer's final event (see Call.delivered)."""
         return self.call.delivered
+
+    def let_go(self) -> None:
+        """The request has gone to the candidate that answers it; no other will be sent it.
+        What the answer needs is kept (its shape, the client's stream options), the request
+        itself let go: held for a stream's whole life, its parsed body (~100 KB for Claude
+        Code's 48 KB request), canonical form and encoded copies were most of what detour
+        held per open stream."""
+        if self._encoder_proto is not None:
+            return
+        shape = answer_shape(self)
+        self._shape_of = (shape.model, shape.tool, shape.id_prefix)
+        self._encoder_proto = FORMATS[self.client_format].client_stream_encoder(self.body)
+        self.body, self.raw_body, self._canonical = {}, b"", None
+        self.built.clear()
 
     def canonical(self) -> canonical.Request:
         """The client's request in canonical form, decoded once, only if a translated candidate
@@ -827,13 +846,18 @@ class Forwarder:
 
 def client_encoder(job: Job):
     """The stream encoder of the client's format, as the client asked for it."""
-    return canonical.ShapedEncoder(FORMATS[job.client_format].client_stream_encoder(job.body),
-                                   answer_shape(job))
+    if job._encoder_proto is not None:  # the request was let go: a fresh one's copy
+        inner = copy.deepcopy(job._encoder_proto)
+    else:
+        inner = FORMATS[job.client_format].client_stream_encoder(job.body)
+    return canonical.ShapedEncoder(inner, answer_shape(job))
 
 
 def answer_shape(job: Job) -> canonical.AnswerShape:
     """What a translated answer is fitted to: the client's response_format (if its request was
     decoded, i.e. a translated candidate took it), its id format, its requested model."""
+    if job._shape_of is not None:
+        return canonical.AnswerShape(*job._shape_of)
     req = job._canonical
     tool = canonical.answer_tool(req) if req is not None else None
     return canonical.AnswerShape(job.model, tool.name if tool else None,
@@ -846,9 +870,12 @@ def dump_json(obj: Any) -> bytes:
     translators' own writer; a TranslationError for what JSON cannot hold (inf, NaN, nesting
     too deep)."""
     try:
-        return orjson.dumps(obj)
+        data = orjson.dumps(obj)
     except orjson.JSONEncodeError:
         return canonical.dumps_compact(obj)
+    # orjson's bytes keep the buffer they grew in (~5x a 48 KB body, part of it resident),
+    # and a provider body is held for a stream's life: a copy holds just its length
+    return data if len(data) < 16384 else bytes(memoryview(data))
 
 
 def snippet(data: bytes) -> str:
