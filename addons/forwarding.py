@@ -707,89 +707,46 @@ class Forwarder:
             f.status, self.for_client(job, message))
 
     async def stream(self, job: Job, opened: Opened) -> AsyncIterator[bytes]:
-        """The client-format byte stream of an opened candidate, translated chunk by chunk.
-        A failure after the first byte cannot fall back any more: it ends the stream with a
-        well-formed error event in the client's format."""
+        """The client-format byte stream of an opened candidate, translated chunk by chunk
+        (AnswerStream). A failure after the first byte cannot fall back any more: it ends the
+        stream with a well-formed error event in the client's format."""
         cand = opened.candidate
-        provider_mod = FORMATS[opened.provider_format]
-        same = opened.provider_format == job.client_format and opened.is_sse
-        decoder = opened.decoder or provider_mod.StreamDecoder()
-        encoder = None if same else client_encoder(job)
-        # same format: the provider's bytes pass untouched, whole events only, checked by the
-        # decoder that runs anyway (for usage); a broken stream ends in an error of ours
-        check = passthrough.CheckedPassthrough(
-            provider_mod.StreamDecoder, provider_mod.is_error_event,
-            provider_mod.may_follow_stop) if same else None
-        error: str | None = None
+        answer = AnswerStream(self, job, cand.key, opened.provider_format, opened.decoder)
         try:
             if not opened.is_sse:
                 # asked for a stream, got one whole answer: stream it anyway
                 resp = opened.whole
                 self.account(job, cand, resp.usage, resp.model)
-                encoder = encoder or client_encoder(job)
-                yield encoder.encode_all(canonical.response_to_events(resp))
+                yield client_encoder(job).encode_all(canonical.response_to_events(resp))
                 return
             # what was read while the candidate was being opened, then the rest as it comes
-            passed, events = b"", opened.events
-            if check is not None:
-                passed, events = check.opened(decoder, opened.first_chunk, events)
-                decoder = check.decoder
+            out = answer.opened(opened.first_chunk, opened.events)
             while True:
-                out = passed
-                final = False
-                for ev in events:
-                    if type(ev) is canonical.StreamError:
-                        # the provider's own words: they may echo the key it was sent
-                        ev = self.scrubbed_event(job, ev)
-                        if same:
-                            out = self.scrubber_of(job).scrub_bytes(out)
-                        error = f"{cand.key}: {ev.kind}: {ev.message}"
-                    elif type(ev) is canonical.MessageStop:
-                        final = True
-                    if encoder is not None:
-                        out += encoder.encode(ev)
-                if check is not None and check.broken is not None:
-                    # nothing after the break reaches the client, nor is read any further
-                    yield out + self.stream_error(job, None, check.broken.kind, error)
-                    return
                 if out:
                     yield out
-                    if final and error is None:
+                    if answer.final and answer.error is None and not answer.ended:
                         job.call.deliver()
+                if answer.ended:
+                    return  # nothing after a break reaches the client, nor is read any further
                 try:
                     chunk = await anext(opened.chunks)
                 except StopAsyncIteration:
                     break
-                if check is not None:
-                    passed, events = check.feed(chunk)
-                else:
-                    events = decoder.feed(chunk)
-            passed, tail = check.close() if check is not None else (b"", decoder.close())
-            out = passed
-            for ev in tail:
-                if type(ev) is canonical.StreamError:
-                    ev = self.scrubbed_event(job, ev)
-                    error = f"{cand.key}: {ev.kind}: {ev.message}"
-                if encoder is not None:
-                    out += encoder.encode(ev)
-            if check is not None and check.broken is not None:
-                # the vendor's stream ended early without saying so: tell the client
-                out += self.stream_error(job, None, check.broken.kind, error)
+                out = answer.feed(chunk)
+            out = answer.close()
             if out:
                 yield out
         except httpx.HTTPError as e:
-            error = f"{cand.key} broke off the stream: " + (
-                str(e) if isinstance(e, AnswerLimit) else type(e).__name__)
-            yield self.stream_error(job, encoder, "api_error", error)
+            yield answer.broke(f"{cand.key} broke off the stream: " + (
+                str(e) if isinstance(e, AnswerLimit) else type(e).__name__))
         except (ValueError, canonical.TranslationError) as e:
-            error = f"{cand.key} sent an answer detour cannot translate: {e}"
-            yield self.stream_error(job, encoder, "api_error", error)
+            yield answer.broke(f"{cand.key} sent an answer detour cannot translate: {e}")
         finally:
             await opened.response.aclose()
             if opened.is_sse:
-                self.account(job, cand, decoder.usage, None)
-            if error:
-                job.call.failed(self.scrub(job, error))  # logged with the flow (intercept.py)
+                self.account(job, cand, answer.decoder.usage, None)
+            if answer.error:
+                job.call.failed(self.scrub(job, answer.error))  # logged with the flow
 
     def stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
         """One error event in the client's format, ending a stream already under way."""
@@ -842,6 +799,92 @@ class Forwarder:
         return round((usage.input_tokens * price.input + usage.output_tokens * price.output
                       + usage.cache_read_tokens * cache_read
                       + usage.cache_write_tokens * cache_write) / 1e6, 8)
+
+
+class AnswerStream:
+    """A provider's answer stream into the client's format, sans IO: provider bytes in
+    (`opened`, `feed`, `close`), client bytes out. The relay (Forwarder.stream) and the direct
+    path's stream callable (direct.py) both drive one.
+
+    Same format: the provider's bytes pass untouched, whole events only, checked by the decoder
+    that runs anyway for usage (translators/passthrough.py); a broken stream ends with an error
+    event of ours and nothing after it (`ended`). Otherwise every event is decoded to canonical
+    form and encoded in the client's format. A provider's error event is scrubbed (it may echo
+    the key it was sent) and told in `error`; `final` says the answer's last event came,
+    `content` that a content event did (before it, a failure may still rest the account)."""
+
+    __slots__ = ("fwd", "job", "cand_key", "check", "decoder", "encoder", "error",
+                 "error_kind", "final", "content", "ended")
+
+    def __init__(self, fwd: Forwarder, job: Job, cand_key: str, provider_format: str,
+                 decoder=None):
+        self.fwd, self.job, self.cand_key = fwd, job, cand_key
+        mod = FORMATS[provider_format]
+        same = provider_format == job.client_format
+        self.check = passthrough.CheckedPassthrough(
+            mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
+        self.decoder = decoder or (self.check.decoder if same else mod.StreamDecoder())
+        self.encoder = None if same else client_encoder(job)
+        self.error: str | None = None
+        self.error_kind: str | None = None  # the kind of the provider's error event, if one came
+        self.final = False
+        self.content = False
+        self.ended = False
+
+    def opened(self, head: bytes, head_events: list) -> bytes:
+        """What was read (and decoded by `decoder`) while the candidate was being opened."""
+        passed, events = b"", head_events
+        if self.check is not None:
+            passed, events = self.check.opened(self.decoder, head, head_events)
+            self.decoder = self.check.decoder
+        return self._out(passed, events, False)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.ended:
+            return b""
+        passed, events = (self.check.feed(chunk) if self.check is not None
+                          else (b"", self.decoder.feed(chunk)))
+        return self._out(passed, events, False)
+
+    def close(self) -> bytes:
+        if self.ended:
+            return b""
+        passed, events = (self.check.close() if self.check is not None
+                          else (b"", self.decoder.close()))
+        return self._out(passed, events, True)
+
+    def broke(self, why: str) -> bytes:
+        """The provider's stream failed (a read, a limit, an answer that does not translate):
+        the client's stream ends with an error event."""
+        self.ended = True
+        self.error = why
+        return self.fwd.stream_error(self.job, self.encoder, "api_error", why)
+
+    def _out(self, out: bytes, events: list, end: bool) -> bytes:
+        fwd, job, encoder = self.fwd, self.job, self.encoder
+        for ev in events:
+            kind = type(ev)
+            if kind is canonical.StreamError:
+                ev = fwd.scrubbed_event(job, ev)
+                if encoder is None:  # the provider's own bytes, which carry its words
+                    out = fwd.scrubber_of(job).scrub_bytes(out)
+                self.error = f"{self.cand_key}: {ev.kind}: {ev.message}"
+                self.error_kind = ev.kind
+            elif kind is canonical.MessageStop:
+                self.final = True
+            elif kind not in NOT_CONTENT:
+                self.content = True
+            if encoder is not None:
+                out += encoder.encode(ev)
+        check = self.check
+        if check is not None and check.broken is not None:
+            self.ended = True
+            return out + fwd.stream_error(job, None, check.broken.kind, self.error)
+        if end and not self.final and self.error is None:
+            self.ended = True
+            self.error = f"{self.cand_key}: stream ended before its final event"
+            return out + fwd.stream_error(job, encoder, "api_error", self.error)
+        return out
 
 
 def client_encoder(job: Job):
