@@ -9,8 +9,8 @@ provider instead: its URL, the translated body (`Forwarder.build`, once per job)
 mitmproxy sends it and the answer is translated on the way back:
 
 - a 2xx event stream, in `responseheaders`: a stream callable (synchronous, once per read)
-  feeds the provider's stream decoder and returns the client encoder's bytes (same format: the
-  provider's bytes, checked by translators/passthrough.py);
+  feeds the relay's own stream translator (forwarding.AnswerStream) and returns the client's
+  bytes (same format: the provider's bytes, checked by translators/passthrough.py);
 - anything else, in `response`: a whole answer decoded and re-encoded (bounded by
   limits.answer_body and limits.decompressed), a stream request's whole answer as events, a
   failure as the relay tells it (an error in the client's format naming the provider, the
@@ -21,24 +21,30 @@ The provider's credential is on the flow only while mitmproxy sends it: it is pu
 `responseheaders` or `error`. mitmproxy's timeouts do not cover first_byte, read or total: a
 watchdog task per flow closes mitmproxy's provider connection when one passes, and the call
 records the timeout. Known limit: what mitmproxy then tells the client is its own (a 502 page
-before the answer's headers, a cut stream after them), as for a provider it cannot connect to.
+before the answer's headers, a cut stream after them), as for a provider breaking off.
+A provider that cannot be reached is told in the client's format: mitmproxy would answer a
+failed connect with its own 502 page (an `error` hook cannot replace it), so when mitmproxy
+holds no connection for this client that it would reuse (`server_connected` and
+`server_disconnected` keep count), `take` connects first, as the relay's transport would, and
+answers a failure there.
 """
 
 import asyncio
 import logging
 import time
+from urllib.parse import urlsplit
 
 import orjson
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 
 from addons.config import DIRECT, Provider
 from addons.decoding import BoundedDecoder, TooLarge, decode_whole
 from addons.failure_policy import Failed
-from addons.forwarding import (FORMATS, HOP_BY_HOP, Attempt, Forwarder, Job, client_encoder,
+from addons.forwarding import (FORMATS, HOP_BY_HOP, AnswerStream, Attempt, Job, client_encoder,
                                answer_shape, dump_json, error_of, snippet)
 from addons import formats
 from addons.routing import Candidate, retry_after_seconds
-from translators import canonical, passthrough
+from translators import canonical
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +85,9 @@ class DirectPath:
         self.settings = settings
         self.finished = finished  # (flow, job): the interceptor ends the call and tells its story
         self.calls: dict[str, DirectCall] = {}
+        # mitmproxy's connections to servers, by client connection id: a call rides one
+        # without a new connect (see take)
+        self.servers: dict[str, list[connection.Server]] = {}
 
     # ------------------------------------------------------------ which calls
 
@@ -117,8 +126,9 @@ class DirectPath:
             return False
         return spec.verify != opts.ssl_insecure
 
-    def take(self, flow: http.HTTPFlow, job: Job) -> bool:
-        """Send the call through mitmproxy's own connection if it can go there; True if it does."""
+    async def take(self, flow: http.HTTPFlow, job: Job) -> bool:
+        """Send the call through mitmproxy's own connection if it can go there; True if it does
+        (or if it was answered here: its provider could not be reached)."""
         if not ctx.options.detour_direct:
             return False
         sole = self.sole_candidate(job)
@@ -135,6 +145,14 @@ class DirectPath:
         where = (flow.client_conn.id, url.split("/", 3)[2])
         if sum(1 for dc in self.calls.values() if dc.where == where) >= MAX_PER_ADDRESS:
             return False
+        if not self._carried(flow, url):
+            # mitmproxy would open a new connection, and tell a failure to open it in its own
+            # words (an HTML 502): detour opens one first, and tells a failure in the client's
+            started = time.perf_counter()
+            failure = await fwd.reach(cand, url)
+            if failure is not None:
+                self._unreachable(flow, job, cand, attempts, failure, started)
+                return True
         secrets = _secret_headers(cand, headers)
         req = flow.request
         called = req.pretty_url
@@ -145,6 +163,7 @@ class DirectPath:
             if name not in HOP_BY_HOP:
                 req.headers[name] = REDACTED if name in secrets else value
         req.content = body
+        job.let_go()
         dc = DirectCall(flow, job, cand, attempts, provider_format, secrets)
         dc.where = where
         self.calls[flow.id] = dc
@@ -157,6 +176,50 @@ class DirectPath:
         dc.watchdog = asyncio.get_running_loop().create_task(
             self._watch(dc, t.read, limits.stream_seconds), name=f"detour direct {flow.id}")
         return True
+
+    # ------------------------------------------------------------ mitmproxy's connections
+
+    def server_connected(self, client_id: str, server: connection.Server) -> None:
+        self.servers.setdefault(client_id, []).append(server)
+
+    def server_disconnected(self, client_id: str, server: connection.Server) -> None:
+        servers = self.servers.get(client_id)
+        if servers is not None and server in servers:
+            servers.remove(server)
+            if not servers:
+                del self.servers[client_id]
+
+    def client_disconnected(self, client_id: str) -> None:
+        self.servers.pop(client_id, None)
+
+    def _carried(self, flow: http.HTTPFlow, url: str) -> bool:
+        """mitmproxy holds a connection to `url`'s origin for this client that it would reuse
+        for the call (an HTTP/2 client's calls share an HTTP/2 connection only)."""
+        servers = self.servers.get(flow.client_conn.id)
+        if not servers:
+            return False
+        u = urlsplit(url)
+        address = (u.hostname, u.port or (443 if u.scheme == "https" else 80))
+        tls = u.scheme == "https"
+        h2 = flow.request.is_http2
+        return any(s.address == address and s.connected and s.via is None
+                   and (s.tls_established or not tls) and (not h2 or s.alpn == b"h2")
+                   for s in servers)
+
+    def _unreachable(self, flow: http.HTTPFlow, job: Job, cand: Candidate,
+                     attempts: list[Attempt], failure: tuple[Failed, str],
+                     started: float) -> None:
+        """The provider could not be reached: the call is answered here, as the relay would."""
+        fwd = self.settings.runtime.forwarder
+        att = attempts[-1]
+        att.failed, att.error = failure
+        att.unreachable = att.failed is Failed.UNREACHABLE
+        att.ms = round((time.perf_counter() - started) * 1000, 1)
+        fwd.cool(cand, att)
+        fwd.record(job, attempts)
+        status, headers, body = fwd.failure_response(job, fwd.failure(job, attempts))
+        flow.response = http.Response.make(status, body, headers | {ID_HEADER: flow.id})
+        self.finished(flow, job)
 
     # ------------------------------------------------------------ credentials
 
@@ -406,99 +469,73 @@ class DirectPath:
 
 
 class DirectStream:
-    """The stream callable: provider bytes in, client bytes out, synchronously, once per read
-    and once more with b"" at the end. Mid-stream it returns a list (`[]` holds back: a b""
-    would end the client's chunked body)."""
+    """The stream callable: provider bytes in, client bytes out (forwarding.AnswerStream),
+    synchronously, once per read and once more with b"" at the end. Mid-stream it returns a
+    list (`[]` holds back: a b"" would end the client's chunked body)."""
 
-    __slots__ = ("path", "dc", "inflate", "decoder", "encoder", "check", "error", "failed",
-                 "ended", "last_read", "fwd", "final")
+    __slots__ = ("dc", "inflate", "answer", "error", "failed", "last_read", "delivered")
 
     def __init__(self, path: DirectPath, dc: DirectCall, encoding: str, limit: int):
-        self.path = path
         self.dc = dc
-        self.fwd: Forwarder = path.settings.runtime.forwarder
         self.inflate = BoundedDecoder(encoding, limit, "its answer once decompressed")
-        mod = FORMATS[dc.provider_format]
-        same = dc.provider_format == dc.job.client_format
-        self.check = passthrough.CheckedPassthrough(
-            mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
-        self.decoder = self.check.decoder if same else mod.StreamDecoder()
-        self.encoder = None if same else client_encoder(dc.job)
+        self.answer = AnswerStream(path.settings.runtime.forwarder, dc.job, dc.cand.key,
+                                   dc.provider_format)
         self.error: str | None = None  # what the client was told went wrong, if anything
         self.failed: Failed | None = None  # the attempt failed (before its first content)
-        self.ended = False  # nothing more reaches the client
-        self.final = False  # the client has the answer's final event
+        self.delivered = False  # the client has the answer's final event
         self.last_read = asyncio.get_running_loop().time()
+
+    @property
+    def decoder(self):
+        return self.answer.decoder
 
     def __call__(self, chunk: bytes):
         end = not chunk
-        if self.ended:
+        answer = self.answer
+        if answer.ended:
             return b"" if end else []
         self.last_read = asyncio.get_running_loop().time()
         try:
-            out = self._translate(chunk, end)
+            if end:
+                out = b"".join(answer.feed(piece) for piece in self.inflate.flush())
+                out += answer.close()
+            else:
+                out = b"".join(answer.feed(piece) for piece in self.inflate.feed(chunk))
         except TooLarge as e:
-            out = self._broken(f"{e} (limits.decompressed)", Failed.BAD_ANSWER)
+            out = answer.broke(f"{self.dc.cand.key} {e} (limits.decompressed)")
+            self._failed(Failed.BAD_ANSWER)
         except (ValueError, canonical.TranslationError) as e:
-            out = self._broken(f"sent an answer detour cannot translate: {e}", Failed.BAD_ANSWER)
+            out = answer.broke(f"{self.dc.cand.key} sent an answer detour cannot translate: {e}")
+            self._failed(Failed.BAD_ANSWER)
         except Exception as e:  # inside mitmproxy's connection handling: never raise
             log.error("detour: internal error translating %s", self.dc.flow.id, exc_info=e)
-            out = self._broken(f"detour internal error: {type(e).__name__}", None)
+            out = answer.broke(f"{self.dc.cand.key} detour internal error: {type(e).__name__}")
+            self._failed(None)
+        else:
+            self._after(answer)
         if out:
             self.dc.job.call.first_byte()
         if end:
             return out
         return [out] if out else []
 
-    def _translate(self, chunk: bytes, end: bool) -> bytes:
-        pieces = self.inflate.flush() if end else self.inflate.feed(chunk)
-        out, events = [], []
-        for piece in pieces:
-            o, e = self.check.feed(piece) if self.check else (b"", self.decoder.feed(piece))
-            out.append(o)
-            events += e
-        if end:
-            o, e = self.check.close() if self.check else (b"", self.decoder.close())
-            out.append(o)
-            events += e
-        data = b"".join(out)
-        job = self.dc.job
-        final = self.final
-        for ev in events:
-            if type(ev) is canonical.StreamError:
-                ev = self.fwd.scrubbed_event(job, ev)
-                if self.check is not None:
-                    data = self.fwd.scrubber_of(job).scrub_bytes(data)
-                self.error = f"{self.dc.cand.key}: {ev.kind}: {ev.message}"
-                if not self.dc.first_content:
-                    # what the relay would have counted a failed attempt: the account rests
-                    self.dc.att.stream_error = ev.kind
-                    self.failed = Failed.BAD_ANSWER
-            elif type(ev) is canonical.MessageStop:
-                final = True
-            elif not isinstance(ev, (canonical.MessageStart, canonical.Ping)):
-                self.dc.first_content = True
-            if self.encoder is not None:
-                data += self.encoder.encode(ev)
-        if self.check is not None and self.check.broken is not None:
-            self.ended = True
-            return data + self.fwd.stream_error(job, None, self.check.broken.kind, self.error)
-        if end and not final and self.error is None:
-            self.error = f"{self.dc.cand.key}: stream ended before its final event"
+    def _after(self, answer: AnswerStream) -> None:
+        if answer.content:
+            self.dc.first_content = True
+        if answer.error is not None and self.error is None:
+            self.error = answer.error
             if not self.dc.first_content:
+                # what the relay would have counted a failed attempt: the account rests
+                self.dc.att.stream_error = answer.error_kind
                 self.failed = Failed.BAD_ANSWER
-            return data + self.fwd.stream_error(job, self.encoder, "api_error", self.error)
-        if final and self.error is None and not self.final:
-            self.final = True
-            job.call.deliver()
-        return data
+        if answer.final and answer.error is None and not self.delivered:
+            self.delivered = True
+            self.dc.job.call.deliver()
 
-    def _broken(self, why: str, failed: Failed | None) -> bytes:
-        self.ended = True
-        self.error = f"{self.dc.cand.key} {why}"
+    def _failed(self, failed: Failed | None) -> None:
+        self.error = self.answer.error
         if not self.dc.first_content:
             self.failed = failed
-        return self.fwd.stream_error(self.dc.job, self.encoder, "api_error", self.error)
 
 
 def close_server_connection(flow: http.HTTPFlow) -> None:

@@ -14,6 +14,7 @@ from policies.py, then the codec's encoder (or, same format, the client's own by
 """
 
 import asyncio
+import copy
 import dataclasses
 import json
 import logging
@@ -87,6 +88,10 @@ class Job:
     dropped: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # candidates left out before any was tried, and why: "provider/account: reason"
     unfit: list[str] = field(default_factory=list)
+    # after let_go: what the answer is fitted to (answer_shape's arguments), and a fresh
+    # client stream encoder to copy (client_encoder)
+    _shape_of: tuple | None = None
+    _encoder_proto: Any = None
 
     @property
     def row(self):
@@ -97,6 +102,20 @@ class Job:
     def delivered(self) -> bool:
         """The client has the answer's final event (see Call.delivered)."""
         return self.call.delivered
+
+    def let_go(self) -> None:
+        """The request has gone to the candidate that answers it; no other will be sent it.
+        What the answer needs is kept (its shape, the client's stream options), the request
+        itself let go: held for a stream's whole life, its parsed body (~100 KB for Claude
+        Code's 48 KB request), canonical form and encoded copies were most of what detour
+        held per open stream."""
+        if self._encoder_proto is not None:
+            return
+        shape = answer_shape(self)
+        self._shape_of = (shape.model, shape.tool, shape.id_prefix)
+        self._encoder_proto = FORMATS[self.client_format].client_stream_encoder(self.body)
+        self.body, self.raw_body, self._canonical = {}, b"", None
+        self.built.clear()
 
     def canonical(self) -> canonical.Request:
         """The client's request in canonical form, decoded once, only if a translated candidate
@@ -202,36 +221,73 @@ class Forwarder:
         self._clients: dict[tuple, httpx.AsyncClient] = {}
         # stored accounts' credentials (addons/credentials): OAuth tokens, kept fresh
         self.credentials = None
+        self._lean: dict[tuple, StreamsTransport] = {}  # the lean transports among them
+        self._urls: dict[str, httpx.URL] = {}
 
     # mitmproxy's own upstream proxy (`--mode upstream:URL`, credentials in the URL), if any:
     # providers without a `proxy:` of their own are reached through it, as every other flow is
     upstream_proxy: str | None = None
 
-    def client(self, spec: Provider | None) -> httpx.AsyncClient:
-        """The HTTP client for a provider (None: passthrough to a vendor), one per way out:
-        trust (verify, ca_file) and outbound proxy."""
+    def _way_out(self, spec: Provider | None) -> tuple:
         verify, ca_file = (spec.verify, spec.ca_file) if spec else (True, None)
         proxy = spec.proxy if spec and spec.proxy else self.upstream_proxy
         if proxy == DIRECT:
             proxy = None
-        key = (verify, ca_file, proxy)
+        return verify, ca_file, proxy
+
+    def client(self, spec: Provider | None) -> httpx.AsyncClient:
+        """The HTTP client for a provider (None: passthrough to a vendor), one per way out:
+        trust (verify, ca_file) and outbound proxy."""
+        key = self._way_out(spec)
         c = self._clients.get(key)
         if c is None:
+            verify, ca_file, proxy = key
             tls = ssl_context(verify, ca_file)
             # the lean transport speaks to providers directly; through an outbound proxy
             # (CONNECT, SOCKS) httpx's default transport does the work
             transport = self.transport or (
                 StreamsTransport(tls) if proxy is None else httpx.AsyncHTTPTransport(
                     verify=tls, proxy=httpx.Proxy(proxy), trust_env=False))
+            if isinstance(transport, StreamsTransport):
+                self._lean[key] = transport
             # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
             # through mitmproxy; timeouts are set per request from the provider's config.
             c = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport)
             self._clients[key] = c
         return c
 
+    async def reach(self, cand: Candidate, url: str) -> tuple[Failed, str] | None:
+        """Whether a provider takes a connection as its own requests would make it (TCP and
+        TLS, within timeouts.connect): None, or how the attempt failed and why. None too where
+        that cannot be checked without sending (an outbound proxy, a test's scripted
+        transport)."""
+        spec = cand.provider.spec
+        self.client(spec)
+        transport = self._lean.get(self._way_out(spec))
+        if transport is None:
+            return None
+        try:
+            await transport.reach(url, spec.timeouts.connect)
+        except httpx.ConnectError as e:
+            return Failed.UNREACHABLE, _connect_failure(e)
+        except httpx.TimeoutException as e:
+            return Failed.TIMEOUT, f"timed out ({type(e).__name__})"
+        return None
+
+    def _parsed(self, url: str) -> httpx.URL:
+        """A provider URL parsed once (httpx parses and re-quotes a string URL on every request:
+        a tenth of a whole call's own CPU in the request hook); a few per candidate at most."""
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) >= 256:
+                self._urls.clear()
+            parsed = self._urls[url] = httpx.URL(url)
+        return parsed
+
     async def aclose(self) -> None:
         clients = list(self._clients.values())
         self._clients.clear()
+        self._lean.clear()
         for c in clients:
             await c.aclose()
 
@@ -464,8 +520,10 @@ class Forwarder:
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
         client = self.client(spec)
-        req = client.build_request("POST", url, headers=headers, content=body, timeout=httpx.Timeout(
-            connect=timeouts.connect, read=timeouts.read, write=timeouts.read, pool=timeouts.connect))
+        req = client.build_request(
+            "POST", self._parsed(url), headers=headers, content=body, timeout=httpx.Timeout(
+                connect=timeouts.connect, read=timeouts.read, write=timeouts.read,
+                pool=timeouts.connect))
         # a stream must show its headers within first_byte (the fallback waits on them); a
         # whole answer comes with its headers only once generated, so the whole of it gets
         # the SDKs' total budget
@@ -702,89 +760,46 @@ class Forwarder:
             f.status, self.for_client(job, message))
 
     async def stream(self, job: Job, opened: Opened) -> AsyncIterator[bytes]:
-        """The client-format byte stream of an opened candidate, translated chunk by chunk.
-        A failure after the first byte cannot fall back any more: it ends the stream with a
-        well-formed error event in the client's format."""
+        """The client-format byte stream of an opened candidate, translated chunk by chunk
+        (AnswerStream). A failure after the first byte cannot fall back any more: it ends the
+        stream with a well-formed error event in the client's format."""
         cand = opened.candidate
-        provider_mod = FORMATS[opened.provider_format]
-        same = opened.provider_format == job.client_format and opened.is_sse
-        decoder = opened.decoder or provider_mod.StreamDecoder()
-        encoder = None if same else client_encoder(job)
-        # same format: the provider's bytes pass untouched, whole events only, checked by the
-        # decoder that runs anyway (for usage); a broken stream ends in an error of ours
-        check = passthrough.CheckedPassthrough(
-            provider_mod.StreamDecoder, provider_mod.is_error_event,
-            provider_mod.may_follow_stop) if same else None
-        error: str | None = None
+        answer = AnswerStream(self, job, cand.key, opened.provider_format, opened.decoder)
         try:
             if not opened.is_sse:
                 # asked for a stream, got one whole answer: stream it anyway
                 resp = opened.whole
                 self.account(job, cand, resp.usage, resp.model)
-                encoder = encoder or client_encoder(job)
-                yield encoder.encode_all(canonical.response_to_events(resp))
+                yield client_encoder(job).encode_all(canonical.response_to_events(resp))
                 return
             # what was read while the candidate was being opened, then the rest as it comes
-            passed, events = b"", opened.events
-            if check is not None:
-                passed, events = check.opened(decoder, opened.first_chunk, events)
-                decoder = check.decoder
+            out = answer.opened(opened.first_chunk, opened.events)
             while True:
-                out = passed
-                final = False
-                for ev in events:
-                    if type(ev) is canonical.StreamError:
-                        # the provider's own words: they may echo the key it was sent
-                        ev = self.scrubbed_event(job, ev)
-                        if same:
-                            out = self.scrubber_of(job).scrub_bytes(out)
-                        error = f"{cand.key}: {ev.kind}: {ev.message}"
-                    elif type(ev) is canonical.MessageStop:
-                        final = True
-                    if encoder is not None:
-                        out += encoder.encode(ev)
-                if check is not None and check.broken is not None:
-                    # nothing after the break reaches the client, nor is read any further
-                    yield out + self.stream_error(job, None, check.broken.kind, error)
-                    return
                 if out:
                     yield out
-                    if final and error is None:
+                    if answer.final and answer.error is None and not answer.ended:
                         job.call.deliver()
+                if answer.ended:
+                    return  # nothing after a break reaches the client, nor is read any further
                 try:
                     chunk = await anext(opened.chunks)
                 except StopAsyncIteration:
                     break
-                if check is not None:
-                    passed, events = check.feed(chunk)
-                else:
-                    events = decoder.feed(chunk)
-            passed, tail = check.close() if check is not None else (b"", decoder.close())
-            out = passed
-            for ev in tail:
-                if type(ev) is canonical.StreamError:
-                    ev = self.scrubbed_event(job, ev)
-                    error = f"{cand.key}: {ev.kind}: {ev.message}"
-                if encoder is not None:
-                    out += encoder.encode(ev)
-            if check is not None and check.broken is not None:
-                # the vendor's stream ended early without saying so: tell the client
-                out += self.stream_error(job, None, check.broken.kind, error)
+                out = answer.feed(chunk)
+            out = answer.close()
             if out:
                 yield out
         except httpx.HTTPError as e:
-            error = f"{cand.key} broke off the stream: " + (
-                str(e) if isinstance(e, AnswerLimit) else type(e).__name__)
-            yield self.stream_error(job, encoder, "api_error", error)
+            yield answer.broke(f"{cand.key} broke off the stream: " + (
+                str(e) if isinstance(e, AnswerLimit) else type(e).__name__))
         except (ValueError, canonical.TranslationError) as e:
-            error = f"{cand.key} sent an answer detour cannot translate: {e}"
-            yield self.stream_error(job, encoder, "api_error", error)
+            yield answer.broke(f"{cand.key} sent an answer detour cannot translate: {e}")
         finally:
             await opened.response.aclose()
             if opened.is_sse:
-                self.account(job, cand, decoder.usage, None)
-            if error:
-                job.call.failed(self.scrub(job, error))  # logged with the flow (intercept.py)
+                self.account(job, cand, answer.decoder.usage, None)
+            if answer.error:
+                job.call.failed(self.scrub(job, answer.error))  # logged with the flow
 
     def stream_error(self, job: Job, encoder, kind: str, message: str) -> bytes:
         """One error event in the client's format, ending a stream already under way."""
@@ -843,15 +858,106 @@ class Forwarder:
             call.price_later(provider_url, basis)
 
 
+class AnswerStream:
+    """A provider's answer stream into the client's format, sans IO: provider bytes in
+    (`opened`, `feed`, `close`), client bytes out. The relay (Forwarder.stream) and the direct
+    path's stream callable (direct.py) both drive one.
+
+    Same format: the provider's bytes pass untouched, whole events only, checked by the decoder
+    that runs anyway for usage (translators/passthrough.py); a broken stream ends with an error
+    event of ours and nothing after it (`ended`). Otherwise every event is decoded to canonical
+    form and encoded in the client's format. A provider's error event is scrubbed (it may echo
+    the key it was sent) and told in `error`; `final` says the answer's last event came,
+    `content` that a content event did (before it, a failure may still rest the account)."""
+
+    __slots__ = ("fwd", "job", "cand_key", "check", "decoder", "encoder", "error",
+                 "error_kind", "final", "content", "ended")
+
+    def __init__(self, fwd: Forwarder, job: Job, cand_key: str, provider_format: str,
+                 decoder=None):
+        self.fwd, self.job, self.cand_key = fwd, job, cand_key
+        mod = FORMATS[provider_format]
+        same = provider_format == job.client_format
+        self.check = passthrough.CheckedPassthrough(
+            mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
+        self.decoder = decoder or (self.check.decoder if same else mod.StreamDecoder())
+        self.encoder = None if same else client_encoder(job)
+        self.error: str | None = None
+        self.error_kind: str | None = None  # the kind of the provider's error event, if one came
+        self.final = False
+        self.content = False
+        self.ended = False
+
+    def opened(self, head: bytes, head_events: list) -> bytes:
+        """What was read (and decoded by `decoder`) while the candidate was being opened."""
+        passed, events = b"", head_events
+        if self.check is not None:
+            passed, events = self.check.opened(self.decoder, head, head_events)
+            self.decoder = self.check.decoder
+        return self._out(passed, events, False)
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.ended:
+            return b""
+        passed, events = (self.check.feed(chunk) if self.check is not None
+                          else (b"", self.decoder.feed(chunk)))
+        return self._out(passed, events, False)
+
+    def close(self) -> bytes:
+        if self.ended:
+            return b""
+        passed, events = (self.check.close() if self.check is not None
+                          else (b"", self.decoder.close()))
+        return self._out(passed, events, True)
+
+    def broke(self, why: str) -> bytes:
+        """The provider's stream failed (a read, a limit, an answer that does not translate):
+        the client's stream ends with an error event."""
+        self.ended = True
+        self.error = why
+        return self.fwd.stream_error(self.job, self.encoder, "api_error", why)
+
+    def _out(self, out: bytes, events: list, end: bool) -> bytes:
+        fwd, job, encoder = self.fwd, self.job, self.encoder
+        for ev in events:
+            kind = type(ev)
+            if kind is canonical.StreamError:
+                ev = fwd.scrubbed_event(job, ev)
+                if encoder is None:  # the provider's own bytes, which carry its words
+                    out = fwd.scrubber_of(job).scrub_bytes(out)
+                self.error = f"{self.cand_key}: {ev.kind}: {ev.message}"
+                self.error_kind = ev.kind
+            elif kind is canonical.MessageStop:
+                self.final = True
+            elif kind not in NOT_CONTENT:
+                self.content = True
+            if encoder is not None:
+                out += encoder.encode(ev)
+        check = self.check
+        if check is not None and check.broken is not None:
+            self.ended = True
+            return out + fwd.stream_error(job, None, check.broken.kind, self.error)
+        if end and not self.final and self.error is None:
+            self.ended = True
+            self.error = f"{self.cand_key}: stream ended before its final event"
+            return out + fwd.stream_error(job, encoder, "api_error", self.error)
+        return out
+
+
 def client_encoder(job: Job):
     """The stream encoder of the client's format, as the client asked for it."""
-    return canonical.ShapedEncoder(FORMATS[job.client_format].client_stream_encoder(job.body),
-                                   answer_shape(job))
+    if job._encoder_proto is not None:  # the request was let go: a fresh one's copy
+        inner = copy.deepcopy(job._encoder_proto)
+    else:
+        inner = FORMATS[job.client_format].client_stream_encoder(job.body)
+    return canonical.ShapedEncoder(inner, answer_shape(job))
 
 
 def answer_shape(job: Job) -> canonical.AnswerShape:
     """What a translated answer is fitted to: the client's response_format (if its request was
     decoded, i.e. a translated candidate took it), its id format, its requested model."""
+    if job._shape_of is not None:
+        return canonical.AnswerShape(*job._shape_of)
     req = job._canonical
     tool = canonical.answer_tool(req) if req is not None else None
     return canonical.AnswerShape(job.model, tool.name if tool else None,
@@ -864,9 +970,12 @@ def dump_json(obj: Any) -> bytes:
     translators' own writer; a TranslationError for what JSON cannot hold (inf, NaN, nesting
     too deep)."""
     try:
-        return orjson.dumps(obj)
+        data = orjson.dumps(obj)
     except orjson.JSONEncodeError:
         return canonical.dumps_compact(obj)
+    # orjson's bytes keep the buffer they grew in (~5x a 48 KB body, part of it resident),
+    # and a provider body is held for a stream's life: a copy holds just its length
+    return data if len(data) < 16384 else bytes(memoryview(data))
 
 
 def snippet(data: bytes) -> str:

@@ -344,7 +344,7 @@ class Interceptor:
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
-        if compacted is None and self.direct.take(flow, job):
+        if compacted is None and await self.direct.take(flow, job):
             return
         if stream:
             relay = await self.settings.ready_relay()
@@ -472,6 +472,13 @@ class Interceptor:
     def client_disconnected(self, client):
         for task in self._inline.pop(client.id, ()):
             task.cancel()
+        self.direct.client_disconnected(client.id)
+
+    def server_connected(self, data):
+        self.direct.server_connected(data.client.id, data.server)
+
+    def server_disconnected(self, data):
+        self.direct.server_disconnected(data.client.id, data.server)
 
     # ------------------------------------------------------------ relay flows
 

@@ -345,6 +345,7 @@ class RelayServer:
             http.end()
             await http.drain()
             return True
+        job.let_go()
         job.call.status(200)
         http.write_head(200, {"content-type": fwd.stream_content_type(job),
                               "cache-control": "no-cache",

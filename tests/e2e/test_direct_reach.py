@@ -1,0 +1,77 @@
+"""The direct path (`detour_direct=true`) and a provider it cannot reach: mitmproxy would answer a failed
+connect with its own HTML 502, so detour connects first when mitmproxy holds no connection it
+would reuse, and answers a refused connection or a failed TLS handshake in the client's
+format, its usage row exact. A call on a connection mitmproxy already holds is not checked
+again (the fake sees one connection for several calls)."""
+
+import pytest
+
+from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, free_port, start_proxy
+from tests.fakes.openai_provider import FakeOpenAI
+from tests.fakes.replies import Text
+
+URL = "https://api.anthropic.com/v1/messages"
+HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
+
+
+@pytest.fixture(scope="module")
+def tls_fake():
+    with FakeOpenAI(tls=True) as fake:  # its certificate: signed by a CA nobody trusts
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def proxy(confdir, tmp_path_factory, fake_openai, tls_fake):
+    home = tmp_path_factory.mktemp("home")
+    config = f"""
+providers:
+  up: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
+  down: {{kind: openai, base_url: "http://127.0.0.1:{free_port()}/v1",
+          api_keys: [{PROVIDER_KEY}]}}
+  untrusted: {{kind: openai, base_url: "{tls_fake.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
+routes:
+  claude-down: [down/m]
+  claude-untrusted: [untrusted/m]
+  "*": [up/m]
+cooldown_seconds: 0
+"""
+    p = start_proxy(confdir, home, config,
+                    extra=["--set", "detour_direct=true", "--set", "flow_detail=1"])
+    yield p
+    p.mitm.stop()
+
+
+def post(client, model, stream):
+    return client.post(URL, json=dict(capture("text"), model=model, stream=stream),
+                       headers=HEADERS)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model, cause", [
+    ("claude-down", "connection refused"),
+    ("claude-untrusted", "CERTIFICATE_VERIFY_FAILED"),
+])
+def test_a_provider_not_reached_is_answered_in_the_clients_format(proxy, model, cause, stream):
+    with proxy.client() as c:
+        r = post(c, model, stream)
+    assert r.status_code == 502, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["type"] == "error", body
+    assert cause in body["error"]["message"] and "account 1" in body["error"]["message"]
+    assert r.headers["x-should-retry"] == "false"  # nothing could be reached at all
+    row = proxy.row_of(r)
+    assert (row["status"], row["attempts"], row["stream"]) == (502, 1, int(stream))
+    assert cause in row["error"] and not row["provider"]
+
+
+def test_a_reachable_provider_is_asked_on_mitmproxys_connection(proxy, fake_openai):
+    before = fake_openai.connections
+    with proxy.client() as c:
+        for stream in (False, True, False):
+            fake_openai.enqueue(Text("fine"))
+            r = post(c, "claude-up", stream)
+            assert r.status_code == 200, r.text
+    # detour's check and mitmproxy's own connection, then every call on that connection (the
+    # relay or detour's own client would have used one connection of their pool: 1)
+    assert fake_openai.connections - before == 2
