@@ -132,8 +132,9 @@ class DetourSettings:
         )
         loader.add_option(
             "detour_allow_remote", bool, False,
-            "Allow a listen address other than loopback. The proxy has no authentication: "
-            "anyone who reaches the port spends your provider accounts. Without it, detour "
+            "Allow a listen address other than loopback. Without users (`detour user add`) the "
+            "proxy has no authentication: anyone who reaches the port spends your provider "
+            "accounts. Without it, detour "
             "refuses a non-loopback listen address and disconnects non-loopback clients.",
         )
 
@@ -181,9 +182,9 @@ class DetourSettings:
             where = f"{host or 'every interface'} ({mode.full_spec})"
             if not allowed:
                 raise exceptions.OptionsError(
-                    f"detour: refusing to listen on {where}: the proxy has no authentication, "
-                    "so anyone who reaches it spends your provider accounts. Listen on "
-                    "loopback (--listen-host 127.0.0.1), or allow it with "
+                    f"detour: refusing to listen on {where}: the proxy has no users (`detour user "
+                    "add`), so anyone who reaches it spends your provider accounts. Listen on "
+                    "loopback (--listen-host 127.0.0.1), add users, or allow it with "
                     "--set detour_allow_remote=true (detour up --allow-remote)")
             if authenticated:
                 log.info("detour: listening on %s; clients authenticate (proxyauth: detour's "

@@ -230,7 +230,8 @@ def env_hint(settings: Settings, host: str, port: int, shell: str) -> str:
 @click.option(
     "--allow-remote",
     is_flag=True,
-    help="Allow --host other than loopback. The proxy has no authentication.",
+    help="Allow --host other than loopback without users (`detour user add`): no "
+    "authentication then.",
 )
 @pass_settings
 def up(
