@@ -261,8 +261,17 @@ class UsageStore:
 
     def __init__(self, path: Path, flush_interval: float = 0.5, batch: int = 200,
                  busy_timeout: float = BUSY_TIMEOUT):
+        self._init_queue(path, path.parent, flush_interval, batch, busy_timeout)
+        open_db(path).close()
+        self.import_spill()
+        _keep_reserve(path.parent / RESERVE_NAME)
+
+    def _init_queue(self, path: Path, spill_dir: Path, flush_interval: float, batch: int,
+                    busy_timeout: float) -> None:
+        """What every store has, whatever its database (addons/usage_postgres.py too): the
+        queue, the spill, the writer's state."""
         self.path = path
-        self.spill_path = path.parent / SPILL_NAME
+        self.spill_path = spill_dir / SPILL_NAME
         self.flush_interval = flush_interval
         self.batch = batch
         self.busy_timeout = busy_timeout
@@ -273,14 +282,11 @@ class UsageStore:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._unavailable = ""  # why the database cannot be written, while it cannot
-        self._conn: sqlite3.Connection | None = None  # the writer's (see _writer)
+        self._conn = None  # the writer's connection (see _writer)
         self._conn_file: tuple[int, int] | None = None
         self.recording = True  # False: rows are dropped (detour_usage_record)
         # called with the records each flush stored (priced), in the writer's thread
         self.observers: list[Callable[[list[dict]], None]] = []
-        open_db(path).close()
-        self.import_spill()
-        _keep_reserve(path.parent / RESERVE_NAME)
 
     def stats(self) -> dict[str, int]:
         """Rows waiting to be written, and rows SQLite refused waiting to be set aside."""

@@ -12,7 +12,6 @@ back; a row Postgres refuses for itself is set aside in `usage_rejected`.
 
 import json
 import logging
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -46,22 +45,9 @@ class PostgresUsageStore(UsageStore):
     def __init__(self, url: str, home: Path, flush_interval: float = 0.5, batch: int = 200,
                  busy_timeout: float = BUSY_TIMEOUT):
         # not UsageStore.__init__: no SQLite file; the queue, spill and flush are the same
+        self._init_queue(home / "usage.postgres",  # a label for messages
+                         home, flush_interval, batch, busy_timeout)
         self.url = url
-        self.path = home / "usage.postgres"  # a label for messages, and the spill's folder
-        self.spill_path = home / SPILL_NAME
-        self.flush_interval = flush_interval
-        self.batch = batch
-        self.busy_timeout = busy_timeout
-        self._queue: list[dict] = []
-        self._rejected: list[tuple[dict, str]] = []
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._wakeup = None
-        self._task = None
-        self._unavailable = ""
-        self._conn: psycopg.Connection | None = None
-        # called with the records each flush stored (priced), in the writer's thread
-        self.observers: list = []
         with self._write_lock:
             try:  # at start: a database that cannot be used is an error that names it
                 _create_tables(self._connect())
