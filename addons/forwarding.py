@@ -839,7 +839,8 @@ class Forwarder:
         job.call.answered_by(cand.provider_name if cand.provider else _host_of(job.vendor_url),
                              cand.account_label, model or cand.model)
         if cand.provider is not None:
-            self.set_usage(job.call, usage, cand.provider.spec.base_url)
+            self.set_usage(job.call, usage, cand.provider.spec.base_url,
+                           cand.account.subscription)
         else:  # the client's own credential: its subscription login, or its API key
             self.set_usage(job.call, usage, job.vendor_url, job.call.client_subscription)
 

@@ -34,6 +34,9 @@ class Account:
     # credential comes from addons/credentials (an OAuth token is refreshed), `secret` is the
     # one current when the providers were built
     stored_id: int | None = None
+    # a subscription login (OAuth): its calls cost no API price, their rows record the API
+    # price they would have cost, marked as such (addons/prices.py)
+    subscription: bool = False
 
     def __repr__(self) -> str:  # keep the secret out of any accidental log line
         return f"Account({self.label!r})"
@@ -74,7 +77,8 @@ def build_providers(config: Config, stored=()) -> dict[str, ProviderRuntime]:
             if acct.provider == name:
                 accounts.append(Account(acct.label, acct.current_secret,
                                         f"account {len(accounts) + 1}", acct.priority,
-                                        not acct.enabled, acct.id))
+                                        not acct.enabled, acct.id,
+                                        subscription=acct.kind == "oauth"))
         out[name] = ProviderRuntime(name, spec, tuple(accounts))
     return out
 

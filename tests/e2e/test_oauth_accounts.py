@@ -65,6 +65,8 @@ providers:
   claude: {{kind: anthropic, base_url: "{vendor.base_url}"}}
 routes:
   claude-sub: [claude/*]
+prices:
+  claude-sub: {{input: 3, output: 15}}
 """
     proxy = start_proxy(confdir, home, config, env=env(auth))
     proxy.first_tokens = first_tokens
@@ -90,7 +92,11 @@ def test_expired_token_one_refresh_for_concurrent_calls(setup, auth, vendor):
         assert "x-api-key" not in r.headers
         assert r.headers["anthropic-beta"].split(",") == ["claude-code-20250219",
                                                           "oauth-2025-04-20"]
-    assert {proxy.row_of(r)["account"] for r in answers} == {"db:first"}
+    rows = [proxy.row_of(r) for r in answers]
+    assert {row["account"] for row in rows} == {"db:first"}
+    # a subscription login's calls record the API price they would have cost, marked so
+    assert {row["cost_basis"] for row in rows} == {"subscription"}
+    assert all(row["cost_usd"] > 0 for row in rows)
     assert "client-own-key" not in json.dumps([r.headers for r in sent])
 
 
