@@ -66,7 +66,8 @@ def connections_to(pid: int, port: int) -> int:
 
 def at_rest(web_port: int, pid: int, upstream_ports: tuple[int, ...],
             timeout: float = 15.0) -> dict:
-    """detour.status once nothing is in flight, with `open_fds` less the upstream keep-alive
+    """detour.status once nothing is in flight (`gateway` describes the users and shared state,
+    not work), with `open_fds` less the upstream keep-alive
     connections (detour's provider pool, mitmproxy's passthrough connections). mitmweb
     keeps every flow it showed (about 60 kB each): they are cleared first, so `rss_bytes`
     measures what detour keeps."""
@@ -75,7 +76,7 @@ def at_rest(web_port: int, pid: int, upstream_ports: tuple[int, ...],
     while True:
         state = status(web_port)
         busy = {k: v for k, v in state.items()
-                if k not in ("cooling_down", "process", "relay_ports") and v}
+                if k not in ("cooling_down", "process", "relay_ports", "gateway") and v}
         if not busy and state["process"]["relay_connections"] == 0:
             break
         assert time.monotonic() < deadline, f"left behind: {busy}, {state['process']}"

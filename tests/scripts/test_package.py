@@ -1,5 +1,6 @@
 """The wheel as a user gets it (`uv tool install`, `pipx install`): built from this checkout,
-installed into a clean venv (its dependencies at the locked versions, offline from uv's cache),
+installed into a clean venv (its dependencies at the locked versions, from uv's cache or the
+package index: `--offline` fails on a fresh machine, whose cache holds wheels by URL only),
 it gives a working `detour`, installs one top-level package (`detour`) and no generic names,
 ships no benchmarks (they import tests/), and `detour up` runs the proxy from it."""
 
@@ -64,7 +65,7 @@ def installed(tmp_path_factory):
                                 "--no-hashes", "-q", cwd=ROOT).stdout)
     venv = tmp / "venv"
     run(uv, "venv", "-q", str(venv), "-p", sys._base_executable)
-    run(uv, "pip", "install", "-q", "--offline", "--python", str(venv / "bin" / "python"),
+    run(uv, "pip", "install", "-q", "--python", str(venv / "bin" / "python"),
         "-r", str(requirements), str(wheel))
     return wheel, venv, tmp
 
