@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from urllib.parse import urlencode
 from dataclasses import dataclass, field
 from typing import Any
@@ -251,8 +252,11 @@ class Forwarder:
             if isinstance(transport, StreamsTransport):
                 self._lean[key] = transport
             # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
-            # through mitmproxy; timeouts are set per request from the provider's config.
-            c = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport)
+            # through mitmproxy; timeouts are set per request from the provider's config. No
+            # cookie is kept: one client serves every account of every provider behind this
+            # way out, and a cookie one account's answer set must not ride on another's calls.
+            c = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport,
+                                  cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
             self._clients[key] = c
         return c
 
