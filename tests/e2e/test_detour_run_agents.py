@@ -6,7 +6,8 @@ run` against a loopback provider, finishing a prompt with a shell tool round tri
 - opencode (`opencode-ai` on npm): `ANTHROPIC_API_KEY`, `opencode run -m anthropic/MODEL`;
 - Codex CLI with an API key (`CODEX_API_KEY`, `codex exec`): OpenAI Responses over HTTPS once
   its WebSocket attempts fail (detour does not take those yet);
-- Qwen Code with an OpenAI key and `OPENAI_BASE_URL=https://api.openai.com/v1` (Chat).
+- Qwen Code with an OpenAI key and `OPENAI_BASE_URL=https://api.openai.com/v1` (Chat);
+- Gemini CLI with an API key (`GEMINI_API_KEY`): the Gemini API, translated to Chat.
 (Claude Code's is in test_detour_run.py.)
 
 The proxy is a plain `mitmdump -s addons/router.py` started here (so `detour run` also shows it
@@ -65,6 +66,10 @@ def agent(received):
     `FAKE-TOOL-RESULT: ...`, through submit_and_exit where the agent offers it (a Cline
     --yolo run ends only through that tool)."""
     body = received.json or {}
+    if (body.get("response_format") or {}).get("type") == "json_schema":
+        # Gemini CLI's model router asks for a rating in JSON (structured output)
+        return Text(json.dumps({"complexity_reasoning": "a fake provider's rating",
+                                "complexity_score": 1}))
     messages = body.get("messages") or []
     tools = {(t.get("function") or {}).get("name") for t in body.get("tools") or []}
     if not messages or not tools:
@@ -221,6 +226,25 @@ def test_qwen_code_with_an_openai_key(stack):
     assert run.returncode == 0, run.stderr
     assert_round_trip(stack, before, "detour-qwen-ok")
     assert "FAKE-TOOL-RESULT" in run.stdout
+
+
+@pytest.mark.skipif(not installed("gemini"), reason=missing("gemini"))
+def test_gemini_cli_with_an_api_key(stack):
+    env = base_env(stack, "gemini", GEMINI_API_KEY="AIza-client-key-not-real",
+                   GEMINI_CLI_TRUST_WORKSPACE="true")
+    settings = Path(env["HOME"]) / ".gemini" / "settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps({
+        "privacy": {"usageStatisticsEnabled": False}, "telemetry": {"enabled": False},
+        "general": {"enableAutoUpdate": False, "enableAutoUpdateNotification": False}}))
+    before = len(stack["provider"].requests)
+    run = detour_run(stack, "gemini", "gemini", "--yolo", "-p", "RUN: echo detour-gemini-ok",
+                     env=env)
+    assert run.returncode == 0, run.stderr
+    assert_round_trip(stack, before, "detour-gemini-ok")
+    assert "FAKE-TOOL-RESULT" in run.stdout
+    for r in chat_calls_since(stack, before):
+        assert b"AIza-client-key-not-real" not in r.body
 
 
 def test_the_proxy_was_found_through_its_state_file(stack):
