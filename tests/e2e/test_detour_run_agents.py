@@ -23,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -248,6 +249,11 @@ def test_gemini_cli_with_an_api_key(stack):
 
 
 def test_the_proxy_was_found_through_its_state_file(stack):
+    # proxy.json is written once mitmproxy listens, just after it says so: when every agent
+    # above was skipped, this test comes that soon
+    deadline = time.monotonic() + 30
+    while running_instance(stack["home"]) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
     instance = running_instance(stack["home"])
     assert instance is not None and instance.port == stack["proxy"].port
     assert json.loads((stack["home"] / "proxy.json").read_text())["pid"] == \
