@@ -49,7 +49,7 @@ def missing(name: str) -> str:
     return f"no {name} in {os.pathsep.join(map(str, BINS))} (bash scripts/install-clients.sh)"
 DETOUR = Path(sys.executable).parent / "detour"
 PROVIDER_KEY = "sk-fake-provider-key"
-CLIENT_KEY = "sk-ant-api03-test-client-key-not-real"
+CLIENT_KEY = "test-client-key-not-real"
 TIMEOUT = 55.0
 DEAD_UPSTREAM = "upstream:http://127.0.0.1:9"  # the discard port: nothing listens there
 

@@ -21,7 +21,7 @@ from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.oauth_server import AcceptedTokens, FakeOAuth
 
 URL = "https://api.anthropic.com/v1/messages"
-SPARE_KEY = "sk-ant-api03-stored-spare-key-5e7a9c1b3d5f7a9c"
+SPARE_KEY = "stored-spare-key-not-real-5e7a9c1b"
 BODY = {"model": "claude-sub", "max_tokens": 20, "messages": [{"role": "user",
                                                                 "content": "hi"}]}
 HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "client-own-key-not-real",

