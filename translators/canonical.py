@@ -703,6 +703,15 @@ def loads_json(text: str | bytes) -> Any:
     return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
+def json_object(data: str) -> dict | None:
+    """An SSE event's data as a JSON object, or None (not JSON, too deep, not an object)."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def dumps_compact(value: Any) -> bytes:
     """Compact JSON as UTF-8 (every encoder's output, so the encoders are built once). A lone
     surrogate, which upstream JSON can carry ("\\ud83d") but UTF-8 cannot, falls back to \\u

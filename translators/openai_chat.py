@@ -808,7 +808,7 @@ def is_error_event(name: str, data: str) -> bool:
     """A Chat in-stream error: `data: {"error": {...}}` (OpenAI-compatible servers), an
     `event: error`, or OpenRouter's `finish_reason: "error"` chunk. Well-formed: a client reads
     it as the end of the stream (passed on as it is)."""
-    chunk = _json_object(data)
+    chunk = c.json_object(data)
     if chunk is None:
         return False
     if chunk.get("error") or name == "error":
@@ -823,16 +823,8 @@ def may_follow_stop(name: str, data: str) -> bool:
     (`choices: []`)."""
     if data.strip() == "[DONE]":
         return True
-    chunk = _json_object(data)
+    chunk = c.json_object(data)
     return chunk is not None and chunk.get("choices") == [] and not chunk.get("error")
-
-
-def _json_object(data: str) -> dict | None:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 # ---------------------------------------------------------------- stream: canonical -> Chat

@@ -28,7 +28,6 @@ accounting (input excludes cached).
 
 import base64
 import enum
-import json
 import re
 import time
 import uuid
@@ -653,21 +652,13 @@ def is_error_event(name: str, data: str) -> bool:
     """`error` and `response.failed` end a Responses stream with an error."""
     if name in ("error", "response.failed"):
         return True
-    event = _json_object(data)
+    event = c.json_object(data)
     return event is not None and event.get("type") in ("error", "response.failed")
 
 
 def may_follow_stop(name: str, data: str) -> bool:
     """Some compatible servers send `data: [DONE]` after response.completed."""
     return data.strip() == "[DONE]"
-
-
-def _json_object(data: str) -> dict | None:
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 # ---------------------------------------------------------------- stream: Responses -> canonical
@@ -710,7 +701,7 @@ class StreamDecoder(SSEDecoder):
     def _event(self, name: str, data: str, out: list) -> None:
         if self._phase is _Phase.DONE or not data.strip() or data.strip() == "[DONE]":
             return
-        ev = _json_object(data)
+        ev = c.json_object(data)
         if ev is None:
             return self._error("api_error", f"malformed event from upstream: {data[:200]!r}", out)
         kind = ev.get("type") if isinstance(ev.get("type"), str) else name
