@@ -145,12 +145,15 @@ class DetourSettings:
         elif "upstream_auth" in updated:
             self._apply(self.runtime.config, self.runtime.providers)
         self.runtime.store.recording = ctx.options.detour_usage_record
-        if ctx.options.connection_strategy != "lazy":
-            # eager would dial the vendor on CONNECT, before detour could reroute the call
-            ctx.options.update(connection_strategy="lazy")
+        # refused before any option is changed from here: an update made here and then rolled
+        # back by this refusal would call configure again, which would make it again (a loop
+        # that ended mitmdump's start in a RecursionError)
         for name, why in REFUSED_OPTIONS.items():
             if getattr(ctx.options, name, None):
                 raise exceptions.OptionsError(f"detour: {name} cannot be used with detour: {why}")
+        if ctx.options.connection_strategy != "lazy":
+            # eager would dial the vendor on CONNECT, before detour could reroute the call
+            ctx.options.update(connection_strategy="lazy")
         if first or updated & {"mode", "listen_host", "detour_allow_remote", "upstream_auth"}:
             try:
                 modes = [ProxyMode.parse(m) for m in ctx.options.mode]

@@ -55,6 +55,18 @@ def test_stream_large_bodies_is_refused_with_the_reason(started):
         tctx.configure(settings, stream_large_bodies="1m")
 
 
+def test_a_refused_option_set_with_an_eager_connection_strategy_is_refused_once(started,
+                                                                                caplog):
+    """mitmdump's start: detour turns connection_strategy to lazy from configure; a refusal
+    after that update rolled it back and configured again, without end (mitmproxy logged the
+    RecursionError as an addon error: thousands of lines before the reason)."""
+    settings, tctx = started
+    with pytest.raises(exceptions.OptionsError, match="stream_large_bodies"):
+        tctx.configure(settings, connection_strategy="eager", stream_large_bodies="1m")
+    assert tctx.options.stream_large_bodies is None
+    assert "Addon error" not in caplog.text and "recursion" not in caplog.text
+
+
 def test_upstream_mode_is_where_providers_are_reached(started):
     settings, tctx = started
     forwarder = settings.runtime.forwarder

@@ -114,3 +114,21 @@ def test_a_remote_listen_address_is_refused_at_start(confdir, tmp_path, fake_ope
         mitm.stop()
     assert "refusing to listen on 0.0.0.0" in mitm.text
     assert "detour_allow_remote=true" in mitm.text
+
+
+def test_an_option_that_would_break_detour_is_refused_at_start(confdir, tmp_path, fake_openai):
+    """`--set stream_large_bodies=...` ends mitmdump's start with one OptionsError saying why
+    (it once looped through configure until Python's recursion limit, thousands of lines)."""
+    mitm = Mitmdump(confdir, detour_home(tmp_path / "home", _config(fake_openai)),
+                    extra=["--set", "stream_large_bodies=1m"])
+    try:
+        mitm.start()
+    except RuntimeError:
+        pass  # it exited before listening: what we want
+    try:
+        assert mitm.proc.wait(20) != 0
+    finally:
+        mitm.stop()
+    assert "stream_large_bodies cannot be used with detour" in mitm.text
+    assert "request hook" in mitm.text  # why
+    assert "recursion" not in mitm.text and len(mitm.text.splitlines()) < 50, mitm.text[-3000:]
