@@ -11,8 +11,9 @@ import httpx
 import pytest
 from mitmproxy import io as mitm_io
 
+from tests.captures import anthropic_events
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, start_proxy
-from tests.fakes.replies import Stall, Status, Text, Usage
+from tests.fakes.replies import Linger, Stall, Status, Text, Usage
 from translators import anthropic, canonical
 
 URL = "https://api.anthropic.com/v1/messages"
@@ -53,8 +54,14 @@ def post(proxy, client, model="claude-x", stream=False, **kw):
 
 
 def went_direct(proxy, fake_openai, flow_id: str) -> bool:
-    """mitmdump's flow line names the provider's URL (a relayed flow shows the client's)."""
-    return f"{fake_openai.base_url}/v1/chat/completions" in proxy.mitm.text
+    """mitmdump's flow line names the provider's URL (a relayed flow shows the client's). It is
+    written as the flow ends, which can be just after the client had the whole answer."""
+    deadline = time.monotonic() + 10
+    while f"{fake_openai.base_url}/v1/chat/completions" not in proxy.mitm.text:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def row_of_model(proxy, model: str, timeout: float = 5.0) -> dict:
@@ -131,6 +138,34 @@ def test_client_leaving_mid_stream_is_recorded_once(proxy, fake_openai):
     row = next(x for x in rows if x["flow_id"] == flow_id)
     assert row["error"].startswith("client-aborted")
     assert sum(x["flow_id"] == flow_id for x in rows) == 1
+
+
+def test_a_client_leaving_at_the_final_event_had_a_success(proxy, fake_openai):
+    """The client has message_stop and goes (as the SDKs do) while the provider has not ended
+    its stream yet: a successful call, not client-aborted."""
+    fake_openai.enqueue(Linger(5, Text("all of it", pieces=3)))
+    provider_url = f"{fake_openai.base_url}/v1/chat/completions"
+    direct_before = proxy.mitm.text.count(provider_url)
+    with proxy.client() as c:
+        with c.stream("POST", URL, json=dict(capture("text"), model="claude-done", stream=True),
+                      headers=HEADERS) as r:
+            assert r.status_code == 200
+            lines = []
+            for line in r.iter_lines():
+                lines.append(line)
+                if line.startswith("data:") and '"message_stop"' in line:
+                    break
+    events = anthropic_events(("\n".join(lines) + "\n\n").encode())
+    text = "".join(e.text for e in events if isinstance(e, canonical.TextDelta))
+    assert text == "all of it"
+    row = proxy.row_of(r, timeout=10)
+    assert row["status"] == 200 and row["error"] is None and row["output_tokens"] > 0
+    assert fake_openai.wait_until(lambda f: f.aborted_streams >= 1)  # it was still open
+    # mitmdump's line for this flow names the provider (it went direct), once the flow ended
+    deadline = time.monotonic() + 10
+    while proxy.mitm.text.count(provider_url) == direct_before:
+        assert time.monotonic() < deadline, proxy.mitm.text[-2000:]
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("model, stream, budget", [
