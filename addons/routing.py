@@ -15,7 +15,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from addons.config import LEAST_RECENTLY_USED, PASSTHROUGH, Config, Provider, resolve_secret
 from addons.quota import QuotaBook, prefer_headroom
@@ -352,9 +352,18 @@ def passthrough_key(vendor_url: str, headers: dict[str, str]) -> str:
     exhausted quota rests neither another vendor nor another client."""
     url = urlsplit(vendor_url)
     origin = f"{url.scheme}://{url.netloc}"
-    secret = headers.get("x-api-key") or headers.get("authorization") or ""
+    # Anthropic's, OpenAI's (and OAuth bearers), Gemini's header or its `?key=` in the URL
+    secret = (headers.get("x-api-key") or headers.get("authorization")
+              or headers.get("x-goog-api-key") or _query_key(url.query))
     fingerprint = hashlib.sha256(secret.encode()).hexdigest()[:12] if secret else "none"
     return f"{PASSTHROUGH}/{origin}#{fingerprint}"
+
+
+def _query_key(query: str) -> str:
+    for name, value in parse_qsl(query):
+        if name == "key":
+            return value
+    return ""
 
 
 def retry_after_seconds(value: str | None) -> float | None:

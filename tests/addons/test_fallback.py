@@ -227,6 +227,17 @@ def test_passthrough_key_is_vendor_and_credential_fingerprint():
     assert "secret" not in a + b + c and "sk-" not in a + b + c
 
 
+def test_passthrough_key_tells_gemini_clients_apart():
+    """Gemini's API key rides in x-goog-api-key or the URL's `?key=`: one client's rest is not
+    another's."""
+    url = "https://generativelanguage.googleapis.com/v1beta/models/g:generateContent"
+    by_header = {passthrough_key(url, {"x-goog-api-key": k}) for k in ("key-one", "key-two")}
+    by_query = {passthrough_key(f"{url}?alt=sse&key={k}", {}) for k in ("key-one", "key-two")}
+    assert len(by_header) == 2 and by_header == by_query
+    assert passthrough_key(url, {}).endswith("#none")
+    assert not any("key-" in k for k in by_header | by_query)
+
+
 @pytest.mark.parametrize("status", [401, 403])
 async def test_passthrough_auth_failure_cools_nothing(status):
     up = Upstreams(**{"vendor.test": [httpx.Response(status)],
