@@ -637,9 +637,10 @@ class StreamEncoder(c.EventEncoder):
     tool call (its arguments gathered until its block ends), and the `done` line with the
     counts. Every event is checked against canonical.StreamGrammar."""
 
-    __slots__ = ("_grammar", "_model", "_created", "_tool", "_args", "_calls")
+    __slots__ = ("_grammar", "_model", "_created", "_tool", "_args", "_calls", "_frame")
 
     def __init__(self):
+        self._frame: tuple[bytes, bytes] | None = None  # a text delta's line around its text
         self._grammar = c.StreamGrammar()
         self._model = ""
         self._created = ""
@@ -660,6 +661,14 @@ class StreamEncoder(c.EventEncoder):
             msg["tool_calls"] = calls
         return self._line({"message": msg, "done": False})
 
+    def _text(self, text: str) -> bytes:
+        """A text delta's line (most of a stream): the JSON around the text is written once."""
+        if self._frame is None:
+            head, _, tail = self._delta(text="\x00").partition(b'"\\u0000"')
+            self._frame = (head, tail)
+        head, tail = self._frame
+        return head + dumps_compact(text) + tail
+
     def _final(self, reason: str, usage: c.Usage) -> bytes:
         return self._line({"message": {"role": "assistant", "content": ""}, "done": True,
                            "done_reason": reason, "total_duration": 0, "load_duration": 0,
@@ -670,7 +679,7 @@ class StreamEncoder(c.EventEncoder):
         self._grammar.check(event)
         t = type(event)
         if t is c.TextDelta:
-            return self._delta(text=event.text) if event.text else b""
+            return self._text(event.text) if event.text else b""
         if t is c.ThinkingDelta:
             return self._delta(thinking=event.text) if event.text else b""
         if t is c.ToolInputDelta:

@@ -208,7 +208,12 @@ class JsonArrayFraming:
     def encode(self, event) -> bytes:
         frames = self.inner.encode(event)
         out = bytearray()
-        for line in frames.split(b"\n"):
+        if frames.startswith(b"data: ") and frames.endswith(b"\r\n\r\n") and (
+                frames.count(b"\n") == 2):  # one frame (most events): no line split
+            out += (b"\n," if self._open else b"[") + frames[6:-4]
+            self._open = True
+            frames = b""
+        for line in frames.split(b"\n") if frames else ():
             line = line.rstrip(b"\r")
             if line.startswith(b"data:"):
                 out += (b"\n," if self._open else b"[") + line[5:].lstrip(b" ")
