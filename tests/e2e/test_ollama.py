@@ -1,14 +1,16 @@
 """Ollama through a real mitmdump: detour as Ollama's endpoint (mitmproxy's reverse mode in
 front of an Ollama server, here FakeOllama), an Ollama client (plain httpx, as Ollama's
-Python library sends its calls) routed to Anthropic and Chat fakes, streamed and whole, text
-and a tool round trip; the model list and the calls around chat; passthrough to the Ollama
-server with its usage read; and an Anthropic client answered by the `ollama` provider kind."""
+Python library sends its calls, and that library itself) routed to Anthropic and Chat fakes,
+streamed and whole, text and a tool round trip; the model list and the calls around chat;
+passthrough to the Ollama server with its usage read; and an Anthropic client answered by the
+`ollama` provider kind."""
 
 import json
 import re
 import time
 
 import httpx
+import ollama as ollama_library  # Ollama's official Python client (a dev dependency)
 import pytest
 
 from tests.captures import checked_events
@@ -283,3 +285,52 @@ def test_anthropic_client_to_the_ollama_provider(proxy, fake_ollama, stream):
         "oll", "qwen3:8b", "anthropic")
     assert (row["input_tokens"], row["cache_read_tokens"], row["output_tokens"]) == (
         1200, 0, 40)
+
+
+# ---------------------------------------------------------------- Ollama's own Python library
+
+
+@pytest.fixture
+def library(proxy):
+    """Ollama's official Python client pointed at detour, as OLLAMA_HOST would point it."""
+    with ollama_library.Client(host=proxy.ollama_url, trust_env=False, timeout=20) as c:
+        yield c
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_ollamas_library_does_a_tool_round_trip_through_detour(proxy, library, fake_anthropic,
+                                                               stream):
+    fake_anthropic.enqueue(ToolCall("get_weather", {"city": "Paris"}),
+                           Text("Sunny in Paris", usage=Usage(prompt=90, completion=4)))
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+
+    def ask(messages):
+        got = library.chat(model="to-ant", messages=messages, tools=[WEATHER], stream=stream)
+        if not stream:
+            return got.message, got
+        parts = list(got)
+        content = "".join(p.message.content or "" for p in parts)
+        calls = [c for p in parts for c in p.message.tool_calls or ()]
+        return {"role": "assistant", "content": content, "tool_calls": calls}, parts[-1]
+
+    message, last = ask(messages)
+    calls = message["tool_calls"] if stream else message.tool_calls
+    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"})]
+    assert last.done and last.done_reason == "stop"
+    follow = messages + [message if stream else message.model_dump(exclude_none=True),
+                         {"role": "tool", "tool_name": "get_weather", "content": "sunny"}]
+    answer, last = ask(follow)
+    assert (answer["content"] if stream else answer.content) == "Sunny in Paris"
+    assert (last.prompt_eval_count, last.eval_count) == (90, 4)
+    result = fake_anthropic.requests[-1].json["messages"][-1]["content"][0]
+    assert result["type"] == "tool_result" and result["content"] in ("sunny", [
+        {"type": "text", "text": "sunny"}])
+
+
+def test_ollamas_library_generates_and_lists(proxy, library, fake_openai):
+    fake_openai.enqueue(Text("def gcd(a, b):"))
+    assert "".join(p.response for p in library.generate(
+        model="to-chat", prompt="gcd in Python", stream=True)) == "def gcd(a, b):"
+    assert [m.model for m in library.list().models] == ["to-ant", "to-chat", "to-oll"]
+    assert "tools" in library.show("to-chat").capabilities
