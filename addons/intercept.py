@@ -316,6 +316,10 @@ class Interceptor:
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
             return self._passthrough(flow, fmt, call, origin, held)
+        idle = getattr(FORMATS[fmt], "idle_answer", None)
+        if idle is not None and (answer := idle(body)) is not None:
+            # asks the model nothing (Ollama's load or unload): answered here, as the server would
+            return self._idle(flow, fmt, call, answer)
         compacted = None
         if endpoint.endpoint.kind == COMPACTION:
             # asked of the routed provider as a summary request (addons/side_calls.py);
@@ -363,6 +367,16 @@ class Interceptor:
             flow.request.content = raw
             return
         await self._inline_answer(flow, job, compacted)
+
+    def _idle(self, flow: http.HTTPFlow, fmt: str, call: Call, answer: bytes) -> None:
+        redact_credentials(flow.request.headers)
+        flow.response = http.Response.make(200, answer, {
+            "content-type": FORMATS[fmt].JSON_CONTENT_TYPE, ID_HEADER: flow.id})
+        flow.comment = f"detour: {fmt} {call.row.model_requested}: asks the model nothing " \
+                       "(a load or unload), answered here"
+        flow.marked = MARK
+        call.status(200)
+        call.finish()
 
     def _side_call(self, flow: http.HTTPFlow, endpoint, held: dict[str, list[str]]) -> bool:
         """A call on a model endpoint that is not a model call (addons/side_calls.py); True

@@ -482,6 +482,22 @@ def encode_response(resp: c.Response) -> dict:
 # ---------------------------------------------------------------- calls about models
 
 
+def _idle_reason(body: dict) -> str:
+    return "unload" if body.get("keep_alive") in (0, "0", "0s", "0m") else "load"
+
+
+def idle_answer(body: dict) -> bytes | None:
+    """A chat that asks the model nothing (no messages: how Ollama's clients load a model, or
+    unload it with `keep_alive: 0`) answered as Ollama does, one object; None for any other.
+    Sent to a provider of another format, it would be an empty conversation it refuses."""
+    if body.get("messages"):
+        return None
+    return dumps_compact({"model": body.get("model", ""), "created_at": now(),
+                          "message": {"role": "assistant", "content": ""},
+                          "done_reason": _idle_reason(body), "done": True})
+
+
+
 def model_list(names) -> bytes:
     """/api/tags naming these models (what Ollama's clients list and pick from)."""
     stamp = "1970-01-01T00:00:00Z"

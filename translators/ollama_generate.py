@@ -12,7 +12,7 @@ holds is not written.
 
 from translators import canonical as c
 from translators import ollama
-from translators.canonical import need
+from translators.canonical import dumps_compact, need
 
 NAME = "ollama-generate"
 STREAM_CONTENT_TYPE = ollama.STREAM_CONTENT_TYPE
@@ -29,6 +29,16 @@ rewrite_request = ollama.rewrite_request
 _SLOTS = frozenset({"model", "prompt", "system", "images", "format", "options", "stream",
                     "think"})
 _OWN = ("suffix", "raw", "template", "context")  # what only /api/generate takes
+
+
+def idle_answer(body: dict) -> bytes | None:
+    """A generate call without a prompt or images (Ollama's load, or unload with
+    `keep_alive: 0`), answered as Ollama does; None for any other."""
+    if body.get("prompt") or body.get("images"):
+        return None
+    return dumps_compact({"model": body.get("model", ""), "created_at": ollama.now(),
+                          "response": "", "done": True,
+                          "done_reason": ollama._idle_reason(body)})
 
 
 def decode_request(body: dict) -> c.Request:

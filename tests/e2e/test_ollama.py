@@ -334,3 +334,18 @@ def test_ollamas_library_generates_and_lists(proxy, library, fake_openai):
         model="to-chat", prompt="gcd in Python", stream=True)) == "def gcd(a, b):"
     assert [m.model for m in library.list().models] == ["to-ant", "to-chat", "to-oll"]
     assert "tools" in library.show("to-chat").capabilities
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/chat", {"model": "to-ant", "messages": []}),
+    ("/api/generate", {"model": "to-ant", "keep_alive": 0})], ids=["load", "unload"])
+def test_a_load_or_unload_is_answered_without_asking_a_provider(proxy, client, fake_anthropic,
+                                                                path, body):
+    r = client.post(path, json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["done"] is True and answer["done_reason"] == (
+        "unload" if "keep_alive" in body else "load")
+    assert not fake_anthropic.requests
+    row = proxy.row_of(r)
+    assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 0, 0)

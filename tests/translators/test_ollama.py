@@ -349,3 +349,13 @@ def test_json_array_elements_come_out_whatever_the_chunking(data):
     dec = gemini.StreamDecoder()
     events = [ev for p in pieces for ev in dec.feed(p)] + dec.close()
     assert c.collect_response(events).parts == c.collect_response(gemini_events()).parts
+
+
+def test_only_a_call_that_asks_nothing_has_an_idle_answer():
+    assert ollama.idle_answer({"model": "m", "messages": [{"role": "user", "content": "x"}]}) \
+        is None
+    assert json.loads(ollama.idle_answer({"model": "m", "messages": [], "keep_alive": "0"}))[
+        "done_reason"] == "unload"
+    assert ollama_generate.idle_answer({"model": "m", "prompt": "x"}) is None
+    loaded = json.loads(ollama_generate.idle_answer({"model": "m"}))
+    assert (loaded["response"], loaded["done"], loaded["done_reason"]) == ("", True, "load")
