@@ -15,13 +15,16 @@ import pytest
 
 from tests.captures import checked_events
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, Proxy, detour_home
+from tests.fakes.gemini_provider import FakeGemini
 from tests.fakes.ollama_provider import FakeOllama
+from tests.fakes.openai_responses_provider import FakeOpenAIResponses
 from tests.fakes.replies import Status, StreamError, Text, ToolCall, Usage
 from tests.harness import Mitmdump, free_port
 from translators import anthropic, canonical, ollama, ollama_generate
 
 USAGE = Usage(prompt=1000, completion=50, cached=600)
-ROUTES = ["to-ant", "to-chat"]
+ROUTES = ["to-ant", "to-chat", "to-resp", "to-gem"]
+GEMINI_KEY = "AIza-fake-provider-key"
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
@@ -38,15 +41,33 @@ def fake_ollama():
 
 
 @pytest.fixture(scope="module")
-def proxy(confdir, tmp_path_factory, fake_openai, fake_anthropic, fake_ollama):
+def fake_responses():
+    with FakeOpenAIResponses() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def fake_gemini():
+    with FakeGemini(keys={GEMINI_KEY}) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def proxy(confdir, tmp_path_factory, fake_openai, fake_anthropic, fake_ollama, fake_responses,
+          fake_gemini):
     config = f"""
 providers:
   chat: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
   ant: {{kind: anthropic, base_url: "{fake_anthropic.base_url}", api_keys: [{VENDOR_KEY}]}}
+  resp: {{kind: openai-responses, base_url: "{fake_responses.base_url}/v1",
+          api_keys: [{PROVIDER_KEY}]}}
+  gem: {{kind: gemini, base_url: "{fake_gemini.base_url}", api_keys: [{GEMINI_KEY}]}}
   oll: {{kind: ollama, base_url: "{fake_ollama.base_url}"}}
 routes:
   to-ant: [ant/claude-fake-sonnet]
   to-chat: [chat/fake-model]
+  to-resp: [resp/gpt-fake-upstream]
+  to-gem: [gem/gemini-fake-pro]
   to-oll: [oll/qwen3:8b]
   llama3.2*: [passthrough]
   "*": [chat/fake-model]
@@ -70,8 +91,8 @@ routes:
 
 
 @pytest.fixture(autouse=True)
-def fresh_fakes(fake_openai, fake_anthropic, fake_ollama):
-    for fake in (fake_openai, fake_anthropic, fake_ollama):
+def fresh_fakes(fake_openai, fake_anthropic, fake_ollama, fake_responses, fake_gemini):
+    for fake in (fake_openai, fake_anthropic, fake_ollama, fake_responses, fake_gemini):
         fake.clear()
     yield
 
@@ -84,8 +105,10 @@ def client(proxy):
         yield c
 
 
-def fake_of(route, fake_openai, fake_anthropic):
-    return {"to-chat": fake_openai, "to-ant": fake_anthropic}[route]
+@pytest.fixture
+def fake_of(fake_openai, fake_anthropic, fake_responses, fake_gemini):
+    return {"to-chat": fake_openai, "to-ant": fake_anthropic, "to-resp": fake_responses,
+            "to-gem": fake_gemini}.get
 
 
 def chat(client, model: str, messages: list, stream: bool, **extra) -> httpx.Response:
@@ -109,8 +132,8 @@ def answer_of(r: httpx.Response, stream: bool, module=ollama) -> canonical.Respo
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
 @pytest.mark.parametrize("route", ROUTES)
-def test_ollama_client_text(proxy, client, fake_openai, fake_anthropic, route, stream):
-    fake = fake_of(route, fake_openai, fake_anthropic)
+def test_ollama_client_text(proxy, client, fake_of, route, stream):
+    fake = fake_of(route)
     fake.enqueue(Text("answer from the provider", usage=USAGE))
     r = chat(client, route, [{"role": "system", "content": "Be brief."},
                              {"role": "user", "content": "Say hi"}], stream,
@@ -123,8 +146,16 @@ def test_ollama_client_text(proxy, client, fake_openai, fake_anthropic, route, s
     # Ollama's counts: every prompt token, cached or not
     assert (last["prompt_eval_count"], last["eval_count"]) == (1000, 50)
     sent = fake.requests[-1].json
-    assert "Be brief." in json.dumps(sent) and sent.get("stream", False) is stream
-    assert sent.get("max_tokens") == 300 and sent.get("temperature") == 0.2
+    assert "Be brief." in json.dumps(sent)
+    # the output cap and temperature where each format takes them
+    cap = {"to-ant": sent.get("max_tokens"), "to-chat": sent.get("max_tokens"),
+           "to-resp": sent.get("max_output_tokens"),
+           "to-gem": sent.get("generationConfig", {}).get("maxOutputTokens")}[route]
+    temperature = sent.get("generationConfig", {}).get("temperature") if route == "to-gem" \
+        else sent.get("temperature")
+    assert (cap, temperature) == (300, 0.2)
+    if route != "to-gem":  # Gemini's stream flag is its URL
+        assert sent.get("stream", False) is stream
     row = proxy.row_of(r)
     assert (row["client_format"], row["model_requested"], row["stream"], row["status"]) == (
         "ollama", route, int(stream), 200)
@@ -135,9 +166,8 @@ def test_ollama_client_text(proxy, client, fake_openai, fake_anthropic, route, s
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
 @pytest.mark.parametrize("route", ROUTES)
-def test_ollama_client_tool_round_trip(proxy, client, fake_openai, fake_anthropic, route,
-                                       stream):
-    fake = fake_of(route, fake_openai, fake_anthropic)
+def test_ollama_client_tool_round_trip(proxy, client, fake_of, route, stream):
+    fake = fake_of(route)
     fake.enqueue(ToolCall("get_weather", {"city": "Paris"}), Text("Sunny in Paris"))
     messages = [{"role": "user", "content": "Weather in Paris?"}]
     r1 = chat(client, route, messages, stream, tools=[WEATHER])
@@ -203,7 +233,7 @@ def test_a_provider_failure_is_an_ollama_error(proxy, client, fake_openai):
 def test_model_list_and_show_name_the_routed_models(proxy, client, fake_ollama):
     tags = client.get("/api/tags")
     assert tags.status_code == 200, tags.text
-    assert [m["name"] for m in tags.json()["models"]] == ["to-ant", "to-chat", "to-oll"]
+    assert [m["name"] for m in tags.json()["models"]] == ROUTES + ["to-oll"]
     show = client.post("/api/show", json={"model": "to-ant"})
     assert show.status_code == 200 and "tools" in show.json()["capabilities"]
     assert client.get("/api/version").json()["version"]
@@ -332,7 +362,7 @@ def test_ollamas_library_generates_and_lists(proxy, library, fake_openai):
     fake_openai.enqueue(Text("def gcd(a, b):"))
     assert "".join(p.response for p in library.generate(
         model="to-chat", prompt="gcd in Python", stream=True)) == "def gcd(a, b):"
-    assert [m.model for m in library.list().models] == ["to-ant", "to-chat", "to-oll"]
+    assert [m.model for m in library.list().models] == ROUTES + ["to-oll"]
     assert "tools" in library.show("to-chat").capabilities
 
 
