@@ -891,9 +891,11 @@ class AnswerStream:
                  decoder=None):
         self.fwd, self.job, self.cand_key = fwd, job, cand_key
         mod = FORMATS[provider_format]
-        # same format: the provider's bytes as they come, unless the client asked for
-        # another framing of them (detour always asks a Gemini provider for SSE)
-        same = provider_format == job.client_format and job.sse
+        # same format: the provider's bytes as they come, checked event by event (SSE), unless
+        # the client asked for another framing of them (detour always asks a Gemini provider
+        # for SSE); a stream framed otherwise (Ollama's NDJSON) is translated like any other
+        same = provider_format == job.client_format and job.sse and (
+            mod.STREAM_CONTENT_TYPE == "text/event-stream")
         self.check = passthrough.CheckedPassthrough(
             mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
         self.decoder = decoder or (self.check.decoder if same else mod.StreamDecoder())

@@ -379,3 +379,18 @@ def test_a_load_or_unload_is_answered_without_asking_a_provider(proxy, client, f
     assert not fake_anthropic.requests
     row = proxy.row_of(r)
     assert (row["status"], row["input_tokens"], row["output_tokens"]) == (200, 0, 0)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_an_ollama_client_to_the_ollama_provider(proxy, client, fake_ollama, stream):
+    # another Ollama server (here the same fake) under another model name: same format
+    fake_ollama.enqueue(Text("from the other Ollama", usage=Usage(prompt=33, completion=5)))
+    r = chat(client, "to-oll", [{"role": "user", "content": "hi"}], stream,
+             options={"num_ctx": 4096})
+    resp = answer_of(r, stream)
+    assert [p.text for p in resp.parts] == ["from the other Ollama"]
+    sent = fake_ollama.requests[-1].json
+    assert sent["model"] == "qwen3:8b" and sent["options"] == {"num_ctx": 4096}
+    assert sent.get("stream", True) is stream  # the client's body, its model changed
+    row = proxy.row_of(r)
+    assert (row["provider"], row["input_tokens"], row["output_tokens"]) == ("oll", 33, 5)
