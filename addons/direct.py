@@ -41,7 +41,7 @@ from addons.config import DIRECT, Provider
 from addons.decoding import BoundedDecoder, TooLarge, decode_whole
 from addons.failure_policy import Failed
 from addons.forwarding import (FORMATS, HOP_BY_HOP, AnswerStream, Attempt, Job, client_encoder,
-                               answer_shape, dump_json, error_of, snippet)
+                               answer_shape, dump_json, error_of, snippet, streamed_answer)
 from addons import formats
 from addons.routing import Candidate, retry_after_seconds
 from translators import canonical
@@ -244,7 +244,7 @@ class DirectPath:
         resp = flow.response
         job = dc.job
         dc.att.status = resp.status_code
-        sse = "text/event-stream" in resp.headers.get("content-type", "")
+        sse = streamed_answer(resp.headers.get("content-type", ""), dc.provider_format)
         if resp.status_code < 300 and sse and job.stream:
             limits = self.settings.runtime.config.limits
             try:
@@ -254,7 +254,7 @@ class DirectPath:
                 return True  # an encoding nobody reads: told as a broken answer in `response`
             job.call.status(200)
             resp.headers = http.Headers(**{
-                "content-type": FORMATS[job.client_format].STREAM_CONTENT_TYPE,
+                "content-type": self.settings.runtime.forwarder.stream_content_type(job),
                 "cache-control": "no-cache"})
             resp.headers["x-detour-route"] = dc.cand.public_name
             resp.headers[ID_HEADER] = flow.id
@@ -340,7 +340,7 @@ class DirectPath:
         fwd.account(job, dc.cand, whole.usage, whole.model)
         if job.stream:  # asked for a stream, got one whole answer: stream it anyway
             body = client_encoder(job).encode_all(canonical.response_to_events(whole))
-            ctype = client_mod.STREAM_CONTENT_TYPE
+            ctype = fwd.stream_content_type(job)
         else:
             body = data if same else dump_json(client_mod.encode_response(
                 answer_shape(job).response(whole)))
@@ -357,7 +357,7 @@ class DirectPath:
             att.failed, att.error = Failed.BAD_ANSWER, "empty body"
             return None
         try:
-            if "text/event-stream" in resp.headers.get("content-type", ""):
+            if streamed_answer(resp.headers.get("content-type", ""), fmt):
                 dec = FORMATS[fmt].StreamDecoder()
                 events = dec.feed(data) + dec.close()
                 if any(type(ev) is canonical.StreamError for ev in events):

@@ -25,16 +25,19 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from translators import anthropic, gemini, gemini_code_assist, openai_chat, openai_responses
+from translators import anthropic, gemini, gemini_code_assist, ollama, ollama_generate
+from translators import openai_chat, openai_responses
 
 # ---------------------------------------------------------------- how a value is read
 
 
 @dataclass(frozen=True, slots=True)
 class BodyField:
-    """A top-level field of the JSON body (`model`, `stream`)."""
+    """A top-level field of the JSON body (`model`, `stream`); `default` when it is absent
+    (Ollama streams unless told not to)."""
 
     name: str
+    default: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,9 @@ class Endpoint:
     method: str = "POST"
     model: Source = BodyField("model")
     stream: Source = BodyField("stream")
+    # whether a streamed answer is framed as server-sent events (Gemini's streamGenerateContent
+    # without `alt=sse` answers one JSON array, written element by element)
+    sse: Source = Fixed(True)
     pattern: re.Pattern | None = field(default=None, compare=False)
 
     @staticmethod
@@ -123,10 +129,16 @@ class ClientCall:
     def stream(self, body: dict) -> bool:
         return self._read(self.endpoint.stream, body) is True
 
+    @property
+    def sse(self) -> bool:
+        """A streamed answer goes to the client as server-sent events (else, Gemini's: as the
+        elements of one JSON array)."""
+        return self._read(self.endpoint.sse, {}) is True
+
     def _read(self, source: Source, body: dict) -> Any:
         t = type(source)
         if t is BodyField:
-            return body.get(source.name)
+            return body.get(source.name, source.default)
         if t is Fixed:
             return source.value
         if t is PathPart:
@@ -140,7 +152,8 @@ class ClientCall:
 # ---------------------------------------------------------------- client formats
 
 CODECS: dict[str, ModuleType] = {m.NAME: m for m in (anthropic, openai_chat, openai_responses,
-                                                      gemini, gemini_code_assist)}
+                                                      gemini, gemini_code_assist, ollama,
+                                                      ollama_generate)}
 
 GEMINI_HOST = "generativelanguage.googleapis.com"
 
@@ -154,7 +167,7 @@ def _gemini_endpoints(version: str) -> tuple[Endpoint, ...]:
         Endpoint.make(GEMINI_HOST, models + "/{model}:generateContent", gemini.NAME,
                       model=in_path, stream=Fixed(False)),
         Endpoint.make(GEMINI_HOST, models + "/{model}:streamGenerateContent", gemini.NAME,
-                      model=in_path, stream=Fixed(True)),
+                      model=in_path, stream=Fixed(True), sse=QueryParam("alt", "sse")),
         Endpoint.make(GEMINI_HOST, models + "/{model}:countTokens", gemini.NAME,
                       kind=COUNT_TOKENS, model=in_path, stream=Fixed(False)),
         Endpoint.make(GEMINI_HOST, models, gemini.NAME, kind=MODEL_LIST, method="GET",
@@ -264,6 +277,33 @@ VENDOR_ORIGINS: dict[str, str] = {host: f"https://{host}" for host in HANDLED_HO
 DEFAULT_CHAT_HOSTS = ("dashscope.aliyuncs.com", "dashscope-intl.aliyuncs.com", "portal.qwen.ai")
 # where they serve Chat: DashScope's compatible mode, and the plain /v1 of the others
 CHAT_HOST_PATHS = ("/compatible-mode/v1/chat/completions", "/v1/chat/completions")
+
+
+def ollama_endpoints(host: str) -> tuple[Endpoint, ...]:
+    """Ollama's native API on a host: chat and generate (streamed unless the body says
+    `"stream": false`), the model list, and the calls clients make around them (`/api/show`
+    for a model's capabilities, `/api/version`): passed to the Ollama server while models
+    default to it, else answered here (addons/side_calls.py)."""
+    streamed = BodyField("stream", True)
+    about = {"model": Fixed("*"), "stream": Fixed(False)}
+    return (
+        Endpoint.make(host, "/api/chat", ollama.NAME, stream=streamed),
+        Endpoint.make(host, "/api/generate", ollama_generate.NAME, stream=streamed),
+        Endpoint.make(host, "/api/tags", ollama.NAME, kind=MODEL_LIST, method="GET", **about),
+        Endpoint.make(host, "/api/show", ollama.NAME, kind=SETUP_CALL, **about),
+        Endpoint.make(host, "/api/version", ollama.NAME, kind=SETUP_CALL, method="GET",
+                      **about),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def with_ollama_hosts(table: FormatTable, hosts: tuple[str, ...]) -> FormatTable:
+    """`table` plus Ollama's endpoints on these hosts: the targets of mitmproxy's reverse
+    modes (`--mode reverse:http://127.0.0.1:11434@11435` makes detour Ollama's endpoint on
+    :11435, and the flows it takes are addressed to 127.0.0.1)."""
+    if not hosts:
+        return table
+    return FormatTable(table.endpoints + tuple(e for h in hosts for e in ollama_endpoints(h)))
 
 
 @functools.lru_cache(maxsize=8)
@@ -386,6 +426,9 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
                  HeaderKey("x-goog-api-key"),
                  stream_path="/v1beta/models/{model}:streamGenerateContent?alt=sse",
                  count_path="/v1beta/models/{model}:countTokens"),
+    # Ollama's native API (base_url http://127.0.0.1:11434, no api_keys for a local server;
+    # Bearer for a hosted one, as Ollama's clients send OLLAMA_API_KEY)
+    ProviderKind("ollama", ollama, "/api/chat", BEARER),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)

@@ -41,6 +41,7 @@ from addons.routing import Candidate, CooldownBook, Rest, model_key, passthrough
 from addons.scrubber import SecretScrubber, credentials_of
 from addons.transport import StreamsTransport, ssl_context
 from translators import canonical, openai_chat, passthrough
+from translators.sse import JsonArrayFraming
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ HOP_BY_HOP = frozenset({
 MAX_ERROR_BODY = 64 * 1024
 DRAIN_SECONDS = 0.05  # how long a failed stream's end is awaited (to keep its connection)
 SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
+NDJSON_HEADS = (b"{",)  # an NDJSON stream's first line is an object (Ollama's)
 # stream events that do not yet commit a provider to an answer: an error may still follow
 NOT_CONTENT = (canonical.MessageStart, canonical.Ping)
 PASSTHROUGH_TIMEOUTS = Timeouts()
@@ -93,6 +95,9 @@ class Job:
     # client stream encoder to copy (client_encoder)
     _shape_of: tuple | None = None
     _encoder_proto: Any = None
+    # a streamed answer goes to the client as server-sent events; False: as the elements of
+    # one JSON array (Gemini's streamGenerateContent without alt=sse)
+    sse: bool = True
 
     @property
     def row(self):
@@ -369,7 +374,7 @@ class Forwarder:
             self.credentials.put_on(cand.account, kind, dialect, headers, query)
         elif cand.account.secret:
             formats.credential_of(kind, dialect).apply(cand.account.secret, headers, query)
-        headers["accept"] = "text/event-stream" if job.stream else "application/json"
+        headers["accept"] = codec.STREAM_CONTENT_TYPE if job.stream else "application/json"
         headers.update(spec.headers)
         url = kind.url(spec.base_url, cand.model, job.stream)
         if query:
@@ -586,8 +591,10 @@ class Forwarder:
         can still take over."""
         limits = self.config.limits
         chunks = bounded_body(resp, limits.decompressed, limits.stream_seconds)
-        if "text/event-stream" in resp.headers.get("content-type", ""):
-            return await self._open_stream(cand, resp, fmt, chunks, att)
+        ctype = resp.headers.get("content-type", "")
+        if streamed_answer(ctype, fmt):
+            heads = SSE_FIELDS if "text/event-stream" in ctype else NDJSON_HEADS
+            return await self._open_stream(cand, resp, fmt, chunks, att, heads)
         pieces, size = [], 0
         try:
             async for piece in chunks:
@@ -615,7 +622,8 @@ class Forwarder:
         return Opened(cand, resp, fmt, data, chunks, False, data, whole)
 
     async def _open_stream(self, cand: Candidate, resp: httpx.Response, fmt: str,
-                           chunks: AsyncIterator[bytes], att: Attempt) -> Opened | None:
+                           chunks: AsyncIterator[bytes], att: Attempt,
+                           heads: tuple[bytes, ...] = SSE_FIELDS) -> Opened | None:
         """Read a stream up to its first content event, keeping every byte and event read:
         the client gets them as they were, once, when this candidate is chosen."""
         decoder = FORMATS[fmt].StreamDecoder()
@@ -634,8 +642,8 @@ class Forwarder:
                 raw.append(chunk)
                 if not looks_right:
                     head = b"".join(raw).lstrip(b"\xef\xbb\xbf \t\r\n")
-                    looks_right = head.startswith(SSE_FIELDS)
-                    if not looks_right and not any(f.startswith(head) for f in SSE_FIELDS):
+                    looks_right = head.startswith(heads)
+                    if not looks_right and not any(f.startswith(head) for f in heads):
                         att.error = f"not an event stream: {snippet(head)}"
                         return None
                 new = decoder.feed(chunk)
@@ -720,7 +728,8 @@ class Forwarder:
 
     @staticmethod
     def stream_content_type(job: Job) -> str:
-        return FORMATS[job.client_format].STREAM_CONTENT_TYPE
+        codec = FORMATS[job.client_format]
+        return codec.STREAM_CONTENT_TYPE if job.sse else codec.JSON_CONTENT_TYPE
 
     async def complete(self, job: Job) -> tuple[int, dict[str, str], bytes]:
         """A whole (non-streamed) call: status, headers, body in the client's format."""
@@ -882,7 +891,11 @@ class AnswerStream:
                  decoder=None):
         self.fwd, self.job, self.cand_key = fwd, job, cand_key
         mod = FORMATS[provider_format]
-        same = provider_format == job.client_format
+        # same format: the provider's bytes as they come, checked event by event (SSE), unless
+        # the client asked for another framing of them (detour always asks a Gemini provider
+        # for SSE); a stream framed otherwise (Ollama's NDJSON) is translated like any other
+        same = provider_format == job.client_format and job.sse and (
+            mod.STREAM_CONTENT_TYPE == "text/event-stream")
         self.check = passthrough.CheckedPassthrough(
             mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
         self.decoder = decoder or (self.check.decoder if same else mod.StreamDecoder())
@@ -955,7 +968,16 @@ def client_encoder(job: Job):
         inner = copy.deepcopy(job._encoder_proto)
     else:
         inner = FORMATS[job.client_format].client_stream_encoder(job.body)
+    if not job.sse:
+        inner = JsonArrayFraming(inner)
     return canonical.ShapedEncoder(inner, answer_shape(job))
+
+
+def streamed_answer(content_type: str, fmt: str) -> bool:
+    """An answer of this content type, from a provider of this format, is a stream: server-
+    sent events, or the format's own stream type (Ollama's NDJSON)."""
+    return "text/event-stream" in content_type or (
+        FORMATS[fmt].STREAM_CONTENT_TYPE in content_type)
 
 
 def answer_shape(job: Job) -> canonical.AnswerShape:

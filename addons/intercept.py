@@ -34,7 +34,7 @@ from addons.direct import DirectPath
 from addons import formats, side_calls
 from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, MODEL_CALL,
                             MODEL_LIST, SOCKET_UPGRADE, FormatTable)
-from addons.forwarding import FORMATS, Job, internal_error
+from addons.forwarding import FORMATS, Job, internal_error, streamed_answer
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.prices import subscription_login
 from addons.routing import plan
@@ -134,7 +134,8 @@ class Interceptor:
     def table(self) -> FormatTable:
         """The endpoints detour takes, as configured (formats.py, config `chat_hosts`)."""
         rt = self.settings.runtime
-        return rt.config.format_table if rt is not None else formats.TABLE
+        table = rt.config.format_table if rt is not None else formats.TABLE
+        return formats.with_ollama_hosts(table, tuple(self.settings.reverse_origins))
 
     # ------------------------------------------------------------ TLS: decrypt only our hosts
 
@@ -310,10 +311,15 @@ class Interceptor:
         candidates = plan(config, rt.providers, model,
                           user_agent=req.headers.get("user-agent", ""),
                           quotas=rt.forwarder.quotas, cooldowns=rt.cooldowns)
-        origin = config.vendor_origin(host)
+        # a reverse mode's target is where the client's call was meant to go
+        origin = self.settings.reverse_origins.get(host) or config.vendor_origin(host)
         vendor_url = origin + req.path
         if all(c.provider is None for c in candidates):
             return self._passthrough(flow, fmt, call, origin, held)
+        idle = getattr(FORMATS[fmt], "idle_answer", None)
+        if idle is not None and (answer := idle(body)) is not None:
+            # asks the model nothing (Ollama's load or unload): answered here, as the server would
+            return self._idle(flow, fmt, call, answer)
         compacted = None
         if endpoint.endpoint.kind == COMPACTION:
             # asked of the routed provider as a summary request (addons/side_calls.py);
@@ -326,7 +332,8 @@ class Interceptor:
             raw, stream = orjson.dumps(body), False
             candidates = [c for c in candidates if c.provider is not None]
         headers = lowered(req.headers) | _joined(held)
-        job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, stream, candidates, call)
+        job = Job(flow.id, fmt, headers, vendor_url, raw, body, model, stream, candidates, call,
+                  sse=endpoint.sse)
         # a request one candidate cannot take (translated: a field its format cannot hold) goes
         # on to the next; refused only when no candidate can take it
         job.candidates = self._fitting(job, candidates)
@@ -360,6 +367,16 @@ class Interceptor:
             flow.request.content = raw
             return
         await self._inline_answer(flow, job, compacted)
+
+    def _idle(self, flow: http.HTTPFlow, fmt: str, call: Call, answer: bytes) -> None:
+        redact_credentials(flow.request.headers)
+        flow.response = http.Response.make(200, answer, {
+            "content-type": FORMATS[fmt].JSON_CONTENT_TYPE, ID_HEADER: flow.id})
+        flow.comment = f"detour: {fmt} {call.row.model_requested}: asks the model nothing " \
+                       "(a load or unload), answered here"
+        flow.marked = MARK
+        call.status(200)
+        call.finish()
 
     def _side_call(self, flow: http.HTTPFlow, endpoint, held: dict[str, list[str]]) -> bool:
         """A call on a model endpoint that is not a model call (addons/side_calls.py); True
@@ -498,7 +515,14 @@ class Interceptor:
                 flow.request.url = url
             return
         tap = self._taps.get(flow.id)
-        if tap is not None and "text/event-stream" in flow.response.headers.get("content-type", ""):
+        if tap is None:
+            return
+        ctype = flow.response.headers.get("content-type", "")
+        row = tap.call.row
+        # an event stream, the format's own stream (Ollama's NDJSON), or a streamed call
+        # answered in JSON (Gemini's array without alt=sse): passed on as it comes
+        if streamed_answer(ctype, row.client_format) or (
+                row.stream and flow.response.status_code < 300 and "json" in ctype):
             flow.response.stream = tap
 
     def error(self, flow: http.HTTPFlow):

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import yaml
 from mitmproxy import command, ctx, exceptions
-from mitmproxy.proxy.mode_specs import ProxyMode, UpstreamMode
+from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import (CONFIG_NAME, PASSTHROUGH, Config, ConfigError, ensure_home, home_dir,
@@ -88,6 +88,9 @@ class DetourSettings:
         self.credentials: CredentialProvider | None = None
         self._accounts_revision: int | None = None
         self._refresher: asyncio.Task | None = None
+        # the targets of mitmproxy's reverse modes (host -> origin): detour serves Ollama's
+        # API there (addons/formats.py `with_ollama_hosts`); passthrough goes to the origin
+        self.reverse_origins: dict[str, str] = {}
 
     def load(self, loader):
         loader.add_option(
@@ -161,6 +164,9 @@ class DetourSettings:
                 return  # mitmproxy's proxyserver reports a bad mode
             self._check_listen(modes)
             self.runtime.forwarder.upstream_proxy = _upstream_proxy(modes)
+            self.reverse_origins = {
+                m.address[0]: f"{m.scheme}://{m.address[0]}:{m.address[1]}"
+                for m in modes if isinstance(m, ReverseMode) and m.scheme in ("http", "https")}
 
     def _check_listen(self, modes: list[ProxyMode]) -> None:
         """No open proxy by accident: mitmproxy listens on every interface by default, and

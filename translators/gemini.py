@@ -36,7 +36,7 @@ import uuid
 
 from translators import canonical as c
 from translators.canonical import dumps_compact, fail, need
-from translators.sse import SSEDecoder, SSEParser
+from translators.sse import JsonArrayParser, SSEDecoder, SSEParser
 
 NAME = "gemini"
 STREAM_CONTENT_TYPE = "text/event-stream"
@@ -586,6 +586,8 @@ def _error_message(err) -> str:
 
 
 def decode_response(body: dict) -> c.Response:
+    if isinstance(body, list) and len(body) > 1:
+        return _fold_chunks(body)  # a whole streamGenerateContent answer without alt=sse
     if isinstance(body, list) and body and isinstance(body[0], dict):
         body = body[0]  # Gemini may answer an error in a list
     need(body, dict, "")
@@ -608,6 +610,17 @@ def decode_response(body: dict) -> c.Response:
                       model if isinstance(model, str) else "", tuple(parts),
                       _stop_reason(finish or "STOP", any(type(p) is c.ToolUse for p in parts)),
                       decode_usage(body.get("usageMetadata")))
+
+
+def _fold_chunks(chunks: list) -> c.Response:
+    """The chunks of a stream read whole (its JSON array) as one answer."""
+    dec = StreamDecoder()
+    events: list = []
+    for i, chunk in enumerate(chunks):
+        dec._event("", dumps_compact(need(chunk, dict, f"[{i}]")).decode(), events)
+    if not dec._done:
+        dec._closed(events)
+    return c.collect_response(events)
 
 
 def _response_parts(parts) -> list[dict]:
@@ -742,12 +755,25 @@ class StreamDecoder(SSEDecoder):
     """Gemini SSE (`data: <GenerateContentResponse>` per chunk) -> canonical events. Text and
     thought parts stream as deltas into one open block each; a functionCall arrives whole and
     is one tool block; the chunk with `finishReason` ends the message (its usageMetadata is the
-    final figure)."""
+    final figure). A stream asked without `alt=sse` (one JSON array, element by element) is
+    read alike: its first byte says which framing it is."""
 
     __slots__ = ("_sse", "_started", "_done", "_block", "_index", "_calls", "_usage",
-                 "_n_calls", "_meta")
+                 "_n_calls", "_meta", "_framed")
+
+    def feed(self, chunk: bytes) -> list:
+        if not self._framed:
+            head = chunk.lstrip(b"\xef\xbb\xbf \t\r\n")
+            if not head:
+                return []
+            if head[:1] == b"[":
+                self._sse = JsonArrayParser()
+                chunk = head
+            self._framed = True
+        return super().feed(chunk)
 
     def __init__(self):
+        self._framed = False  # which framing the stream has is known (its first byte)
         self._meta = None  # the last usageMetadata read (Gemini repeats it on every chunk)
         self._sse = SSEParser()
         self._started = False

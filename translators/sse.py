@@ -9,7 +9,7 @@ resumes a stream.
 
 from dataclasses import dataclass
 
-from translators.canonical import TranslationError
+from translators.canonical import MessageStop, StreamError, TranslationError
 
 # A peer that never ends a line or an event must not grow our memory without bound. Real
 # events are far smaller (a streamed delta is a few hundred bytes; the largest real ones, a
@@ -137,3 +137,92 @@ class SSEDecoder:
             self._event(ev.event, ev.data, out)
         self._closed(out)
         return out
+
+
+class JsonArrayParser:
+    """The other framing of a streamed answer: one JSON array whose elements arrive one by one
+    (Gemini's `streamGenerateContent` without `alt=sse`: `[{...}\\n,\\r\\n{...}\\n]`). Yields each
+    element's text as an SSEEvent's data as soon as the element is complete, so a decoder
+    written for SSE reads both framings alike. Strings are tracked (a bracket or brace inside
+    one is text); an element beyond `max_event` raises SSETooLarge."""
+
+    __slots__ = ("_buf", "_depth", "_in_string", "_escape", "max_event")
+
+    def __init__(self, max_event: int = MAX_EVENT):
+        self.max_event = max_event
+        self._buf = bytearray()  # the element being read, from its opening brace
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        for byte in chunk:
+            if self._depth == 0:
+                # between elements: "[", ",", "]" and whitespace carry nothing
+                if byte == 0x7B:  # "{": an element begins
+                    self._buf = bytearray(b"{")
+                    self._depth = 1
+                continue
+            self._buf.append(byte)
+            if len(self._buf) > self.max_event:
+                raise SSETooLarge(f"an array element larger than {self.max_event} bytes")
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif byte == 0x5C:  # backslash
+                    self._escape = True
+                elif byte == 0x22:  # quote
+                    self._in_string = False
+            elif byte == 0x22:
+                self._in_string = True
+            elif byte in b"{[":
+                self._depth += 1
+            elif byte in b"}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    out.append(SSEEvent("", self._buf.decode("utf-8", "replace")))
+                    self._buf = bytearray()
+        return out
+
+    def close(self) -> list[SSEEvent]:
+        if self._depth:  # an element cut off: handed on as it is, its decoder says it broke
+            data, self._buf, self._depth = self._buf.decode("utf-8", "replace"), bytearray(), 0
+            return [SSEEvent("", data)]
+        return []
+
+
+class JsonArrayFraming:
+    """An SSE stream encoder's output as the elements of one JSON array, written as they come:
+    `[` before the first element, `\\n,` between elements, `\\n]` after the last one (at the
+    encoder's final event, or its error). Wraps any encoder whose events are `data: <JSON>`
+    frames (Gemini's, Code Assist's)."""
+
+    __slots__ = ("inner", "_open", "_closed")
+
+    def __init__(self, inner):
+        self.inner = inner
+        self._open = False
+        self._closed = False
+
+    def encode(self, event) -> bytes:
+        frames = self.inner.encode(event)
+        out = bytearray()
+        if frames.startswith(b"data: ") and frames.endswith(b"\r\n\r\n") and (
+                frames.count(b"\n") == 2):  # one frame (most events): no line split
+            out += (b"\n," if self._open else b"[") + frames[6:-4]
+            self._open = True
+            frames = b""
+        for line in frames.split(b"\n") if frames else ():
+            line = line.rstrip(b"\r")
+            if line.startswith(b"data:"):
+                out += (b"\n," if self._open else b"[") + line[5:].lstrip(b" ")
+                self._open = True
+        end = type(event) is MessageStop or type(event) is StreamError
+        if end and not self._closed:
+            out += (b"\n]" if self._open else b"[]")
+            self._open = self._closed = True
+        return bytes(out)
+
+    def encode_all(self, events) -> bytes:
+        return b"".join([self.encode(ev) for ev in events])

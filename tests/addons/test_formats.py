@@ -30,7 +30,7 @@ def test_the_vendor_endpoints_are_model_calls_of_their_format():
                                      "cloudcode-pa.googleapis.com", "oauth2.googleapis.com"}
     assert formats.HOST_FORMATS["api.openai.com"] == "openai-chat"
     assert set(formats.CODECS) == {"anthropic", "openai-chat", "openai-responses", "gemini",
-                                   "gemini-cli"}
+                                   "gemini-cli", "ollama", "ollama-generate"}
 
 
 def test_a_patterned_path_gives_model_and_stream_from_the_url():
@@ -83,7 +83,7 @@ def test_dialect_follows_the_host(base_url, dialect):
 def test_unknown_kinds_and_dialects_are_named_with_the_known_ones():
     with pytest.raises(ConfigError, match=r"providers\.x\.kind: .*'gemnii' "
                                           r"\(known: openai, anthropic, openai-responses, codex, "
-                                          r"gemini\)"):
+                                          r"gemini, ollama\)"):
         parse_config("providers: {x: {kind: gemnii, base_url: http://a}}")
     with pytest.raises(ConfigError, match=r"providers\.x\.dialect: .*known: compatible"):
         parse_config("providers: {x: {kind: openai, base_url: http://a, dialect: nope}}")

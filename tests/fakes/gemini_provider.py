@@ -5,7 +5,7 @@
 
 Endpoints (any path prefix before `/models`):
 - `POST .../models/{model}:generateContent` (whole) and `:streamGenerateContent` (`?alt=sse`:
-  server-sent events; without it a JSON array, as Google does): the key in `x-goog-api-key` or
+  server-sent events; without it one JSON array written element by element, as Google does): the key in `x-goog-api-key` or
   `?key=`; none -> 403 PERMISSION_DENIED, an unknown one -> 400 INVALID_ARGUMENT "API key not
   valid", as Google answers. With `validate` (the default) also 400 for what Gemini refuses:
   no `contents`, a role other than user/model, a schema keyword Gemini's `parameters` does not
@@ -190,9 +190,9 @@ class FakeGemini(FakeServer):
         sse = stream and "alt=sse" in received.path
         plan = self.plan_reply(self.take_reply(received), received, stream)
         if stream and not sse and isinstance(plan, Stream):
-            # without alt=sse Google streams one JSON array: here sent whole
-            chunks = [json.loads(c.removeprefix(b"data: ")) for c in plan.events]
-            return Whole(200, self.headers(JSON_TYPE), dumps(chunks))
+            # without alt=sse Google streams one JSON array, element by element
+            return Stream(200, self.headers(JSON_TYPE), _array_pieces(plan.events),
+                          delay=plan.delay)
         return plan
 
     def error_plan(self, status: int, message: str | None = None, **details) -> Whole:
@@ -258,6 +258,17 @@ class FakeGemini(FakeServer):
             yield b"data: " + dumps({"candidates": [cand],
                                      "usageMetadata": usage_metadata(answer, not last),
                                      **head}) + b"\r\n\r\n"
+
+
+def _array_pieces(events: Iterable[bytes]) -> Iterator[bytes]:
+    """SSE chunks (`data: <json>\\r\\n\\r\\n`) as the pieces of one JSON array, as Google
+    writes it: `[{...}`, then `\\n,\\r\\n{...}` each, then `\\n]`."""
+    first = True
+    for event in events:
+        element = event.strip().removeprefix(b"data: ")
+        yield (b"[" if first else b"\n,\r\n") + element
+        first = False
+    yield b"\n]" if not first else b"[]"
 
 
 def _user_text(content: dict) -> str:
