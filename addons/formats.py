@@ -345,6 +345,9 @@ class ProviderKind:
     stream_path: str | None = None
     # where the provider counts a prompt's tokens (addons/side_calls.py), if it does
     count_path: str | None = None
+    # the body is a Code Assist envelope naming the account's Google Cloud project (found
+    # once per account: addons/credentials/code_assist.py), put in by the codec's for_project
+    account_project: bool = False
 
     def fit_body(self, body: dict, dropped: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
         """`body` as this provider takes it (`body` itself when it already does)."""
@@ -386,6 +389,14 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
                  HeaderKey("x-goog-api-key"),
                  stream_path="/v1beta/models/{model}:streamGenerateContent?alt=sse",
                  count_path="/v1beta/models/{model}:countTokens"),
+    # Code Assist with a Google login (base_url https://cloudcode-pa.googleapis.com), as
+    # Gemini CLI logged in with Google speaks it: the Gemini body in the envelope naming the
+    # account's project, the login's access token as Bearer, Gemini CLI's user agent
+    ProviderKind("gemini-cli", gemini_code_assist, "/v1internal:generateContent", BEARER,
+                 fixed_headers=(("user-agent", "GeminiCLI/0.61.0 (linux; x64)"),),
+                 forwarded_headers=("user-agent",),
+                 stream_path="/v1internal:streamGenerateContent?alt=sse",
+                 account_project=True),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)
