@@ -1,7 +1,7 @@
-"""The `gemini-cli` provider kind (Code Assist with a Google login), unit by unit: the envelope
-naming the account's project, and the forwarder finding that project once per account
-(loadCodeAssist, or onboarding a new user) against the loopback Code Assist and OAuth fakes,
-with a config account's access token (`file:`)."""
+"""The `gemini-cli` provider kind (Code Assist with a Google login) in the forwarder: the
+account's project found once per account (loadCodeAssist, or onboarding a new user) and named
+in every call's envelope, against the loopback Code Assist and OAuth fakes, with a config
+account's access token (`file:`); a token Code Assist refuses is the account's failure."""
 
 import asyncio
 import json
@@ -18,32 +18,8 @@ from tests.fakes.code_assist import FakeCodeAssist
 from tests.fakes.oauth_server import FakeOAuth
 from tests.fakes.replies import Text, ToolCall, Usage
 from translators import canonical
-from translators import gemini_code_assist as ca
 
 USAGE = Usage(prompt=1000, completion=50, cached=600, reasoning=10)
-
-
-# ---------------------------------------------------------------- the envelope
-
-
-def test_the_envelope_names_the_accounts_project_not_the_clients():
-    client = {"model": "gemini-2.5-pro", "project": "the-clients-own",
-              "user_prompt_id": "u-1", "enabled_credit_types": ["GOOGLE_ONE_AI"],
-              "request": {"contents": [], "session_id": "s-1"}}
-    sent = ca.for_project(client, "the-accounts")
-    assert sent == {"model": "gemini-2.5-pro", "project": "the-accounts",
-                    "user_prompt_id": "u-1", "request": {"contents": [], "session_id": "s-1"}}
-    assert list(sent)[:2] == ["model", "project"]
-    assert client["project"] == "the-clients-own"  # the client's body is not changed
-
-
-def test_an_encoded_request_gets_the_project_and_no_project_yet_names_none():
-    req = canonical.Request(model="gemini-2.5-pro", messages=(canonical.Message(
-        "user", (canonical.Text("hi"),)),))
-    wire = ca.encode_request(req)
-    assert "project" not in wire
-    assert ca.for_project(wire, "p-9")["project"] == "p-9"
-    assert "project" not in ca.for_project(dict(wire, project="stale"), None)
 
 
 # ---------------------------------------------------------------- the forwarder
