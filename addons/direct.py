@@ -136,6 +136,8 @@ class DirectPath:
             return False
         cand, attempts = sole
         fwd = self.settings.runtime.forwarder
+        if fwd.needs_project(cand):
+            return False  # the forwarder finds the account's Code Assist project first
         try:
             provider_format, url, headers, body = fwd.build(job, cand)
         except canonical.TranslationError:

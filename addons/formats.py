@@ -385,6 +385,9 @@ class ProviderKind:
     stream_path: str | None = None
     # where the provider counts a prompt's tokens (addons/side_calls.py), if it does
     count_path: str | None = None
+    # the body is a Code Assist envelope naming the account's Google Cloud project (found
+    # once per account: addons/credentials/code_assist.py), put in by the codec's for_project
+    account_project: bool = False
 
     def fit_body(self, body: dict, dropped: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
         """`body` as this provider takes it (`body` itself when it already does)."""
@@ -429,6 +432,14 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
     # Ollama's native API (base_url http://127.0.0.1:11434, no api_keys for a local server;
     # Bearer for a hosted one, as Ollama's clients send OLLAMA_API_KEY)
     ProviderKind("ollama", ollama, "/api/chat", BEARER),
+    # Code Assist with a Google login (base_url https://cloudcode-pa.googleapis.com), as
+    # Gemini CLI logged in with Google speaks it: the Gemini body in the envelope naming the
+    # account's project, the login's access token as Bearer, Gemini CLI's user agent
+    ProviderKind("gemini-cli", gemini_code_assist, "/v1internal:generateContent", BEARER,
+                 fixed_headers=(("user-agent", "GeminiCLI/0.61.0 (linux; x64)"),),
+                 forwarded_headers=("user-agent",),
+                 stream_path="/v1internal:streamGenerateContent?alt=sse",
+                 account_project=True),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)

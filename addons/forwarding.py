@@ -31,6 +31,7 @@ import orjson
 from addons import formats, policies
 from addons.call import Call
 from addons.config import DIRECT, Config, Provider, Timeouts
+from addons.credentials.code_assist import CodeAssistProjects, ProjectUnknown
 from addons.credentials.provider import NeedsLogin, RefreshFailed
 from addons.decoding import BoundedDecoder, TooLarge
 from addons.failure_policy import (ErrorBody, Failed, Scope, Verdict, Weight, rest_seconds,
@@ -227,6 +228,8 @@ class Forwarder:
         self._clients: dict[tuple, httpx.AsyncClient] = {}
         # stored accounts' credentials (addons/credentials): OAuth tokens, kept fresh
         self.credentials = None
+        # Google accounts' Code Assist projects (kind gemini-cli), found once per account
+        self.projects = CodeAssistProjects()
         self._lean: dict[tuple, StreamsTransport] = {}  # the lean transports among them
         self._urls: dict[str, httpx.URL] = {}
 
@@ -351,6 +354,8 @@ class Forwarder:
             # same format in and out: the client's bytes, only the model (and a cap) change
             body, dropped = policies.apply_to_body(job.body, target)
             body, dropped = kind.fit_body(body, dropped)
+            if kind.account_project:
+                body = codec.for_project(body, self.project_of(cand))
             data = job.raw_body if body is job.body else dump_json(body)
         else:
             req, dropped = policies.apply(job.canonical(), target)
@@ -361,6 +366,8 @@ class Forwarder:
             else:
                 wire = codec.encode_request(req)
             wire, dropped = kind.fit_body(wire, dropped)
+            if kind.account_project:
+                wire = codec.for_project(wire, self.project_of(cand))
             data = dump_json(wire)
         self._note_dropped(job, cand, dropped)
         headers = {"content-type": "application/json", "user-agent": "detour/0.1"}
@@ -380,6 +387,37 @@ class Forwarder:
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query)
         return codec.NAME, url, headers, data
+
+    def project_of(self, cand: Candidate) -> str | None:
+        """The Code Assist project of a gemini-cli candidate's account, if known yet."""
+        return self.projects.known(cand.provider_name, cand.account, self.credentials)
+
+    def needs_project(self, cand: Candidate) -> bool:
+        """A gemini-cli candidate whose account's project is still to be found."""
+        return (cand.provider is not None
+                and formats.provider_kind(cand.provider.spec.kind).account_project
+                and self.project_of(cand) is None)
+
+    async def _find_project(self, job: Job, cand: Candidate, att: Attempt) -> bool:
+        """Find the account's Code Assist project (once per account) and rebuild the request
+        naming it; False (with `att` saying why) when none can be had: a 401 is the token's
+        fault (refreshed once and asked again, as for a model call)."""
+        spec = cand.provider.spec
+        creds = self.credentials
+        token = creds.token(cand.account) if creds is not None and creds.is_oauth(
+            cand.account) else cand.account.secret
+        try:
+            await self.projects.discover(cand.provider_name, cand.account, creds,
+                                         self.client(spec), spec.base_url, token)
+        except ProjectUnknown as e:
+            att.error = self.scrub(job, str(e))
+            if e.status is not None and e.status >= 300:
+                att.status = e.status
+            else:
+                att.failed = Failed.BROKEN
+            return False
+        job.built.pop(id(cand), None)
+        return True
 
     @staticmethod
     def _note_dropped(job: Job, cand: Candidate, dropped: tuple[str, ...]) -> None:
@@ -521,6 +559,11 @@ class Forwarder:
                 att.error, att.failed = str(e), Failed.BROKEN
                 return None
             att.token_generation = creds.generation(cand.account)
+        if self.needs_project(cand):
+            if not await self._find_project(job, cand, att):
+                return None
+            fmt, url, headers, body = self.build(job, cand)
+        if creds is not None and creds.is_oauth(cand.account):
             headers = dict(headers)  # the built request keeps no token: it may be refreshed
             spec = cand.provider.spec
             kind = formats.provider_kind(spec.kind)

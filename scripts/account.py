@@ -27,7 +27,7 @@ from scripts.options import DetourError, Settings, output_options, pass_settings
 
 # a cheap call per provider kind that needs a valid credential: the model list
 TEST_PATHS = {"openai": "/models", "openai-responses": "/models", "anthropic": "/v1/models",
-              "codex": "/models", "gemini": "/models", "gemini-cli": "/models"}
+              "codex": "/models", "gemini": "/models"}
 
 
 def open_store(settings: Settings) -> AccountStore:
@@ -384,6 +384,8 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
         except (NeedsLogin, RefreshFailed) as e:
             return False, str(e)
         kind = formats.provider_kind(spec.kind)
+        if kind.account_project:
+            return await _test_code_assist(store, spec, acct, creds.token(account))
         dialect = formats.dialect_name(spec.dialect, spec.base_url) if kind.dialects else None
         headers = {"accept": "application/json", "user-agent": "detour/0.1"}
         headers.update(kind.fixed_headers)
@@ -407,6 +409,22 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
         return False, f"HTTP {resp.status_code} from {url}: {text}"
     finally:
         await creds.aclose()
+
+
+async def _test_code_assist(store: AccountStore, spec, acct: StoredAccount, token: str
+                            ) -> tuple[bool, str]:
+    """Code Assist lists no models: its cheap real call is the login's project lookup
+    (loadCodeAssist, as Gemini CLI makes at start), whose answer is kept."""
+    t0 = time.perf_counter()
+    try:
+        async with httpx.AsyncClient(trust_env=False, verify=spec.verify) as http:
+            project, tier = await logins.code_assist_project(
+                http, None, token, acct.project_id, base_url=spec.base_url)
+    except LoginFailed as e:
+        return False, str(e)
+    ms = (time.perf_counter() - t0) * 1000
+    store.set_project(acct.id, project, tier)
+    return True, f"ok (Code Assist project {project}, tier {tier}, {ms:.0f} ms)"
 
 
 @account.command()

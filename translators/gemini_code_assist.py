@@ -50,6 +50,18 @@ def encode_request(req: c.Request) -> dict:
     return body
 
 
+def for_project(body: dict, project: str | None) -> dict:
+    """An envelope as one Google account sends it: naming that account's Code Assist project
+    (a client's own envelope names its own login's), without the client's
+    `enabled_credit_types` (its account's, not this one's). No project yet: none named."""
+    out = {"model": body.get("model")}
+    if project:
+        out["project"] = project
+    out.update((k, v) for k, v in body.items()
+               if k not in ("model", "project", "enabled_credit_types"))
+    return out
+
+
 def _unwrap(body: dict) -> dict:
     inner = body.get("response")
     if not isinstance(inner, dict):

@@ -11,6 +11,8 @@ logins (`detour account login` / `import`), kept in detour.db with their secrets
 - `provider.py`: what the request path asks: an account's current credential headers; refresh
   ahead of expiry, single-flight per account, rotated tokens committed before use.
 - `logins.py`, `importers.py`: the login flows and adopting the CLIs' own credential files.
+- `code_assist.py`: each Google login's Code Assist project (`kind: gemini-cli`), found once
+  per account on the request path when the login has none yet, and kept.
 - `owner.py`: the mitmproxy addon that answers the CLIs' own refresh calls for logins detour
   holds (one owner per login), and picks up accounts added while the proxy runs.
 """

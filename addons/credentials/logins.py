@@ -32,6 +32,15 @@ class LoginFailed(Exception):
     pass
 
 
+class CodeAssistRefused(LoginFailed):
+    """Code Assist answered a setup call with an HTTP error (`status`: 401 for a token it
+    does not take)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class Login:
     """A completed login: the secrets to store and what the user may see of the account."""
@@ -159,13 +168,15 @@ async def login_device(v: Vendor, http: httpx.AsyncClient,
     return Login(tokens.secrets(), tokens.expires_at, _meta(v, tokens))
 
 
-async def code_assist_project(http: httpx.AsyncClient, v: Vendor, access_token: str,
-                              project: str | None = None) -> tuple[str, str | None]:
+async def code_assist_project(http: httpx.AsyncClient, v: Vendor | None, access_token: str,
+                              project: str | None = None, base_url: str | None = None
+                              ) -> tuple[str, str | None]:
     """A Google login's Code Assist project and tier, as Gemini CLI finds them after a
     login: `loadCodeAssist`; a user not yet onboarded is onboarded on the default tier
     (`onboardUser`, a long-running operation polled until done). `project`: the Google Cloud
-    project a paid tier needs."""
-    base = v.url("code_assist_url").rstrip("/") + "/v1internal"
+    project a paid tier needs. `base_url`: where Code Assist is (a provider's), else the
+    vendor's."""
+    base = (base_url or v.url("code_assist_url")).rstrip("/") + "/v1internal"
     headers = {"authorization": f"Bearer {access_token}", "content-type": "application/json"}
     meta = dict(CODE_ASSIST_METADATA, **({"duetProject": project} if project else {}))
 
@@ -176,7 +187,8 @@ async def code_assist_project(http: httpx.AsyncClient, v: Vendor, access_token: 
             raise LoginFailed(f"Code Assist unreachable ({url}): {type(e).__name__}") from None
         data = oauth.json_object(resp)
         if resp.status_code >= 300 or data is None:
-            raise LoginFailed(f"Code Assist answered HTTP {resp.status_code} at {url}")
+            raise CodeAssistRefused(f"Code Assist answered HTTP {resp.status_code} at {url}",
+                                    resp.status_code)
         return data
 
     load = await call("POST", f"{base}:loadCodeAssist",

@@ -176,6 +176,22 @@ class CredentialProvider:
         else:
             formats.credential_of(kind, dialect).apply(token, headers, query)
 
+    def project_of(self, account) -> str | None:
+        """A Google login's Code Assist project, as stored (None: not found yet)."""
+        held = self._held.get(account.stored_id)
+        return held.account.project_id if held else None
+
+    async def save_project(self, account, project: str, plan: str | None) -> None:
+        """Keep a Code Assist project found for a login (the database first: a restart
+        must not ask again)."""
+        held = self._held.get(account.stored_id)
+        if held is None:
+            return
+        await asyncio.to_thread(self.store.set_project, held.account.id, project, plan)
+        held.account.project_id = project
+        if plan:
+            held.account.plan = plan
+
     async def fresh(self, account) -> None:
         """Make sure the account's token is not expired (waiting for the one refresh in
         flight if it is); NeedsLogin / RefreshFailed if none can be had."""

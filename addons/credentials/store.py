@@ -395,6 +395,16 @@ class AccountStore:
             f"UPDATE {TABLE} SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
             [*fields.values(), account_id]))
 
+    def set_project(self, account_id: int, project_id: str, plan: str | None = None) -> None:
+        """A Google login's Code Assist project (and tier, as its plan), found on the request
+        path: kept so that a restart does not ask again."""
+        fields: dict = {"project_id": project_id, "updated": now_iso()}
+        if plan:
+            fields["plan"] = plan
+        self._write(lambda db: db.execute(
+            f"UPDATE {TABLE} SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+            [*fields.values(), account_id]))
+
     # ------------------------------------------------------------ refresh: lease and commit
 
     def take_lease(self, account_id: int, seconds: float) -> bool:

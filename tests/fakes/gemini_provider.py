@@ -209,7 +209,7 @@ class FakeGemini(FakeServer):
         if isinstance(inner, ToolCall):
             inner = ToolCalls((inner,))
         answer = resolve(inner, len(received.body), lambda: "")
-        model = _METHOD.search(received.route)[1]
+        model = self.model_of(received)
         head = {"modelVersion": model, "responseId": self.new_id("fake-gemini-")}
         finish = {"stop": "STOP", "length": "MAX_TOKENS", "tool_calls": "STOP"}.get(
             answer.finish, answer.finish)
@@ -228,6 +228,11 @@ class FakeGemini(FakeServer):
                                              "Internal error encountered.",
                                              "status": "INTERNAL"}}) + b"\r\n\r\n",))
         return Stream(200, self.headers(SSE_TYPE), events, delay=answer.delay)
+
+    @staticmethod
+    def model_of(received: Received) -> str:
+        """The model a call names (the Gemini API: in its path)."""
+        return _METHOD.search(received.route)[1]
 
     def _parts(self, answer: Answer) -> Iterator[list[dict]]:
         """The answer's parts, grouped as they are streamed (one group per chunk)."""

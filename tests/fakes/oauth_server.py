@@ -91,6 +91,18 @@ class FakeOAuth(FakeServer):
             self._use(access)
             return True
 
+    def login_of(self, access: str) -> str | None:
+        """Which login an access token belongs to (the first refresh token of its rotation
+        chain: every token a login's refreshes hand out names the same one), or None."""
+        with self.oauth_lock:
+            info = self._access.get(access)
+            refresh = info and info["refresh"]
+            if refresh is None:
+                return None
+            while self._refresh[refresh]["parent"] is not None:
+                refresh = self._refresh[refresh]["parent"]
+            return refresh
+
     def refresh_valid(self, refresh: str) -> bool:
         with self.oauth_lock:
             info = self._refresh.get(refresh)

@@ -4,6 +4,8 @@ envelope's fields kept, answers and streams wrapped and unwrapped, the same-form
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.captures import CAPTURES, checked_events
 from translators import canonical as c
@@ -84,3 +86,38 @@ def test_setup_answers_let_gemini_cli_go_on():
     assert json.loads(ca.setup_answer("onboardUser"))["done"] is True
     assert json.loads(ca.setup_answer("recordCodeAssistMetrics")) == {}
     assert ca.count_tokens_model({"request": {"model": "models/gemini-x"}}) == "gemini-x"
+
+
+# ---------------------------------------------------------------- the envelope a provider gets
+
+
+def test_the_envelope_names_the_accounts_project_not_the_clients():
+    client = {"model": "gemini-2.5-pro", "project": "the-clients-own",
+              "user_prompt_id": "u-1", "enabled_credit_types": ["GOOGLE_ONE_AI"],
+              "request": {"contents": [], "session_id": "s-1"}}
+    sent = ca.for_project(client, "the-accounts")
+    assert sent == {"model": "gemini-2.5-pro", "project": "the-accounts",
+                    "user_prompt_id": "u-1", "request": {"contents": [], "session_id": "s-1"}}
+    assert list(sent)[:2] == ["model", "project"]
+    assert client["project"] == "the-clients-own"  # the client's body is not changed
+
+
+def test_an_encoded_request_gets_the_project_and_no_project_yet_names_none():
+    req = c.Request(model="gemini-2.5-pro", messages=(c.Message("user", (c.Text("hi"),)),))
+    wire = ca.encode_request(req)
+    assert "project" not in wire
+    assert ca.for_project(wire, "p-9")["project"] == "p-9"
+    assert "project" not in ca.for_project(dict(wire, project="stale"), None)
+
+
+@given(st.dictionaries(st.sampled_from(["model", "project", "user_prompt_id", "request",
+                                        "enabled_credit_types"]) | st.text(max_size=12),
+                       st.none() | st.integers() | st.text(max_size=12), max_size=8),
+       st.none() | st.text(min_size=1, max_size=30))
+def test_for_project_keeps_every_other_field(body, project):
+    sent = ca.for_project(body, project)
+    assert sent.get("project") == project
+    assert "enabled_credit_types" not in sent and sent["model"] == body.get("model")
+    kept = {k: v for k, v in body.items() if k not in ("project", "enabled_credit_types")}
+    assert {k: v for k, v in sent.items() if k != "project"} == dict(kept, model=body.get(
+        "model"))
