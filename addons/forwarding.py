@@ -223,6 +223,9 @@ class Forwarder:
         # stored accounts' credentials (addons/credentials): OAuth tokens, kept fresh
         self.credentials = None
         self._lean: dict[tuple, StreamsTransport] = {}  # the lean transports among them
+        # each way out's transport, and the headers its client puts on every request
+        self._transports: dict[tuple, httpx.AsyncBaseTransport] = {}
+        self._client_headers: dict[tuple, list[tuple[str, str]]] = {}
         self._urls: dict[str, httpx.URL] = {}
 
     # mitmproxy's own upstream proxy (`--mode upstream:URL`, credentials in the URL), if any:
@@ -258,7 +261,31 @@ class Forwarder:
             c = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport,
                                   cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
             self._clients[key] = c
+            self._transports[key] = transport
+            self._client_headers[key] = list(c.headers.items())
         return c
+
+    async def send(self, spec: Provider | None, url: str, headers: dict[str, str], body: bytes,
+                   timeouts: Timeouts) -> httpx.Response:
+        """POST a candidate's request on its way out's transport, its body streamed back. The
+        request is what the way out's client would have sent (its default headers under ours,
+        no cookie: its jar refuses every one), built without the client: its per-request work
+        (merging, cookie jar, redirect and auth steps) cost three times the request itself."""
+        key = self._way_out(spec)
+        transport = self._transports.get(key)
+        if transport is None:
+            self.client(spec)
+            transport = self._transports[key]
+        own = {name.lower() for name in headers}
+        fields = [(k, v) for k, v in self._client_headers[key] if k not in own]
+        fields += headers.items()
+        request = httpx.Request("POST", self._parsed(url), headers=fields, content=body,
+                                extensions={"timeout": {
+                                    "connect": timeouts.connect, "read": timeouts.read,
+                                    "write": timeouts.read, "pool": timeouts.connect}})
+        response = await transport.handle_async_request(request)
+        response.request = request  # as the client sets it (a test's scripted transport does not)
+        return response
 
     async def reach(self, cand: Candidate, url: str) -> tuple[Failed, str] | None:
         """Whether a provider takes a connection as its own requests would make it (TCP and
@@ -292,6 +319,7 @@ class Forwarder:
         clients = list(self._clients.values())
         self._clients.clear()
         self._lean.clear()
+        self._transports.clear()
         for c in clients:
             await c.aclose()
 
@@ -523,11 +551,6 @@ class Forwarder:
                          if kind.dialects else None, headers, {})
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
-        client = self.client(spec)
-        req = client.build_request(
-            "POST", self._parsed(url), headers=headers, content=body, timeout=httpx.Timeout(
-                connect=timeouts.connect, read=timeouts.read, write=timeouts.read,
-                pool=timeouts.connect))
         # a stream must show its headers within first_byte (the fallback waits on them); a
         # whole answer comes with its headers only once generated, so the whole of it gets
         # the SDKs' total budget
@@ -537,7 +560,7 @@ class Forwarder:
             # the budget runs until the answer's first content (a stream) or its end: a
             # provider sending pings, or one byte now and then, cannot hold the call open
             async with asyncio.timeout(budget):
-                resp = await client.send(req, stream=True)
+                resp = await self.send(spec, url, headers, body, timeouts)
                 att.status = resp.status_code
                 # what is left of the account's rate limits: said on successes and 429s alike
                 self.quotas.observe(att.key, resp.headers.raw)
