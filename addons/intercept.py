@@ -349,7 +349,7 @@ class Interceptor:
             relay = await self.settings.ready_relay()
             if relay is None:
                 return self._reject(flow, fmt, call, 503, "the relay is not running; try again")
-            url = relay.submit(job)
+            url = relay.submit(job, flow.client_conn.id)
             flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {req.pretty_url}"
             self._relay_flows[flow.id] = flow
             flow.request.url = url
