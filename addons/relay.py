@@ -33,6 +33,7 @@ from collections.abc import Callable
 import h11
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons.direct import MAX_PER_ADDRESS
 from addons.forwarding import Failure, Forwarder, Job, internal_error
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,6 @@ YIELD_EVERY = 0.01  # seconds of relaying before the relay lets other tasks run
 JOB_TTL = 120.0  # a job mitmproxy never delivered (the client left first) is dropped after this
 MAX_WAITING = 256  # connections waiting for a request; beyond, the longest-waiting one is closed
 LOG_EVERY = 60.0  # seconds between two log lines about the same condition
-# mitmproxy's limit of connections open at once per (client connection, upstream address)
-PER_ADDRESS = 5
 ACCEPT_PAUSE = 0.1  # seconds before accepting again after the system refused a descriptor
 # accept() errors that say the process or system is out of something: wait, then go on
 _ACCEPT_RETRY = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}
@@ -133,13 +132,13 @@ class RelayServer:
         return self._url(token, self._take_slot(job.flow_id, client))
 
     def _take_slot(self, flow_id: str, client: str) -> int:
-        """The first port this client connection has fewer than PER_ADDRESS jobs on: an
+        """The first port this client connection has fewer than MAX_PER_ADDRESS jobs on: an
         HTTP/1.1 client's streams (one at a time) all go to one port, so mitmproxy reuses its
         connection to the relay instead of opening one per stream (a connect, an accept and
         their hooks each), and an HTTP/2 client's parallel streams spread as the limit needs."""
         load = self._load
         for i in range(len(self.ports)):
-            if load.get((client, i), 0) < PER_ADDRESS:
+            if load.get((client, i), 0) < MAX_PER_ADDRESS:
                 break
         else:  # every port at the limit: mitmproxy queues; spread them anyway
             i = self._next % len(self.ports)

@@ -6,7 +6,8 @@ import dataclasses
 
 import httpx
 
-from addons.relay import PER_ADDRESS, RelayServer
+from addons.direct import MAX_PER_ADDRESS as PER_ADDRESS
+from addons.relay import RelayServer
 from tests.addons.test_forwarding import Upstreams, setup
 
 
