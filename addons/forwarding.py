@@ -39,7 +39,7 @@ from addons.prices import API, CONFIG, SUBSCRIPTION, configured_cost
 from addons.quota import QuotaBook, RecentErrors
 from addons.routing import Candidate, CooldownBook, Rest, model_key, passthrough_key
 from addons.scrubber import SecretScrubber, credentials_of
-from addons.transport import StreamsTransport, ssl_context
+from addons.transport import BodyDeadline, StreamsTransport, lean_body, ssl_context
 from translators import canonical, openai_chat, passthrough
 
 log = logging.getLogger(__name__)
@@ -1046,16 +1046,21 @@ async def bounded_body(resp: httpx.Response, limit: int,
                                  limit, "its answer once decompressed")
     except ValueError as e:
         raise httpx.DecodingError(str(e), request=request) from None
-    raw = _one(resp.content) if whole else resp.aiter_raw()
     deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
+    # the lean transport's body keeps the deadline itself (one timer per body, not per read)
+    lean = None if whole else lean_body(resp, deadline)
+    raw = lean or (_one(resp.content) if whole else resp.aiter_raw())
     try:
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
+                if lean is not None:
                     data = await anext(raw)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        data = await anext(raw)
             except StopAsyncIteration:
                 break
-            except TimeoutError:
+            except (TimeoutError, BodyDeadline):
                 raise AnswerLimit(f"its answer ran past {seconds:g}s (limits.stream_seconds)",
                                   request=request) from None
             for piece in decoder.feed(data):
