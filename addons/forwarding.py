@@ -40,7 +40,7 @@ from addons.prices import API, CONFIG, SUBSCRIPTION, configured_cost
 from addons.quota import QuotaBook, RecentErrors
 from addons.routing import Candidate, CooldownBook, Rest, model_key, passthrough_key
 from addons.scrubber import SecretScrubber, credentials_of
-from addons.transport import StreamsTransport, ssl_context
+from addons.transport import BodyDeadline, StreamsTransport, lean_body, ssl_context
 from translators import canonical, openai_chat, passthrough
 from translators.sse import JsonArrayFraming
 
@@ -231,6 +231,9 @@ class Forwarder:
         # Google accounts' Code Assist projects (kind gemini-cli), found once per account
         self.projects = CodeAssistProjects()
         self._lean: dict[tuple, StreamsTransport] = {}  # the lean transports among them
+        # each way out's transport, and the headers its client puts on every request
+        self._transports: dict[tuple, httpx.AsyncBaseTransport] = {}
+        self._client_headers: dict[tuple, list[tuple[str, str]]] = {}
         self._urls: dict[str, httpx.URL] = {}
 
     # mitmproxy's own upstream proxy (`--mode upstream:URL`, credentials in the URL), if any:
@@ -266,7 +269,31 @@ class Forwarder:
             c = httpx.AsyncClient(trust_env=False, timeout=None, transport=transport,
                                   cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
             self._clients[key] = c
+            self._transports[key] = transport
+            self._client_headers[key] = list(c.headers.items())
         return c
+
+    async def send(self, spec: Provider | None, url: str, headers: dict[str, str], body: bytes,
+                   timeouts: Timeouts) -> httpx.Response:
+        """POST a candidate's request on its way out's transport, its body streamed back. The
+        request is what the way out's client would have sent (its default headers under ours,
+        no cookie: its jar refuses every one), built without the client: its per-request work
+        (merging, cookie jar, redirect and auth steps) cost three times the request itself."""
+        key = self._way_out(spec)
+        transport = self._transports.get(key)
+        if transport is None:
+            self.client(spec)
+            transport = self._transports[key]
+        own = {name.lower() for name in headers}
+        fields = [(k, v) for k, v in self._client_headers[key] if k not in own]
+        fields += headers.items()
+        request = httpx.Request("POST", self._parsed(url), headers=fields, content=body,
+                                extensions={"timeout": {
+                                    "connect": timeouts.connect, "read": timeouts.read,
+                                    "write": timeouts.read, "pool": timeouts.connect}})
+        response = await transport.handle_async_request(request)
+        response.request = request  # as the client sets it (a test's scripted transport does not)
+        return response
 
     async def reach(self, cand: Candidate, url: str) -> tuple[Failed, str] | None:
         """Whether a provider takes a connection as its own requests would make it (TCP and
@@ -300,6 +327,7 @@ class Forwarder:
         clients = list(self._clients.values())
         self._clients.clear()
         self._lean.clear()
+        self._transports.clear()
         for c in clients:
             await c.aclose()
 
@@ -571,11 +599,6 @@ class Forwarder:
                          if kind.dialects else None, headers, {})
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
-        client = self.client(spec)
-        req = client.build_request(
-            "POST", self._parsed(url), headers=headers, content=body, timeout=httpx.Timeout(
-                connect=timeouts.connect, read=timeouts.read, write=timeouts.read,
-                pool=timeouts.connect))
         # a stream must show its headers within first_byte (the fallback waits on them); a
         # whole answer comes with its headers only once generated, so the whole of it gets
         # the SDKs' total budget
@@ -585,7 +608,7 @@ class Forwarder:
             # the budget runs until the answer's first content (a stream) or its end: a
             # provider sending pings, or one byte now and then, cannot hold the call open
             async with asyncio.timeout(budget):
-                resp = await client.send(req, stream=True)
+                resp = await self.send(spec, url, headers, body, timeouts)
                 att.status = resp.status_code
                 # what is left of the account's rate limits: said on successes and 429s alike
                 self.quotas.observe(att.key, resp.headers.raw)
@@ -1088,16 +1111,21 @@ async def bounded_body(resp: httpx.Response, limit: int,
                                  limit, "its answer once decompressed")
     except ValueError as e:
         raise httpx.DecodingError(str(e), request=request) from None
-    raw = _one(resp.content) if whole else resp.aiter_raw()
     deadline = None if seconds is None else asyncio.get_running_loop().time() + seconds
+    # the lean transport's body keeps the deadline itself (one timer per body, not per read)
+    lean = None if whole else lean_body(resp, deadline)
+    raw = lean or (_one(resp.content) if whole else resp.aiter_raw())
     try:
         while True:
             try:
-                async with asyncio.timeout_at(deadline):
+                if lean is not None:
                     data = await anext(raw)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        data = await anext(raw)
             except StopAsyncIteration:
                 break
-            except TimeoutError:
+            except (TimeoutError, BodyDeadline):
                 raise AnswerLimit(f"its answer ran past {seconds:g}s (limits.stream_seconds)",
                                   request=request) from None
             for piece in decoder.feed(data):

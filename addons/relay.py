@@ -33,6 +33,7 @@ from collections.abc import Callable
 import h11
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons.direct import MAX_PER_ADDRESS
 from addons.forwarding import Failure, Forwarder, Job, internal_error
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class RelayServer:
         # token -> an answer made before the request was read (status, headers, body, born)
         self._answers: dict[str, tuple[int, dict[str, str], bytes, float]] = {}
         self._next = 0
+        # the port index each job was sent to, for its client connection (flow id -> (client
+        # connection id, index)), and how many jobs not yet ended each pair has
+        self._slots: dict[str, tuple[str, int]] = {}
+        self._load: dict[tuple[str, int], int] = {}
         self.conditions = ConditionLog()
 
     async def start(self) -> None:
@@ -96,7 +101,7 @@ class RelayServer:
             self._record(flow_id, "proxy stopped mid-answer")
         for job, _ in self._jobs.values():
             job.call.ended("proxy stopped before the relay was reached")
-            self.finished(job)
+            self._ended(job)
         self._jobs.clear()
         self._by_flow.clear()
         self._listeners.clear()
@@ -117,13 +122,45 @@ class RelayServer:
         return {"jobs_waiting": len(self._jobs), "jobs_running": len(self._running),
                 "connections": len(self._writers), "connections_waiting": len(self._waiting)}
 
-    def submit(self, job: Job) -> str:
-        """Register a job; returns the URL mitmproxy must send the flow to."""
+    def submit(self, job: Job, client: str = "") -> str:
+        """Register a job; returns the URL mitmproxy must send the flow to. `client`: the
+        client connection's id, whose jobs share ports as mitmproxy can reuse them."""
         self._sweep()
         token = secrets.token_urlsafe(24)
         self._jobs[token] = (job, time.monotonic())
         self._by_flow[job.flow_id] = token
-        return self._url(token)
+        return self._url(token, self._take_slot(job.flow_id, client))
+
+    def _take_slot(self, flow_id: str, client: str) -> int:
+        """The first port this client connection has fewer than MAX_PER_ADDRESS jobs on: an
+        HTTP/1.1 client's streams (one at a time) all go to one port, so mitmproxy reuses its
+        connection to the relay instead of opening one per stream (a connect, an accept and
+        their hooks each), and an HTTP/2 client's parallel streams spread as the limit needs."""
+        load = self._load
+        for i in range(len(self.ports)):
+            if load.get((client, i), 0) < MAX_PER_ADDRESS:
+                break
+        else:  # every port at the limit: mitmproxy queues; spread them anyway
+            i = self._next % len(self.ports)
+            self._next += 1
+        key = (client, i)
+        load[key] = load.get(key, 0) + 1
+        self._slots[flow_id] = key
+        return i
+
+    def _free_slot(self, flow_id: str) -> None:
+        key = self._slots.pop(flow_id, None)
+        if key is not None:
+            left = self._load[key] - 1
+            if left:
+                self._load[key] = left
+            else:
+                del self._load[key]
+
+    def _ended(self, job: Job) -> None:
+        """A job leaves the relay's books: its port slot is free, its end reported (once)."""
+        self._free_slot(job.flow_id)
+        self.finished(job)
 
     def answer(self, status: int, headers: dict[str, str], body: bytes) -> str:
         """A one-time URL answered with this, whatever its request's body: a request refused
@@ -134,10 +171,8 @@ class RelayServer:
         self._answers[token] = (status, headers, body, time.monotonic())
         return self._url(token)
 
-    def _url(self, token: str) -> str:
-        port = self.ports[self._next % len(self.ports)]
-        self._next += 1
-        return f"http://127.0.0.1:{port}/relay/{token}"
+    def _url(self, token: str, index: int = 0) -> str:
+        return f"http://127.0.0.1:{self.ports[index]}/relay/{token}"
 
     def cancel(self, flow_id: str) -> None:
         """The client went away (mitmproxy's error hook): stop the work, if any is left."""
@@ -145,7 +180,7 @@ class RelayServer:
         if token and token in self._jobs:
             job, _ = self._jobs.pop(token)
             job.call.client_left(" before the relay was reached")
-            self.finished(job)
+            self._ended(job)
         running = self._running.get(flow_id)
         if running is not None:
             running[0].cancel()
@@ -156,6 +191,7 @@ class RelayServer:
         token = self._by_flow.pop(flow_id, None)
         if token is not None:
             self._jobs.pop(token, None)
+        self._free_slot(flow_id)
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -164,7 +200,7 @@ class RelayServer:
                 del self._jobs[token]
                 self._by_flow.pop(job.flow_id, None)
                 job.call.failed("never delivered to the relay")
-                self.finished(job)
+                self._ended(job)
         for token, answer in list(self._answers.items()):
             if now - answer[3] > JOB_TTL:
                 del self._answers[token]
@@ -244,7 +280,7 @@ class RelayServer:
         job = running[1]
         if error:
             job.call.ended(error)
-        self.finished(job)
+        self._ended(job)
 
     async def _one_request(self, http: "RelayHttp") -> bool:
         """Serve one request; True if the connection may carry another."""

@@ -528,9 +528,14 @@ prices:
                         (home_m / "config.yaml").write_text(config)
                         m = detour_proxy(home_m)
                     elif args.against:
+                        # a home of its own too: the rounds' proxy of that checkout still
+                        # holds home_b (a second detour on one home does not start)
+                        home_bm = tmp / "home-against-memory"
+                        home_bm.mkdir()
+                        (home_bm / "config.yaml").write_text(config)
                         m = Mitmdump(confdir, router=False, extra=detour_extra + [
                             "-s", str(args.against / "addons" / "router.py"),
-                            "--set", f"detour_home={home_b}"])
+                            "--set", f"detour_home={home_bm}"])
                     else:
                         m = plain_proxy(True)
                     mitms.append(m)
