@@ -961,7 +961,7 @@ class AnswerStream:
         # the client asked for another framing of them (detour always asks a Gemini provider
         # for SSE); a stream framed otherwise (Ollama's NDJSON) is translated like any other
         same = provider_format == job.client_format and job.sse and (
-            mod.STREAM_CONTENT_TYPE == "text/event-stream")
+            mod.STREAM_CONTENT_TYPE.startswith("text/event-stream"))
         self.check = passthrough.CheckedPassthrough(
             mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
         self.decoder = decoder or (self.check.decoder if same else mod.StreamDecoder())
