@@ -20,8 +20,10 @@ The provider's credential is on the flow only while mitmproxy sends it: it is pu
 `update` after the request hook (mitmweb has published the flow by then) and redacted again in
 `responseheaders` or `error`. mitmproxy's timeouts do not cover first_byte, read or total: a
 watchdog task per flow closes mitmproxy's provider connection when one passes, and the call
-records the timeout. Known limit: what mitmproxy then tells the client is its own (a 502 page
-before the answer's headers, a cut stream after them), as for a provider breaking off.
+records the timeout; a stream still sending past limits.stream_seconds is ended by its stream
+callable with a well-formed error event first. Known limit: otherwise what mitmproxy tells the
+client is its own (a 502 page before the answer's headers, a cut stream after them), as for a
+provider breaking off.
 A provider that cannot be reached is told in the client's format: mitmproxy would answer a
 failed connect with its own 502 page (an `error` hook cannot replace it), so when mitmproxy
 holds no connection for this client that it would reuse (`server_connected` and
