@@ -20,8 +20,10 @@ The provider's credential is on the flow only while mitmproxy sends it: it is pu
 `update` after the request hook (mitmweb has published the flow by then) and redacted again in
 `responseheaders` or `error`. mitmproxy's timeouts do not cover first_byte, read or total: a
 watchdog task per flow closes mitmproxy's provider connection when one passes, and the call
-records the timeout. Known limit: what mitmproxy then tells the client is its own (a 502 page
-before the answer's headers, a cut stream after them), as for a provider breaking off.
+records the timeout; a stream still sending past limits.stream_seconds is ended by its stream
+callable with a well-formed error event first. Known limit: otherwise what mitmproxy tells the
+client is its own (a 502 page before the answer's headers, a cut stream after them), as for a
+provider breaking off.
 A provider that cannot be reached is told in the client's format: mitmproxy would answer a
 failed connect with its own 502 page (an `error` hook cannot replace it), so when mitmproxy
 holds no connection for this client that it would reuse (`server_connected` and
@@ -30,6 +32,7 @@ answers a failure there.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from urllib.parse import urlsplit
@@ -53,13 +56,17 @@ REDACTED = "[redacted]"
 # mitmproxy opens at most 5 connections at once per client connection and upstream address
 # (an HTTP/2 client's parallel streams would queue behind them): beyond, the relay's ports
 MAX_PER_ADDRESS = 5
+# seconds past limits.stream_seconds a stream may still send its next read, which ends the
+# client's stream with a well-formed error event; a provider silent then is cut instead
+STREAM_END_GRACE = 2.0
 
 
 class DirectCall:
     """One call on the direct path: its job, its one candidate and attempt, its watchdog."""
 
     __slots__ = ("job", "cand", "att", "attempts", "provider_format", "secrets", "stream",
-                 "watchdog", "deadline", "first_content", "timed_out", "started", "flow", "where")
+                 "watchdog", "deadline", "stream_end", "first_content", "wake",
+                 "timed_out", "started", "flow", "where")
 
     def __init__(self, flow: http.HTTPFlow, job: Job, cand: Candidate, attempts: list[Attempt],
                  provider_format: str, secrets: dict[str, str]):
@@ -73,7 +80,11 @@ class DirectCall:
         self.stream: DirectStream | None = None
         self.watchdog: asyncio.Task | None = None
         self.deadline = 0.0  # loop time the current budget ends at
+        self.stream_end = 0.0  # loop time limits.stream_seconds ends the call at
         self.first_content = False
+        # wakes the watchdog: at the first content (from first_byte to the stream's own
+        # budgets) and when the stream callable ended the client's stream at stream_end
+        self.wake = asyncio.Event()
         self.timed_out: str | None = None  # why the watchdog ended the attempt
         self.started = time.perf_counter()
 
@@ -174,7 +185,9 @@ class DirectPath:
         limits = self.settings.runtime.config.limits
         t = cand.provider.spec.timeouts
         budget = t.first_byte if job.stream else t.total
-        dc.deadline = asyncio.get_running_loop().time() + budget
+        now = asyncio.get_running_loop().time()
+        dc.deadline = now + budget
+        dc.stream_end = now + limits.stream_seconds
         dc.watchdog = asyncio.get_running_loop().create_task(
             self._watch(dc, t.read, limits.stream_seconds), name=f"detour direct {flow.id}")
         return True
@@ -434,14 +447,21 @@ class DirectPath:
         (streams: until the first content event), total (whole calls), then read between two
         reads and limits.stream_seconds for the whole stream."""
         loop = asyncio.get_running_loop()
-        end = loop.time() + stream_seconds
+        end = dc.stream_end
         while True:
             now = loop.time()
+            if dc.stream is not None and dc.stream.expired:
+                break  # the client's stream was ended at stream_end: the provider's goes
             if dc.first_content:
-                dc.deadline = min(dc.stream.last_read + read, end)
+                # a read past stream_end ends the client's stream well formed (DirectStream);
+                # a provider silent then is cut a moment later
+                dc.deadline = min(dc.stream.last_read + read, end + STREAM_END_GRACE)
             if now >= dc.deadline:
                 break
-            await asyncio.sleep(dc.deadline - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(dc.deadline - now):
+                    await dc.wake.wait()
+            dc.wake.clear()
         t = dc.cand.provider.spec.timeouts
         if not dc.first_content and dc.job.stream:
             failed, why = Failed.NO_ANSWER_IN_TIME, \
@@ -475,7 +495,8 @@ class DirectStream:
     synchronously, once per read and once more with b"" at the end. Mid-stream it returns a
     list (`[]` holds back: a b"" would end the client's chunked body)."""
 
-    __slots__ = ("dc", "inflate", "answer", "error", "failed", "last_read", "delivered")
+    __slots__ = ("dc", "inflate", "answer", "error", "failed", "last_read", "delivered",
+                 "stream_seconds", "expired")
 
     def __init__(self, path: DirectPath, dc: DirectCall, encoding: str, limit: int):
         self.dc = dc
@@ -486,6 +507,8 @@ class DirectStream:
         self.failed: Failed | None = None  # the attempt failed (before its first content)
         self.delivered = False  # the client has the answer's final event
         self.last_read = asyncio.get_running_loop().time()
+        self.stream_seconds = path.settings.runtime.config.limits.stream_seconds
+        self.expired = False  # ended at the call's stream_end
 
     @property
     def decoder(self):
@@ -496,7 +519,18 @@ class DirectStream:
         answer = self.answer
         if answer.ended:
             return b"" if end else []
-        self.last_read = asyncio.get_running_loop().time()
+        self.last_read = now = asyncio.get_running_loop().time()
+        if not end and now >= self.dc.stream_end:
+            # a provider trickling past the call's deadline: the client's stream ends here,
+            # well formed (b"" ends an HTTP/1 client's chunked body); the watchdog closes the
+            # provider's connection
+            out = answer.broke(f"{self.dc.cand.key} broke off the stream: its answer ran past "
+                               f"{self.stream_seconds:g}s (limits.stream_seconds)")
+            self._failed(Failed.BROKEN)
+            self.expired = True
+            self.dc.wake.set()
+            self.dc.job.call.first_byte()
+            return [out, b""]
         try:
             if end:
                 out = b"".join(answer.feed(piece) for piece in self.inflate.flush())
@@ -522,8 +556,9 @@ class DirectStream:
         return [out] if out else []
 
     def _after(self, answer: AnswerStream) -> None:
-        if answer.content:
+        if answer.content and not self.dc.first_content:
             self.dc.first_content = True
+            self.dc.wake.set()
         if answer.error is not None and self.error is None:
             self.error = answer.error
             if not self.dc.first_content:

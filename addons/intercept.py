@@ -59,12 +59,15 @@ def client_name(headers) -> str:
 class PassthroughTap:
     """Reads usage off a vendor's answer while mitmproxy forwards it untouched."""
 
-    __slots__ = ("call", "decoder", "broken")
+    __slots__ = ("call", "decoder", "broken", "error")
 
     def __init__(self, call: Call, client_format: str):
         self.call = call
         self.decoder = FORMATS[client_format].StreamDecoder()
         self.broken: str | None = None  # why usage stopped being read, if it did
+        # the stream's first error event as the decoder read it: the vendor's own, or the
+        # decoder's refusal of what it sent (a usage figure beyond a count)
+        self.error: str | None = None
 
     def __call__(self, chunk: bytes) -> bytes:
         # a stream callable: synchronous, once per chunk, and once more with b"" at the end.
@@ -72,7 +75,12 @@ class PassthroughTap:
         # proxy, so whatever goes wrong only stops the usage reading (and is noted)
         if chunk and self.broken is None:
             try:
-                self.decoder.feed(chunk)
+                events = self.decoder.feed(chunk)
+                if self.error is None:
+                    for ev in events:
+                        if type(ev) is canonical.StreamError:
+                            self.error = f"{ev.kind}: {ev.message}"[:300]
+                            break
             except Exception as e:
                 self.broken = f"usage not read: {type(e).__name__}: {e}"[:300]
                 log.warning("detour: observing %s: %s", self.call.flow_id, self.broken,
@@ -599,15 +607,17 @@ class Interceptor:
                 tap.decoder.close()
                 usage = tap.decoder.usage
         else:
-            usage = _usage_of_whole(call.row.client_format, flow.response)
+            usage, unread = _usage_of_whole(call.row.client_format, flow.response)
+            if unread:
+                call.ended(unread)
         if usage is not None:
             self.settings.runtime.forwarder.set_usage(call, usage, flow.request.pretty_url,
                                                       call.client_subscription)
         if status >= 400:  # the vendor's words, scrubbed when the call finishes
             call.failed(flow.response.get_text(strict=False)[:300]
                         if not flow.response.stream else f"HTTP {status}")
-        if tap.broken:
-            call.ended(tap.broken)
+        if tap.broken or tap.error:
+            call.ended(tap.broken or tap.error)
         if flow.response.timestamp_start and flow.request.timestamp_start:
             call.first_byte_at(round((flow.response.timestamp_start
                                       - flow.request.timestamp_start) * 1000, 2))
@@ -736,10 +746,12 @@ def _process_figures() -> dict[str, int]:
     return {"rss_bytes": rss, "open_fds": fds, "asyncio_tasks": len(asyncio.all_tasks())}
 
 
-def _usage_of_whole(fmt: str, response: http.Response) -> canonical.Usage | None:
+def _usage_of_whole(fmt: str, response: http.Response) -> tuple[canonical.Usage | None,
+                                                                 str | None]:
+    """A vendor's whole answer's usage, or None and why it could not be read."""
     if response.status_code >= 300:
-        return None
+        return None, None
     try:
-        return FORMATS[fmt].decode_response(orjson.loads(response.get_content())).usage
-    except (ValueError, canonical.TranslationError):
-        return None
+        return FORMATS[fmt].decode_response(orjson.loads(response.get_content())).usage, None
+    except (ValueError, canonical.TranslationError) as e:
+        return None, f"usage not read: {type(e).__name__}: {e}"[:300]

@@ -143,8 +143,9 @@ def _clean(schema, defs, depth: int):
     for key, value in schema.items():
         if key not in _SCHEMA_KEYS or key == "type":
             continue
-        if key == "properties" and isinstance(value, dict):
-            out[key] = {k: _clean(v, defs, depth + 1) for k, v in value.items()}
+        if key == "properties":
+            if isinstance(value, dict):  # anything else Gemini would refuse: left out
+                out[key] = {k: _clean(v, defs, depth + 1) for k, v in value.items()}
         elif key == "items":
             out[key] = _clean(value, defs, depth + 1)
         elif key == "anyOf" and isinstance(value, list):
@@ -161,7 +162,7 @@ def _clean(schema, defs, depth: int):
             out.setdefault("type", "STRING")
         elif key == "format":
             allowed = _STRING_FORMATS if out.get("type") == "STRING" else _NUMBER_FORMATS
-            if value in allowed:
+            if isinstance(value, str) and value in allowed:
                 out[key] = value
         else:
             out[key] = value
@@ -176,7 +177,7 @@ def _clean(schema, defs, depth: int):
                 out["anyOf"] = cleaned
     if isinstance(out.get("required"), list):
         props = out.get("properties") or {}
-        out["required"] = [r for r in out["required"] if r in props]
+        out["required"] = [r for r in out["required"] if isinstance(r, str) and r in props]
         if not out["required"]:
             del out["required"]
     if out.get("type") == "OBJECT" and "properties" not in out and "anyOf" not in out:
@@ -575,7 +576,7 @@ def encode_request(req: c.Request) -> dict:
 def _stop_reason(finish, has_calls: bool) -> c.StopReason | None:
     if finish is None:
         return None
-    stop = _FINISH_TO_STOP.get(finish, "end_turn")
+    stop = _FINISH_TO_STOP.get(finish, "end_turn") if isinstance(finish, str) else "end_turn"
     return "tool_use" if has_calls and stop == "end_turn" else stop
 
 

@@ -64,19 +64,37 @@ async def test_bad_requests_are_refused_with_a_status_and_closed(request_bytes, 
     relay.stop()
 
 
-@pytest.mark.parametrize("request_bytes", [
-    b"",  # connected and silent: the idle timeout
-    b"POST /relay/x HTTP/1.1\r\nhost: x\r\n",  # a head that never ends: the head timeout
-    b"POST /relay/x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{}",  # a body cut short
+@pytest.mark.parametrize("request_bytes,idle,head", [
+    (b"", 0.3, 60),  # connected and silent: the idle timeout
+    # a head that never ends, trickled a byte at a time: the head timeout (each byte comes
+    # well within the idle one, and without it the connection stayed open for 60 s)
+    (b"POST /relay/x HTTP/1.1\r\nhost: x\r\nx-pad: " + b"a" * 1000, 60, 0.3),
+    (b"POST /relay/x HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{}", 60, 0.3),  # a body cut short
 ], ids=["idle", "slow-head", "slow-body"])
-async def test_idle_and_slow_connections_are_closed(request_bytes, monkeypatch):
-    monkeypatch.setattr(relay_module, "IDLE_TIMEOUT", 0.3)
-    monkeypatch.setattr(relay_module, "HEAD_TIMEOUT", 0.2)
+async def test_idle_and_slow_connections_are_closed(request_bytes, idle, head, monkeypatch):
+    monkeypatch.setattr(relay_module, "IDLE_TIMEOUT", idle)
+    monkeypatch.setattr(relay_module, "HEAD_TIMEOUT", head)
     relay, fwd, job, finished = await start(Upstreams())
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.ports[0])
-    writer.write(request_bytes)
-    await writer.drain()
-    async with asyncio.timeout(10):  # closed by the relay, long before this
-        assert await reader.read() == b""
-    writer.close()
-    relay.stop()
+
+    async def trickle():
+        for i in range(len(request_bytes)):
+            writer.write(request_bytes[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    sending = asyncio.create_task(trickle())
+    try:
+        async with asyncio.timeout(10):  # closed by the relay, long before this
+            try:
+                assert await reader.read() == b""
+            except ConnectionResetError:  # closed while bytes were still coming: a reset
+                pass
+    finally:
+        sending.cancel()
+        try:
+            await sending
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        writer.close()
+        relay.stop()

@@ -3,6 +3,7 @@ close connections that never send a request beyond `detour_relay_max_waiting`, t
 port refuses clients beyond `detour_max_clients`; calls still get answered and each condition
 is one log line, not one per connection."""
 
+import resource
 import socket
 import time
 
@@ -11,30 +12,35 @@ import pytest
 
 from tests.captures import anthropic_events
 from tests.e2e.conftest import capture
+from addons.relay import MAX_WAITING
 from tests.e2e.test_soak import URL, start_web, status
 
 MAX_CLIENTS = 30
+IDLE = 1000  # connections another local user holds open on the relay's ports (1,019 took it down)
 
 
 @pytest.mark.slow
 def test_idle_local_connections_do_not_take_the_proxy_down(confdir, tmp_path, fake_openai):
     proxy, web_port = start_web(
         confdir, tmp_path / "home", fake_openai,
-        extra=["--set", "detour_relay_max_waiting=20", "--set", f"detour_max_clients={MAX_CLIENTS}"])
+        extra=["--set", f"detour_max_clients={MAX_CLIENTS}"])
     m = proxy.mitm
+    # the common default limit of open files, where 1,019 held connections exhausted it
+    resource.prlimit(m.proc.pid, resource.RLIMIT_NOFILE, (1024, 1024))
     body = dict(capture("text"), stream=True)
     held: list[socket.socket] = []
     with m:  # stops it
         try:
-            relay_port = status(web_port)["relay_ports"][0]
-            for _ in range(300):
-                held.append(socket.create_connection(("127.0.0.1", relay_port), timeout=10))
+            relay_ports = status(web_port)["relay_ports"]
+            for i in range(IDLE):  # over every port, with the default detour_relay_max_waiting
+                held.append(socket.create_connection(("127.0.0.1", relay_ports[i % len(relay_ports)]),
+                                                     timeout=10))
             with proxy.client() as c:
                 r = c.post(URL, json=body, headers={"x-api-key": "k"})
                 assert r.status_code == 200 and anthropic_events(r.content)
                 proxy.row_of(r)
             state = status(web_port)["process"]
-            assert state["relay_connections_waiting"] <= 20, state
+            assert state["relay_connections_waiting"] <= MAX_WAITING, state
             # the oldest held connections were closed by the relay
             held[0].settimeout(10)
             assert held[0].recv(1) == b""

@@ -98,6 +98,7 @@ def test_a_provider_gzip_bomb_fails_the_attempt_in_bounded_memory(proxy, fake_op
     before = proxy.mitm.peak_rss_mb()
     r = ask(proxy, "bomb")
     grown = proxy.mitm.peak_rss_mb() - before
+    print(f"gzip bomb: the proxy's peak grew {grown:.0f} MB")  # pytest -s
     assert r.status_code == 200, r.text
     assert r.json()["content"][0]["text"] == "after the bomb"
     row = proxy.row_of(r)
@@ -169,6 +170,7 @@ def test_a_line_that_never_ends_is_cut_in_bounded_memory(big_proxy, fake_openai)
     before = big_proxy.mitm.peak_rss_mb()
     r, data = read_stream(big_proxy, "line")
     grown = big_proxy.mitm.peak_rss_mb() - before
+    print(f"endless line: the proxy's peak grew {grown:.0f} MB")  # pytest -s
     assert r.status_code == 200
     events = anthropic_events(data)
     assert "".join(e.text for e in events if type(e) is canonical.TextDelta) == "before"

@@ -203,6 +203,7 @@ def test_nothing_is_left_behind(confdir, tmp_path, fake_openai, fake_anthropic):
         # a 502 only when the flapping provider failed and the dead one refused
         assert set(answered) <= {"ok", "left", "502"} and answered["ok"] > CALLS // 2, answered
         after_fds = fd_targets(m.proc.pid)
+        print(f"soak: {dict(answered)}; at rest before {base}; after {after}")  # pytest -s
         assert after["open_fds"] == base["open_fds"], (
             base, after, {"opened": after_fds - base_fds, "closed": base_fds - after_fds})
         assert after["asyncio_tasks"] == base["asyncio_tasks"], (base, after)
