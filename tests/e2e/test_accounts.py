@@ -323,3 +323,22 @@ def test_two_hundred_concurrent_calls_while_accounts_flap(web, fake, script):
     assert consistent, (kept, now)
     command(web.web_port, "detour.cooldowns.clear", "rr")
     assert not any(k.startswith("rr/") for k in cooling(web))
+
+
+def test_a_refused_key_rests_the_account_for_every_model(web, client, fake, script):
+    one, two, _ = KEYS
+    script.set(one, "up-a", Status(401))
+    r = call(client, "prio-a")  # group 1's key refused: group 2 answers
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == (
+        f"{two} answered up-a")
+    first = route(web, r)[0]
+    assert (first["status"], first["rest"], first["rest_scope"]) == (401, "auth", "account")
+    # unlike a rate limit, a refused key is refused for up-b too: not asked again
+    fake.clear()
+    r = call(client, "prio-b")
+    assert r.json()["choices"][0]["message"]["content"] == f"{two} answered up-b"
+    assert keys_asked(fake) == [two]
+    assert len(route(web, r)) == 1  # the resting account comes last: never reached
+    resting = cooling(web)
+    assert any(k.startswith("prio/key1:") and "@" not in k for k in resting), resting
+    command(web.web_port, "detour.cooldowns.clear", "prio")

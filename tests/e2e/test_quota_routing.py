@@ -133,3 +133,25 @@ def test_accounts_and_routes_through_mitmweb(confdir, tmp_path, fake):
         assert KEY_A not in json.dumps(routes)
     finally:
         proxy.mitm.stop()
+
+
+LOW = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "5",
+       "x-ratelimit-reset-requests": "1m0s"}
+
+
+def test_an_account_low_on_a_window_goes_behind_the_others(confdir, tmp_path, fake):
+    proxy = start_proxy(confdir, tmp_path / "home", config(fake))
+    try:
+        with proxy.client() as c:
+            fake.response_headers.update(LOW)  # A's answer: 5 of 100 requests left
+            assert ask(c).status_code == 200
+            fake.response_headers.clear()
+            assert [ask(c).status_code for _ in range(4)] == [200] * 4
+            # round-robin alone would give A every other call: low on a window, it goes
+            # behind B (it does not rest: it has some left)
+            assert keys_used(fake) == [KEY_A, KEY_B, KEY_B, KEY_B, KEY_B]
+            fake.enqueue(Status(500))
+            assert ask(c).status_code == 200  # B failed: A still serves
+            assert keys_used(fake)[-2:] == [KEY_B, KEY_A]
+    finally:
+        proxy.mitm.stop()
