@@ -1,14 +1,17 @@
 """Rate-limit headers steer calls away from an account at zero before it ever answers 429, and
 the operator sees it: through a real mitmdump, and mitmweb's REST API for `detour.accounts`
-and `detour.routes`. Each account is a key of one loopback FakeOpenAI, told on cue which
-rate-limit headers to send (`fake.response_headers`)."""
+and `detour.routes`. Each account is a key of one loopback FakeOpenAI (or FakeAnthropic, for
+Anthropic's own headers), told on cue which rate-limit headers to send
+(`fake.response_headers`); an account low on a window goes behind the others."""
 
 import json
+import time
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import free_port, start_proxy
+from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.fakes.replies import Status
 
@@ -155,3 +158,29 @@ def test_an_account_low_on_a_window_goes_behind_the_others(confdir, tmp_path, fa
             assert keys_used(fake)[-2:] == [KEY_B, KEY_A]
     finally:
         proxy.mitm.stop()
+
+
+def test_anthropic_headers_at_zero_rest_the_account_until_their_reset(confdir, tmp_path):
+    with FakeAnthropic(keys={KEY_A, KEY_B}) as vendor:
+        proxy = start_proxy(confdir, tmp_path / "home", (
+            f"providers:\n  a: {{kind: anthropic, base_url: '{vendor.base_url}', "
+            f"api_keys: [{KEY_A}, {KEY_B}]}}\nroutes: {{'*': [a/claude-up]}}\n"))
+        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+        try:
+            with proxy.client() as c:
+                def claude():
+                    return c.post("https://api.anthropic.com/v1/messages", json={
+                        "model": "claude-x", "max_tokens": 10,
+                        "messages": [{"role": "user", "content": "hi"}]}, headers={
+                        "x-api-key": "client-key", "anthropic-version": "2023-06-01"})
+                # A's answer: its input tokens for this minute are spent
+                vendor.response_headers.update({
+                    "anthropic-ratelimit-input-tokens-limit": "40000",
+                    "anthropic-ratelimit-input-tokens-remaining": "0",
+                    "anthropic-ratelimit-input-tokens-reset": reset})
+                assert claude().status_code == 200
+                vendor.response_headers.clear()
+                assert [claude().status_code for _ in range(3)] == [200] * 3
+            assert [r.headers["x-api-key"] for r in vendor.requests] == [KEY_A] + [KEY_B] * 3
+        finally:
+            proxy.mitm.stop()
