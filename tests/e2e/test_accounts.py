@@ -279,12 +279,16 @@ def test_two_hundred_concurrent_calls_while_accounts_flap(web, fake, script):
     script.set(three, "up-flap", Status(429, headers={"retry-after": "1"}),
                Text(f"{three} answered up-flap"))
 
+    # all 200 in flight at once: each waits for the others before it sends
+    start = threading.Barrier(200, timeout=60)
+
     def one_call(_):
-        with web.client() as c:
+        with web.client(timeout=120) as c:
+            start.wait()
             r = call(c, "flap")
             return r.status_code, r.headers.get("x-detour-id"), r.json()
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(200) as pool:
         results = list(pool.map(one_call, range(200)))
     assert [s for s, _, _ in results] == [200] * 200
     ids = {i for _, i, _ in results}
