@@ -184,3 +184,38 @@ def test_anthropic_headers_at_zero_rest_the_account_until_their_reset(confdir, t
             assert [r.headers["x-api-key"] for r in vendor.requests] == [KEY_A] + [KEY_B] * 3
         finally:
             proxy.mitm.stop()
+
+
+ANTHROPIC_NO_CREDIT = {"type": "error", "error": {
+    "type": "invalid_request_error",
+    "message": "Your credit balance is too low to access the Anthropic API. Please go to Plans "
+               "& Billing to upgrade or purchase credits."}}
+
+
+def test_an_anthropic_balance_too_low_rests_that_account_for_every_model(confdir, tmp_path):
+    """Anthropic says so with a 400 (which otherwise means the request itself was refused, and
+    no other account would be asked): an exhausted balance, the next account answers."""
+    with FakeAnthropic(keys={KEY_A, KEY_B}) as vendor:
+        proxy = start_proxy(confdir, tmp_path / "home", (
+            f"providers:\n  a: {{kind: anthropic, base_url: '{vendor.base_url}', "
+            f"api_keys: [{{key: {KEY_A}, priority: 1}}, {{key: {KEY_B}, priority: 2}}]}}\n"
+            f"routes: {{'*': [a/*]}}\n"))
+        try:
+            with proxy.client() as c:
+                def claude(model: str):
+                    return c.post("https://api.anthropic.com/v1/messages", json={
+                        "model": model, "max_tokens": 10,
+                        "messages": [{"role": "user", "content": "hi"}]}, headers={
+                        "x-api-key": "client-key", "anthropic-version": "2023-06-01"})
+                vendor.enqueue(Status(400, body=ANTHROPIC_NO_CREDIT))
+                first = claude("claude-one")
+                assert first.status_code == 200, first.text
+                second = claude("claude-two")  # another model: A is not asked either
+                assert second.status_code == 200
+            assert [r.headers["x-api-key"] for r in vendor.requests] == [KEY_A, KEY_B, KEY_B]
+            attempt = json.loads(proxy.row_of(first)["route"])[0]
+            assert (attempt["status"], attempt["rest"], attempt["rest_scope"]) == (
+                400, "quota", "account")
+            assert attempt["rest_s"] == 900  # no reset said: detour's first quota rest
+        finally:
+            proxy.mitm.stop()
