@@ -38,6 +38,7 @@ class Instance:
     config: str
     web_port: int | None = None  # mitmweb's UI
     log: str | None = None  # the log file of a background proxy
+    metrics_port: int | None = None  # loopback /metrics, /accounts, /routes (addons/metrics.py)
 
     @property
     def client_host(self) -> str:

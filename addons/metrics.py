@@ -1,5 +1,7 @@
 """`/metrics` (Prometheus) and `/healthz` on a loopback port the addon serves
-(`detour_metrics_port`, 9464 by default; 0 turns it off).
+(`detour_metrics_port`, 9464 by default; 0 turns it off), and the operator's views `/accounts`
+and `/routes`: what the mitmproxy commands `detour.accounts` and `detour.routes` return, for
+`detour status` (mitmdump has no command API of its own; proxy.json says the port).
 
 The counters and histograms are fed by the usage store's writer thread, from the rows it
 writes, once priced (so a call counts once, whatever path it took, and nothing is done on
@@ -22,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from addons.operator_commands import OperatorCommands
 from addons.routing import NO_KEY, Candidate
 from addons.settings import DetourSettings
 
@@ -160,6 +163,8 @@ class MetricsServer:
         self.metrics = UsageMetrics()
         self.metrics.registry.register(RuntimeGauges(settings))
         self.port: int | None = None  # where it listens, once it does
+        self.started = asyncio.Event()  # set once it listens, or gave up (proxy.json waits)
+        self.views = OperatorCommands(settings)
         self._server: asyncio.Server | None = None
         self._observing = False
 
@@ -203,8 +208,10 @@ class MetricsServer:
             why = os.strerror(e.errno) if e.errno else str(e)
             log.warning("detour: metrics not served: cannot listen on 127.0.0.1:%d (%s); set "
                         "detour_metrics_port to another port, or 0", port, why)
+            self.started.set()
             return
         self.port = self._server.sockets[0].getsockname()[1]
+        self.started.set()
         log.info("detour: metrics on http://127.0.0.1:%d/metrics, health on /healthz", self.port)
 
     # ------------------------------------------------------------ HTTP
@@ -240,7 +247,12 @@ class MetricsServer:
             ok = all(c["ok"] for c in checks.values())
             body = json.dumps({"status": "ok" if ok else "failing", "checks": checks}, indent=2)
             return (200 if ok else 503), "application/json", body.encode() + b"\n"
-        return 404, "text/plain", b"not found: try /metrics or /healthz\n"
+        if path in ("/accounts", "/routes"):
+            if self.settings.runtime is None:
+                return 503, "text/plain", b"detour is not loaded\n"
+            view = self.views.accounts() if path == "/accounts" else self.views.routes()
+            return 200, "application/json", view.encode() + b"\n"
+        return 404, "text/plain", b"not found: try /metrics, /healthz, /accounts or /routes\n"
 
     async def health(self) -> dict[str, dict]:
         """Each check: {"ok": bool, "detail": str}."""

@@ -80,11 +80,20 @@ class ProxyInstance:
         host, port = addrs[0][0], addrs[0][1]
         rt = self.settings.runtime
         web_port = getattr(ctx.options, "web_port", None)  # mitmweb's option only
+        # where `detour status` asks for detour.accounts and detour.routes (addons/metrics.py)
+        metrics = ctx.master.addons.get("metricsserver")
+        if metrics is not None and getattr(ctx.options, "detour_metrics_port", 0):
+            try:
+                await asyncio.wait_for(metrics.started.wait(),
+                                       max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                pass
         self.instance = Instance(
             pid=_proxy_pid(), host=str(ctx.options.listen_host or host), port=int(port),
             started=time.time(), home=str(self.home), confdir=str(ctx.options.confdir),
             config=str(rt.config_path), web_port=web_port,
-            log=os.environ.get("DETOUR_PROXY_LOG") or None)
+            log=os.environ.get("DETOUR_PROXY_LOG") or None,
+            metrics_port=metrics.port if metrics is not None else None)
         write_state(self.home, self.instance)
 
     def done(self) -> None:

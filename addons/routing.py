@@ -12,12 +12,14 @@ still ask one resting only for a transient failure when nothing else is left).
 import email.utils
 import enum
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from addons.config import LEAST_RECENTLY_USED, PASSTHROUGH, Config, Provider, resolve_secret
+from addons.credentials.store import NEEDS_LOGIN
 from addons.quota import QuotaBook, prefer_headroom
 
 
@@ -37,6 +39,10 @@ class Account:
     # a subscription login (OAuth): its calls cost no API price, their rows record the API
     # price they would have cost, marked as such (addons/prices.py)
     subscription: bool = False
+    # a stored login that is spent (`needs_login`: refresh refused), as the store said when the
+    # providers were built: routed after every other account (the forwarder asks the
+    # credential provider, which knows it at once, and never sends it)
+    needs_login: bool = False
 
     def __repr__(self) -> str:  # keep the secret out of any accidental log line
         return f"Account({self.label!r})"
@@ -78,7 +84,8 @@ def build_providers(config: Config, stored=()) -> dict[str, ProviderRuntime]:
                 accounts.append(Account(acct.label, acct.current_secret,
                                         f"account {len(accounts) + 1}", acct.priority,
                                         not acct.enabled, acct.id,
-                                        subscription=acct.kind == "oauth"))
+                                        subscription=acct.kind == "oauth",
+                                        needs_login=acct.state == NEEDS_LOGIN))
         out[name] = ProviderRuntime(name, spec, tuple(accounts))
     return out
 
@@ -252,10 +259,12 @@ class CooldownBook:
     def last_used(self, key: str) -> float:
         return self._last_used.get(key, float("-inf"))
 
-    def next_turn(self, group: str) -> int:
-        """A priority group's round-robin turn: 0, 1, 2, ... one per call planned."""
+    def next_turn(self, group: str, take: bool = True) -> int:
+        """A priority group's round-robin turn: 0, 1, 2, ... one per call planned (`take`
+        False: the turn the next call will get, left for it: the operator's view)."""
         turn = self._turns.get(group, 0)
-        self._turns[group] = turn + 1
+        if take:
+            self._turns[group] = turn + 1
         return turn
 
     def set_turn(self, group: str, turn: int) -> None:
@@ -383,22 +392,25 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 def order_accounts(provider: ProviderRuntime, model: str, now: float,
-                   cooldowns: CooldownBook | None) -> list[Account]:
+                   cooldowns: CooldownBook | None, take_turn: bool = True) -> list[Account]:
     """The order `provider`'s accounts are asked for upstream `model`: ready accounts by
     priority group (lower first), inside a group as the provider's `strategy` says
     (round-robin: the group's turn rotates it, one step per call; least-recently-used: the
-    one asked longest ago first); then the resting ones, first to wake first. Disabled
-    accounts are left out. Without a book (no history), the order written."""
+    one asked longest ago first); then the resting ones, first to wake first; then the logins
+    that need renewing (never asked: they take no turn from the others). Disabled accounts are
+    left out. Without a book (no history), the order written."""
     if not provider.accounts:
         return [NO_KEY]  # a provider without keys (a local server): no credential sent
     accounts = [a for a in provider.accounts if not a.disabled]
     if cooldowns is None:
-        return sorted(accounts, key=lambda a: a.priority)
+        return sorted(accounts, key=lambda a: (a.needs_login, a.priority))
     groups: dict[int, list[Account]] = {}
     resting: list[tuple[float, int, Account]] = []
     for i, account in enumerate(accounts):
         rest = cooldowns.rest(account_key(provider.name, account.label), model, now)
-        if rest is None:
+        if account.needs_login:
+            resting.append((math.inf, i, account))
+        elif rest is None:
             groups.setdefault(account.priority, []).append(account)
         else:
             resting.append((rest.until, i, account))
@@ -409,7 +421,7 @@ def order_accounts(provider: ProviderRuntime, model: str, now: float,
             if provider.spec.strategy == LEAST_RECENTLY_USED:
                 group.sort(key=lambda a: cooldowns.last_used(account_key(provider.name, a.label)))
             else:
-                turn = cooldowns.next_turn(f"{provider.name}#{priority}") % len(group)
+                turn = cooldowns.next_turn(f"{provider.name}#{priority}", take_turn) % len(group)
                 group = group[turn:] + group[:turn]
         out += group
     return out + [account for _, _, account in sorted(resting, key=lambda r: r[:2])]
@@ -427,8 +439,9 @@ def plan(config: Config, providers: dict[str, ProviderRuntime], model: str, *,
 
 def expand(entries: list[str], providers: dict[str, ProviderRuntime], model: str,
            quotas: QuotaBook | None = None, cooldowns: CooldownBook | None = None,
-           now: float | None = None) -> list[Candidate]:
-    """One route's entries (`provider/model`, `provider/*`, `passthrough`) as candidates."""
+           now: float | None = None, take_turn: bool = True) -> list[Candidate]:
+    """One route's entries (`provider/model`, `provider/*`, `passthrough`) as candidates
+    (`take_turn` False: as the next call would get them, no round-robin turn taken)."""
     now = time.monotonic() if now is None else now
     out: list[Candidate] = []
     for cand in entries:
@@ -440,6 +453,7 @@ def expand(entries: list[str], providers: dict[str, ProviderRuntime], model: str
         if upstream == "*":
             upstream = model
         accounts = [Candidate(provider, account, upstream)
-                    for account in order_accounts(provider, upstream, now, cooldowns)]
+                    for account in order_accounts(provider, upstream, now, cooldowns,
+                                                  take_turn)]
         out += prefer_headroom(accounts, quotas)
     return out

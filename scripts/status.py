@@ -1,12 +1,19 @@
 """`detour status`: is a proxy running for this DETOUR_HOME (pid, address, uptime), the
-configuration in force, each provider's accounts with their rests, today's calls, and the tool
-calls that went by untouched. Read from DETOUR_HOME's files (proxy.json, config.yaml,
-detour.db, untouched.json), so it works the same whoever started the proxy, or with none.
+configuration in force, each provider's accounts with their state, what each route resolves to,
+today's calls, and the tool calls that went by untouched.
+
+While a proxy runs, accounts and routes are the proxy's own view: its `detour.accounts` and
+`detour.routes` commands, asked on its loopback metrics port (proxy.json says which): stored
+accounts and their logins (needs_login), rests, recent errors, rate limits last seen. Without a
+proxy (or a metrics port) they are read from DETOUR_HOME's files (config.yaml, detour.db's
+cooldowns and accounts), so status works the same whoever started the proxy, or with none.
 """
 
 import datetime
+import json
 import sqlite3
 import time
+import urllib.request
 from pathlib import Path
 
 import click
@@ -19,6 +26,7 @@ from certs.env import proxy_url
 from scripts.options import Settings, output_options, pass_settings
 
 DB_NAME = "detour.db"
+VIEW_TIMEOUT = 3.0  # seconds to wait for the running proxy's view
 
 
 def proxy_record(home: Path) -> dict:
@@ -50,23 +58,61 @@ def label_of(entry, index: int) -> str:
 
 
 def accounts_record(config: Config | None, db: Path) -> list[dict]:
-    """Each configured account with its state: resting (as a whole or for some models, with
-    why and until when, from the cooldowns the proxy keeps in detour.db) or ready."""
+    """Each account (config.yaml's, then those detour holds in detour.db, numbered as the proxy
+    numbers them) with its state: disabled, needs_login (with why), resting (as a whole or for
+    some models, with why and until when, from the cooldowns the proxy keeps in detour.db) or
+    ready."""
     rests = _rests(db)
+    stored = _query(db, "SELECT provider, name, enabled, state, last_error FROM accounts "
+                    "ORDER BY provider, priority, id", ())
     out = []
     for name, provider in (config.providers if config else {}).items():
-        for i, entry in enumerate(provider.api_keys or [None]):
-            label = label_of(entry, i) if entry is not None else "no-key"
-            disabled = entry is not None and not isinstance(entry, str) and entry.disabled
+        entries = [(label_of(entry, i), not isinstance(entry, str) and entry.disabled
+                    and "disabled in config.yaml", None)
+                   for i, entry in enumerate(provider.api_keys)]
+        entries += [(f"db:{acct}", not enabled and "disabled: `detour account enable` takes "
+                     "it back", f"needs login: {error or 'its refresh was refused'}"
+                     if state == "needs_login" else None)
+                    for owner, acct, enabled, state, error in stored if owner == name]
+        for i, (label, disabled, login) in enumerate(entries or [("no-key", None, None)]):
             key = f"{name}/{label}"
             mine = [r for r in rests if r["key"] == key or r["key"].startswith(key + "@")]
-            state = "disabled" if disabled else "resting" if mine else "ready"
+            state, why = (("disabled", disabled) if disabled else ("needs_login", login)
+                          if login else ("resting", f"{mine[0]['reason']}: {mine[0]['cause']}")
+                          if mine else ("ready", None))
             out.append({"provider": name, "account": f"account {i + 1}", "label": label,
-                        "state": state, "rests": [
+                        "state": state, "why": why, "rests": [
                             {"model": r["key"].partition("@")[2] or None, **{
                                 k: r[k] for k in ("until", "seconds_left", "reason", "cause")}}
                             for r in mine]})
     return out
+
+
+def proxy_views(home: Path) -> tuple[list[dict], list[dict]] | None:
+    """The running proxy's `detour.accounts` (in this record's shape) and `detour.routes`, from
+    its loopback metrics port; None when no proxy answers there."""
+    instance = running_instance(home)
+    if instance is None or not instance.metrics_port:
+        return None
+    # never through HTTPS_PROXY/HTTP_PROXY: they may point at this very proxy
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    views = {}
+    try:
+        for view in ("accounts", "routes"):
+            with opener.open(f"http://127.0.0.1:{instance.metrics_port}/{view}",
+                             timeout=VIEW_TIMEOUT) as answer:
+                views[view] = json.loads(answer.read())[view]
+    except (OSError, ValueError, KeyError):
+        return None
+    accounts = []
+    for a in views["accounts"]:
+        rests = ([{"model": None, **a["account_rest"]}] if a.get("account_rest") else [])
+        rests += [{"model": m, **r} for m, r in (a.get("model_rests") or {}).items()]
+        accounts.append({"provider": a["provider"], "account": a["account"],
+                         "label": a["label"], "state": a["state"], "why": a.get("why"),
+                         "rests": rests, "recent_errors": a.get("recent_errors", []),
+                         "rate_limits": a.get("rate_limits")})
+    return accounts, views["routes"]
 
 
 def _rests(db: Path) -> list[dict]:
@@ -117,8 +163,11 @@ def _query(db: Path, sql: str, args: tuple) -> list[tuple]:
 def status_record(settings: Settings) -> dict:
     config, parsed = config_record(settings.config_path)
     db = settings.home / DB_NAME
+    views = proxy_views(settings.home)
+    accounts, routes = views if views is not None else (accounts_record(parsed, db), None)
     return {"home": str(settings.home), "proxy": proxy_record(settings.home), "config": config,
-            "accounts": accounts_record(parsed, db), "today": calls_today(db),
+            "accounts": accounts, "accounts_from": "proxy" if views is not None else "files",
+            "routes": routes, "today": calls_today(db),
             "untouched": read_untouched(settings.home)}
 
 
@@ -159,12 +208,23 @@ def render(record: dict) -> list[str]:
                                                              "calls go to their vendors)"))
     for a in record["accounts"]:
         state = a["state"]
-        for rest in a["rests"]:
-            model = f" for {rest['model']}" if rest["model"] else ""
-            state = (f"resting{model} {_duration(rest['seconds_left'])} more "
-                     f"({rest['reason']}: {rest['cause'] or '-'})")
-            break
+        if state in ("needs_login", "disabled"):
+            state = a.get("why") or state
+        else:
+            for rest in a["rests"]:
+                model = f" for {rest['model']}" if rest["model"] else ""
+                state = (f"resting{model} {_duration(rest['seconds_left'])} more "
+                         f"({rest['reason']}: {rest['cause'] or '-'})")
+                break
         lines.append(f"  {a['provider']:<14} {a['account']:<10} {a['label']:<24} {state}")
+    if record.get("routes"):
+        lines.append("routes    (as the proxy would ask now)")
+        for r in record["routes"]:
+            asked = ", ".join(
+                (f"{c['provider']}/{c['account']}" if c.get("account") else c["provider"])
+                + (f" ({c['state']})" if c["state"] != "ready" else "")
+                for c in r["candidates"])
+            lines.append(f"  {r['configured']:<30} {asked or 'no candidate'}")
     lines.append(f"today     {today['calls']} calls, {today['failed']} failed, "
                  f"{today['input_tokens']} input / {today['output_tokens']} output tokens"
                  + (f", ${today['cost_usd']:.4f}" if today["cost_usd"] else ""))

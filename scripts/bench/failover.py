@@ -6,6 +6,8 @@ One real `mitmdump -s addons/router.py`; Claude Code's captured request, streame
 four routes (`cooldown_seconds: 0`, so the failing account is asked on every call):
 - `alone`:              [a2]      a2: a fake OpenAI-compatible provider (TLS), `--events` deltas
 - `after 429`:          [a1, a2]  a1: a fake that answers every call with a 429 (no Retry-After)
+- `account 1's 429`:    [pair]    one provider, two accounts in priority order on one fake,
+                                  which answers account 1's calls with a 429, account 2's well
 - `after 500`:          [a1, a2]  a1: a fake that answers every call with a 500
 - `after stream error`: [a1, a2]  a1: 200, the role chunk, then an in-stream error event
 The figure is the time to first byte the client sees: from the request's first byte written
@@ -32,9 +34,13 @@ from scripts.bench.lib import (ROOT, FakeProcess, TunnelClient, median, percenti
 ROUTES = {  # name -> (model requested, what the route is)
     "alone": ("bench-alone", "[a2]"),
     "after 429": ("bench-after-429", "[a1 answers 429, a2]"),
+    "account 1's 429": ("bench-account-429", "[account 1 answers 429, account 2]"),
     "after 500": ("bench-after-500", "[a1 answers 500, a2]"),
     "after stream error": ("bench-after-stream-error", "[a1 answers 200 + error event, a2]"),
 }
+
+
+FIRST_ACCOUNT = "bench-first-account-key"
 
 
 def run(args) -> dict:
@@ -51,7 +57,9 @@ def run(args) -> dict:
             a1_429 = FakeProcess("openai", *common, "--fail", "429").launch()
             a1_500 = FakeProcess("openai", *common, "--fail", "500").launch()
             a1_err = FakeProcess("openai", *common, "--fail", "stream-error").launch()
-            fakes += [a2, a1_429, a1_500, a1_err]
+            pair = FakeProcess("openai", *common, "--key", FIRST_ACCOUNT, "--key", PROVIDER_KEY,
+                               "--fail", "429", "--fail-key", FIRST_ACCOUNT).launch()
+            fakes += [a2, a1_429, a1_500, a1_err, pair]
             confdir, home = ready_dirs(tmp, fakes)
 
             def provider(fake: FakeProcess) -> str:
@@ -64,11 +72,14 @@ providers:
   a1-429: {provider(a1_429)}
   a1-500: {provider(a1_500)}
   a1-err: {provider(a1_err)}
+  pair: {{kind: openai, base_url: "{pair.base_url}/v1", verify_tls: false, api_keys: [
+         {{key: {FIRST_ACCOUNT}, priority: 1}}, {{key: {PROVIDER_KEY}, priority: 2}}]}}
 routes:
   {ROUTES["alone"][0]}: [a2/fake-model]
   {ROUTES["after 429"][0]}: [a1-429/fake-model, a2/fake-model]
   {ROUTES["after 500"][0]}: [a1-500/fake-model, a2/fake-model]
   {ROUTES["after stream error"][0]}: [a1-err/fake-model, a2/fake-model]
+  {ROUTES["account 1's 429"][0]}: [pair/fake-model]
 cooldown_seconds: 0
 """)
             mitm = Mitmdump(confdir, home, router=True).start()

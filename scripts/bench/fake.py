@@ -11,7 +11,8 @@ with two differences that matter in a long benchmark:
   processes) at which the first and the last of its n events had been written and drained;
 - `--fail 500|429|stream-error`: every model call fails, with a 500, a 429 (no Retry-After),
   or a 200 stream whose first events are the role chunk / message_start and then the
-  vendor's in-stream error (failover benchmarks);
+  vendor's in-stream error (failover benchmarks); with `--fail-key KEY`, only the calls made
+  with that key fail (two accounts of one provider on one fake);
 - `--rate-limits`: every answer carries OpenAI's rate-limit headers (three windows' limit,
   remaining and reset), as the vendor sends them on every call (quota benchmarks);
 - `--paced MODEL:DELAY:EVENTS` (repeatable): a call for that model is answered with EVENTS
@@ -55,7 +56,8 @@ def _stamped(events):
 
 
 def bench_class(cls, stamp: bool, fail: str | None = None,
-                paced: dict[str, Events] | None = None, rate_limits: bool = False):
+                paced: dict[str, Events] | None = None, rate_limits: bool = False,
+                fail_key: str | None = None):
     paced = paced or {}
 
     class Bench(cls):
@@ -66,7 +68,9 @@ def bench_class(cls, stamp: bool, fail: str | None = None,
                 self.response_headers.update(RATE_LIMIT_HEADERS)
 
         def take_reply(self, received):
-            if fail:
+            if fail and (fail_key is None or fail_key in (
+                    received.headers.get("authorization", "").removeprefix("Bearer "),
+                    received.headers.get("x-api-key"))):
                 return FAILURES[fail]
             model = (received.json or {}).get("model")
             if isinstance(model, str) and model in paced:
@@ -101,6 +105,11 @@ def main(argv: list[str]) -> int:
             print(f"--fail: one of {', '.join(FAILURES)}", file=sys.stderr)
             return 2
         del rest[i:i + 2]
+    fail_key = None
+    if "--fail-key" in rest:
+        i = rest.index("--fail-key")
+        fail_key = rest[i + 1] if i + 1 < len(rest) else ""
+        del rest[i:i + 2]
     paced = {}
     while "--paced" in rest:
         i = rest.index("--paced")
@@ -111,7 +120,7 @@ def main(argv: list[str]) -> int:
             print("--paced MODEL:DELAY:EVENTS", file=sys.stderr)
             return 2
         del rest[i:i + 2]
-    return run_cli(bench_class(KINDS[kind], stamp, fail, paced, rate_limits), rest)
+    return run_cli(bench_class(KINDS[kind], stamp, fail, paced, rate_limits, fail_key), rest)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,17 @@ router with three accounts vs plain mitmdump.
 2. Whole Claude Code requests (`"stream": false`) at `--concurrency` keep-alive connections:
    `mitmdump -s addons/router.py` with one provider of three accounts (a TLS fake sending
    OpenAI's rate-limit headers on every answer) vs plain `mitmdump` to a fake Anthropic API;
-   rounds alternate. Requests per second (wall) and the proxy's CPU ms per call.
+   rounds alternate. Requests per second (wall) and the proxy's CPU ms per call, their ratios
+   (detour / plain), and how the calls spread over the three accounts (round-robin: from the
+   usage rows, read after a clean stop).
+3. The headers' share of the request path: `observe` of OpenAI's answer against detour's CPU
+   per call of the same run.
 """
 
 import argparse
+import collections
 import os
+import sqlite3
 import platform
 import ssl
 import sys
@@ -68,8 +74,9 @@ def micro(number: int) -> dict[str, float]:
             for name, step in steps.items()}
 
 
-def throughput(args) -> dict[str, list[tuple[float, float]]]:
-    """Per round and side: (requests per second, proxy CPU ms per call)."""
+def throughput(args) -> tuple[dict[str, list[tuple[float, float]]], dict[str, int]]:
+    """Per round and side: (requests per second, proxy CPU ms per call); and the calls each
+    account answered (usage rows)."""
     from tests.harness import Mitmdump
 
     out: dict[str, list[tuple[float, float]]] = {"detour, 3 accounts": [], "plain mitmdump": []}
@@ -117,6 +124,10 @@ def throughput(args) -> dict[str, list[tuple[float, float]]]:
                     if args.progress:
                         print(f"round {i + 1}: {name}: {ph.n / ph.wall:.0f} req/s",
                               file=sys.stderr)
+            detour.stop()  # a clean stop writes every usage row
+            with sqlite3.connect(home / "detour.db") as db:
+                spread = collections.Counter(dict(db.execute(
+                    "SELECT account, count(*) FROM usage WHERE status = 200 GROUP BY 1")))
         finally:
             for c in clients:
                 c.close()
@@ -124,7 +135,7 @@ def throughput(args) -> dict[str, list[tuple[float, float]]]:
                 m.stop()
             for f in fakes:
                 f.stop()
-    return out
+    return out, dict(spread)
 
 
 def main(argv=None) -> int:
@@ -140,14 +151,27 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     t0 = time.monotonic()
     lines = ["quota: in process, µs per call (best of 5)"]
-    for name, us in micro(args.number).items():
+    micros = micro(args.number)
+    for name, us in micros.items():
         lines.append(f"  {name:<58} {us:8.2f}")
-    result = throughput(args)
+    result, spread = throughput(args)
     lines.append(f"whole Claude Code requests, c={args.concurrency}, {args.rounds} rounds x "
                  f"{args.requests * args.concurrency} calls per side (medians)")
     for name, rounds in result.items():
         lines.append(f"  {name:<22} {median([r for r, _ in rounds]):8.0f} req/s "
                      f"{median([c for _, c in rounds]):8.2f} ms CPU per call")
+    detour, plain = result["detour, 3 accounts"], result["plain mitmdump"]
+    rps = [d[0] / p[0] for d, p in zip(detour, plain)]  # per round: the two sides alternate
+    cpu = [d[1] / p[1] for d, p in zip(detour, plain)]
+    lines.append(f"  ratio detour / plain: {median(rps):.2f}x req/s (rounds {min(rps):.2f}-"
+                 f"{max(rps):.2f}), {median(cpu):.2f}x CPU per call (rounds {min(cpu):.2f}-"
+                 f"{max(cpu):.2f})")
+    lines.append("  calls per account (round-robin): " + ", ".join(
+        f"{k} {n}" for k, n in sorted(spread.items())))
+    observe = next(us for name, us in micros.items() if name.startswith("observe: OpenAI"))
+    cpu_ms = median([c for _, c in detour])
+    lines.append(f"  reading OpenAI's rate-limit headers: {observe:.2f} µs of detour's "
+                 f"{cpu_ms * 1000:.0f} µs CPU per call ({observe / (cpu_ms * 10):.2f}%)")
     argv_text = " ".join(sys.argv[1:] if argv is None else argv)
     lines.append(f"command: python -m scripts.bench.quota {argv_text}".rstrip())
     lines.append(f"code at {revision()}; python {platform.python_version()}, "

@@ -279,12 +279,16 @@ def test_two_hundred_concurrent_calls_while_accounts_flap(web, fake, script):
     script.set(three, "up-flap", Status(429, headers={"retry-after": "1"}),
                Text(f"{three} answered up-flap"))
 
+    # all 200 in flight at once: each waits for the others before it sends
+    start = threading.Barrier(200, timeout=60)
+
     def one_call(_):
-        with web.client() as c:
+        with web.client(timeout=120) as c:
+            start.wait()
             r = call(c, "flap")
             return r.status_code, r.headers.get("x-detour-id"), r.json()
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(200) as pool:
         results = list(pool.map(one_call, range(200)))
     assert [s for s, _, _ in results] == [200] * 200
     ids = {i for _, i, _ in results}
@@ -323,3 +327,22 @@ def test_two_hundred_concurrent_calls_while_accounts_flap(web, fake, script):
     assert consistent, (kept, now)
     command(web.web_port, "detour.cooldowns.clear", "rr")
     assert not any(k.startswith("rr/") for k in cooling(web))
+
+
+def test_a_refused_key_rests_the_account_for_every_model(web, client, fake, script):
+    one, two, _ = KEYS
+    script.set(one, "up-a", Status(401))
+    r = call(client, "prio-a")  # group 1's key refused: group 2 answers
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == (
+        f"{two} answered up-a")
+    first = route(web, r)[0]
+    assert (first["status"], first["rest"], first["rest_scope"]) == (401, "auth", "account")
+    # unlike a rate limit, a refused key is refused for up-b too: not asked again
+    fake.clear()
+    r = call(client, "prio-b")
+    assert r.json()["choices"][0]["message"]["content"] == f"{two} answered up-b"
+    assert keys_asked(fake) == [two]
+    assert len(route(web, r)) == 1  # the resting account comes last: never reached
+    resting = cooling(web)
+    assert any(k.startswith("prio/key1:") and "@" not in k for k in resting), resting
+    command(web.web_port, "detour.cooldowns.clear", "prio")

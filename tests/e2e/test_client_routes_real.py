@@ -1,12 +1,13 @@
 """Per-client routes with the real Claude Code and an SDK-style client through one mitmdump:
 Claude Code (User-Agent `claude-cli/...`) has routes of its own (its small model to a cheap
-provider, everything else to its own), an OpenAI SDK-style client (httpx with `OpenAI/Python`)
+provider, everything else to its own), the real OpenAI Python SDK (User-Agent `OpenAI/Python`)
 asking for the very same model gets the global route."""
 
 import sqlite3
 import ssl
 
 import httpx
+import openai
 import pytest
 import yaml
 
@@ -57,13 +58,11 @@ def test_claude_code_and_an_sdk_get_their_own_routes(tmp_path):
         assert "Hello from the cheap provider" in small.stdout
 
         trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        with httpx.Client(proxy=proxy.url, verify=trust, trust_env=False, timeout=30) as sdk:
-            r = sdk.post("https://api.openai.com/v1/chat/completions",
-                         json={"model": SONNET, "messages": [{"role": "user", "content": "hi"}]},
-                         headers={"user-agent": "OpenAI/Python 1.109.1",
-                                  "authorization": f"Bearer {CLIENT_KEY}"})
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"] == "Hello from the global route"
+        with (httpx.Client(proxy=proxy.url, verify=trust, trust_env=False, timeout=30) as http,
+              openai.OpenAI(api_key=CLIENT_KEY, http_client=http, max_retries=0) as sdk):
+            answer = sdk.chat.completions.create(
+                model=SONNET, messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "Hello from the global route"
 
         assert [c["model"] for c in chats(own)] == ["own-model"]
         assert [c["model"] for c in chats(cheap)] == ["cheap-model"]

@@ -181,9 +181,10 @@ def test_status_shows_the_proxy_todays_calls_and_the_untouched_call(stack):
         time.sleep(0.3)
     assert record["proxy"]["running"] and record["proxy"]["port"] == stack.port
     assert record["today"]["calls"] >= 2
-    assert record["accounts"] == [{"provider": "fake", "account": "account 1",
-                                   "label": record["accounts"][0]["label"], "state": "ready",
-                                   "rests": []}]
+    # from the proxy's detour.accounts (or detour.db, if its metrics port was taken)
+    [account] = record["accounts"]
+    assert {k: account[k] for k in ("provider", "account", "state", "why", "rests")} == {
+        "provider": "fake", "account": "account 1", "state": "ready", "why": None, "rests": []}
     [untouched] = [u for u in record["untouched"] if u["path"] == "/v1/models"]
     assert (untouched["method"], untouched["host"]) == ("GET", "api.anthropic.com")
     assert "not a model call detour translates" in untouched["why"]

@@ -1,14 +1,17 @@
 """Rate-limit headers steer calls away from an account at zero before it ever answers 429, and
 the operator sees it: through a real mitmdump, and mitmweb's REST API for `detour.accounts`
-and `detour.routes`. Each account is a key of one loopback FakeOpenAI, told on cue which
-rate-limit headers to send (`fake.response_headers`)."""
+and `detour.routes`. Each account is a key of one loopback FakeOpenAI (or FakeAnthropic, for
+Anthropic's own headers), told on cue which rate-limit headers to send
+(`fake.response_headers`); an account low on a window goes behind the others."""
 
 import json
+import time
 
 import httpx
 import pytest
 
 from tests.e2e.conftest import free_port, start_proxy
+from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.fakes.replies import Status
 
@@ -133,3 +136,86 @@ def test_accounts_and_routes_through_mitmweb(confdir, tmp_path, fake):
         assert KEY_A not in json.dumps(routes)
     finally:
         proxy.mitm.stop()
+
+
+LOW = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "5",
+       "x-ratelimit-reset-requests": "1m0s"}
+
+
+def test_an_account_low_on_a_window_goes_behind_the_others(confdir, tmp_path, fake):
+    proxy = start_proxy(confdir, tmp_path / "home", config(fake))
+    try:
+        with proxy.client() as c:
+            fake.response_headers.update(LOW)  # A's answer: 5 of 100 requests left
+            assert ask(c).status_code == 200
+            fake.response_headers.clear()
+            assert [ask(c).status_code for _ in range(4)] == [200] * 4
+            # round-robin alone would give A every other call: low on a window, it goes
+            # behind B (it does not rest: it has some left)
+            assert keys_used(fake) == [KEY_A, KEY_B, KEY_B, KEY_B, KEY_B]
+            fake.enqueue(Status(500))
+            assert ask(c).status_code == 200  # B failed: A still serves
+            assert keys_used(fake)[-2:] == [KEY_B, KEY_A]
+    finally:
+        proxy.mitm.stop()
+
+
+def test_anthropic_headers_at_zero_rest_the_account_until_their_reset(confdir, tmp_path):
+    with FakeAnthropic(keys={KEY_A, KEY_B}) as vendor:
+        proxy = start_proxy(confdir, tmp_path / "home", (
+            f"providers:\n  a: {{kind: anthropic, base_url: '{vendor.base_url}', "
+            f"api_keys: [{KEY_A}, {KEY_B}]}}\nroutes: {{'*': [a/claude-up]}}\n"))
+        reset = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 120))
+        try:
+            with proxy.client() as c:
+                def claude():
+                    return c.post("https://api.anthropic.com/v1/messages", json={
+                        "model": "claude-x", "max_tokens": 10,
+                        "messages": [{"role": "user", "content": "hi"}]}, headers={
+                        "x-api-key": "client-key", "anthropic-version": "2023-06-01"})
+                # A's answer: its input tokens for this minute are spent
+                vendor.response_headers.update({
+                    "anthropic-ratelimit-input-tokens-limit": "40000",
+                    "anthropic-ratelimit-input-tokens-remaining": "0",
+                    "anthropic-ratelimit-input-tokens-reset": reset})
+                assert claude().status_code == 200
+                vendor.response_headers.clear()
+                assert [claude().status_code for _ in range(3)] == [200] * 3
+            assert [r.headers["x-api-key"] for r in vendor.requests] == [KEY_A] + [KEY_B] * 3
+        finally:
+            proxy.mitm.stop()
+
+
+ANTHROPIC_NO_CREDIT = {"type": "error", "error": {
+    "type": "invalid_request_error",
+    "message": "Your credit balance is too low to access the Anthropic API. Please go to Plans "
+               "& Billing to upgrade or purchase credits."}}
+
+
+def test_an_anthropic_balance_too_low_rests_that_account_for_every_model(confdir, tmp_path):
+    """Anthropic says so with a 400 (which otherwise means the request itself was refused, and
+    no other account would be asked): an exhausted balance, the next account answers."""
+    with FakeAnthropic(keys={KEY_A, KEY_B}) as vendor:
+        proxy = start_proxy(confdir, tmp_path / "home", (
+            f"providers:\n  a: {{kind: anthropic, base_url: '{vendor.base_url}', "
+            f"api_keys: [{{key: {KEY_A}, priority: 1}}, {{key: {KEY_B}, priority: 2}}]}}\n"
+            f"routes: {{'*': [a/*]}}\n"))
+        try:
+            with proxy.client() as c:
+                def claude(model: str):
+                    return c.post("https://api.anthropic.com/v1/messages", json={
+                        "model": model, "max_tokens": 10,
+                        "messages": [{"role": "user", "content": "hi"}]}, headers={
+                        "x-api-key": "client-key", "anthropic-version": "2023-06-01"})
+                vendor.enqueue(Status(400, body=ANTHROPIC_NO_CREDIT))
+                first = claude("claude-one")
+                assert first.status_code == 200, first.text
+                second = claude("claude-two")  # another model: A is not asked either
+                assert second.status_code == 200
+            assert [r.headers["x-api-key"] for r in vendor.requests] == [KEY_A, KEY_B, KEY_B]
+            attempt = json.loads(proxy.row_of(first)["route"])[0]
+            assert (attempt["status"], attempt["rest"], attempt["rest_scope"]) == (
+                400, "quota", "account")
+            assert attempt["rest_s"] == 900  # no reset said: detour's first quota rest
+        finally:
+            proxy.mitm.stop()

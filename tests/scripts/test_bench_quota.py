@@ -15,5 +15,9 @@ def test_quota_bench_runs_and_reports():
         cwd=ROOT, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for row in ("observe: OpenAI answer", "observe: Anthropic answer", "headroom order",
-                "detour, 3 accounts", "plain mitmdump", "req/s"):
+                "detour, 3 accounts", "plain mitmdump", "req/s", "ratio detour / plain",
+                "reading OpenAI's rate-limit headers"):
         assert row in proc.stdout, proc.stdout
+    # every account of the round-robin provider answered some
+    [spread] = [line for line in proc.stdout.splitlines() if "calls per account" in line]
+    assert spread.count("key") == 3, spread
