@@ -53,8 +53,15 @@ def post(proxy, client, model="claude-x", stream=False, **kw):
 
 
 def went_direct(proxy, fake_openai, flow_id: str) -> bool:
-    """mitmdump's flow line names the provider's URL (a relayed flow shows the client's)."""
-    return f"{fake_openai.base_url}/v1/chat/completions" in proxy.mitm.text
+    """mitmdump's flow line names the provider's URL (a relayed flow shows the client's). The
+    line is printed once the flow ends, which under load can come after the client has its
+    answer: waited for, a few seconds at most."""
+    deadline = time.monotonic() + 5
+    while f"{fake_openai.base_url}/v1/chat/completions" not in proxy.mitm.text:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def row_of_model(proxy, model: str, timeout: float = 5.0) -> dict:
