@@ -409,7 +409,8 @@ class Forwarder:
             self.credentials.put_on(cand.account, kind, dialect, headers, query)
         elif cand.account.secret:
             formats.credential_of(kind, dialect).apply(cand.account.secret, headers, query)
-        headers["accept"] = codec.STREAM_CONTENT_TYPE if job.stream else "application/json"
+        headers["accept"] = codec.STREAM_CONTENT_TYPE.partition(";")[0] if job.stream else (
+            "application/json")
         headers.update(spec.headers)
         url = kind.url(spec.base_url, cand.model, job.stream)
         if query:
@@ -961,7 +962,7 @@ class AnswerStream:
         # the client asked for another framing of them (detour always asks a Gemini provider
         # for SSE); a stream framed otherwise (Ollama's NDJSON) is translated like any other
         same = provider_format == job.client_format and job.sse and (
-            mod.STREAM_CONTENT_TYPE.startswith("text/event-stream"))
+            "text/event-stream" in mod.STREAM_CONTENT_TYPE)
         self.check = passthrough.CheckedPassthrough(
             mod.StreamDecoder, mod.is_error_event, mod.may_follow_stop) if same else None
         self.decoder = decoder or (self.check.decoder if same else mod.StreamDecoder())
