@@ -5,12 +5,15 @@ account's access token (`file:`); a token Code Assist refuses is the account's f
 
 import asyncio
 import json
+import time
 
 import pytest
 
 from addons.call import Call
 from addons.config import parse_config
 from addons.credentials import logins
+from addons.credentials.provider import CredentialProvider
+from addons.credentials.store import OAUTH, AccountStore
 from addons.forwarding import Forwarder, Job
 from addons.routing import CooldownBook, build_providers, plan
 from tests.captures import CAPTURES, anthropic_events
@@ -37,17 +40,18 @@ def code_assist(auth):
         yield fake
 
 
-def forwarder(code_assist, token_file) -> Forwarder:
+def forwarder(code_assist, token_file=None) -> Forwarder:
+    keys = f', api_keys: ["file:{token_file}"]' if token_file else ""
     config = parse_config(f"""
 providers:
-  gca: {{kind: gemini-cli, base_url: "{code_assist.base_url}", api_keys: ["file:{token_file}"]}}
+  gca: {{kind: gemini-cli, base_url: "{code_assist.base_url}"{keys}}}
 routes:
   via-gca: [gca/gemini-2.5-pro]
 """)
     return Forwarder(config, CooldownBook())
 
 
-def job_for(fwd: Forwarder, stream: bool, tools: bool = False) -> Job:
+def job_for(fwd: Forwarder, stream: bool, tools: bool = False, stored=()) -> Job:
     name = "tool-call" if tools else "text"
     body = json.loads((CAPTURES / f"claude-code.messages.{name}.request.json").read_text())
     body.update(model="via-gca", stream=stream)
@@ -56,7 +60,7 @@ def job_for(fwd: Forwarder, stream: bool, tools: bool = False) -> Job:
     call.requested("via-gca", stream)
     return Job("flow1", "anthropic", {"x-api-key": "client-key-not-real"},
                "http://vendor.test/v1/messages", raw, body, "via-gca", stream,
-               plan(fwd.config, build_providers(fwd.config), "via-gca"), call)
+               plan(fwd.config, build_providers(fwd.config, stored), "via-gca"), call)
 
 
 def generate_calls(fake) -> list:
@@ -129,3 +133,36 @@ async def test_a_token_code_assist_refuses_is_the_accounts_failure(auth, code_as
         r.headers["authorization"] != "Bearer ya29.never-issued-not-real"
         for r in generate_calls(code_assist))
     await fwd.aclose()
+
+
+async def test_a_stored_login_refused_while_finding_its_project_is_refreshed_once(
+        auth, code_assist, tmp_path, monkeypatch):
+    """A 401 on the project lookup is the token's: one refresh, the same account asked again,
+    and the project found is kept in the login's row."""
+    monkeypatch.setenv("DETOUR_KEY_BACKEND", "file")
+    monkeypatch.setenv("DETOUR_OAUTH_GEMINI_TOKEN_URL", auth.url("/token"))
+    store = AccountStore(tmp_path / "detour.db")
+    tokens = auth.grant()
+    project = code_assist.onboard(tokens["access_token"])
+    acct = store.add("gca", "main", OAUTH, tokens, vendor="gemini",
+                     expires_at=time.time() + 3600)
+    auth.revoke_access(tokens["access_token"])  # not expired, yet refused
+    fwd = forwarder(code_assist)
+    fwd.credentials = creds = CredentialProvider(store)
+    refreshes = auth.refresh_calls
+    code_assist.clear()
+    code_assist.enqueue(Text("found it"))
+    job = job_for(fwd, False, stored=creds.load())
+    status, _, body = await fwd.complete(job)
+    assert status == 200, body
+    assert auth.refresh_calls - refreshes == 1
+    lookups = [r for r in code_assist.requests if r.route.endswith(":loadCodeAssist")]
+    assert [r.headers["authorization"] for r in lookups] == [
+        f"Bearer {tokens['access_token']}", f"Bearer {creds.token(job.candidates[0].account)}"]
+    assert store.by_id(acct.id).project_id == project
+    assert job.row.route[-1]["reauthorized"] is True
+    sent = generate_calls(code_assist)[-1]
+    assert sent.json["project"] == project
+    assert sent.headers["authorization"] == f"Bearer {creds.token(job.candidates[0].account)}"
+    await fwd.aclose()
+    await creds.aclose()
