@@ -83,7 +83,7 @@ def test_dialect_follows_the_host(base_url, dialect):
 def test_unknown_kinds_and_dialects_are_named_with_the_known_ones():
     with pytest.raises(ConfigError, match=r"providers\.x\.kind: .*'gemnii' "
                                           r"\(known: openai, anthropic, openai-responses, codex, "
-                                          r"gemini\)"):
+                                          r"gemini\b"):
         parse_config("providers: {x: {kind: gemnii, base_url: http://a}}")
     with pytest.raises(ConfigError, match=r"providers\.x\.dialect: .*known: compatible"):
         parse_config("providers: {x: {kind: openai, base_url: http://a, dialect: nope}}")
