@@ -138,6 +138,9 @@ class CredentialProvider:
                "expires_in": max(0, int(exp - time.time())) if exp else 3600}
         if held.secrets.get("id_token"):
             out["id_token"] = held.secrets["id_token"]
+        if held.account.vendor == "qwen" and held.account.project_id:
+            # Qwen Code reads its API's host from every token answer (none: DashScope's)
+            out["resource_url"] = held.account.project_id
         return json.dumps(out).encode()
 
     def is_oauth(self, account) -> bool:

@@ -110,7 +110,8 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
     Vendor("qwen", "Qwen Code (chat.qwen.ai)", "device", "f0304373b74a44d2b584a3fb70ca9e56",
            "https://chat.qwen.ai/api/v1/oauth2/token", ("qwen", "openai"),
            scopes=("openid", "profile", "email", "model.completion"),
-           device_url="https://chat.qwen.ai/api/v1/oauth2/device/code", device_pkce=True),
+           device_url="https://chat.qwen.ai/api/v1/oauth2/device/code", device_pkce=True,
+           refresh_hosts=(("chat.qwen.ai", "/api/v1/oauth2/token"),)),
     # GitHub Copilot: GitHub device flow, then the Copilot token exchange
     Vendor("copilot", "GitHub Copilot", "device", "Iv1.b507a08c87ecfe98",
            "https://github.com/login/oauth/access_token", ("copilot", "copilot-responses"),

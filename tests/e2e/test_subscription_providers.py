@@ -1,7 +1,8 @@
 """Stored accounts on every provider kind that takes them, through a real mitmdump: GitHub
 Copilot (the GitHub login buys short-lived Copilot tokens, refreshed single-flight; the
 editor headers and X-Initiator; the API the token names), Qwen (its access token at the API
-its `resource_url` names, refreshed with rotation), iFlow (the API key its user info hands
+its `resource_url` names, refreshed with rotation; Qwen Code's own refresh answered from the
+store), iFlow (the API key its user info hands
 out, refreshed with its client secret), Codex (a ChatGPT login on the ChatGPT backend, its
 account id read from each new token), and API keys on Gemini and OpenAI Responses. A spent
 Copilot login is `needs login` in `detour account list` and in the client's error."""
@@ -188,6 +189,24 @@ def test_qwen_login_at_its_resource_url_refreshed_with_rotation(setup, auth, fak
     assert sent.route == "/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {new['access_token']}"
     assert sent.headers["x-dashscope-authtype"] == "qwen-oauth"
+
+
+def test_qwen_codes_own_refresh_is_answered_from_the_store(setup, auth, fakes):
+    """One owner per login: Qwen Code refreshing the login detour holds gets detour's current
+    access token, its own refresh token back, and the resource_url its API lives at."""
+    proxy, store, ids = setup
+    kept = proxy.initial["qwen"]["refresh_token"]
+    calls = auth.refresh_calls
+    with proxy.client() as c:
+        r = c.post("https://chat.qwen.ai/api/v1/oauth2/token", data={
+            "grant_type": "refresh_token", "refresh_token": kept,
+            "client_id": VENDORS["qwen"].client_id})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["access_token"] == store.secrets_of(ids["qwen"])[0]["access_token"]
+    assert answer["refresh_token"] == kept
+    assert answer["resource_url"] == fakes["qwen"].base_url
+    assert auth.refresh_calls == calls
 
 
 def test_iflow_api_key_from_user_info_after_refresh(setup, auth, fakes):
