@@ -55,3 +55,26 @@ def test_copilot_kinds_send_the_editor_headers():
         assert headers["copilot-integration-id"] == "vscode-chat"
         assert headers["editor-version"].startswith("vscode/")
         assert headers["user-agent"].startswith("GitHubCopilotChat/")
+
+
+async def test_iflow_refresh_keeps_its_key_when_the_user_info_fails(monkeypatch):
+    """The refresh token is spent once the token endpoint answered: a user info that fails
+    then must not lose the new tokens (the API key held stays)."""
+    import httpx
+
+    from addons.credentials import oauth
+    from addons.credentials.vendors import VENDORS
+    from tests.fakes.oauth_server import FakeOAuth
+    v = VENDORS["iflow"]
+    with FakeOAuth() as auth:
+        auth.client_secrets[v.client_id] = v.client_secret
+        monkeypatch.setenv("DETOUR_OAUTH_IFLOW_TOKEN_URL", auth.url("/token"))
+        monkeypatch.setenv("DETOUR_OAUTH_IFLOW_API_KEY_URL", auth.url("/api/oauth/getUserInfo"))
+        held = auth.grant() | {"api_key": "the-key-held"}
+        async with httpx.AsyncClient(trust_env=False) as http:
+            tokens = await oauth.refresh(http, v, held)
+            assert tokens.api_key == auth.iflow_api_key  # bought again with the new token
+            monkeypatch.setenv("DETOUR_OAUTH_IFLOW_API_KEY_URL", auth.url("/gone"))
+            again = await oauth.refresh(http, v, tokens.secrets(held))
+        assert again.refresh_token != tokens.refresh_token
+        assert again.secrets(tokens.secrets(held))["api_key"] == auth.iflow_api_key
