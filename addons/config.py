@@ -40,6 +40,10 @@ DEFAULT_CONFIG_YAML = """\
 #   codex     - the ChatGPT backend Codex uses when logged in with ChatGPT (base_url
 #               https://chatgpt.com/backend-api/codex; api_keys: the login's access token)
 #   gemini    - the Gemini API, API key (base_url https://generativelanguage.googleapis.com)
+#   copilot, copilot-responses - GitHub Copilot (Chat; Responses for the codex models),
+#               served by `detour account login copilot` logins (base_url: the login's own)
+#   qwen      - Qwen with `detour account login qwen` (base_url: the login's resource_url)
+#   iflow     - iFlow with `detour account login iflow` (https://apis.iflow.cn/v1)
 # api_keys are the provider's accounts: a literal key, env:VARIABLE or file:/path/to/key, or
 # {key: ..., priority: 2, disabled: true}. Lower priority groups are asked first; inside a
 # group accounts take turns (strategy: round-robin | least-recently-used). An account that
@@ -183,6 +187,16 @@ class Provider(_Strict):
                 raise ValueError("verify_tls: replaced by verify; keep only verify")
             data = dict(data)
             data["verify"] = data.pop("verify_tls")
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_base_url(cls, data):
+        # a subscription's kind knows its API (copilot, qwen, iflow): base_url may be left out
+        if isinstance(data, dict) and "base_url" not in data:
+            kind = formats.PROVIDER_KINDS.get(data.get("kind"))
+            if kind is not None and kind.default_base_url:
+                data = dict(data, base_url=kind.default_base_url)
         return data
 
     @field_validator("api_keys", mode="before")

@@ -20,6 +20,7 @@ import base64
 import functools
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -388,6 +389,11 @@ class ProviderKind:
     # the body is a Code Assist envelope naming the account's Google Cloud project (found
     # once per account: addons/credentials/code_assist.py), put in by the codec's for_project
     account_project: bool = False
+    # the base_url when config names none; a subscription login's own API (Copilot's
+    # `endpoints.api`, Qwen's `resource_url`) takes its place (addons/credentials/provider.py)
+    default_base_url: str = ""
+    # headers that depend on the request body sent (Copilot's X-Initiator)
+    body_headers: Callable[[dict], dict[str, str]] | None = None
 
     def fit_body(self, body: dict, dropped: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
         """`body` as this provider takes it (`body` itself when it already does)."""
@@ -405,6 +411,46 @@ class ProviderKind:
         if "{model}" in path:
             path = path.replace("{model}", quote(model, safe=""))
         return base_url + path
+
+
+# GitHub Copilot's API, as Copilot Chat in VS Code calls it (the values CLIProxyAPI and
+# LiteLLM send): without the editor headers it refuses the Copilot token
+COPILOT_VERSION = "0.35.0"
+COPILOT_HEADERS: tuple[tuple[str, str], ...] = (
+    ("editor-version", "vscode/1.107.0"),
+    ("editor-plugin-version", f"copilot-chat/{COPILOT_VERSION}"),
+    ("copilot-integration-id", "vscode-chat"),
+    ("user-agent", f"GitHubCopilotChat/{COPILOT_VERSION}"),
+    ("openai-intent", "conversation-panel"),
+    ("x-github-api-version", "2025-04-01"),
+)
+COPILOT_API = "https://api.githubcopilot.com"
+
+
+def copilot_body_headers(body: dict) -> dict[str, str]:
+    """X-Initiator: `agent` once the conversation holds a model turn or a tool result (Copilot
+    bills only user-initiated requests as premium), and the vision flag an image needs."""
+    items = body.get("messages") if "messages" in body else body.get("input")
+    items = items if isinstance(items, list) else []
+    agent = any(isinstance(m, dict) and (
+        m.get("role") in ("assistant", "tool")
+        or m.get("type") in ("function_call", "function_call_output")) for m in items)
+    out = {"x-initiator": "agent" if agent else "user"}
+    if any(isinstance(m, dict) and isinstance(m.get("content"), list) and any(
+            isinstance(p, dict) and p.get("type") in ("image_url", "input_image")
+            for p in m["content"]) for m in items):
+        out["copilot-vision-request"] = "true"
+    return out
+
+
+# Qwen Code logged in with Qwen OAuth (portal.qwen.ai): DashScope's compatible Chat, told
+# which kind of credential it gets
+QWEN_OAUTH_HEADERS: tuple[tuple[str, str], ...] = (
+    ("user-agent", "QwenCode/0.15.10 (linux; x64)"),
+    ("x-dashscope-useragent", "QwenCode/0.15.10 (linux; x64)"),
+    ("x-dashscope-authtype", "qwen-oauth"),
+    ("x-dashscope-cachecontrol", "enable"),
+)
 
 
 PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
@@ -440,6 +486,22 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
                  forwarded_headers=("user-agent",),
                  stream_path="/v1internal:streamGenerateContent?alt=sse",
                  account_project=True),
+    # GitHub Copilot with a Copilot login (`detour account login copilot`): Chat, and the
+    # Responses API the codex models need; the login's short-lived Copilot token as Bearer
+    ProviderKind("copilot", openai_chat, "/chat/completions", BEARER, dialects=True,
+                 fixed_headers=COPILOT_HEADERS, default_base_url=COPILOT_API,
+                 body_headers=copilot_body_headers),
+    ProviderKind("copilot-responses", openai_responses, "/responses", BEARER,
+                 fixed_headers=COPILOT_HEADERS, default_base_url=COPILOT_API,
+                 body_headers=copilot_body_headers),
+    # Qwen with a Qwen login (device flow): its access token as Bearer at the API its token
+    # answer names (`resource_url`)
+    ProviderKind("qwen", openai_chat, "/chat/completions", BEARER, dialects=True,
+                 fixed_headers=QWEN_OAUTH_HEADERS, default_base_url="https://portal.qwen.ai/v1"),
+    # iFlow with an iFlow login: the API key its user info hands out, as Bearer
+    ProviderKind("iflow", openai_chat, "/chat/completions", BEARER, dialects=True,
+                 fixed_headers=(("user-agent", "iFlow-Cli"),),
+                 default_base_url="https://apis.iflow.cn/v1"),
 )}
 
 # a Chat provider's dialect from its base_url host (the host itself or a subdomain of it)
@@ -450,6 +512,7 @@ DIALECT_HOSTS: tuple[tuple[str, str], ...] = (
     ("dashscope.aliyuncs.com", "dashscope"),
     ("dashscope-intl.aliyuncs.com", "dashscope"),
     ("openrouter.ai", "openrouter"),
+    ("portal.qwen.ai", "dashscope"),  # Qwen OAuth: DashScope behind another host
 )
 # Azure OpenAI takes its API keys in `api-key` (Bearer is for Entra ID tokens)
 DIALECT_CREDENTIALS: dict[str, Credential] = {"azure": HeaderKey("api-key")}

@@ -400,19 +400,23 @@ class Forwarder:
         self._note_dropped(job, cand, dropped)
         headers = {"content-type": "application/json", "user-agent": "detour/0.1"}
         headers.update(kind.fixed_headers)
+        if kind.body_headers is not None:
+            headers.update(kind.body_headers(body if same else wire))
         if same:
             for h in kind.forwarded_headers:
                 if h in job.client_headers:
                     headers[h] = job.client_headers[h]
         query: dict[str, str] = {}
+        base_url = spec.base_url
         if self.credentials is not None and cand.account.stored_id is not None:
             self.credentials.put_on(cand.account, kind, dialect, headers, query)
+            base_url = self.credentials.base_url(cand.account, spec)
         elif cand.account.secret:
             formats.credential_of(kind, dialect).apply(cand.account.secret, headers, query)
         headers["accept"] = codec.STREAM_CONTENT_TYPE.partition(";")[0] if job.stream else (
             "application/json")
         headers.update(spec.headers)
-        url = kind.url(spec.base_url, cand.model, job.stream)
+        url = kind.url(base_url, cand.model, job.stream)
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query)
         return codec.NAME, url, headers, data

@@ -27,7 +27,9 @@ from scripts.options import DetourError, Settings, output_options, pass_settings
 
 # a cheap call per provider kind that needs a valid credential: the model list
 TEST_PATHS = {"openai": "/models", "openai-responses": "/models", "anthropic": "/v1/models",
-              "codex": "/models", "gemini": "/models"}
+              "codex": "/models", "gemini": "/models",
+              "copilot": "/models", "copilot-responses": "/models", "qwen": "/models",
+              "iflow": "/models"}
 
 
 def open_store(settings: Settings) -> AccountStore:
@@ -187,13 +189,18 @@ def list_(settings: Settings, as_json: bool):
     if not rows:
         click.echo("no accounts (config.yaml has no api_keys; nothing stored)")
         return
-    colours = {"ready": "green", "needs_login": "red", "disabled": "bright_black"}
+    colours = {"ready": "green", "needs login": "red", "disabled": "bright_black"}
     print_table(("provider", "name", "kind", "state", "prio", "plan / email", "expires",
                  "cooldown", "last error", "source"),
-                [(r["provider"], r["name"], r["kind"], r["state"], str(r["priority"]),
+                [(r["provider"], r["name"], r["kind"], STATE_WORDS.get(r["state"], r["state"]),
+                  str(r["priority"]),
                   " ".join(x for x in (r["plan"], r["email"]) if x), r["expires"],
                   r["cooldown"], r["last_error"], r["source"]) for r in rows],
                 {3: lambda v: colours.get(v)})
+
+
+# how the table says a state (`--json` keeps the stored value: needs_login)
+STATE_WORDS = {"needs_login": "needs login"}
 
 
 def print_table(header, rows, colour_of=None) -> None:
@@ -392,7 +399,7 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
         query: dict[str, str] = {}
         creds.put_on(account, kind, dialect, headers, query)
         headers.update(spec.headers)
-        url = spec.base_url + TEST_PATHS.get(spec.kind, "/models")
+        url = creds.base_url(account, spec) + TEST_PATHS.get(spec.kind, "/models")
         t0 = time.perf_counter()
         try:
             async with httpx.AsyncClient(trust_env=False, verify=spec.verify) as http:

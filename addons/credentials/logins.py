@@ -1,5 +1,6 @@
 """The login flows: authorization code + PKCE with a local callback (Claude, Codex, Gemini
-CLI, Antigravity: then their Code Assist project, found or onboarded) and the device authorization grant (Qwen with PKCE; GitHub Copilot, then
+CLI, Antigravity: then their Code Assist project, found or onboarded; iFlow's code with its
+client secret, then its API key from the user info) and the device authorization grant (Qwen with PKCE; GitHub Copilot, then
 its Copilot token exchange). They return what to store; nothing is written until the login
 completed (the caller stores it in one transaction), so an interrupted login leaves nothing.
 
@@ -64,8 +65,8 @@ def _meta(v: Vendor, tokens: oauth.TokenSet) -> dict:
     if isinstance(account, dict):  # Anthropic's token answer names the account
         meta.setdefault("email", account.get("email_address"))
         meta.setdefault("account_id", account.get("uuid"))
-    if tokens.extra.get("resource_url"):  # Qwen: where this login's API lives
-        meta["project_id"] = tokens.extra["resource_url"]
+    if tokens.api_location:  # Qwen: where this login's API lives
+        meta["project_id"] = tokens.api_location
     return {k: v for k, v in meta.items() if v}
 
 
@@ -144,10 +145,15 @@ async def login_pkce(v: Vendor, http: httpx.AsyncClient,
     code = query.get("code", "")
     # Anthropic's callback page may hand over `code#state`
     code = code.partition("#")[0]
-    tokens = await oauth.exchange_code(http, v, code, verifier, redirect_uri, state)
+    pkce = v.flow != "iflow"  # iFlow's client proves itself with its secret instead
+    tokens = await oauth.exchange_code(http, v, code, verifier if pkce else None, redirect_uri,
+                                       state)
     if not tokens.refresh_token:
         raise LoginFailed("the token answer has no refresh token (offline access refused)")
-    return Login(tokens.secrets(), tokens.expires_at, _meta(v, tokens))
+    meta = _meta(v, tokens)
+    if v.flow == "iflow":
+        tokens.api_key = await oauth.iflow_api_key(http, v, tokens.access_token, meta)
+    return Login(tokens.secrets(), tokens.expires_at, meta)
 
 
 async def login_device(v: Vendor, http: httpx.AsyncClient,

@@ -1,5 +1,6 @@
 """Token requests of the OAuth 2.0 grants detour speaks: refresh, authorization code (with
-PKCE), device authorization (RFC 8628) and Copilot's token exchange. authlib makes the PKCE
+PKCE; iFlow's with its client secret), device authorization (RFC 8628), Copilot's token
+exchange and iFlow's API key. authlib makes the PKCE
 pair, the authorization URL and reads the callback; the requests themselves go through the
 caller's httpx client (never through the proxy: `trust_env=False`), each vendor's body shape
 (form or JSON) as `vendors.py` says.
@@ -12,11 +13,13 @@ the request may or may not have reached the server).
 import base64
 import json
 import time
+from urllib.parse import quote
 from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 import httpx
 
+from addons import formats
 from addons.credentials.vendors import Vendor
 
 TOKEN_TIMEOUT = 30.0
@@ -45,6 +48,7 @@ class TokenSet:
     expires_at: float | None = None  # Unix seconds
     id_token: str | None = None
     extra: dict = field(default_factory=dict, repr=False)  # the rest of the answer, not secret
+    api_key: str | None = field(default=None, repr=False)  # iFlow: what its API takes
 
     def secrets(self, previous: dict | None = None) -> dict:
         """The secret fields to store: a refresh answer without a refresh token keeps the one
@@ -55,7 +59,16 @@ class TokenSet:
             out["refresh_token"] = self.refresh_token
         if self.id_token:
             out["id_token"] = self.id_token
+        if self.api_key:
+            out["api_key"] = self.api_key
         return out
+
+    @property
+    def api_location(self) -> str | None:
+        """Where this login's API lives, when the answer says (Qwen's `resource_url`, the
+        Copilot token's `endpoints.api`): kept as the account's project id."""
+        where = self.extra.get("resource_url") or self.extra.get("api")
+        return where if isinstance(where, str) and where else None
 
     @staticmethod
     def read(data: dict, now: float | None = None) -> "TokenSet":
@@ -87,6 +100,10 @@ def pkce_pair() -> tuple[str, str]:
 
 
 def authorize_url(v: Vendor, redirect_uri: str, state: str, challenge: str) -> str:
+    if v.flow == "iflow":
+        # iflow.cn's own parameters (`redirect`, its phone login page), no PKCE
+        return (v.url("authorize_url") + "?loginMethod=phone&type=phone&redirect="
+                + quote(redirect_uri, safe="") + f"&state={quote(state)}&client_id={v.client_id}")
     from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
     return prepare_grant_uri(v.url("authorize_url"), v.client_id, "code", redirect_uri,
                              " ".join(v.scopes), state, code_challenge=challenge,
@@ -150,20 +167,64 @@ async def refresh(http: httpx.AsyncClient, v: Vendor, secrets: dict) -> TokenSet
     elif v.token_body == "json" and v.scopes:
         params["scope"] = " ".join(v.scopes)
     data = await post_token(http, v.url("token_url"), params,
-                            v.token_body == "json" or v.refresh_json)
-    return TokenSet.read(data)
+                            v.token_body == "json" or v.refresh_json, _client_auth(v))
+    tokens = TokenSet.read(data)
+    if v.flow == "iflow":
+        # the refresh token is spent by now: a user info that fails keeps the API key held
+        # (it outlives the access token) rather than losing the new tokens
+        try:
+            tokens.api_key = await iflow_api_key(http, v, tokens.access_token)
+        except (OAuthError, TokenEndpointUnreachable):
+            pass
+    return tokens
 
 
-async def exchange_code(http: httpx.AsyncClient, v: Vendor, code: str, verifier: str,
+def _client_auth(v: Vendor) -> dict | None:
+    if not v.basic_auth:
+        return None
+    pair = base64.b64encode(f"{v.client_id}:{v.client_secret}".encode()).decode()
+    return {"authorization": f"Basic {pair}"}
+
+
+async def exchange_code(http: httpx.AsyncClient, v: Vendor, code: str, verifier: str | None,
                         redirect_uri: str, state: str) -> TokenSet:
     params = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-              "client_id": v.client_id, "code_verifier": verifier}
+              "client_id": v.client_id}
+    if verifier:
+        params["code_verifier"] = verifier
     if v.token_body == "json":
         params["state"] = state  # Anthropic's exchange takes it
     if v.client_secret:
         params["client_secret"] = v.client_secret
-    data = await post_token(http, v.url("token_url"), params, v.token_body == "json")
+    data = await post_token(http, v.url("token_url"), params, v.token_body == "json",
+                            _client_auth(v))
     return TokenSet.read(data)
+
+
+async def iflow_api_key(http: httpx.AsyncClient, v: Vendor, access_token: str,
+                        meta: dict | None = None) -> str:
+    """iFlow's API key for an access token (its user info: `{"success": true, "data":
+    {"apiKey", "email", "phone"}}`); iFlow's API takes that key, not the token. `meta`, if
+    given, gets the account's email (or phone). Refused: InvalidGrant (the login is no
+    good)."""
+    url = v.url("api_key_url")
+    try:
+        resp = await http.get(url, params={"accessToken": access_token},
+                              headers={"accept": "application/json"}, timeout=TOKEN_TIMEOUT)
+    except httpx.HTTPError as e:
+        raise TokenEndpointUnreachable(f"{url}: {type(e).__name__}") from None
+    data = json_object(resp)
+    if resp.status_code in (401, 403):
+        raise InvalidGrant("iflow_user_info", f"HTTP {resp.status_code}", resp.status_code)
+    info = (data or {}).get("data") if (data or {}).get("success") else None
+    key = info.get("apiKey") if isinstance(info, dict) else None
+    if resp.status_code >= 400 or not isinstance(key, str) or not key:
+        raise OAuthError("iflow_user_info", f"HTTP {resp.status_code}, no API key in the "
+                         "user info", resp.status_code)
+    who = info.get("email") or info.get("phone")
+    if meta is not None and isinstance(who, str) and who:
+        meta["email"] = who
+    return key
 
 
 async def copilot_token(http: httpx.AsyncClient, v: Vendor, github_token: str) -> TokenSet:
@@ -171,9 +232,8 @@ async def copilot_token(http: httpx.AsyncClient, v: Vendor, github_token: str) -
     gone or has no Copilot (a new login is needed)."""
     try:
         resp = await http.get(v.url("api_key_url"), timeout=TOKEN_TIMEOUT, headers={
-            "authorization": f"token {github_token}", "accept": "application/json",
-            "editor-version": "vscode/1.99.0", "editor-plugin-version": "copilot-chat/0.26.0",
-            "user-agent": "GitHubCopilotChat/0.26.0"})
+            **dict(formats.COPILOT_HEADERS), "authorization": f"token {github_token}",
+            "accept": "application/json"})
     except httpx.HTTPError as e:
         raise TokenEndpointUnreachable(f"{v.url('api_key_url')}: {type(e).__name__}") from None
     if resp.status_code in (401, 403, 404):

@@ -1,6 +1,6 @@
 """One owner per login: the vendors' CLIs refresh their own tokens (Claude Code at
 platform.claude.com or console.anthropic.com, Codex at auth.openai.com, Gemini CLI at
-oauth2.googleapis.com). Refresh tokens rotate, and a spent one revokes the chain, so once
+oauth2.googleapis.com, Qwen Code at chat.qwen.ai). Refresh tokens rotate, and a spent one revokes the chain, so once
 detour holds a login (imported from that CLI) detour alone refreshes it, and the CLI's own
 refresh call for it is answered here, from detour's store: the current access token, and the
 CLI's own refresh token handed back unchanged (so it asks the same way next time, and never

@@ -10,6 +10,10 @@ crash harmless: the token answer is committed to the database (durably) before t
 token is handed to anyone; a refresh token the server answered for is never sent again (if
 the commit fails, the new tokens are kept in memory and committed at the next try, never
 re-requested). `invalid_grant` marks the account `needs_login`: routing skips it and says so.
+
+Some logins name their own API in the token answer (Qwen's `resource_url`, the Copilot
+token's `endpoints.api`: a business Copilot seat has its own host); kept as the account's
+project id, it is where that account's calls go (`base_url`).
 """
 
 import asyncio
@@ -36,6 +40,8 @@ LEASE_SECONDS = 60.0
 LEASE_WAIT = 45.0  # how long to wait for another process's refresh of the same account
 CHECK_SECONDS = 15.0  # the background loop's pace
 ANTHROPIC_OAUTH_BETA = "oauth-2025-04-20"
+# logins whose project id is where their API lives
+API_LOCATION_VENDORS = ("qwen", "copilot")
 
 
 class NeedsLogin(Exception):
@@ -132,6 +138,9 @@ class CredentialProvider:
                "expires_in": max(0, int(exp - time.time())) if exp else 3600}
         if held.secrets.get("id_token"):
             out["id_token"] = held.secrets["id_token"]
+        if held.account.vendor == "qwen" and held.account.project_id:
+            # Qwen Code reads its API's host from every token answer (none: DashScope's)
+            out["resource_url"] = held.account.project_id
         return json.dumps(out).encode()
 
     def is_oauth(self, account) -> bool:
@@ -153,8 +162,22 @@ class CredentialProvider:
         return held.generation if held else 0
 
     def token(self, account) -> str:
+        """What goes on the account's requests: the access token (iFlow: the API key its
+        access token bought)."""
         held = self._held.get(account.stored_id)
-        return held.secrets.get("access_token", "") if held else account.secret
+        if held is None:
+            return account.secret
+        return held.secrets.get("api_key") or held.secrets.get("access_token", "")
+
+    def base_url(self, account, spec) -> str:
+        """Where the account's calls go: the provider's base_url, or the API the account's
+        login named, when config left the kind's default base_url."""
+        held = self._held.get(account.stored_id) if account is not None else None
+        where = held.account.project_id if held is not None else None
+        if (not where or held.account.vendor not in API_LOCATION_VENDORS
+                or spec.base_url != formats.provider_kind(spec.kind).default_base_url):
+            return spec.base_url
+        return api_base(held.account.vendor, where)
 
     def put_on(self, account, kind: formats.ProviderKind, dialect: str | None,
                headers: dict[str, str], query: dict[str, str]) -> None:
@@ -283,7 +306,8 @@ class CredentialProvider:
         secrets = tokens.secrets(held.secrets)
         try:
             generation = await asyncio.to_thread(
-                self.store.commit_tokens, acct.id, held.generation, secrets, tokens.expires_at)
+                self.store.commit_tokens, acct.id, held.generation, secrets, tokens.expires_at,
+                project_id=tokens.api_location)
         except AccountError:
             # replaced meanwhile by a login or import: the stored ones win
             held.pending = None
@@ -299,6 +323,8 @@ class CredentialProvider:
         held.secrets, held.generation = secrets, generation
         acct.expires_at, acct.state, acct.last_error = tokens.expires_at, READY, None
         acct.generation = generation
+        if tokens.api_location:
+            acct.project_id = tokens.api_location
         self.on_change()
 
     def _adopt(self, held: Held, row: StoredAccount | None, secrets: dict, generation: int):
@@ -350,6 +376,18 @@ class CredentialProvider:
             except (NeedsLogin, RefreshFailed) as e:
                 log.warning("detour: %s/%s: %s", held.account.provider, held.account.name, e)
         return len(due)
+
+
+def api_base(vendor: str, where: str) -> str:
+    """A login's API location as a base URL. Qwen's `resource_url` is usually a bare host, read
+    as Qwen Code reads it (`portal.qwen.ai` -> https://portal.qwen.ai/v1); Copilot's
+    `endpoints.api` is a URL already, its paths without a version prefix."""
+    where = where.rstrip("/")
+    if not where.startswith(("http://", "https://")):
+        where = "https://" + where
+    if vendor == "qwen" and not where.endswith("/v1"):
+        where += "/v1"
+    return where
 
 
 @dataclass(frozen=True)

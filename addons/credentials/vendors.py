@@ -6,9 +6,10 @@ gateway or a test: `DETOUR_OAUTH_<VENDOR>_<FIELD>`, e.g. `DETOUR_OAUTH_CLAUDE_TO
 `DETOUR_OAUTH_QWEN_DEVICE_URL` (FIELD: AUTHORIZE_URL, TOKEN_URL, DEVICE_URL, API_KEY_URL,
 CODE_ASSIST_URL, CALLBACK_PORT).
 
-`flow`: `pkce` (authorization code + PKCE with a local callback) or `device` (device
+`flow`: `pkce` (authorization code + PKCE with a local callback), `device` (device
 authorization grant; Qwen's with PKCE too; Copilot's then exchanges the GitHub token for a
-short-lived Copilot token). `token_body`: how the token endpoint wants its parameters (Anthropic
+short-lived Copilot token) or `iflow` (iFlow's authorization code: its own authorize
+parameters, the client secret instead of PKCE, then the API key from its user info). `token_body`: how the token endpoint wants its parameters (Anthropic
 and OpenAI take JSON on refresh, the others a form). `kinds`: the provider kinds whose requests
 this login's token can carry.
 """
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 class Vendor:
     name: str
     title: str
-    flow: str  # pkce | device
+    flow: str  # pkce | device | iflow
     client_id: str
     token_url: str
     kinds: tuple[str, ...]
@@ -37,7 +38,10 @@ class Vendor:
     refresh_json: bool = False  # refresh as JSON even when the code exchange is a form
     refresh_scope: str = ""  # a scope the refresh request names
     device_pkce: bool = False
-    api_key_url: str = ""  # Copilot: where the GitHub token buys the Copilot token
+    # Copilot: where the GitHub token buys the Copilot token; iFlow: the user info that
+    # hands out the API key for an access token
+    api_key_url: str = ""
+    basic_auth: bool = False  # the token endpoint wants the client as HTTP Basic too
     # Google logins: Code Assist, where the account's project is found (or onboarded)
     code_assist_url: str = ""
     # the CLI's own refresh endpoints that detour answers for a login it holds (owner.py)
@@ -68,7 +72,7 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
                           ("console.anthropic.com", "/v1/oauth/token"))),
     # Codex CLI: ChatGPT login on Codex's own callback port
     Vendor("codex", "OpenAI Codex (ChatGPT)", "pkce", "app_EMoamEEZ73f0CkXaXp7hrann",
-           "https://auth.openai.com/oauth/token", ("codex", "openai-responses", "openai"),
+           "https://auth.openai.com/oauth/token", ("codex",),
            scopes=("openid", "profile", "email", "offline_access"),
            authorize_url="https://auth.openai.com/oauth/authorize", callback_port=1455,
            callback_path="/auth/callback",
@@ -106,12 +110,20 @@ VENDORS: dict[str, Vendor] = {v.name: v for v in (
     Vendor("qwen", "Qwen Code (chat.qwen.ai)", "device", "f0304373b74a44d2b584a3fb70ca9e56",
            "https://chat.qwen.ai/api/v1/oauth2/token", ("qwen", "openai"),
            scopes=("openid", "profile", "email", "model.completion"),
-           device_url="https://chat.qwen.ai/api/v1/oauth2/device/code", device_pkce=True),
+           device_url="https://chat.qwen.ai/api/v1/oauth2/device/code", device_pkce=True,
+           refresh_hosts=(("chat.qwen.ai", "/api/v1/oauth2/token"),)),
     # GitHub Copilot: GitHub device flow, then the Copilot token exchange
     Vendor("copilot", "GitHub Copilot", "device", "Iv1.b507a08c87ecfe98",
-           "https://github.com/login/oauth/access_token", ("copilot",),
+           "https://github.com/login/oauth/access_token", ("copilot", "copilot-responses"),
            scopes=("read:user",), device_url="https://github.com/login/device/code",
            api_key_url="https://api.github.com/copilot_internal/v2/token"),
+    # iFlow CLI: iflow.cn's authorization code on its callback port; the access token buys
+    # the API key (user info) that apis.iflow.cn takes
+    Vendor("iflow", "iFlow (iflow.cn)", "iflow", "10009311001", "https://iflow.cn/oauth/token",
+           ("iflow",), authorize_url="https://iflow.cn/oauth",
+           client_secret="4Z3YjXycVsQvyGF1etiNlIBB4RsqSDtW", callback_port=11451,
+           callback_path="/oauth2callback", basic_auth=True,
+           api_key_url="https://iflow.cn/api/oauth/getUserInfo"),
 )}
 
 

@@ -18,7 +18,16 @@
     challenge; `expired_token` when `expire_device` is set.
 - `POST /device/code`: `device_code`, `user_code`, `verification_uri`, `interval`.
 - `GET /copilot_internal/v2/token` with `authorization: token <github token>`: a Copilot
-  token (`expires_at`, `refresh_in`, `endpoints.api`).
+  token (`expires_at`, `refresh_in`, `endpoints.api`: `copilot_api`); `copilot_asked` lists
+  the GitHub token of each call.
+- iFlow: `GET /oauth?redirect=..&state=..&client_id=..` (its own authorize parameters, no
+  PKCE) -> 302 with a code; a client in `client_secrets` must send its secret in the form
+  and as HTTP Basic with every token request (else 401 `invalid_client`);
+  `GET /api/oauth/getUserInfo?accessToken=<current access token>` -> `{"success": true,
+  "data": {"apiKey": iflow_api_key, "email"}}` (`user_info_calls` counts), else 401.
+- `access_claims`: access tokens are unsigned JWTs carrying these claims (a ChatGPT login's
+  `chatgpt_account_id`), each with its own `jti`.
+- Qwen: `resource_url` (if set) rides on every token answer.
 - Code Assist (`/v1internal:loadCodeAssist`, `:onboardUser`, `/v1internal/operations/..`), with
   a Bearer access token: not onboarded, `allowedTiers` (free-tier the default); onboarding is
   an operation done at its first poll, giving project `fake-project-42`; then loads answer
@@ -53,8 +62,16 @@ def s256(verifier: str) -> str:
 
 
 class FakeOAuth(FakeServer):
-    def __init__(self, *, expires_in: int = 3600, prefix: str = "fake", **kw):
+    def __init__(self, *, expires_in: int = 3600, prefix: str = "fake",
+                 access_claims: dict | None = None, **kw):
         super().__init__(check_auth=False, **kw)
+        self.access_claims = access_claims
+        self.copilot_api = "https://api.githubcopilot.com"
+        self.copilot_asked: list[str] = []
+        self.user_info_calls = 0
+        self.client_secrets: dict[str, str] = {}
+        self.iflow_api_key = f"{prefix}-iflow-api-key-{hashlib.sha1(prefix.encode()).hexdigest()[:10]}"
+        self.resource_url: str | None = None
         self.expires_in = expires_in
         self.prefix = prefix
         self.deny = False
@@ -125,6 +142,8 @@ class FakeOAuth(FakeServer):
         return f"{self.prefix}-{what}-{next(self._ids):06d}-{hashlib.sha1(str(time.time_ns()).encode()).hexdigest()[:12]}"
 
     def _issue(self, access=None, refresh=None, parent: str | None = None) -> dict:
+        if access is None and self.access_claims is not None:
+            access = _jwt({**self.access_claims, "jti": self._new("access")})
         access = access or self._new("access")
         refresh = refresh or self._new("refresh")
         self._access[access] = {"refresh": refresh, "revoked": False,
@@ -135,8 +154,11 @@ class FakeOAuth(FakeServer):
         self.issued_access.append(access)
         self.issued_refresh.append(refresh)
         self.tokens_issued += 1
-        return {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
-                "expires_in": self.expires_in, "scope": "user:inference"}
+        out = {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+               "expires_in": self.expires_in, "scope": "user:inference"}
+        if self.resource_url:
+            out["resource_url"] = self.resource_url
+        return out
 
     def _use(self, access: str) -> None:
         """The first use of tokens from a rotation retires the refresh token they replaced."""
@@ -164,10 +186,17 @@ class FakeOAuth(FakeServer):
         with self.oauth_lock:
             if received.method == "GET" and route.endswith("/authorize"):
                 return self._authorize(received)
+            if received.method == "GET" and route.endswith("/oauth"):
+                return self._iflow_authorize(received)
+            if route.endswith("/api/oauth/getUserInfo"):
+                return self._iflow_user_info(received)
             if received.method == "POST" and route.endswith("/device/code"):
                 return self._device(self._params(received))
             if received.method == "POST" and route.endswith("/token"):
-                return self._token(self._params(received))
+                params = self._params(received)
+                if problem := self._client_problem(params, received):
+                    return problem
+                return self._token(params)
             if route.endswith("/copilot_internal/v2/token"):
                 return self._copilot(received)
             if "/v1internal" in route:
@@ -195,6 +224,36 @@ class FakeOAuth(FakeServer):
         return Whole(302, make_headers(None, {"location": redirect + "?" + urlencode(
             {"code": code, "state": q.get("state", "")})}), b"")
 
+    def _iflow_authorize(self, received: Received) -> Plan:
+        q = {k: v[-1] for k, v in parse_qs(urlsplit(received.path).query).items()}
+        redirect = q.get("redirect", "")
+        code = self._new("code")
+        self._codes[code] = {"client_id": q.get("client_id"), "redirect_uri": redirect,
+                             "challenge": None, "scope": None}
+        return Whole(302, make_headers(None, {"location": redirect + "?" + urlencode(
+            {"code": code, "state": q.get("state", "")})}), b"")
+
+    def _client_problem(self, p: dict, received: Received) -> Plan | None:
+        """A confidential client (iFlow's) proves itself with its secret, in the form and as
+        HTTP Basic."""
+        secret = self.client_secrets.get(p.get("client_id", ""))
+        if secret is None:
+            return None
+        basic = "Basic " + base64.b64encode(f"{p['client_id']}:{secret}".encode()).decode()
+        if p.get("client_secret") != secret or received.headers.get("authorization") != basic:
+            return self._error("invalid_client", "client authentication failed", 401)
+        return None
+
+    def _iflow_user_info(self, received: Received) -> Plan:
+        self.user_info_calls += 1
+        q = {k: v[-1] for k, v in parse_qs(urlsplit(received.path).query).items()}
+        info = self._access.get(q.get("accessToken", ""))
+        if info is None or info["revoked"] or info["expires_at"] < time.time():
+            return self._json(401, {"success": False, "message": "invalid access token"})
+        self._use(q["accessToken"])
+        return self._json(200, {"success": True, "data": {
+            "apiKey": self.iflow_api_key, "email": "user@example.com", "phone": ""}})
+
     def _device(self, p: dict) -> Plan:
         device = self._new("device")
         self._devices[device] = {"client_id": p.get("client_id"), "polls": 0, "last": 0.0,
@@ -214,7 +273,10 @@ class FakeOAuth(FakeServer):
             if p.get("client_id") != code["client_id"] or p.get(
                     "redirect_uri") != code["redirect_uri"]:
                 return self._error("invalid_grant", "client or redirect_uri mismatch")
-            if s256(p.get("code_verifier", "")) != code["challenge"]:
+            if code["challenge"] is None:  # no PKCE: a confidential client (checked above)
+                if p.get("client_id") not in self.client_secrets:
+                    return self._error("invalid_grant", "PKCE or a client secret needed")
+            elif s256(p.get("code_verifier", "")) != code["challenge"]:
                 return self._error("invalid_grant", "PKCE verification failed")
             return self._json(200, self._issue() | {"id_token": _id_token()})
         if grant == "refresh_token":
@@ -265,7 +327,9 @@ class FakeOAuth(FakeServer):
 
     def _copilot(self, received: Received) -> Plan:
         token = received.headers.get("authorization", "").removeprefix("token ")
-        if token not in self._access:
+        self.copilot_asked.append(token)
+        info = self._access.get(token)
+        if info is None or info["revoked"]:
             return Whole(401, make_headers(JSON_TYPE), b'{"message":"Bad credentials"}')
         tok = self._new("copilot")
         self._access[tok] = {"refresh": None, "revoked": False,
@@ -273,7 +337,7 @@ class FakeOAuth(FakeServer):
         self.issued_access.append(tok)
         return self._json(200, {"token": tok, "expires_at": int(time.time()) + 1800,
                                 "refresh_in": 1500,
-                                "endpoints": {"api": "https://api.githubcopilot.com"}})
+                                "endpoints": {"api": self.copilot_api}})
 
     async def _exchange(self, link, received: Received) -> bool:
         out = await super()._exchange(link, received)
@@ -303,14 +367,17 @@ class AcceptedTokens:
         self.extra.discard(key)
 
 
-def _id_token() -> str:
+def _jwt(claims: dict) -> str:
     """An unsigned JWT like the vendors' (the claims are read, not verified)."""
     def part(obj):
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
-    return ".".join((part({"alg": "none"}), part({
-        "email": "user@example.com",
-        "https://api.openai.com/auth": {"chatgpt_account_id": "acct-123",
-                                        "chatgpt_plan_type": "plus"}}), "sig"))
+    return ".".join((part({"alg": "none"}), part(claims), "sig"))
+
+
+def _id_token() -> str:
+    return _jwt({"email": "user@example.com",
+                 "https://api.openai.com/auth": {"chatgpt_account_id": "acct-123",
+                                                 "chatgpt_plan_type": "plus"}})
 
 
 if __name__ == "__main__":

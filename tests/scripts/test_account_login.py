@@ -1,8 +1,9 @@
 """`detour account login`: each flow against the loopback OAuth server (tests/fakes/
 oauth_server.py) with the vendors' URLs overridden by environment. PKCE is verified by the
 server (a wrong verifier fails); the device flow waits through authorization_pending and
-slows down on slow_down; Copilot's GitHub token buys a Copilot token; a refused or
-interrupted login stores nothing."""
+slows down on slow_down; Copilot's GitHub token buys a Copilot token; iFlow's code is
+exchanged with its client secret (form and HTTP Basic, checked by the fake) and its user info
+hands out the API key; a refused or interrupted login stores nothing."""
 
 import asyncio
 import json
@@ -20,6 +21,7 @@ from scripts.cli import cli
 from tests.fakes.oauth_server import FakeOAuth
 
 BROWSER = f"{sys.executable} {Path(__file__).resolve().parents[1] / 'fakes' / 'browser.py'} %s"
+IFLOW = VENDORS["iflow"]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,10 @@ def vendor_urls(auth, monkeypatch):
                            auth.url("/copilot_internal/v2/token"))
         monkeypatch.setenv(f"DETOUR_OAUTH_{up}_CALLBACK_PORT", "0")
         monkeypatch.setenv(f"DETOUR_OAUTH_{up}_CODE_ASSIST_URL", auth.base_url)
+    # iFlow's own authorize page and user info
+    monkeypatch.setenv("DETOUR_OAUTH_IFLOW_AUTHORIZE_URL", auth.url("/oauth"))
+    monkeypatch.setenv("DETOUR_OAUTH_IFLOW_API_KEY_URL", auth.url("/api/oauth/getUserInfo"))
+    auth.client_secrets[IFLOW.client_id] = IFLOW.client_secret
     monkeypatch.setattr(logins, "ONBOARD_POLL_SECONDS", 0.01)
     auth.deny = False
 
@@ -144,3 +150,24 @@ async def test_copilot_device_then_token_exchange(auth):
         # its refresh is another exchange with the GitHub token, which stays
         again = await oauth.refresh(http, VENDORS["copilot"], done.secrets)
         assert again.access_token != done.secrets["access_token"]
+
+
+def test_iflow_login_stores_the_api_key(tmp_path, auth):
+    (tmp_path / "config.yaml").write_text("providers:\n  iflow: {kind: iflow}\n")
+    calls = auth.code_calls
+    out = detour(tmp_path, "account", "login", "iflow", "--name", "work")
+    assert "logged in: iflow/work (user@example.com)" in out
+    assert auth.code_calls == calls + 1
+    stored = AccountStore(tmp_path / "detour.db").get("iflow", "work", secrets=True)
+    assert (stored.kind, stored.vendor) == ("oauth", "iflow")
+    assert stored.secrets["api_key"] == auth.iflow_api_key
+    assert stored.secrets["access_token"] in auth.issued_access
+    assert stored.secrets["refresh_token"] and stored.expires_at
+    assert auth.iflow_api_key not in detour(tmp_path, "account", "list")
+
+
+def test_iflow_login_with_a_wrong_client_secret_stores_nothing(tmp_path, auth):
+    auth.client_secrets[IFLOW.client_id] = "not-the-cli-secret"
+    out = detour(tmp_path, "account", "login", "iflow", expect=2)
+    assert "iflow login failed: invalid_client" in out
+    assert AccountStore(tmp_path / "detour.db").accounts() == []
