@@ -15,8 +15,9 @@ the state several detour processes share.
   a call over one of its user's limits is refused, 429 in its client's format, before routing
   (addons/user_limits.py).
 - `state: redis://...` in config: cooldowns, round-robin turns and limit counters are shared
-  through Redis (addons/shared_state.py); without it, or while Redis is away, each process
-  keeps its own.
+  through Redis (addons/shared_state.py), and so are the stored logins' refresh lease and
+  rotated tokens (addons/credentials/shared_tokens.py); without it, or while Redis is away,
+  each process keeps its own.
 
 mitmproxy's proxyauth puts the client's secret in `flow.metadata["proxyauth"]`, which mitmweb
 shows and a saved flow keeps: detour replaces it with the name alone once it has checked it.
@@ -33,6 +34,7 @@ from mitmproxy.addons.proxyauth import make_auth_required_response
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import ROUND_ROBIN
+from addons.credentials.shared_tokens import SharedTokens
 from addons.formats import HANDLED_HOSTS
 from addons.settings import DetourSettings
 from addons.shared_state import SharedState, safe_url
@@ -73,6 +75,9 @@ class Gateway:
         if path != self._path:
             self._path = path
             self._reload(initial=True)
+        if self.shared is None and rt.config.state:
+            # made before the proxy runs: a token refresh at start must already go through it
+            self._join_state(rt.config.state)
         if "proxyauth" in updated and self.users is not None and not self._owns_auth():
             log.warning("detour: proxyauth is set to something other than %s: detour's users "
                         "are not asked for; limits apply to the names it lets in", path)
@@ -140,14 +145,28 @@ class Gateway:
                         "went until detour restarts")
         url = rt.config.state
         if self.shared is not None and self.shared.url == url:
+            if not self.shared.started:
+                self.shared.start()
             return
         if self.shared is not None:
             shared, self.shared = self.shared, None
+            self._share_tokens(None)
             await shared.stop()
             log.info("detour: shared state %s left", safe_url(shared.url))
         if url:
-            self.shared = SharedState(url, rt.cooldowns, self.counters)
+            self._join_state(url)
             self.shared.start()
+
+    def _join_state(self, url: str) -> None:
+        self.shared = SharedState(url, self.settings.runtime.cooldowns, self.counters)
+        self._share_tokens(self.shared)
+
+    def _share_tokens(self, shared: SharedState | None) -> None:
+        """The stored logins' refresh lease and rotated tokens go through `shared` too."""
+        credentials = self.settings.credentials
+        if credentials is not None:
+            credentials.shared = None if shared is None else SharedTokens(
+                shared, credentials.store.vault, credentials.rotated)
 
     def running(self):
         self._database = self.settings.runtime.config.database

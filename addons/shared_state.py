@@ -24,6 +24,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import orjson
@@ -97,13 +98,22 @@ class SharedState:
         self._counts: dict[str, float] = {}  # counter increments not yet added in Redis
         self._wake = asyncio.Event()
         self._broken = asyncio.Event()
+        self.tried = asyncio.Event()  # the first attempt to join is over (joined or not)
         self._tasks: list[asyncio.Task] = []
         self.round_trips: deque[float] = deque(maxlen=SAMPLES)  # ms, request path
         self.slow_round_trips = 0  # given up after ROUND_TRIP_TIMEOUT
         self.propagation: deque[float] = deque(maxlen=SAMPLES)  # ms, publish -> applied here
+        # other users of the connection (addons/credentials/shared_tokens.py): their channels'
+        # messages, and what they do each time this process joins
+        self._channels: dict[bytes, Callable[[bytes], None]] = {}
+        self._on_join: list[Callable[[], None]] = []
         book.watch(self._changed)
 
     # ------------------------------------------------------------ life cycle
+
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks)
 
     def start(self) -> None:
         from mitmproxy.utils.asyncio_utils import create_task
@@ -134,6 +144,7 @@ class SharedState:
         self.up = False
         self.down_reason = reason
         self._broken.set()
+        self.tried.set()
 
     async def _connection(self) -> None:
         """Join, listen for the others' rests, and join again whenever Redis comes back."""
@@ -159,19 +170,24 @@ class SharedState:
         self._admit = client.register_script(_ADMIT)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(CHANNEL)  # first: nothing published from now on is missed
+            # first: nothing published from now on is missed
+            await pubsub.subscribe(CHANNEL, *self._channels)
             await self._sync(client)
             was = self.down_reason
             self.up = True
+            self.tried.set()
             self.down_reason = ""
             self._since = time.time()
             self._wake.set()  # what waited is published now
             log.info("detour: shared state %s joined%s", safe_url(self.url),
                      "" if was == "not connected yet" else " again")
+            for joined in self._on_join:
+                joined()
             while not self._broken.is_set():
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
-                    self._received(message["data"])
+                    handler = self._channels.get(message["channel"], self._received)
+                    handler(message["data"])
         finally:
             try:
                 await pubsub.aclose()
@@ -187,6 +203,24 @@ class SharedState:
                 if value is not None:
                     self.book.apply_shared(key.decode()[len(REST_KEY):], _rest(value))
         self._pending.update(self.book.resting())
+
+    # ------------------------------------------------------------ other users
+
+    @property
+    def client(self) -> aioredis.Redis | None:
+        """The connection while Redis is reachable, else None."""
+        return self._client if self.up else None
+
+    def listen(self, channel: str, handler: Callable[[bytes], None],
+               on_join: Callable[[], None]) -> None:
+        """`handler(data)` for each message on `channel`, `on_join()` each time this process
+        joins (before start: the channel is subscribed at the next join)."""
+        self._channels[channel.encode()] = handler
+        self._on_join.append(on_join)
+
+    def failed(self, error: BaseException) -> None:
+        """A command of another user of the connection failed: Redis is away."""
+        self._down(error)
 
     # ------------------------------------------------------------ rests
 
