@@ -36,6 +36,7 @@ from mitmproxy.utils.asyncio_utils import create_task
 from addons.config import ROUND_ROBIN
 from addons.credentials.shared_tokens import SharedTokens
 from addons.formats import HANDLED_HOSTS
+from addons.routing import account_key
 from addons.settings import DetourSettings
 from addons.shared_state import SharedState, safe_url
 from addons.user_limits import LocalCounters, Refusal, spent_tokens
@@ -49,6 +50,7 @@ PROXY_AUTHORIZATION = "proxy-authorization"
 REDACTED = "[redacted]"
 USERS_POLL_SECONDS = 1.0
 MAX_VERIFIED = 4096  # cached (user, secret digest) checks; cleared whole past it
+SHARED_USE = -1e12  # an LRU position from Redis, as a last-used time before any local one
 
 
 class Gateway:
@@ -259,36 +261,56 @@ class Gateway:
         limits = account.limits if account is not None and account.limits else None
         shared = self.shared
         if shared is not None and shared.up:
-            groups = self._turn_groups(model, user_agent)
-            if limits or groups:
-                decided = await shared.admit(user, limits, groups)
+            groups, lru = self._turn_groups(model, user_agent)
+            if limits or groups or lru:
+                decided = await shared.admit(user, limits, groups, lru)
                 if decided is not None:
-                    refused, turns = decided
+                    refused, turns, used = decided
                     if refused is None:
+                        book = self.settings.runtime.cooldowns
                         for group, turn in zip(groups, turns):
-                            self.settings.runtime.cooldowns.set_turn(group, turn)
+                            book.set_turn(group, turn)
+                        for (group, labels), numbers in zip(lru, used):
+                            provider = group.rpartition("#")[0]
+                            for label, number in zip(labels, numbers):
+                                # below any local time: Redis's order decides while it is up
+                                book.used(account_key(provider, label), SHARED_USE + number)
                         if limits:
                             self.counters.counted(user)
                     return refused
         return self.counters.admit(user, limits) if limits else None
 
-    def _turn_groups(self, model: str, user_agent: str) -> list[str]:
+    def _turn_groups(self, model: str, user_agent: str
+                     ) -> tuple[list[str], list[tuple[str, list[str]]]]:
         """The round-robin groups (`provider#priority`, two accounts or more) the route of
-        `model` may take a turn of."""
+        `model` may take a turn of, and its least-recently-used groups with the labels of
+        their accounts ready for it (two or more)."""
         rt = self.settings.runtime
         groups: list[str] = []
+        lru: list[tuple[str, list[str]]] = []
+        now = time.monotonic()
         for entry in rt.config.candidates(model, user_agent):
-            name, sep, _ = entry.partition("/")
+            name, sep, upstream = entry.partition("/")
             provider = rt.providers.get(name) if sep else None
-            if provider is None or provider.spec.strategy != ROUND_ROBIN:
+            if provider is None:
                 continue
-            sizes: dict[int, int] = {}
+            if provider.spec.strategy == ROUND_ROBIN:
+                sizes: dict[int, int] = {}
+                for account in provider.accounts:
+                    if not account.disabled:
+                        sizes[account.priority] = sizes.get(account.priority, 0) + 1
+                groups += [f"{name}#{p}" for p, n in sizes.items()
+                           if n > 1 and f"{name}#{p}" not in groups]
+                continue
+            upstream = model if upstream == "*" else upstream
+            ready: dict[int, list[str]] = {}
             for account in provider.accounts:
-                if not account.disabled:
-                    sizes[account.priority] = sizes.get(account.priority, 0) + 1
-            groups += [f"{name}#{p}" for p, n in sizes.items()
-                       if n > 1 and f"{name}#{p}" not in groups]
-        return groups
+                if not account.disabled and rt.cooldowns.rest(
+                        account_key(name, account.label), upstream, now) is None:
+                    ready.setdefault(account.priority, []).append(account.label)
+            lru += [(f"{name}#{p}", labels) for p, labels in ready.items()
+                    if len(labels) > 1 and all(g != f"{name}#{p}" for g, _ in lru)]
+        return groups, lru
 
     def recorded(self, row) -> None:
         """A call's row was written: its tokens and cost count against its user's limits."""

@@ -7,11 +7,12 @@ keeps every process's copies in step:
   (its TTL is the rest's end) and published on `detour:rests`; every process applies what
   the others publish at once. Nothing of it is on the request path: a background task
   publishes, another listens.
-- Round-robin turns (`detour:turn:<provider>#<priority>`) and the limit counters
+- Round-robin turns (`detour:turn:<provider>#<priority>`), least-recently-used positions
+  (`detour:used:<provider>#<priority>`) and the limit counters
   (`detour:limit:<user>:<window>`) must be read and counted in the same step by every
   process, so they are one round trip on the request path, before routing: one Lua script
-  checks the user's windows, counts the call and takes the route's turns (redis.asyncio,
-  bounded by ROUND_TRIP_TIMEOUT). Tokens and cost are added when the call ends, off the path.
+  checks the user's windows, counts the call, takes the route's turns and chooses in its LRU
+  groups (redis.asyncio, bounded by ROUND_TRIP_TIMEOUT). Tokens and cost are added when the call ends, off the path.
 - Redis away (a refused connection, a timeout): the process says so once (log,
   `detour.status` -> gateway.state) and serves on its own copies; what it changes meanwhile
   waits. When Redis is back, the process re-joins: it takes the rests Redis holds (the longer
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 PREFIX = "detour:"
 REST_KEY = PREFIX + "rest:"
 TURN_KEY = PREFIX + "turn:"
+USED_KEY = PREFIX + "used:"
 LIMIT_KEY = PREFIX + "limit:"
 CHANNEL = PREFIX + "rests"
 ROUND_TRIP_TIMEOUT = 0.25  # seconds a call waits for Redis before deciding on its own
@@ -47,9 +49,15 @@ CONNECT_TIMEOUT = 1.0
 RETRY_SECONDS = 1.0  # between attempts to reach Redis while it is away
 SAMPLES = 2048  # round trips and propagation delays kept for the percentiles
 
-# KEYS: the user's minute, day and month counters (or none), then each turn to take.
-# ARGV: rpm, tokens_per_day, usd_per_month ('' = no limit), the number of limit keys.
-# Returns {refused limit or '', turn, turn, ...}; a refused call counts nothing.
+# KEYS: the user's minute, day and month counters (or none), each turn to take, then each
+# least-recently-used group's hash (account label -> when it was last chosen, as the group's
+# own sequence number `#seq`).
+# ARGV: rpm, tokens_per_day, usd_per_month ('' = no limit), the number of limit keys, the
+# number of turn keys, then per LRU group: its number of ready accounts and their labels.
+# Returns {refused limit or '', turn, turn, ..., then per LRU group each account's sequence
+# number before this call (-1: never chosen)}: sorted by them, the caller asks first the one
+# chosen here (the least recently, the first written on a tie), which has the group's newest
+# number from now on. A refused call counts nothing.
 _ADMIT = """
 local nlimit = tonumber(ARGV[4])
 if nlimit > 0 then
@@ -67,9 +75,23 @@ if nlimit > 0 then
     redis.call('EXPIRE', KEYS[1], 120)
   end
 end
+local nturn = tonumber(ARGV[5])
 local out = {''}
-for i = nlimit + 1, #KEYS do
+for i = nlimit + 1, nlimit + nturn do
   out[#out + 1] = redis.call('INCR', KEYS[i]) - 1
+end
+local a = 6
+for i = nlimit + nturn + 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  local seqs, best = {}, 1
+  for j = 1, n do
+    seqs[j] = tonumber(redis.call('HGET', KEYS[i], ARGV[a + j]) or '-1')
+    if seqs[j] < seqs[best] then best = j end
+  end
+  redis.call('HSET', KEYS[i], ARGV[a + best], redis.call('HINCRBY', KEYS[i], '#seq', 1))
+  redis.call('EXPIRE', KEYS[i], 40 * 86400)
+  for j = 1, n do out[#out + 1] = seqs[j] end
+  a = a + n + 1
 end
 return out
 """
@@ -275,10 +297,13 @@ class SharedState:
 
     # ------------------------------------------------------------ on the request path
 
-    async def admit(self, user: str, limits: UserLimits | None,
-                    groups: list[str]) -> tuple[Refusal | None, list[int]] | None:
-        """Check and count `user`'s call against its limits and take the turns of `groups`,
-        for every process at once. None when Redis cannot say now (the caller decides on its
+    async def admit(self, user: str, limits: UserLimits | None, groups: list[str],
+                    lru: list[tuple[str, list[str]]] = ()
+                    ) -> tuple[Refusal | None, list[int], list[list[int]]] | None:
+        """Check and count `user`'s call against its limits, take the turns of `groups` and
+        choose in each least-recently-used group of `lru` (group, ready account labels) the
+        account asked longest ago, for every process at once: (refusal, turns, each LRU
+        group's sequence numbers). None when Redis cannot say now (the caller decides on its
         own state)."""
         if not self.up:
             return None
@@ -291,6 +316,10 @@ class SharedState:
             args = [_arg(limits.rpm), _arg(limits.tokens_per_day), _arg(limits.usd_per_month),
                     "3"]
         keys += [TURN_KEY + group for group in groups]
+        args.append(str(len(groups)))
+        for group, labels in lru:
+            keys.append(USED_KEY + group)
+            args += [str(len(labels)), *labels]
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(ROUND_TRIP_TIMEOUT):
@@ -305,8 +334,14 @@ class SharedState:
         self.round_trips.append((time.perf_counter() - t0) * 1000)
         refused = out[0].decode() if isinstance(out[0], bytes) else out[0]
         if refused:
-            return refusal(user, limits, refused, w, now), []
-        return None, [int(turn) for turn in out[1:]]
+            return refusal(user, limits, refused, w, now), [], []
+        numbers = [int(n) for n in out[1:]]
+        turns, numbers = numbers[:len(groups)], numbers[len(groups):]
+        chosen = []
+        for _, labels in lru:
+            chosen.append(numbers[:len(labels)])
+            numbers = numbers[len(labels):]
+        return None, turns, chosen
 
     def record(self, user: str, tokens: int, usd: float) -> None:
         """A call of `user` ended: its tokens and cost are added (off the request path)."""

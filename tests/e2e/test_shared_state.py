@@ -21,7 +21,7 @@ from tests.harness import Mitmdump
 from tests.redis_server import RedisServer
 
 URL = "https://api.openai.com/v1/chat/completions"
-ONE, TWO = "sk-shared-one", "sk-shared-two"
+ONE, TWO, THREE = "sk-shared-one", "sk-shared-two", "sk-shared-three"
 
 
 def config(base: str, state: str) -> str:
@@ -32,10 +32,15 @@ providers:
   outage: {{kind: openai, base_url: "{base}/v1", api_keys: {prio}}}
   rr: {{kind: openai, base_url: "{base}/v1", api_keys: [{ONE}, {TWO}]}}
   load: {{kind: openai, base_url: "{base}/v1", api_keys: [{ONE}, {TWO}]}}
+  rr3: {{kind: openai, base_url: "{base}/v1", api_keys: [{ONE}, {TWO}, {THREE}]}}
+  lru3: {{kind: openai, base_url: "{base}/v1", api_keys: [{ONE}, {TWO}, {THREE}],
+          strategy: least-recently-used}}
 routes:
   shared-rest: [prio/up-rest]
   outage: [outage/up-outage]
   turns: [rr/up-turns]
+  turns3: [rr3/up-turns3]
+  lru3: [lru3/up-lru3]
   "*": [load/up-load]
 state: "{state}"
 cooldown_seconds: 30
@@ -55,7 +60,7 @@ def script():
 
 @pytest.fixture(scope="module")
 def fake(script):
-    with FakeOpenAI(keys=[ONE, TWO], default_reply=script) as f:
+    with FakeOpenAI(keys=[ONE, TWO, THREE], default_reply=script) as f:
         yield f
 
 
@@ -144,6 +149,23 @@ def test_round_robin_turns_are_taken_across_processes(pair, fake):
     asked = keys_asked(fake)
     # one turn after the other across both (each process alone: one, one, two, two, ...)
     assert all(x != y for x, y in zip(asked, asked[1:])), asked
+
+
+@pytest.mark.parametrize("model", ["turns3", "lru3"])
+def test_30_calls_over_3_accounts_through_2_processes_land_10_each(pair, fake, model):
+    """Round-robin turns and least-recently-used positions are the same for both processes:
+    the calls rotate over the accounts whichever process takes them (each process alone,
+    A twice then B once would land 11/10/9 and repeat accounts back to back)."""
+    a, b = pair
+    with client(a) as ca, client(b) as cb:
+        for c in [ca, ca, cb] * 10:
+            assert call(c, model).status_code == 200
+    asked = keys_asked(fake)
+    assert {key: asked.count(key) for key in (ONE, TWO, THREE)} == {ONE: 10, TWO: 10,
+                                                                    THREE: 10}
+    assert all(x != y for x, y in zip(asked, asked[1:])), asked
+    for proxy in pair:
+        assert state_of(proxy)["round_trips_given_up"] == 0
 
 
 def test_a_users_limit_counts_across_processes(pair, fake):
