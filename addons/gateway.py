@@ -160,7 +160,8 @@ class Gateway:
             self.shared.start()
 
     def _join_state(self, url: str) -> None:
-        self.shared = SharedState(url, self.settings.runtime.cooldowns, self.counters)
+        rt = self.settings.runtime
+        self.shared = SharedState(url, rt.cooldowns, self.counters, rt.home)
         self._share_tokens(self.shared)
 
     def _share_tokens(self, shared: SharedState | None) -> None:

@@ -26,6 +26,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
@@ -44,6 +45,7 @@ TURN_KEY = PREFIX + "turn:"
 USED_KEY = PREFIX + "used:"
 LIMIT_KEY = PREFIX + "limit:"
 CHANNEL = PREFIX + "rests"
+STATUS_DIR = "shared-state"  # in DETOUR_HOME: one file per process, written when it changes
 ROUND_TRIP_TIMEOUT = 0.25  # seconds a call waits for Redis before deciding on its own
 CONNECT_TIMEOUT = 1.0
 RETRY_SECONDS = 1.0  # between attempts to reach Redis while it is away
@@ -106,8 +108,12 @@ def safe_url(url: str) -> str:
 
 
 class SharedState:
-    def __init__(self, url: str, book: CooldownBook, counters: LocalCounters):
+    def __init__(self, url: str, book: CooldownBook, counters: LocalCounters,
+                 home: Path | None = None):
         self.url = url
+        # where `detour status` reads how this process is with Redis (STATUS_DIR)
+        self.status_file = (home / STATUS_DIR / f"{socket.gethostname()}-{os.getpid()}.json"
+                            if home is not None else None)
         self.book = book
         self.counters = counters
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -146,6 +152,8 @@ class SharedState:
 
     async def stop(self) -> None:
         self.book.unwatch(self._changed)
+        if self.status_file is not None:
+            self.status_file.unlink(missing_ok=True)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -159,12 +167,15 @@ class SharedState:
 
     def _down(self, error: BaseException | str) -> None:
         reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        was = self.up or not self.tried.is_set()
         if self.up:
             log.warning("detour: shared state %s unreachable (%s); serving on this process's "
                         "own state until it is back", safe_url(self.url), reason)
             self._since = time.time()
         self.up = False
         self.down_reason = reason
+        if was:
+            self._write_status()
         self._broken.set()
         self.tried.set()
 
@@ -203,6 +214,7 @@ class SharedState:
             self._wake.set()  # what waited is published now
             log.info("detour: shared state %s joined%s", safe_url(self.url),
                      "" if was == "not connected yet" else " again")
+            self._write_status()
             for joined in self._on_join:
                 joined()
             while not self._broken.is_set():
@@ -353,6 +365,28 @@ class SharedState:
         self._wake.set()
 
     # ------------------------------------------------------------ status
+
+    def _write_status(self) -> None:
+        """This process's side of `detour status` (only when it joins or loses Redis)."""
+        if self.status_file is None:
+            return
+        record = {"pid": os.getpid(), "host": socket.gethostname(), **self.health()}
+        try:
+            self.status_file.parent.mkdir(exist_ok=True, mode=0o700)
+            tmp = self.status_file.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(record))
+            os.replace(tmp, self.status_file)
+        except OSError as e:
+            log.warning("detour: cannot write %s: %s", self.status_file, e)
+
+    def health(self) -> dict:
+        """The /healthz check: ok either way (no call fails for Redis being away), its detail
+        says whether this process serves on the shared state or on its own."""
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since))
+        detail = (f"{safe_url(self.url)}: joined since {since}" if self.up else
+                  f"{safe_url(self.url)} unreachable since {since} ({self.down_reason}): "
+                  "serving on this process's own state")
+        return {"ok": True, "connected": self.up, "detail": detail}
 
     def stats(self) -> dict:
         return {"backend": "redis", "url": safe_url(self.url), "connected": self.up,
