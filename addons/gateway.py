@@ -15,8 +15,9 @@ the state several detour processes share.
   a call over one of its user's limits is refused, 429 in its client's format, before routing
   (addons/user_limits.py).
 - `state: redis://...` in config: cooldowns, round-robin turns and limit counters are shared
-  through Redis (addons/shared_state.py); without it, or while Redis is away, each process
-  keeps its own.
+  through Redis (addons/shared_state.py), and so are the stored logins' refresh lease and
+  rotated tokens (addons/credentials/shared_tokens.py); without it, or while Redis is away,
+  each process keeps its own.
 
 mitmproxy's proxyauth puts the client's secret in `flow.metadata["proxyauth"]`, which mitmweb
 shows and a saved flow keeps: detour replaces it with the name alone once it has checked it.
@@ -33,7 +34,9 @@ from mitmproxy.addons.proxyauth import make_auth_required_response
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import ROUND_ROBIN
+from addons.credentials.shared_tokens import SharedTokens
 from addons.formats import HANDLED_HOSTS
+from addons.routing import account_key
 from addons.settings import DetourSettings
 from addons.shared_state import SharedState, safe_url
 from addons.user_limits import LocalCounters, Refusal, spent_tokens
@@ -47,6 +50,7 @@ PROXY_AUTHORIZATION = "proxy-authorization"
 REDACTED = "[redacted]"
 USERS_POLL_SECONDS = 1.0
 MAX_VERIFIED = 4096  # cached (user, secret digest) checks; cleared whole past it
+SHARED_USE = -1e12  # an LRU position from Redis, as a last-used time before any local one
 
 
 class Gateway:
@@ -73,6 +77,9 @@ class Gateway:
         if path != self._path:
             self._path = path
             self._reload(initial=True)
+        if self.shared is None and rt.config.state:
+            # made before the proxy runs: a token refresh at start must already go through it
+            self._join_state(rt.config.state)
         if "proxyauth" in updated and self.users is not None and not self._owns_auth():
             log.warning("detour: proxyauth is set to something other than %s: detour's users "
                         "are not asked for; limits apply to the names it lets in", path)
@@ -140,14 +147,29 @@ class Gateway:
                         "went until detour restarts")
         url = rt.config.state
         if self.shared is not None and self.shared.url == url:
+            if not self.shared.started:
+                self.shared.start()
             return
         if self.shared is not None:
             shared, self.shared = self.shared, None
+            self._share_tokens(None)
             await shared.stop()
             log.info("detour: shared state %s left", safe_url(shared.url))
         if url:
-            self.shared = SharedState(url, rt.cooldowns, self.counters)
+            self._join_state(url)
             self.shared.start()
+
+    def _join_state(self, url: str) -> None:
+        rt = self.settings.runtime
+        self.shared = SharedState(url, rt.cooldowns, self.counters, rt.home)
+        self._share_tokens(self.shared)
+
+    def _share_tokens(self, shared: SharedState | None) -> None:
+        """The stored logins' refresh lease and rotated tokens go through `shared` too."""
+        credentials = self.settings.credentials
+        if credentials is not None:
+            credentials.shared = None if shared is None else SharedTokens(
+                shared, credentials.store.vault, credentials.rotated)
 
     def running(self):
         self._database = self.settings.runtime.config.database
@@ -240,36 +262,56 @@ class Gateway:
         limits = account.limits if account is not None and account.limits else None
         shared = self.shared
         if shared is not None and shared.up:
-            groups = self._turn_groups(model, user_agent)
-            if limits or groups:
-                decided = await shared.admit(user, limits, groups)
+            groups, lru = self._turn_groups(model, user_agent)
+            if limits or groups or lru:
+                decided = await shared.admit(user, limits, groups, lru)
                 if decided is not None:
-                    refused, turns = decided
+                    refused, turns, used = decided
                     if refused is None:
+                        book = self.settings.runtime.cooldowns
                         for group, turn in zip(groups, turns):
-                            self.settings.runtime.cooldowns.set_turn(group, turn)
+                            book.set_turn(group, turn)
+                        for (group, labels), numbers in zip(lru, used):
+                            provider = group.rpartition("#")[0]
+                            for label, number in zip(labels, numbers):
+                                # below any local time: Redis's order decides while it is up
+                                book.used(account_key(provider, label), SHARED_USE + number)
                         if limits:
                             self.counters.counted(user)
                     return refused
         return self.counters.admit(user, limits) if limits else None
 
-    def _turn_groups(self, model: str, user_agent: str) -> list[str]:
+    def _turn_groups(self, model: str, user_agent: str
+                     ) -> tuple[list[str], list[tuple[str, list[str]]]]:
         """The round-robin groups (`provider#priority`, two accounts or more) the route of
-        `model` may take a turn of."""
+        `model` may take a turn of, and its least-recently-used groups with the labels of
+        their accounts ready for it (two or more)."""
         rt = self.settings.runtime
         groups: list[str] = []
+        lru: list[tuple[str, list[str]]] = []
+        now = time.monotonic()
         for entry in rt.config.candidates(model, user_agent):
-            name, sep, _ = entry.partition("/")
+            name, sep, upstream = entry.partition("/")
             provider = rt.providers.get(name) if sep else None
-            if provider is None or provider.spec.strategy != ROUND_ROBIN:
+            if provider is None:
                 continue
-            sizes: dict[int, int] = {}
+            if provider.spec.strategy == ROUND_ROBIN:
+                sizes: dict[int, int] = {}
+                for account in provider.accounts:
+                    if not account.disabled:
+                        sizes[account.priority] = sizes.get(account.priority, 0) + 1
+                groups += [f"{name}#{p}" for p, n in sizes.items()
+                           if n > 1 and f"{name}#{p}" not in groups]
+                continue
+            upstream = model if upstream == "*" else upstream
+            ready: dict[int, list[str]] = {}
             for account in provider.accounts:
-                if not account.disabled:
-                    sizes[account.priority] = sizes.get(account.priority, 0) + 1
-            groups += [f"{name}#{p}" for p, n in sizes.items()
-                       if n > 1 and f"{name}#{p}" not in groups]
-        return groups
+                if not account.disabled and rt.cooldowns.rest(
+                        account_key(name, account.label), upstream, now) is None:
+                    ready.setdefault(account.priority, []).append(account.label)
+            lru += [(f"{name}#{p}", labels) for p, labels in ready.items()
+                    if len(labels) > 1 and all(g != f"{name}#{p}" for g, _ in lru)]
+        return groups, lru
 
     def recorded(self, row) -> None:
         """A call's row was written: its tokens and cost count against its user's limits."""

@@ -272,6 +272,9 @@ class MetricsServer:
         checks["database"] = {"ok": problem is None, "detail": problem or f"{rt.store.path}: "
                                                                           "writable"}
         checks["relay"] = await _relay_check(rt.relay)
+        shared = getattr(self.settings.gate, "shared", None)  # `state:` (addons/gateway.py)
+        if shared is not None:
+            checks["shared_state"] = shared.health()
         return checks
 
 

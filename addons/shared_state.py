@@ -7,11 +7,12 @@ keeps every process's copies in step:
   (its TTL is the rest's end) and published on `detour:rests`; every process applies what
   the others publish at once. Nothing of it is on the request path: a background task
   publishes, another listens.
-- Round-robin turns (`detour:turn:<provider>#<priority>`) and the limit counters
+- Round-robin turns (`detour:turn:<provider>#<priority>`), least-recently-used positions
+  (`detour:used:<provider>#<priority>`) and the limit counters
   (`detour:limit:<user>:<window>`) must be read and counted in the same step by every
   process, so they are one round trip on the request path, before routing: one Lua script
-  checks the user's windows, counts the call and takes the route's turns (redis.asyncio,
-  bounded by ROUND_TRIP_TIMEOUT). Tokens and cost are added when the call ends, off the path.
+  checks the user's windows, counts the call, takes the route's turns and chooses in its LRU
+  groups (redis.asyncio, bounded by ROUND_TRIP_TIMEOUT). Tokens and cost are added when the call ends, off the path.
 - Redis away (a refused connection, a timeout): the process says so once (log,
   `detour.status` -> gateway.state) and serves on its own copies; what it changes meanwhile
   waits. When Redis is back, the process re-joins: it takes the rests Redis holds (the longer
@@ -24,6 +25,8 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import orjson
@@ -39,16 +42,24 @@ log = logging.getLogger(__name__)
 PREFIX = "detour:"
 REST_KEY = PREFIX + "rest:"
 TURN_KEY = PREFIX + "turn:"
+USED_KEY = PREFIX + "used:"
 LIMIT_KEY = PREFIX + "limit:"
 CHANNEL = PREFIX + "rests"
+STATUS_DIR = "shared-state"  # in DETOUR_HOME: one file per process, written when it changes
 ROUND_TRIP_TIMEOUT = 0.25  # seconds a call waits for Redis before deciding on its own
 CONNECT_TIMEOUT = 1.0
 RETRY_SECONDS = 1.0  # between attempts to reach Redis while it is away
 SAMPLES = 2048  # round trips and propagation delays kept for the percentiles
 
-# KEYS: the user's minute, day and month counters (or none), then each turn to take.
-# ARGV: rpm, tokens_per_day, usd_per_month ('' = no limit), the number of limit keys.
-# Returns {refused limit or '', turn, turn, ...}; a refused call counts nothing.
+# KEYS: the user's minute, day and month counters (or none), each turn to take, then each
+# least-recently-used group's hash (account label -> when it was last chosen, as the group's
+# own sequence number `#seq`).
+# ARGV: rpm, tokens_per_day, usd_per_month ('' = no limit), the number of limit keys, the
+# number of turn keys, then per LRU group: its number of ready accounts and their labels.
+# Returns {refused limit or '', turn, turn, ..., then per LRU group each account's sequence
+# number before this call (-1: never chosen)}: sorted by them, the caller asks first the one
+# chosen here (the least recently, the first written on a tie), which has the group's newest
+# number from now on. A refused call counts nothing.
 _ADMIT = """
 local nlimit = tonumber(ARGV[4])
 if nlimit > 0 then
@@ -66,9 +77,23 @@ if nlimit > 0 then
     redis.call('EXPIRE', KEYS[1], 120)
   end
 end
+local nturn = tonumber(ARGV[5])
 local out = {''}
-for i = nlimit + 1, #KEYS do
+for i = nlimit + 1, nlimit + nturn do
   out[#out + 1] = redis.call('INCR', KEYS[i]) - 1
+end
+local a = 6
+for i = nlimit + nturn + 1, #KEYS do
+  local n = tonumber(ARGV[a])
+  local seqs, best = {}, 1
+  for j = 1, n do
+    seqs[j] = tonumber(redis.call('HGET', KEYS[i], ARGV[a + j]) or '-1')
+    if seqs[j] < seqs[best] then best = j end
+  end
+  redis.call('HSET', KEYS[i], ARGV[a + best], redis.call('HINCRBY', KEYS[i], '#seq', 1))
+  redis.call('EXPIRE', KEYS[i], 40 * 86400)
+  for j = 1, n do out[#out + 1] = seqs[j] end
+  a = a + n + 1
 end
 return out
 """
@@ -83,8 +108,12 @@ def safe_url(url: str) -> str:
 
 
 class SharedState:
-    def __init__(self, url: str, book: CooldownBook, counters: LocalCounters):
+    def __init__(self, url: str, book: CooldownBook, counters: LocalCounters,
+                 home: Path | None = None):
         self.url = url
+        # where `detour status` reads how this process is with Redis (STATUS_DIR)
+        self.status_file = (home / STATUS_DIR / f"{socket.gethostname()}-{os.getpid()}.json"
+                            if home is not None else None)
         self.book = book
         self.counters = counters
         self.origin = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -97,13 +126,22 @@ class SharedState:
         self._counts: dict[str, float] = {}  # counter increments not yet added in Redis
         self._wake = asyncio.Event()
         self._broken = asyncio.Event()
+        self.tried = asyncio.Event()  # the first attempt to join is over (joined or not)
         self._tasks: list[asyncio.Task] = []
         self.round_trips: deque[float] = deque(maxlen=SAMPLES)  # ms, request path
         self.slow_round_trips = 0  # given up after ROUND_TRIP_TIMEOUT
         self.propagation: deque[float] = deque(maxlen=SAMPLES)  # ms, publish -> applied here
+        # other users of the connection (addons/credentials/shared_tokens.py): their channels'
+        # messages, and what they do each time this process joins
+        self._channels: dict[bytes, Callable[[bytes], None]] = {}
+        self._on_join: list[Callable[[], None]] = []
         book.watch(self._changed)
 
     # ------------------------------------------------------------ life cycle
+
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks)
 
     def start(self) -> None:
         from mitmproxy.utils.asyncio_utils import create_task
@@ -114,6 +152,8 @@ class SharedState:
 
     async def stop(self) -> None:
         self.book.unwatch(self._changed)
+        if self.status_file is not None:
+            self.status_file.unlink(missing_ok=True)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -127,13 +167,17 @@ class SharedState:
 
     def _down(self, error: BaseException | str) -> None:
         reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        was = self.up or not self.tried.is_set()
         if self.up:
             log.warning("detour: shared state %s unreachable (%s); serving on this process's "
                         "own state until it is back", safe_url(self.url), reason)
             self._since = time.time()
         self.up = False
         self.down_reason = reason
+        if was:
+            self._write_status()
         self._broken.set()
+        self.tried.set()
 
     async def _connection(self) -> None:
         """Join, listen for the others' rests, and join again whenever Redis comes back."""
@@ -159,19 +203,25 @@ class SharedState:
         self._admit = client.register_script(_ADMIT)
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(CHANNEL)  # first: nothing published from now on is missed
+            # first: nothing published from now on is missed
+            await pubsub.subscribe(CHANNEL, *self._channels)
             await self._sync(client)
             was = self.down_reason
             self.up = True
+            self.tried.set()
             self.down_reason = ""
             self._since = time.time()
             self._wake.set()  # what waited is published now
             log.info("detour: shared state %s joined%s", safe_url(self.url),
                      "" if was == "not connected yet" else " again")
+            self._write_status()
+            for joined in self._on_join:
+                joined()
             while not self._broken.is_set():
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message.get("type") == "message":
-                    self._received(message["data"])
+                    handler = self._channels.get(message["channel"], self._received)
+                    handler(message["data"])
         finally:
             try:
                 await pubsub.aclose()
@@ -187,6 +237,24 @@ class SharedState:
                 if value is not None:
                     self.book.apply_shared(key.decode()[len(REST_KEY):], _rest(value))
         self._pending.update(self.book.resting())
+
+    # ------------------------------------------------------------ other users
+
+    @property
+    def client(self) -> aioredis.Redis | None:
+        """The connection while Redis is reachable, else None."""
+        return self._client if self.up else None
+
+    def listen(self, channel: str, handler: Callable[[bytes], None],
+               on_join: Callable[[], None]) -> None:
+        """`handler(data)` for each message on `channel`, `on_join()` each time this process
+        joins (before start: the channel is subscribed at the next join)."""
+        self._channels[channel.encode()] = handler
+        self._on_join.append(on_join)
+
+    def failed(self, error: BaseException) -> None:
+        """A command of another user of the connection failed: Redis is away."""
+        self._down(error)
 
     # ------------------------------------------------------------ rests
 
@@ -241,10 +309,13 @@ class SharedState:
 
     # ------------------------------------------------------------ on the request path
 
-    async def admit(self, user: str, limits: UserLimits | None,
-                    groups: list[str]) -> tuple[Refusal | None, list[int]] | None:
-        """Check and count `user`'s call against its limits and take the turns of `groups`,
-        for every process at once. None when Redis cannot say now (the caller decides on its
+    async def admit(self, user: str, limits: UserLimits | None, groups: list[str],
+                    lru: list[tuple[str, list[str]]] = ()
+                    ) -> tuple[Refusal | None, list[int], list[list[int]]] | None:
+        """Check and count `user`'s call against its limits, take the turns of `groups` and
+        choose in each least-recently-used group of `lru` (group, ready account labels) the
+        account asked longest ago, for every process at once: (refusal, turns, each LRU
+        group's sequence numbers). None when Redis cannot say now (the caller decides on its
         own state)."""
         if not self.up:
             return None
@@ -257,6 +328,10 @@ class SharedState:
             args = [_arg(limits.rpm), _arg(limits.tokens_per_day), _arg(limits.usd_per_month),
                     "3"]
         keys += [TURN_KEY + group for group in groups]
+        args.append(str(len(groups)))
+        for group, labels in lru:
+            keys.append(USED_KEY + group)
+            args += [str(len(labels)), *labels]
         t0 = time.perf_counter()
         try:
             async with asyncio.timeout(ROUND_TRIP_TIMEOUT):
@@ -271,8 +346,14 @@ class SharedState:
         self.round_trips.append((time.perf_counter() - t0) * 1000)
         refused = out[0].decode() if isinstance(out[0], bytes) else out[0]
         if refused:
-            return refusal(user, limits, refused, w, now), []
-        return None, [int(turn) for turn in out[1:]]
+            return refusal(user, limits, refused, w, now), [], []
+        numbers = [int(n) for n in out[1:]]
+        turns, numbers = numbers[:len(groups)], numbers[len(groups):]
+        chosen = []
+        for _, labels in lru:
+            chosen.append(numbers[:len(labels)])
+            numbers = numbers[len(labels):]
+        return None, turns, chosen
 
     def record(self, user: str, tokens: int, usd: float) -> None:
         """A call of `user` ended: its tokens and cost are added (off the request path)."""
@@ -284,6 +365,28 @@ class SharedState:
         self._wake.set()
 
     # ------------------------------------------------------------ status
+
+    def _write_status(self) -> None:
+        """This process's side of `detour status` (only when it joins or loses Redis)."""
+        if self.status_file is None:
+            return
+        record = {"pid": os.getpid(), "host": socket.gethostname(), **self.health()}
+        try:
+            self.status_file.parent.mkdir(exist_ok=True, mode=0o700)
+            tmp = self.status_file.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps(record))
+            os.replace(tmp, self.status_file)
+        except OSError as e:
+            log.warning("detour: cannot write %s: %s", self.status_file, e)
+
+    def health(self) -> dict:
+        """The /healthz check: ok either way (no call fails for Redis being away), its detail
+        says whether this process serves on the shared state or on its own."""
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._since))
+        detail = (f"{safe_url(self.url)}: joined since {since}" if self.up else
+                  f"{safe_url(self.url)} unreachable since {since} ({self.down_reason}): "
+                  "serving on this process's own state")
+        return {"ok": True, "connected": self.up, "detail": detail}
 
     def stats(self) -> dict:
         return {"backend": "redis", "url": safe_url(self.url), "connected": self.up,

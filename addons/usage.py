@@ -179,10 +179,11 @@ def _report_indexes(db: sqlite_utils.Database) -> None:
     usage.create_index(["provider", "account", "ts"], if_not_exists=True)
 
 
-# `usage_daily`: the usage rows summed per UTC day, model, provider, account and client tool,
-# kept by triggers on `usage` (whoever writes a row, the sums follow), so that a report over
-# months reads a few thousand sums instead of millions of rows. Each sum is an expression over
-# one row ({r}: NEW in the triggers, the table in a query of raw rows).
+# `usage_daily`: the usage rows summed per UTC day, model, provider, account, client tool and
+# user, kept by triggers on `usage` (whoever writes a row, the sums follow), so that a report
+# over months reads a few thousand sums instead of millions of rows. Each sum is an expression
+# over one row ({r}: NEW in the triggers, the table in a query of raw rows), written so that
+# SQLite and Postgres read it alike (CASE, not a boolean as a number; `"user"` quoted).
 DAILY_KEYS = {
     "day": "substr({r}.ts, 1, 10)",
     # the model that answered, or the one asked when none did
@@ -191,6 +192,7 @@ DAILY_KEYS = {
     "provider": "coalesce({r}.provider, '')",
     "account": "coalesce({r}.account, '')",
     "client_tool": "coalesce({r}.client_tool, '')",
+    "user": 'coalesce({r}."user", \'\')',  # the gateway's user ('' without users)
 }
 DAILY_SUMS = {
     "calls": "1",
@@ -204,29 +206,34 @@ DAILY_SUMS = {
     "subscription_usd": "CASE WHEN {r}.cost_basis = 'subscription' "
                         "THEN coalesce({r}.cost_usd, 0.0) ELSE 0.0 END",
     # calls with tokens whose model had no price
-    "unpriced": "({r}.cost_usd IS NULL AND "
-                "coalesce({r}.input_tokens, 0) + coalesce({r}.output_tokens, 0) > 0)",
-    "fallbacks": "coalesce({r}.attempts > 1, 0)",  # answered (or failed) after >1 attempt
+    "unpriced": "CASE WHEN {r}.cost_usd IS NULL AND "
+                "coalesce({r}.input_tokens, 0) + coalesce({r}.output_tokens, 0) > 0 "
+                "THEN 1 ELSE 0 END",
+    # answered (or failed) after more than one attempt
+    "fallbacks": "CASE WHEN {r}.attempts > 1 THEN 1 ELSE 0 END",
     # a status >= 400, or none at all (the client left, the proxy stopped)
-    "errors": "coalesce({r}.status >= 400 OR coalesce({r}.status, 0) = 0, 1)",
+    "errors": "CASE WHEN coalesce({r}.status, 0) >= 400 OR coalesce({r}.status, 0) = 0 "
+              "THEN 1 ELSE 0 END",
     "latency_ms": "coalesce({r}.latency_ms, 0.0)",
-    "latency_count": "{r}.latency_ms IS NOT NULL",
+    "latency_count": "CASE WHEN {r}.latency_ms IS NOT NULL THEN 1 ELSE 0 END",
     "ttfb_ms": "coalesce({r}.ttfb_ms, 0.0)",
-    "ttfb_count": "{r}.ttfb_ms IS NOT NULL",
+    "ttfb_count": "CASE WHEN {r}.ttfb_ms IS NOT NULL THEN 1 ELSE 0 END",
 }
+DAILY_COLUMNS = {k: f'"{k}"' for k in DAILY_KEYS} | {k: k for k in DAILY_SUMS}
 
 
-def daily_select(r: str = "usage") -> str:
-    """The daily sums of raw rows: `SELECT keys..., sums... FROM usage` (add WHERE, GROUP BY)."""
+def daily_select(r: str = "usage", total: str = "total({})") -> str:
+    """The daily sums of raw rows: `SELECT keys..., sums... FROM usage` (add WHERE, GROUP BY);
+    `total`: how a column is summed (SQLite's total; `coalesce(sum({}), 0)` on Postgres)."""
     keys = ", ".join(e.format(r=r) for e in DAILY_KEYS.values())
-    sums = ", ".join(f"total({e.format(r=r)})" for e in DAILY_SUMS.values())
+    sums = ", ".join(total.format(e.format(r=r)) for e in DAILY_SUMS.values())
     return f"SELECT {keys}, {sums} FROM usage"
 
 
-@MIGRATIONS(name="0003_usage_daily")
-def _usage_daily(db: sqlite_utils.Database) -> None:
+def _create_daily(db: sqlite_utils.Database) -> None:
     """The table of daily sums, its triggers, and the sums of the rows already stored."""
-    keys, sums = list(DAILY_KEYS), list(DAILY_SUMS)
+    keys = [DAILY_COLUMNS[k] for k in DAILY_KEYS]
+    sums = list(DAILY_SUMS)
     columns = ", ".join([f"{k} TEXT NOT NULL" for k in keys] + [f"{c} NUMERIC NOT NULL DEFAULT 0"
                                                                 for c in sums])
     db.execute(f"CREATE TABLE IF NOT EXISTS usage_daily ({columns}, "
@@ -240,7 +247,8 @@ def _usage_daily(db: sqlite_utils.Database) -> None:
             ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {add};
         END""")
     subtract = ", ".join(f"{c} = {c} - {e.format(r='OLD')}" for c, e in DAILY_SUMS.items())
-    match = " AND ".join(f"{k} = {e.format(r='OLD')}" for k, e in DAILY_KEYS.items())
+    match = " AND ".join(f"{DAILY_COLUMNS[k]} = {e.format(r='OLD')}"
+                         for k, e in DAILY_KEYS.items())
     db.execute(f"""
         CREATE TRIGGER IF NOT EXISTS usage_daily_delete AFTER DELETE ON usage BEGIN
             UPDATE usage_daily SET {subtract} WHERE {match};
@@ -248,6 +256,21 @@ def _usage_daily(db: sqlite_utils.Database) -> None:
     db.execute("DELETE FROM usage_daily")
     db.execute(f"INSERT INTO usage_daily ({', '.join(keys + sums)}) "
                f"{daily_select()} GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}")
+
+
+@MIGRATIONS(name="0003_usage_daily")
+def _usage_daily(db: sqlite_utils.Database) -> None:
+    _create_daily(db)
+
+
+@MIGRATIONS(name="0004_usage_daily_user")
+def _usage_daily_user(db: sqlite_utils.Database) -> None:
+    """The daily sums get the user: made again from the rows (which every sum equals: the
+    triggers moved them with each row), the rows themselves untouched."""
+    db.execute("DROP TRIGGER IF EXISTS usage_daily_insert")
+    db.execute("DROP TRIGGER IF EXISTS usage_daily_delete")
+    db.execute("DROP TABLE IF EXISTS usage_daily")
+    _create_daily(db)
 
 
 def row_json(rec: dict) -> str:

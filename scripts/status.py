@@ -168,7 +168,30 @@ def status_record(settings: Settings) -> dict:
     return {"home": str(settings.home), "proxy": proxy_record(settings.home), "config": config,
             "accounts": accounts, "accounts_from": "proxy" if views is not None else "files",
             "routes": routes, "today": calls_today(db),
-            "untouched": read_untouched(settings.home)}
+            "untouched": read_untouched(settings.home),
+            "shared_state": shared_state_record(settings.home)}
+
+
+def shared_state_record(home: Path) -> list[dict]:
+    """How each running process of this home is with `state: redis://...`, as it last wrote
+    it (addons/shared_state.py): joined, or serving on its own state and why."""
+    import json
+    import os
+    import socket
+
+    from addons.shared_state import STATUS_DIR
+    out = []
+    for path in sorted((home / STATUS_DIR).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            if record.get("host") == socket.gethostname():
+                os.kill(int(record["pid"]), 0)  # a process killed leaves its file behind
+        except PermissionError:
+            pass  # alive, another user's
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        out.append(record)
+    return out
 
 
 def _iso(t: float) -> str:
@@ -198,6 +221,8 @@ def render(record: dict) -> list[str]:
     else:
         lines.append("proxy     not running (`detour up`, or `detour run TOOL` starts one)")
     lines.append(f"home      {record['home']}")
+    for shared in record.get("shared_state", []):
+        lines.append(f"state     pid {shared['pid']}@{shared['host']}: {shared['detail']}")
     if config["valid"]:
         lines.append(f"config    {config['path']}: {config['providers']} providers, "
                      f"{config['routes']} routes, {config['combos']} combos")

@@ -1,5 +1,6 @@
-"""`detour usage`: the usage database read back: tables by day, model, provider, account and
-client tool, a chart per day, totals; or JSON, CSV, or Datasette (`--serve`)."""
+"""`detour usage`: the usage database read back: tables by day, model, provider, account,
+client tool and user, a chart per day, totals; or JSON, CSV, or Datasette (`--serve`). With
+config.yaml's `database: postgresql://...` it reads the rows every process wrote there."""
 
 from datetime import UTC, datetime
 
@@ -8,10 +9,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from addons.config import ConfigError, load_config
 from addons.usage import open_db
 from scripts.options import DetourError, Settings, pass_settings
 from scripts.usage_report import DIMENSIONS, Report, Sums, WhenError, parse_when, summarise
-from scripts.usage_report import to_csv, to_json
+from scripts.usage_report import summarise_postgres, to_csv, to_json
 
 DB_NAME = "detour.db"
 # partial blocks: a bar's last cell shows eighths
@@ -51,7 +53,8 @@ class When(click.ParamType):
 @pass_settings
 def usage(settings: Settings, since, until, dimensions, as_json, as_csv, serve, port):
     """What your calls used and cost: tokens, cost, fallbacks and errors by day, model,
-    provider, account and client tool, from <home>/detour.db.
+    provider, account, client tool and user, from <home>/detour.db (or the Postgres
+    database of config.yaml's `database:`).
 
     A cost is summed where the model's price is known; `unpriced` counts calls without one.
     Subscription (OAuth) logins count at their API-equivalent price, shown apart as `subs.`.
@@ -60,24 +63,33 @@ def usage(settings: Settings, since, until, dimensions, as_json, as_csv, serve, 
     Example:
         detour usage                          # the last 7 days
         detour usage --since 2026-11-01 --until 2026-11-30 --by model
+        detour usage --since 30d --by user    # a team gateway's users
         detour usage --since 24h --json | jq .totals.cost_usd
         detour usage --serve                  # Datasette on http://127.0.0.1:8001
     """
-    db_path = settings.home / DB_NAME
-    if not db_path.is_file():
-        raise DetourError(f"no usage recorded yet: {db_path} does not exist "
-                          "(detour up creates it)")
-    open_db(db_path).close()  # an older database gets its new columns and indexes first
-    if serve:
-        from scripts.usage_datasette import serve_datasette
-        return serve_datasette(db_path, port)
     if as_json and as_csv:
         raise DetourError("--json and --csv: choose one")
     since = None if since == "all" else since
     until = datetime.now(UTC) if until == "all" else until
     if since is not None and since >= until:
         raise DetourError("--since must be before --until")
-    report = summarise(db_path, since, until)
+    database = _postgres(settings)
+    if database is not None:
+        if serve:
+            raise DetourError("--serve reads detour.db (SQLite); the usage rows are in "
+                              "Postgres (config.yaml `database:`): point a Postgres client "
+                              "at it")
+        report = _postgres_summary(database, since, until)
+    else:
+        db_path = settings.home / DB_NAME
+        if not db_path.is_file():
+            raise DetourError(f"no usage recorded yet: {db_path} does not exist "
+                              "(detour up creates it)")
+        open_db(db_path).close()  # an older database gets its new columns and indexes first
+        if serve:
+            from scripts.usage_datasette import serve_datasette
+            return serve_datasette(db_path, port)
+        report = summarise(db_path, since, until)
     dims = dimensions or DIMENSIONS
     if as_json:
         click.echo(to_json(report, dims))
@@ -85,6 +97,27 @@ def usage(settings: Settings, since, until, dimensions, as_json, as_csv, serve, 
         click.echo(to_csv(report, dims), nl=False)
     else:
         render(report, dims, Console(highlight=False, soft_wrap=False))
+
+
+def _postgres(settings: Settings) -> str | None:
+    """config.yaml's `database:` (every process's rows in Postgres), if set."""
+    if not settings.config_path.is_file():
+        return None
+    try:
+        return load_config(settings.config_path).database
+    except ConfigError as e:
+        raise DetourError(str(e)) from None
+
+
+def _postgres_summary(url: str, since, until) -> Report:
+    import psycopg
+
+    from addons.usage_postgres import safe_dsn
+    try:
+        return summarise_postgres(url, since, until)
+    except psycopg.Error as e:
+        raise DetourError(f"database {safe_dsn(url)}: {type(e).__name__}: "
+                          f"{str(e).strip()}") from None
 
 
 # ---------------------------------------------------------------- the terminal view

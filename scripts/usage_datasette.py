@@ -53,7 +53,7 @@ assert set(USAGE_DESCRIPTIONS) == set(USAGE_COLUMNS) - {"id"}, "describe every u
 DAILY_DESCRIPTIONS = {
     "day": "UTC day", "model": "The model that answered (or the one asked)",
     "provider": "The provider", "account": "The account's label", "client_tool": "Client tool",
-    "calls": "Calls", "cost_usd": "USD of the priced calls",
+    "user": "The gateway user (empty without users)", "calls": "Calls", "cost_usd": "USD of the priced calls",
     "subscription_usd": "The part of cost_usd that is subscription logins' API equivalent",
     "unpriced": "Calls with tokens whose model has no price",
     "fallbacks": "Calls that needed more than one attempt",
@@ -137,7 +137,8 @@ def metadata() -> dict:
             "tables": {
                 "usage": {"title": "Usage: one row per model call",
                           "sort_desc": "ts", "columns": USAGE_DESCRIPTIONS},
-                "usage_daily": {"title": "Usage per day, model, provider, account and tool",
+                "usage_daily": {"title": "Usage per day, model, provider, account, tool "
+                                         "and user",
                                 "sort_desc": "day", "columns": DAILY_DESCRIPTIONS},
                 "usage_rejected": {"title": "Usage rows SQLite refused, with why"},
                 "cooldowns": {"title": "Accounts resting now (until: Unix time)"},

@@ -1,12 +1,13 @@
 """What `detour usage` reads and shows: the usage rows of a time window, summed by day, model,
-provider, account and client tool, with totals.
+provider, account, client tool and user, with totals.
 
-The database keeps the rows summed per (day, model, provider, account, tool) in
+The database keeps the rows summed per (day, model, provider, account, tool, user) in
 `usage_daily` (triggers on `usage`, addons/usage.py); a window reads those sums for its whole
 days and the rows themselves only for a partial first or last day, and the per-dimension
 tables are rolled up from those few thousand groups in Python. A million rows are not read. A cost is summed only where it is
 known: `unpriced` counts the calls whose model had no price (their cost is NULL, never 0), so a
-total never looks complete when it is not.
+total never looks complete when it is not. With `database: postgresql://...` the rows are in
+Postgres, which sums the window's rows itself (`summarise_postgres`).
 """
 
 import csv
@@ -18,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
-from addons.usage import DAILY_KEYS, DAILY_SUMS, daily_select
+from addons.usage import DAILY_COLUMNS, DAILY_KEYS, DAILY_SUMS, daily_select
 
-DIMENSIONS = ("day", "model", "provider", "account", "tool")
+DIMENSIONS = ("day", "model", "provider", "account", "tool", "user")
 # a relative start: 7d, 24h, 30m, 2w
 _RELATIVE = re.compile(r"^(\d+)\s*([mhdw])$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -160,28 +161,47 @@ def summarise(db_path: Path, since: datetime | None, until: datetime) -> Report:
         if end_day < until:
             parts.append((end_day, until))
         days = (first_day.date().isoformat() if first_day else "", end_day.date().isoformat())
-    group = ", ".join(str(i + 1) for i in range(len(DAILY_KEYS)))
     conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:
-        cursors = [conn.execute(f"{daily_select()} WHERE ts >= ? AND ts < ? GROUP BY {group}",
+        cursors = [conn.execute(f"{daily_select()} WHERE ts >= ? AND ts < ? GROUP BY {_GROUP}",
                                 (iso(start), iso(end))) for start, end in parts]
         if days is not None:
             cursors.append(conn.execute(
-                f"SELECT {', '.join([*DAILY_KEYS, *DAILY_SUMS])} FROM usage_daily "
+                f"SELECT {', '.join(DAILY_COLUMNS.values())} FROM usage_daily "
                 "WHERE day >= ? AND day < ? AND calls > 0", days))
-        totals = Sums()
-        by: dict[str, dict[str, Sums]] = {dim: {} for dim in DIMENSIONS}
-        for cursor in cursors:
-            for row in cursor:
-                keys, values = row[:len(DAILY_KEYS)], row[len(DAILY_KEYS):]
-                totals.add(values)
-                for dim, key in zip(DIMENSIONS, keys, strict=True):
-                    group_sums = by[dim].get(key)
-                    if group_sums is None:
-                        group_sums = by[dim][key] = Sums()
-                    group_sums.add(values)
+        return _folded(since, until, cursors)
     finally:
         conn.close()
+
+
+def summarise_postgres(url: str, since: datetime | None, until: datetime) -> Report:
+    """The same report from the usage rows in Postgres (`database:`): the rows of the window
+    summed by the database in one query (through the `ts` index)."""
+    import psycopg
+    where, args = ("ts >= %s AND ts < %s", [iso(since), iso(until)]) if since else (
+        "ts < %s", [iso(until)])
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        cursor = conn.execute(f"{daily_select(total='coalesce(sum({}), 0)')} WHERE {where} "
+                              f"GROUP BY {_GROUP}", args)
+        return _folded(since, until, [cursor])
+
+
+_GROUP = ", ".join(str(i + 1) for i in range(len(DAILY_KEYS)))
+
+
+def _folded(since: datetime | None, until: datetime, cursors) -> Report:
+    """The report of rows of daily sums (keys, then sums): totals, and each dimension's."""
+    totals = Sums()
+    by: dict[str, dict[str, Sums]] = {dim: {} for dim in DIMENSIONS}
+    for cursor in cursors:
+        for row in cursor:
+            keys, values = row[:len(DAILY_KEYS)], [float(v) for v in row[len(DAILY_KEYS):]]
+            totals.add(values)
+            for dim, key in zip(DIMENSIONS, keys, strict=True):
+                group_sums = by[dim].get(key)
+                if group_sums is None:
+                    group_sums = by[dim][key] = Sums()
+                group_sums.add(values)
     return Report(since, until, totals, by)
 
 

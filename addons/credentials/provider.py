@@ -5,7 +5,9 @@ An OAuth account's access token is refreshed ahead of its expiry (`REFRESH_AHEAD
 background `run` loop, off the request path); a request meets an expired token only when
 that loop has not got to it (just started, clock jump), and then waits for the refresh.
 Whatever the number of requests, one refresh per account is in flight (`_flights`), and
-across processes sharing detour.db one at a time (the store's lease). The order that makes a
+across processes sharing detour.db one at a time (the store's lease); with `state:
+redis://...`, one across every process sharing it, on any host, its answer adopted by all
+(shared_tokens.py). The order that makes a
 crash harmless: the token answer is committed to the database (durably) before the new access
 token is handed to anyone; a refresh token the server answered for is never sent again (if
 the commit fails, the new tokens are kept in memory and committed at the next try, never
@@ -27,6 +29,8 @@ import httpx
 
 from addons import formats
 from addons.credentials import oauth
+from addons.credentials.shared_tokens import SharedTokens, Undecryptable, chain_secret
+from addons.credentials.shared_tokens import fingerprint as shared_fingerprint
 from addons.credentials.store import (NEEDS_LOGIN, OAUTH, READY, AccountError, AccountStore,
                                       StoredAccount)
 from addons.credentials.vault import VaultError
@@ -39,6 +43,7 @@ EXPIRED_SKEW = 30.0  # a token this close to expiry counts as expired on the req
 LEASE_SECONDS = 60.0
 LEASE_WAIT = 45.0  # how long to wait for another process's refresh of the same account
 CHECK_SECONDS = 15.0  # the background loop's pace
+JOIN_WAIT = 5.0  # a refresh waits this long for the shared state's first join
 ANTHROPIC_OAUTH_BETA = "oauth-2025-04-20"
 # logins whose project id is where their API lives
 API_LOCATION_VENDORS = ("qwen", "copilot")
@@ -76,6 +81,10 @@ class CredentialProvider:
         self._held: dict[int, Held] = {}
         self._flights: dict[int, asyncio.Future] = {}
         self.refreshes = 0  # token requests made (tests, status)
+        self.adopted = 0  # tokens taken from another process's refresh (shared state)
+        # the refresh lease and rotated tokens shared with other processes (`state:`), set
+        # by the gateway while it is configured
+        self.shared: SharedTokens | None = None
         self.problem: str | None = None  # why stored accounts could not be read, if so
 
     # ------------------------------------------------------------ loading
@@ -259,21 +268,96 @@ class CredentialProvider:
             fut.exception()  # retrieved: waiters see it; the background loop logs it
 
     async def _refresh(self, held: Held, force: bool) -> None:
+        if self.shared is not None:
+            await self.shared.settled(JOIN_WAIT)
+        shared = self.shared if self.shared is not None and self.shared.ready else None
+        if held.pending is not None:  # answered earlier, never committed: commit, not ask
+            spent = held.secrets
+            await self._commit(held, held.pending)
+            if shared is not None:
+                await shared.publish(spent, held.secrets, held.account.expires_at)
+            return
+        if shared is not None:
+            try:
+                await self._refresh_shared(held, shared)
+            except Undecryptable:
+                raise RefreshFailed("another process refreshed this login and its tokens "
+                                    "cannot be decrypted here (not the same credentials "
+                                    "key)") from None
+            return
+        await self._refresh_here(held)
+
+    async def _refresh_shared(self, held: Held, shared: SharedTokens) -> None:
+        """One refresh for every process sharing `state:`: the tokens another process's
+        refresh published are adopted; else the lease of the link, then a refresh here, its
+        tokens published (addons/credentials/shared_tokens.py)."""
+        if await self._follow(held, shared):
+            return
+        spent = held.secrets
+        if not await shared.lease(spent, LEASE_SECONDS):
+            nxt = await shared.wait(spent, held.account.expires_at, LEASE_WAIT)
+            if nxt is not None:
+                await self._adopt_successor(held, nxt)
+            elif shared.ready:
+                raise RefreshFailed("another process is refreshing this account's token")
+            else:  # Redis went away meanwhile: this host's own lease decides
+                await self._refresh_here(held)
+            return
+        try:
+            # the lease may follow a refresh that published and released just now
+            if await self._follow(held, shared):
+                return
+            if await self._refresh_here(held):
+                await shared.publish(spent, held.secrets, held.account.expires_at)
+        finally:
+            await shared.release(spent)
+
+    async def _follow(self, held: Held, shared: SharedTokens) -> bool:
+        """Adopt the tokens other processes published after ours; True if there were any."""
+        nxt = await shared.successor(held.secrets, held.account.expires_at)
+        if nxt is None:
+            return False
+        await self._adopt_successor(held, nxt)
+        return True
+
+    async def _adopt_successor(self, held: Held, nxt) -> None:
+        """Another process's refresh answer, committed here as if this process had asked."""
+        s = nxt.secrets
+        held.pending = oauth.TokenSet(s.get("access_token", ""), s.get("refresh_token"),
+                                      nxt.expires_at, s.get("id_token"))
+        await self._commit(held, held.pending)
+        self.adopted += 1
+
+    def rotated(self, fingerprint: str | None) -> None:
+        """Another process spent a link (`fingerprint`; None: this process joined the shared
+        state): the accounts holding it adopt its successor now, not at their next refresh."""
+        shared = self.shared
+        if shared is None:
+            return
+        for held in list(self._held.values()):
+            if held.account.id in self._flights or (
+                    fingerprint is not None
+                    and shared_fingerprint(chain_secret(held.secrets)) != fingerprint):
+                continue
+            fut = asyncio.ensure_future(self._follow(held, shared))
+            self._flights[held.account.id] = fut
+            fut.add_done_callback(lambda f, i=held.account.id: self._landed(i, f))
+
+    async def _refresh_here(self, held: Held) -> bool:
+        """A refresh under this database's lease; True when this process asked the token
+        endpoint (False: another process sharing the database had refreshed)."""
         acct = held.account
         store = self.store
-        if held.pending is not None:  # answered earlier, never committed: commit, not ask
-            await self._commit(held, held.pending)
-            return
         if not await asyncio.to_thread(store.take_lease, acct.id, LEASE_SECONDS):
             await self._wait_for_other(held)
-            return
+            return False
         try:
             # another process may have refreshed already: its tokens are the ones to use
             secrets, generation = await asyncio.to_thread(store.secrets_of, acct.id)
             row = await asyncio.to_thread(store.by_id, acct.id)
             if generation != held.generation:
                 self._adopt(held, row, secrets, generation)
-                return
+                return False
             if row is not None and row.state == NEEDS_LOGIN:
                 held.account = row
                 raise NeedsLogin(self.unusable(AccountRef(acct.id)))
@@ -298,6 +382,7 @@ class CredentialProvider:
             # ones, committed before anyone uses them
             held.pending = tokens
             await self._commit(held, tokens)
+            return True
         finally:
             await asyncio.to_thread(store.drop_lease, acct.id)
 

@@ -37,6 +37,9 @@ ROUTES = [("anthropic", "env:ANTHROPIC_A", "claude-sonnet-4-5", 3.0, 15.0),
           ("local", "none", "llama-3-70b", None, None)]
 
 
+USERS = ("alice", "bob", "carol", "")  # "": a call made without users (no gateway)
+
+
 def seeded_rows(count: int, days: int, seed: int = 1, end: datetime | None = None):
     """`count` rows as the store writes them, spread over the `days` before `end`, from a
     fixed random seed (the same rows every time)."""
@@ -62,7 +65,7 @@ def seeded_rows(count: int, days: int, seed: int = 1, end: datetime | None = Non
             latency_ms=rng.uniform(200, 30000), ttfb_ms=rng.uniform(100, 3000),
             error=None if status == 200 else f"status {status}", client_tool=tool,
             client_version=version, cost_basis=None if cost is None else "api",
-            price_source=None if cost is None else "config")
+            price_source=None if cost is None else "config", user=USERS[i % len(USERS)])
 
 
 def seed(path: Path, count: int, days: int = 30, seed: int = 1,

@@ -148,3 +148,29 @@ database: "{postgres}"
             stop_process(proc.proc, signal.SIGKILL, proc._reader)  # no clean stop
     assert sorted(r["flow_id"] for r in rows(postgres, "flow_id = ANY(%s)", (flow_ids,))) \
         == sorted(flow_ids)
+
+
+def test_detour_usage_by_user_reads_postgres(tmp_path, postgres):
+    """`detour usage` with `database:` reads every process's rows from Postgres, by user as
+    by every other dimension, and agrees with SQL on them."""
+    from scripts.bench.usage import USERS, seeded_rows
+    store = PostgresUsageStore(postgres, tmp_path)
+    for row in seeded_rows(400, days=5, seed=7):
+        store.add(row)
+    store.close()
+    home = detour_home(tmp_path / "home", f'database: "{postgres}"\n')
+    out = CliRunner().invoke(cli, ["--home", str(home), "usage", "--since", "all", "--json"],
+                             catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    with psycopg.connect(postgres) as conn:
+        expected = {user: (calls, round(cost, 6)) for user, calls, cost in conn.execute(
+            'SELECT coalesce("user", \'\'), count(*), coalesce(sum(cost_usd), 0) FROM usage '
+            "GROUP BY 1")}
+        errors, = conn.execute("SELECT count(*) FROM usage WHERE status >= 400 OR "
+                               "coalesce(status, 0) = 0").fetchone()
+    got = {g["user"]: (g["calls"], round(g["cost_usd"], 6)) for g in report["by"]["user"]}
+    assert got == expected and set(USERS) <= set(got)
+    assert report["totals"]["calls"] == sum(n for n, _ in expected.values())
+    assert report["totals"]["errors"] == errors
+    assert set(report["by"]) == {"day", "model", "provider", "account", "tool", "user"}
