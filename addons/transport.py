@@ -376,19 +376,27 @@ class _Body(httpx.AsyncByteStream):
                         raise httpx.RemoteProtocolError(f"unexpected {event!r}",
                                                         request=self.request)
                 if self.done:
-                    self._unwatch()  # before the connection can serve another request
+                    # read to its end: back to the pool now (its timer first), as httpx's own
+                    # iterator did by closing the response; a whole answer is never closed
+                    self._unwatch()
+                    last = b"".join(out)
+                    self.conn = None
+                    self.transport._release(conn)
+                    conn = None
+                    if last:
+                        yield last
+                    return
                 if out:
                     yield b"".join(out)
-                if self.done:
-                    return
                 self._reading_since = time_of()
                 data = await reader.read(READ_SIZE)
                 self._reading_since = None
                 h.receive_data(data)  # b"" is the end: h11 says whether that was allowed
         except BaseException as e:
             self._unwatch()
-            self.conn = None
-            conn.close()
+            if conn is not None:
+                self.conn = None
+                conn.close()
             if isinstance(e, GeneratorExit):
                 raise
             raise _typed(e, "read", self.request) from None

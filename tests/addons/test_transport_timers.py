@@ -117,6 +117,18 @@ async def test_a_body_read_to_its_end_leaves_its_connection_reusable():
         await transport.aclose()
 
 
+async def test_a_body_read_to_its_end_goes_back_to_the_pool_unclosed():
+    """A whole answer's response is never closed by the forwarder: reading its body to the end
+    is what returns the connection (a new TLS connection per call otherwise)."""
+    async with ChunkServer([(0, b"{}")], end=True) as srv:
+        transport = StreamsTransport()
+        for _ in range(3):
+            resp = await answer(transport, srv.url, read=5)
+            assert b"".join(await read_all(lean_body(resp, None))) == b"{}"
+        assert srv.connections == 1
+        await transport.aclose()
+
+
 async def test_httpx_reads_keep_the_read_timeout_too():
     async with ChunkServer([(0, b"data: 1\n\n")], end=False) as srv:
         transport = StreamsTransport()
