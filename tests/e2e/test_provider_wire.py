@@ -148,7 +148,8 @@ def test_a_bad_chunk_size_on_mitmproxys_own_connection_ends_that_call_only(
         wire.clear()
         wire.enqueue(bad_chunks(size, stream))
         status, data, _ = call(proxy, model, stream)
-        assert status != 200 or b"message_stop" not in data, (model, status, data)
+        # an error status, or a stream cut after its first event: never a complete answer
+        assert status is None or status >= 500, (model, status, data)
         assert len(wire.requests) == 1
         healthy(proxy)
 
