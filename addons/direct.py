@@ -463,7 +463,8 @@ class DirectPath:
                     await dc.wake.wait()
             dc.wake.clear()
         t = dc.cand.provider.spec.timeouts
-        if not dc.first_content and dc.job.stream:
+        expired = dc.stream is not None and dc.stream.expired
+        if not dc.first_content and dc.job.stream and not expired:
             failed, why = Failed.NO_ANSWER_IN_TIME, \
                 f"no answer within {t.first_byte:g}s (timeouts.first_byte)"
             dc.att.timed_out = True
@@ -471,7 +472,7 @@ class DirectPath:
             failed, why = Failed.OVER_BUDGET, \
                 f"no complete answer within {t.total:g}s (timeouts.total)"
             dc.att.timed_out = dc.att.over_budget = True
-        elif loop.time() >= end:
+        elif expired or loop.time() >= end:
             failed, why = Failed.BROKEN, \
                 f"its answer ran past {stream_seconds:g}s (limits.stream_seconds)"
         else:

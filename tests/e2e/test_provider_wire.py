@@ -148,7 +148,8 @@ def test_a_bad_chunk_size_on_mitmproxys_own_connection_ends_that_call_only(
         wire.clear()
         wire.enqueue(bad_chunks(size, stream))
         status, data, _ = call(proxy, model, stream)
-        assert status != 200 or b"message_stop" not in data, (model, status, data)
+        # an error status, or a stream cut after its first event: never a complete answer
+        assert status is None or status >= 500, (model, status, data)
         assert len(wire.requests) == 1
         healthy(proxy)
 
@@ -196,3 +197,19 @@ def test_a_stream_trickling_before_its_first_content_falls_back_at_first_byte(
     row = proxy.row_of(httpx.Response(200, headers={"x-detour-id": flow_id}))
     first = json.loads(row["route"])[0]
     assert row["provider"] == "ok" and "timeouts.first_byte" in first["error"], first
+
+
+def test_a_stream_with_no_content_by_stream_seconds_ends_there_on_the_direct_path(proxy, wire):
+    """`raw` waits 120 s for a first content (its first_byte), limits.stream_seconds is 3: the
+    stream's own deadline comes first, and the client and the row are told that one."""
+    wire.clear()
+    wire.enqueue(Answer(CHUNKED_SSE, (chunk(b) for b in trickle(b": keep\n")), delay=0.5))
+    status, data, flow_id = call(proxy, "direct", True)
+    assert status == 200, data
+    events = anthropic_events(data)
+    assert type(events[-1]) is canonical.StreamError, events
+    assert "limits.stream_seconds" in events[-1].message
+    row = proxy.row_of(httpx.Response(200, headers={"x-detour-id": flow_id}))
+    assert "limits.stream_seconds" in row["error"], row["error"]
+    assert "limits.stream_seconds" in json.loads(row["route"])[-1]["error"], row["route"]
+    healthy(proxy)
