@@ -697,10 +697,15 @@ def _finite(text: str) -> float:
     return value
 
 
+# built once: json.loads with hooks builds a decoder on every call (most of a small line's cost)
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)
+
+
 def loads_json(text: str | bytes) -> Any:
     """Upstream JSON text parsed as JSON is (the json module also takes NaN and Infinity, and
-    reads 1e999 as inf, none of which can be sent on): ValueError or RecursionError otherwise."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    reads 1e999 as inf, none of which can be sent on): ValueError or RecursionError otherwise.
+    Bytes are UTF-8 (a BOM is skipped)."""
+    return _STRICT_DECODER.decode(text.decode("utf-8-sig") if isinstance(text, bytes) else text)
 
 
 def json_object(data: str) -> dict | None:
