@@ -526,7 +526,9 @@ class Forwarder:
             creds.put_on(cand.account, kind, formats.dialect_name(spec.dialect, spec.base_url)
                          if kind.dialects else None, headers, {})
             # a refresh may name another API for the login (Copilot's endpoints.api)
-            url = kind.url(creds.base_url(cand.account, spec), cand.model, job.stream)
+            base_url = creds.base_url(cand.account, spec)
+            if not url.startswith(base_url + "/"):
+                url = kind.url(base_url, cand.model, job.stream)
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
         client = self.client(spec)
