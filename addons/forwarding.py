@@ -602,6 +602,10 @@ class Forwarder:
             kind = formats.provider_kind(spec.kind)
             creds.put_on(cand.account, kind, formats.dialect_name(spec.dialect, spec.base_url)
                          if kind.dialects else None, headers, {})
+            # a refresh may name another API for the login (Copilot's endpoints.api)
+            base_url = creds.base_url(cand.account, spec)
+            if not url.startswith(base_url + "/"):
+                url = kind.url(base_url, cand.model, job.stream)
         spec = cand.provider.spec if cand.provider else None
         timeouts = spec.timeouts if spec else PASSTHROUGH_TIMEOUTS
         # a stream must show its headers within first_byte (the fallback waits on them); a

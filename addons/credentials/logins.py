@@ -1,8 +1,9 @@
 """The login flows: authorization code + PKCE with a local callback (Claude, Codex, Gemini
 CLI, Antigravity: then their Code Assist project, found or onboarded; iFlow's code with its
-client secret, then its API key from the user info) and the device authorization grant (Qwen with PKCE; GitHub Copilot, then
-its Copilot token exchange). They return what to store; nothing is written until the login
-completed (the caller stores it in one transaction), so an interrupted login leaves nothing.
+client secret, then its API key from the user info) and the device authorization grant (Qwen
+with PKCE; GitHub Copilot, then its Copilot token exchange). They return what to store;
+nothing is written until the login completed (the caller stores it in one transaction), so an
+interrupted login leaves nothing.
 
 `open_url` shows the user where to go (a browser, or a printed URL for another machine);
 `notify` tells them what is happening (the device code to type).

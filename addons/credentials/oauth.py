@@ -1,9 +1,8 @@
 """Token requests of the OAuth 2.0 grants detour speaks: refresh, authorization code (with
 PKCE; iFlow's with its client secret), device authorization (RFC 8628), Copilot's token
-exchange and iFlow's API key. authlib makes the PKCE
-pair, the authorization URL and reads the callback; the requests themselves go through the
-caller's httpx client (never through the proxy: `trust_env=False`), each vendor's body shape
-(form or JSON) as `vendors.py` says.
+exchange and iFlow's API key. authlib makes the PKCE pair, the authorization URL and reads the
+callback; the requests themselves go through the caller's httpx client (never through the
+proxy: `trust_env=False`), each vendor's body shape (form or JSON) as `vendors.py` says.
 
 Errors: `InvalidGrant` (the refresh token or code is spent or revoked: only a new login
 helps), `OAuthError` (the server said no otherwise), `TokenEndpointUnreachable` (no answer:
@@ -13,9 +12,8 @@ the request may or may not have reached the server).
 import base64
 import json
 import time
-from urllib.parse import quote
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import httpx
 

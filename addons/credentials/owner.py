@@ -1,10 +1,11 @@
 """One owner per login: the vendors' CLIs refresh their own tokens (Claude Code at
 platform.claude.com or console.anthropic.com, Codex at auth.openai.com, Gemini CLI at
-oauth2.googleapis.com, Qwen Code at chat.qwen.ai). Refresh tokens rotate, and a spent one revokes the chain, so once
-detour holds a login (imported from that CLI) detour alone refreshes it, and the CLI's own
-refresh call for it is answered here, from detour's store: the current access token, and the
-CLI's own refresh token handed back unchanged (so it asks the same way next time, and never
-spends detour's chain). A refresh token detour does not recognise goes to the vendor untouched.
+oauth2.googleapis.com, Qwen Code at chat.qwen.ai). Refresh tokens rotate, and a spent one
+revokes the chain, so once detour holds a login (imported from that CLI) detour alone
+refreshes it, and the CLI's own refresh call for it is answered here, from detour's store: the
+current access token, and the CLI's own refresh token handed back unchanged (so it asks the
+same way next time, and never spends detour's chain). A refresh token detour does not
+recognise goes to the vendor untouched.
 
 The token hosts are intercepted only while detour holds a login of their vendor. The answer
 goes out through the relay (a one-time URL), its body streamed and not kept in the flow; the

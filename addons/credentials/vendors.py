@@ -9,9 +9,10 @@ CODE_ASSIST_URL, CALLBACK_PORT).
 `flow`: `pkce` (authorization code + PKCE with a local callback), `device` (device
 authorization grant; Qwen's with PKCE too; Copilot's then exchanges the GitHub token for a
 short-lived Copilot token) or `iflow` (iFlow's authorization code: its own authorize
-parameters, the client secret instead of PKCE, then the API key from its user info). `token_body`: how the token endpoint wants its parameters (Anthropic
-and OpenAI take JSON on refresh, the others a form). `kinds`: the provider kinds whose requests
-this login's token can carry.
+parameters, the client secret instead of PKCE, then the API key from its user info).
+`token_body`: how the token endpoint wants its parameters (Anthropic and OpenAI take JSON on
+refresh, the others a form). `kinds`: the provider kinds whose requests this login's token can
+carry.
 """
 
 import os

@@ -91,8 +91,9 @@ def setup(confdir, tmp_path_factory, auth, fakes):
         "github_token": auth.grant()["access_token"], "access_token": "spent-copilot-token"},
         vendor="copilot", expires_at=past, project_id=fakes["copilot"].base_url)
     initial["qwen"] = auth.grant()
+    # its API moved since: the refresh answer's resource_url names the fake
     ids["qwen"] = store.add("qwen", "q", OAUTH, initial["qwen"], vendor="qwen",
-                            expires_at=past, project_id=fakes["qwen"].base_url).id
+                            expires_at=past, project_id="127.0.0.1:9").id
     initial["iflow"] = auth.grant()
     ids["iflow"] = store.add("iflow", "i", OAUTH, initial["iflow"] | {
         "api_key": auth.iflow_api_key}, vendor="iflow", expires_at=past).id
@@ -184,7 +185,8 @@ def test_qwen_login_at_its_resource_url_refreshed_with_rotation(setup, auth, fak
     new = store.secrets_of(ids["qwen"])[0]
     assert new["refresh_token"] != old["refresh_token"]  # rotated, committed
     assert not auth.refresh_valid(old["refresh_token"])  # the spent one is gone at the vendor
-    assert store.by_id(ids["qwen"]).project_id == fakes["qwen"].base_url  # its resource_url
+    # the refresh answer's resource_url moved the account to the fake's API
+    assert store.by_id(ids["qwen"]).project_id == fakes["qwen"].base_url
     sent = model_calls(fakes["qwen"])[-1]
     assert sent.route == "/v1/chat/completions"
     assert sent.headers["authorization"] == f"Bearer {new['access_token']}"

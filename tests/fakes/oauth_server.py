@@ -70,7 +70,6 @@ class FakeOAuth(FakeServer):
         self.copilot_asked: list[str] = []
         self.user_info_calls = 0
         self.client_secrets: dict[str, str] = {}
-        self.iflow_api_key = f"{prefix}-iflow-api-key-{hashlib.sha1(prefix.encode()).hexdigest()[:10]}"
         self.resource_url: str | None = None
         self.expires_in = expires_in
         self.prefix = prefix
@@ -82,6 +81,7 @@ class FakeOAuth(FakeServer):
         self.code_assist_project: str | None = None
         self.onboard_calls = 0
         self._ids = itertools.count(1)
+        self.iflow_api_key = f"{prefix}-iflow-api-key-{next(self._ids):06d}"
         self._codes: dict[str, dict] = {}
         self._devices: dict[str, dict] = {}
         # refresh token -> {"access", "successor": the refresh token issued for it, "spent"}

@@ -171,3 +171,25 @@ def test_iflow_login_with_a_wrong_client_secret_stores_nothing(tmp_path, auth):
     out = detour(tmp_path, "account", "login", "iflow", expect=2)
     assert "iflow login failed: invalid_client" in out
     assert AccountStore(tmp_path / "detour.db").accounts() == []
+
+
+def test_copilot_login_then_a_test_call_at_its_own_api(tmp_path, auth):
+    """`login copilot` (device flow, then the Copilot token) keeps the API its token names;
+    `account test` asks that API's model list with the Copilot token and editor headers."""
+    from tests.fakes.copilot_api import FakeCopilot
+    with FakeCopilot(auth) as copilot:
+        auth.copilot_api = copilot.base_url
+        try:
+            (tmp_path / "config.yaml").write_text("providers:\n  copilot: {kind: copilot}\n")
+            out = detour(tmp_path, "account", "login", "copilot", "--name", "gh",
+                         "--no-browser")
+            assert "logged in: copilot/gh" in out and "WDJB-MJHT" in out
+            stored = AccountStore(tmp_path / "detour.db").get("copilot", "gh", secrets=True)
+            assert stored.project_id == copilot.base_url
+            assert stored.secrets["github_token"] in auth.issued_access
+            assert "ok (HTTP 200" in detour(tmp_path, "account", "test", "copilot", "gh")
+            seen = copilot.requests[-1]
+            assert seen.route == "/models"
+            assert seen.headers["authorization"] == f"Bearer {stored.secrets['access_token']}"
+        finally:
+            auth.copilot_api = "https://api.githubcopilot.com"
