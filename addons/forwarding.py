@@ -1147,10 +1147,6 @@ async def bounded_body(resp: httpx.Response, limit: int,
         raise httpx.DecodingError(str(e), request=request) from None
     finally:
         await raw.aclose()
-        if lean is not None:
-            # the body read to its end goes back to the pool only when the answer is closed
-            # (its iterator alone ending does not release the connection)
-            await resp.aclose()
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
