@@ -418,7 +418,9 @@ def encode_request(req: c.Request) -> dict:
 
 
 def _stop_reason(done_reason, has_calls: bool) -> c.StopReason:
-    stop = _DONE_TO_STOP.get(done_reason, "end_turn")
+    # a reason that is not a string (a peer's list, number, ...) is no known reason
+    stop = _DONE_TO_STOP.get(done_reason, "end_turn") if isinstance(done_reason, str) \
+        else "end_turn"
     return "tool_use" if has_calls and stop == "end_turn" else stop
 
 

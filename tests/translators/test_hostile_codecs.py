@@ -26,7 +26,30 @@ def code_assist(codec, body: dict) -> dict:
         else body
 
 
+# formats no captured client speaks (Ollama's): seeds translated from Claude Code's captures
+TRANSLATED = ("ollama", "ollama-generate")
+
+
+def translated_requests(codec) -> list[dict]:
+    from translators import anthropic
+    files = sorted(CAPTURES.glob(f"{CLIENTS['anthropic']}.*.request.json"))
+    return [codec.encode_request(anthropic.decode_request(json.loads(p.read_text())))
+            for p in files]
+
+
+def translated_streams(codec) -> list[bytes]:
+    """Claude Code's captured streams, in the codec's own framing (NDJSON for Ollama)."""
+    from tests.captures import anthropic_events
+    out = []
+    for p in sorted(CAPTURES.glob(f"{CLIENTS['anthropic']}.*.response.txt")):
+        encoder = codec.StreamEncoder()
+        out.append(b"".join(encoder.encode(ev) for ev in anthropic_events(p.read_bytes())))
+    return out
+
+
 def seed_requests(codec) -> list[dict]:
+    if codec.NAME in TRANSLATED:
+        return translated_requests(codec)
     prefix = CLIENTS.get(codec.NAME, CLIENTS["gemini"])
     files = sorted(CAPTURES.glob(f"{prefix}.*.request.json"))
     assert files, codec.NAME
@@ -35,6 +58,8 @@ def seed_requests(codec) -> list[dict]:
 
 def seed_streams(codec) -> list[bytes]:
     """The captured streams of the codec's own format."""
+    if codec.NAME in TRANSLATED:
+        return translated_streams(codec)
     prefix = CLIENTS.get(codec.NAME, CLIENTS["gemini"])
     streams = [p.read_bytes() for p in sorted(CAPTURES.glob(f"{prefix}.*.response.txt"))]
     if codec.NAME != "gemini-code-assist":
@@ -179,12 +204,15 @@ def test_a_hostile_value_anywhere_in_a_whole_answer(codec, data):
 
 
 def stream_events(stream: bytes) -> list[tuple[int, dict]]:
-    """(index of the data line, its JSON object) for each event's data."""
+    """(index of the data line, its JSON object) for each event's data: an SSE data line, or
+    an NDJSON line."""
     lines = stream.split(b"\n")
     out = []
     for i, line in enumerate(lines):
         if line.startswith(b"data: ") and line[6:].strip().startswith(b"{"):
             out.append((i, json.loads(line[6:])))
+        elif line.startswith(b"{"):
+            out.append((i, json.loads(line)))
     return out
 
 
@@ -195,7 +223,8 @@ def test_a_hostile_value_anywhere_in_a_stream_event(codec, data):
     stream = data.draw(st.sampled_from(SEED_STREAMS[codec.NAME]))
     index, event = data.draw(st.sampled_from(stream_events(stream)))
     lines = stream.split(b"\n")
-    lines[index] = b"data: " + hostile_json(data.draw, event).encode("utf-8", "surrogatepass")
+    prefix = b"data: " if lines[index].startswith(b"data: ") else b""
+    lines[index] = prefix + hostile_json(data.draw, event).encode("utf-8", "surrogatepass")
     hostile = b"\n".join(lines)
     cut = data.draw(st.integers(min_value=0, max_value=len(hostile)))
     dec = codec.StreamDecoder()
