@@ -33,8 +33,11 @@ providers:
   stall2: {{kind: openai, base_url: "{base}/v1", api_keys: [{PROVIDER_KEY}],
             timeouts: {{total: 1.5}}}}
   spare: {{kind: openai, base_url: "{base}/v1", api_keys: [{PROVIDER_KEY}]}}
+  # the first of a route with a fallback: default timeouts, so that a loaded machine cannot
+  # turn its 500 into a timeout (the 500 would then be left for the spare to answer)
+  first: {{kind: openai, base_url: "{base}/v1", api_keys: [{PROVIDER_KEY}]}}
 routes:
-  two: [fake/m, spare/m]
+  two: [first/m, spare/m]
   claude-stall: [stall1/m]
   claude-total: [stall2/m]
   "*": [fake/m]
