@@ -112,7 +112,9 @@ def test_accounts_and_routes_through_mitmweb(confdir, tmp_path, fake):
         assert (requests["remaining"], requests["limit"]) == (0, 3)
         assert 50 < requests["resets_in"] <= 60 and requests["resets_at"].endswith("+00:00")
         assert a["recent_errors"] == []
-        assert b["state"] == "resting" and b["rest"]["reason"] == "transient"
+        # B's transient rest is 1 s: on a busy machine it can be over before it is read
+        assert (b["state"], b["rest"]["reason"]) == ("resting", "transient") if b["rest"] \
+            else b["state"] == "ready"
         assert [e["error"] for e in b["recent_errors"]] == ["HTTP 500, upstream exploded"]
         assert b["rate_limits"] is None
         # no key anywhere in what the operator sees
@@ -132,7 +134,9 @@ def test_accounts_and_routes_through_mitmweb(confdir, tmp_path, fake):
             ("p", "account 1", "codex-model", "ready"),
             ("passthrough", None, "*", "ready")]
         assert set(a["model_rests"]) == {"up-model"} and set(b["model_rests"]) == {"up-model"}
-        assert [c["state"] for c in default["candidates"]] == ["resting", "resting"]
+        # A rests for minutes; B (as above) may be over its 1 s already
+        assert sorted(c["state"] for c in default["candidates"]) in (
+            ["resting", "resting"], ["ready", "resting"])
         assert KEY_A not in json.dumps(routes)
     finally:
         proxy.mitm.stop()
