@@ -62,7 +62,7 @@ class Proxy:
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.mitm.ca_cert))
 
-    def row_of(self, response: httpx.Response, timeout: float = 5.0) -> dict:
+    def row_of(self, response: httpx.Response, timeout: float = 20.0) -> dict:
         """The usage row of a response, by the flow id detour puts in `x-detour-id` (rows are
         written in batches: wait for it)."""
         flow_id = response.headers["x-detour-id"]

@@ -67,7 +67,7 @@ def went_direct(proxy, fake_openai, flow_id: str) -> bool:
     return True
 
 
-def row_of_model(proxy, model: str, timeout: float = 5.0) -> dict:
+def row_of_model(proxy, model: str, timeout: float = 20.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         rows = [x for x in proxy.rows() if x["model_requested"] == model]
