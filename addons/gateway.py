@@ -35,7 +35,6 @@ from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.config import ROUND_ROBIN
 from addons.credentials.shared_tokens import SharedTokens
-from addons.formats import HANDLED_HOSTS
 from addons.routing import account_key
 from addons.settings import DetourSettings
 from addons.shared_state import SharedState, safe_url
@@ -245,7 +244,7 @@ class Gateway:
         return name
 
     def host_allowed(self, host: str) -> bool:
-        if host in HANDLED_HOSTS:
+        if host in self.settings.format_table().handled_hosts:
             return True
         rt = self.settings.runtime
         host = host.lower()

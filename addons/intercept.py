@@ -140,9 +140,7 @@ class Interceptor:
     @property
     def table(self) -> FormatTable:
         """The endpoints detour takes, as configured (formats.py, config `chat_hosts`)."""
-        rt = self.settings.runtime
-        table = rt.config.format_table if rt is not None else formats.TABLE
-        return formats.with_ollama_hosts(table, tuple(self.settings.reverse_origins))
+        return self.settings.format_table()
 
     # ------------------------------------------------------------ TLS: decrypt only our hosts
 

@@ -33,7 +33,6 @@ from mitmproxy import ctx, http
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.decoding import TooLarge, decode_whole
-from addons.formats import HANDLED_HOSTS
 from addons.scrubber import CREDENTIAL_HEADERS, MASK, credentials_of
 from addons.settings import DetourSettings
 
@@ -114,7 +113,7 @@ class RequestLog:
     # ------------------------------------------------------------ the request, as sent
 
     def _requestheaders(self, flow: http.HTTPFlow):
-        if flow.request.pretty_host not in HANDLED_HOSTS:
+        if flow.request.pretty_host not in self.settings.format_table().handled_hosts:
             return
         self._open[flow.id] = {"credentials": credentials_of(flow.request.headers)}
 

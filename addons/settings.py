@@ -20,6 +20,7 @@ from mitmproxy import command, ctx, exceptions
 from mitmproxy.proxy.mode_specs import ProxyMode, ReverseMode, UpstreamMode
 from mitmproxy.utils.asyncio_utils import create_task
 
+from addons import formats
 from addons.config import (CONFIG_NAME, PASSTHROUGH, Config, ConfigError, ensure_home, home_dir,
                            is_loopback, load_config, parse_config)
 from addons.cooldown_store import CooldownStore
@@ -91,6 +92,14 @@ class DetourSettings:
         # the targets of mitmproxy's reverse modes (host -> origin): detour serves Ollama's
         # API there (addons/formats.py `with_ollama_hosts`); passthrough goes to the origin
         self.reverse_origins: dict[str, str] = {}
+
+    def format_table(self) -> "formats.FormatTable":
+        """The endpoints detour takes, as configured (formats.py, config `chat_hosts`, Ollama's
+        on the reverse modes' hosts): what the interceptor, the gateway and the request log
+        read. A method: mitmproxy reads every attribute of an addon when it collects commands."""
+        rt = self.runtime
+        table = rt.config.format_table if rt is not None else formats.TABLE
+        return formats.with_ollama_hosts(table, tuple(self.reverse_origins))
 
     def load(self, loader):
         loader.add_option(
