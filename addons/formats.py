@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from translators import anthropic, gemini, gemini_code_assist, ollama, ollama_generate
-from translators import openai_chat, openai_responses
+from translators import antigravity, openai_chat, openai_responses
 
 # ---------------------------------------------------------------- how a value is read
 
@@ -394,6 +394,8 @@ class ProviderKind:
     default_base_url: str = ""
     # headers that depend on the request body sent (Copilot's X-Initiator)
     body_headers: Callable[[dict], dict[str, str]] | None = None
+    # the body's last touch, after the account's project is in (Antigravity's envelope)
+    finish_body: Callable[[dict], dict] | None = None
 
     def fit_body(self, body: dict, dropped: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
         """`body` as this provider takes it (`body` itself when it already does)."""
@@ -453,6 +455,12 @@ QWEN_OAUTH_HEADERS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Antigravity's Code Assist host (also daily-cloudcode-pa.sandbox.googleapis.com and
+# cloudcode-pa.googleapis.com serve it) and the user agent its IDE sends
+ANTIGRAVITY_API = "https://daily-cloudcode-pa.googleapis.com"
+ANTIGRAVITY_USER_AGENT = "antigravity/1.15.8 linux/amd64"
+
+
 PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
     ProviderKind("openai", openai_chat, "/chat/completions", BEARER, dialects=True),
     ProviderKind("anthropic", anthropic, "/v1/messages", HeaderKey("x-api-key"),
@@ -486,6 +494,13 @@ PROVIDER_KINDS: dict[str, ProviderKind] = {k.name: k for k in (
                  forwarded_headers=("user-agent",),
                  stream_path="/v1internal:streamGenerateContent?alt=sse",
                  account_project=True),
+    # Code Assist as Antigravity (Google's IDE) calls it with an Antigravity login: the same
+    # envelope and answers, Antigravity's own envelope fields, hosts and user agent
+    ProviderKind("antigravity", gemini_code_assist, "/v1internal:generateContent", BEARER,
+                 fixed_headers=(("user-agent", ANTIGRAVITY_USER_AGENT),),
+                 stream_path="/v1internal:streamGenerateContent?alt=sse",
+                 account_project=True, default_base_url=ANTIGRAVITY_API,
+                 finish_body=antigravity.envelope),
     # GitHub Copilot with a Copilot login (`detour account login copilot`): Chat, and the
     # Responses API the codex models need; the login's short-lived Copilot token as Bearer
     ProviderKind("copilot", openai_chat, "/chat/completions", BEARER, dialects=True,

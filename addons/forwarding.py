@@ -384,6 +384,8 @@ class Forwarder:
             body, dropped = kind.fit_body(body, dropped)
             if kind.account_project:
                 body = codec.for_project(body, self.project_of(cand))
+            if kind.finish_body is not None:
+                body = kind.finish_body(body)
             data = job.raw_body if body is job.body else dump_json(body)
         else:
             req, dropped = policies.apply(job.canonical(), target)
@@ -396,6 +398,8 @@ class Forwarder:
             wire, dropped = kind.fit_body(wire, dropped)
             if kind.account_project:
                 wire = codec.for_project(wire, self.project_of(cand))
+            if kind.finish_body is not None:
+                wire = kind.finish_body(wire)
             data = dump_json(wire)
         self._note_dropped(job, cand, dropped)
         headers = {"content-type": "application/json", "user-agent": "detour/0.1"}

@@ -26,6 +26,12 @@ tokens of one rotation chain) is one Google user with its own project.
   `{"totalTokens": len(body) // 4}`.
 - other `/v1internal:<method>` (listExperiments, retrieveUserQuota, ...): `{}`.
 
+`FakeCodeAssist(auth, antigravity=True)` is Code Assist as Antigravity (Google's IDE) calls
+it: the envelope `{model, project, userAgent: "antigravity", requestType: "agent", requestId:
+"agent-<uuid>", request: <Gemini body + sessionId "-<digits>">}` (Gemini CLI's own fields are
+unknown names), an `antigravity/<version> <os>/<arch>` user agent, and a Claude model's tools
+only in the `VALIDATED` calling mode; else 400.
+
 Counters: `load_calls`, `onboard_calls`, `polls`. `agent_reply` (for real CLIs) is
 FakeGemini's agent on the envelope's Gemini body.
 """
@@ -43,6 +49,12 @@ from .server import JSON_TYPE, Plan, Received, Stream, Whole, dumps
 
 ENVELOPE_FIELDS = frozenset({"model", "project", "user_prompt_id", "request",
                              "enabled_credit_types"})
+ANTIGRAVITY_ENVELOPE = frozenset({"model", "project", "userAgent", "requestType", "requestId",
+                                  "request"})
+_ANTIGRAVITY_REQUEST_ID = re.compile(
+    r"agent-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_ANTIGRAVITY_SESSION_ID = re.compile(r"-[1-9][0-9]{0,18}")
+_ANTIGRAVITY_USER_AGENT = re.compile(r"antigravity/\d+\.\d+\.\d+ \w+/\w+")
 _CALL = re.compile(r"/v1internal:(\w+)$")
 _OPERATION = re.compile(r"/v1internal/(operations/[\w-]+)$")
 TIERS = [{"id": "free-tier", "name": "Gemini Code Assist for individuals", "isDefault": True,
@@ -56,9 +68,10 @@ UNAUTHENTICATED = ("Request had invalid authentication credentials. Expected OAu
 class FakeCodeAssist(FakeGemini):
     default_text = "Hello from the fake Code Assist"
 
-    def __init__(self, auth: FakeOAuth, **kwargs):
+    def __init__(self, auth: FakeOAuth, antigravity: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.auth = auth
+        self.antigravity = antigravity
         self.keys = AcceptedTokens(auth)
         self.projects: dict[str, str] = {}  # login -> its project (onboarded users)
         self._operations: dict[str, dict] = {}  # name -> {"login", "project", "polled"}
@@ -147,13 +160,16 @@ class FakeCodeAssist(FakeGemini):
 
     def _generate_in_envelope(self, received: Received, login: str | None, body: dict,
                               stream: bool) -> Plan:
-        unknown = sorted(set(body) - ENVELOPE_FIELDS)
+        unknown = sorted(set(body) - (ANTIGRAVITY_ENVELOPE if self.antigravity
+                                      else ENVELOPE_FIELDS))
         if unknown:
             return self.error_plan(400, f'Invalid JSON payload received. Unknown name '
                                    f'"{unknown[0]}": Cannot find field.')
         inner = body.get("request")
         if not isinstance(inner, dict) or not isinstance(body.get("model"), str):
             return self.error_plan(400, "Request contains an invalid argument.")
+        if self.antigravity and (problem := _antigravity_problem(received, body, inner)):
+            return self.error_plan(400, problem)
         with self._lock:
             own = self.projects.get(login)
         if self.check_auth and (own is None or body.get("project") != own):
@@ -195,6 +211,25 @@ class FakeCodeAssist(FakeGemini):
 
     def _json(self, obj: dict) -> Whole:
         return Whole(200, self.headers(JSON_TYPE), dumps(obj))
+
+
+def _antigravity_problem(received: Received, body: dict, inner: dict) -> str | None:
+    """What Antigravity's Code Assist would refuse in an envelope, if anything."""
+    agent = received.headers.get("user-agent", "")
+    if not _ANTIGRAVITY_USER_AGENT.fullmatch(agent):
+        return f"Unsupported client: {agent!r}"
+    if (body.get("userAgent"), body.get("requestType")) != ("antigravity", "agent"):
+        return "Request contains an invalid argument: userAgent/requestType."
+    if not _ANTIGRAVITY_REQUEST_ID.fullmatch(str(body.get("requestId"))):
+        return "Request contains an invalid argument: requestId."
+    if not _ANTIGRAVITY_SESSION_ID.fullmatch(str(inner.get("sessionId"))):
+        return "Request contains an invalid argument: request.sessionId."
+    if "session_id" in inner:
+        return 'Invalid JSON payload received. Unknown name "session_id" at \'request\'.'
+    mode = ((inner.get("toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
+    if "claude" in body["model"] and inner.get("tools") and mode != "VALIDATED":
+        return "Claude models take tools only in VALIDATED function calling mode."
+    return None
 
 
 def _wrap_event(event: bytes) -> bytes:
