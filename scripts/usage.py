@@ -2,6 +2,7 @@
 client tool and user, a chart per day, totals; or JSON, CSV, or Datasette (`--serve`). With
 config.yaml's `database: postgresql://...` it reads the rows every process wrote there."""
 
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import click
@@ -76,9 +77,7 @@ def usage(settings: Settings, since, until, dimensions, as_json, as_csv, serve, 
     database = _postgres(settings)
     if database is not None:
         if serve:
-            raise DetourError("--serve reads detour.db (SQLite); the usage rows are in "
-                              "Postgres (config.yaml `database:`): point a Postgres client "
-                              "at it")
+            return _serve_postgres_snapshot(settings, database, port)
         report = _postgres_summary(database, since, until)
     else:
         db_path = settings.home / DB_NAME
@@ -109,12 +108,31 @@ def _postgres(settings: Settings) -> str | None:
         raise DetourError(str(e)) from None
 
 
+def _serve_postgres_snapshot(settings: Settings, url: str, port: int) -> None:
+    """Datasette reads SQLite: serve a snapshot of the Postgres rows, said to be one."""
+    from addons.usage_postgres import safe_dsn
+    from scripts.usage_datasette import postgres_snapshot, serve_datasette
+    with _database_errors(url):
+        path, as_of, count = postgres_snapshot(url, settings.home)
+    note = (f"A snapshot of {safe_dsn(url)} as of {as_of:%Y-%m-%d %H:%M:%S} UTC; run "
+            "`detour usage --serve` again to refresh it.")
+    click.echo(f"{note} {count:,} usage rows in {path}.", err=True)
+    serve_datasette(path, port, note)
+
+
 def _postgres_summary(url: str, since, until) -> Report:
+    with _database_errors(url):
+        return summarise_postgres(url, since, until)
+
+
+@contextmanager
+def _database_errors(url: str):
+    """A Postgres error as the command's error, naming the database (never its password)."""
     import psycopg
 
     from addons.usage_postgres import safe_dsn
     try:
-        return summarise_postgres(url, since, until)
+        yield
     except psycopg.Error as e:
         raise DetourError(f"database {safe_dsn(url)}: {type(e).__name__}: "
                           f"{str(e).strip()}") from None

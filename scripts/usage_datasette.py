@@ -4,13 +4,20 @@ column descriptions and canned queries (`metadata()`).
 The canned queries read `usage_daily` (the sums per day, kept by triggers) where sums suffice,
 so they stay fast on millions of rows; the ones that need a call's own story (its route, its
 error) read the rows of a bounded window through the `ts` index.
+
+With `database: postgresql://...` Datasette (SQLite only) serves a snapshot: the `usage` and
+`usage_rejected` rows copied from Postgres into DETOUR_HOME/usage-snapshot/detour.db, built by
+`open_db` (the same schema, `usage_daily` and its triggers, so the sums come out the same),
+private (0600) and replaced whole (`postgres_snapshot`). Usage rows hold labels, never a key.
 """
 
 import json
+import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
-from addons.usage import USAGE_COLUMNS
+from addons.usage import REJECTED_COLUMNS, USAGE_COLUMNS, open_db
 
 DATABASE = "detour"  # Datasette names a database by its file's stem
 
@@ -127,12 +134,13 @@ order by calls desc""",
 }
 
 
-def metadata() -> dict:
+def metadata(note: str = "") -> dict:
     return {
         "title": "detour usage",
         "description": "One row per model call detour intercepted (table usage), and their "
                        "daily sums (usage_daily). Costs are in USD; tokens follow Anthropic's "
-                       "accounting (input excludes cached tokens).",
+                       "accounting (input excludes cached tokens)."
+                       + (f" {note}" if note else ""),
         "databases": {DATABASE: {
             "tables": {
                 "usage": {"title": "Usage: one row per model call",
@@ -149,14 +157,59 @@ def metadata() -> dict:
     }
 
 
-def serve_datasette(db_path: Path, port: int) -> None:
+def serve_datasette(db_path: Path, port: int, note: str = "") -> None:
     """Run Datasette on `db_path` at 127.0.0.1:`port` until interrupted. In this process:
-    stopping it (Ctrl-C, SIGTERM) stops Datasette, nothing is left running."""
+    stopping it (Ctrl-C, SIGTERM) stops Datasette, nothing is left running. `note` is added
+    to the description on Datasette's pages."""
     from datasette.cli import cli as datasette_cli
 
     with tempfile.TemporaryDirectory(prefix="detour-datasette-") as tmp:
         meta = Path(tmp) / "metadata.json"
-        meta.write_text(json.dumps(metadata(), indent=2))
+        meta.write_text(json.dumps(metadata(note), indent=2))
         datasette_cli.main(["serve", str(db_path), "--host", "127.0.0.1", "--port", str(port),
                             "--metadata", str(meta), "--setting", "sql_time_limit_ms", "5000"],
                            prog_name="datasette", standalone_mode=False)
+
+
+SNAPSHOT_DIR = "usage-snapshot"  # under DETOUR_HOME; the file is detour.db: Datasette's name
+_COPIED = {"usage": USAGE_COLUMNS, "usage_rejected": REJECTED_COLUMNS}
+
+
+def postgres_snapshot(url: str, home: Path, batch: int = 2000) -> tuple[Path, datetime, int]:
+    """Copy the usage rows (and the rows Postgres set aside) of the database at `url` into a
+    new SQLite file that replaces home/usage-snapshot/detour.db whole once complete. Returns
+    its path, the time it is as of, and how many usage rows it holds. psycopg's errors
+    propagate (the caller names the database)."""
+    import psycopg
+
+    folder = home / SNAPSHOT_DIR
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = folder / "detour.db"
+    partial = folder / f".detour-{os.getpid()}.db"  # one run's own, never served
+    for leftover in (partial, *(partial.with_name(partial.name + s) for s in ("-wal", "-shm"))):
+        leftover.unlink(missing_ok=True)
+    db = open_db(partial)  # 0600 from its first byte; the SQLite path's schema and triggers
+    try:
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            # both tables as of one moment
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                as_of = datetime.now(UTC)
+                for table, columns in _COPIED.items():
+                    names = list(columns)
+                    quoted = ", ".join(f'"{name}"' for name in names)
+                    # a server-side cursor: the rows come in batches, memory stays bounded
+                    with conn.cursor(name=f"snapshot_{table}") as cursor:
+                        cursor.itersize = batch
+                        cursor.execute(f"SELECT {quoted} FROM {table} ORDER BY id")
+                        db[table].insert_all((dict(zip(names, row)) for row in cursor),
+                                             batch_size=batch)
+        count = db["usage"].count
+        db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to move
+        db.close()
+        os.replace(partial, path)
+    except BaseException:
+        db.close()
+        partial.unlink(missing_ok=True)
+        raise
+    return path, as_of, count

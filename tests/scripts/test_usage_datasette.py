@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,6 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 def datasette(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     seed(home / "detour.db", 2000, days=3, end=datetime.now(UTC))
+    with serving(home) as (url, _):
+        yield url, home / "detour.db"
+
+
+@contextmanager
+def serving(home: Path):
+    """`detour usage --serve` of this DETOUR_HOME, up: its URL, and a list that holds its
+    output (stdout and stderr) once it stopped (SIGTERM to its PID)."""
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if "proxy" not in k.lower()},
            "DETOUR_HOME": str(home)}
@@ -32,6 +41,7 @@ def datasette(tmp_path_factory):
          "usage", "--serve", "--port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    output: list[str] = []
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -41,17 +51,19 @@ def datasette(tmp_path_factory):
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"datasette did not start: {proc.stdout.read().decode()}")
+                proc.kill()
+                raise RuntimeError(f"datasette did not start: {proc.communicate(15)[0]!r}")
             time.sleep(0.2)
-        yield url, home / "detour.db"
+        yield url, output
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                out = proc.communicate(timeout=15)[0]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out = proc.communicate(timeout=15)[0]
+            output.append(out.decode(errors="replace"))
 
 
 def test_cost_per_tool_this_month(datasette):
