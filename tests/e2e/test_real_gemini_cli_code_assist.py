@@ -28,7 +28,7 @@ from tests.harness import ROOT, ClientRun, new_rows, run_client, show_on_failure
 pytestmark = pytest.mark.slow
 
 GEMINI = ROOT / "clients" / "node_modules" / ".bin" / "gemini"
-GOOGLE_TOKEN = "ya29.the-clis-own-google-token-not-real"  # never reaches the provider
+GOOGLE_TOKEN = "the-clis-own-google-token"  # never reaches the provider
 TIMEOUT = 55.0
 CLASSIFIER = {"complexity_reasoning": "a fake provider's rating", "complexity_score": 1}
 
