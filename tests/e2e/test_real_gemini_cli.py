@@ -185,10 +185,10 @@ def test_shell_tool_round_trip(stack):
     assert_rows(stack, 3)
 
 
-@pytest.mark.parametrize("proxied", ["chat"], indirect=True)
+@pytest.mark.parametrize("proxied", ["anthropic", "chat"], indirect=True)
 def test_google_login_rerouted(stack):
     """Code Assist mode: its setup calls (token check, loadCodeAssist, quota, ...) answered by
-    detour, its model calls (in their envelope) by the Chat provider."""
+    detour, its model calls (in their envelope) by the Chat or the Anthropic provider."""
     login = google_login(stack)
     run = run_gemini(stack, "-p", "Say hi", login=login)
     assert run.returncode == 0, run.stderr
@@ -200,5 +200,6 @@ def test_google_login_rerouted(stack):
     assert len(calls) == 5, [r.path for r in calls]  # classifier + answer, classifier + 2
     assert_key_stayed_home(stack)
     # only model calls reached the provider: the setup calls were answered by detour
-    assert all(r.route.endswith("/chat/completions") for r in stack.provider.requests)
+    assert all(r.route.endswith(("/chat/completions", "/v1/messages"))
+               for r in stack.provider.requests)
     assert_rows(stack, 5, "gemini-cli")
