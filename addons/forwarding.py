@@ -381,11 +381,7 @@ class Forwarder:
         if same:
             # same format in and out: the client's bytes, only the model (and a cap) change
             body, dropped = policies.apply_to_body(job.body, target)
-            body, dropped = kind.fit_body(body, dropped)
-            if kind.account_project:
-                body = codec.for_project(body, self.project_of(cand))
-            if kind.finish_body is not None:
-                body = kind.finish_body(body)
+            body, dropped = self._fit(kind, cand, body, dropped)
             data = job.raw_body if body is job.body else dump_json(body)
         else:
             req, dropped = policies.apply(job.canonical(), target)
@@ -395,11 +391,7 @@ class Forwarder:
                                             max_tokens_field=spec.max_tokens_field)
             else:
                 wire = codec.encode_request(req)
-            wire, dropped = kind.fit_body(wire, dropped)
-            if kind.account_project:
-                wire = codec.for_project(wire, self.project_of(cand))
-            if kind.finish_body is not None:
-                wire = kind.finish_body(wire)
+            wire, dropped = self._fit(kind, cand, wire, dropped)
             data = dump_json(wire)
         self._note_dropped(job, cand, dropped)
         headers = {"content-type": "application/json", "user-agent": "detour/0.1"}
@@ -424,6 +416,17 @@ class Forwarder:
         if query:
             url += ("&" if "?" in url else "?") + urlencode(query)
         return codec.NAME, url, headers, data
+
+    def _fit(self, kind: formats.ProviderKind, cand: Candidate, body: dict,
+             dropped: tuple[str, ...]) -> tuple[dict, tuple[str, ...]]:
+        """A provider-format body as the candidate's kind takes it: the kind's own fit, its
+        account's Code Assist project, the kind's finishing step (Antigravity's fields)."""
+        body, dropped = kind.fit_body(body, dropped)
+        if kind.account_project:
+            body = kind.codec.for_project(body, self.project_of(cand))
+        if kind.finish_body is not None:
+            body = kind.finish_body(body)
+        return body, dropped
 
     def project_of(self, cand: Candidate) -> str | None:
         """The Code Assist project of a gemini-cli candidate's account, if known yet."""
