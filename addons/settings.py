@@ -268,7 +268,7 @@ class DetourSettings:
                 else:
                     store = UsageStore(home / "detour.db")
                 cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
-                rests = CooldownStore(home / "detour.db", cooldowns)
+                rests = self._cooldown_store(config, home, cooldowns)
                 rests.load()  # and restarts
         except (ConfigError, OSError, sqlite3.Error) as e:
             # a read-only or full DETOUR_HOME, a database that is not one: one line, at start
@@ -282,6 +282,18 @@ class DetourSettings:
         rt.home, rt.config_path = home, cfg_path
         self._apply(config, providers)
         log.info("detour: home %s, config %s (%d providers)", home, cfg_path, len(providers))
+
+    def _cooldown_store(self, config: Config, home: Path, book: CooldownBook) -> CooldownStore:
+        """Where rests are kept: with the usage rows' Postgres, every process's rests together
+        (read again while Redis does not tell this process the others'); else detour.db."""
+        if not config.database:
+            return CooldownStore(home / "detour.db", book)
+        from addons.cooldown_postgres import PostgresCooldownStore
+
+        def shared_up() -> bool:
+            shared = getattr(self.gate, "shared", None)
+            return shared is not None and shared.up
+        return PostgresCooldownStore(config.database, book, shared_up=shared_up)
 
     def _apply(self, config: Config, providers: dict[str, ProviderRuntime]) -> None:
         rt = self.runtime
@@ -344,6 +356,7 @@ class DetourSettings:
         create_task(rt.forwarder.aclose(), name="detour http close", keep_ref=True)
         create_task(self.credentials.aclose(), name="detour oauth close", keep_ref=True)
         rt.rests.write()
+        rt.rests.close()
         rt.store.close()
 
     @command.command("detour.cooldowns.clear")

@@ -41,6 +41,15 @@ def safe_dsn(url: str) -> str:
     return f"{u.scheme}://{netloc}{u.path}"
 
 
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    """Close a connection that may be broken already."""
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+
+
 class PostgresUsageStore(UsageStore):
     def __init__(self, url: str, home: Path, flush_interval: float = 0.5, batch: int = 200,
                  busy_timeout: float = BUSY_TIMEOUT):
@@ -68,12 +77,8 @@ class PostgresUsageStore(UsageStore):
         self._drop_connection()
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
 
     def _write(self, rows: list[dict]) -> tuple[int, list[dict]]:
         """Store `rows` (one transaction; row by row when one of them fails) and the rows set

@@ -6,7 +6,7 @@ While a proxy runs, accounts and routes are the proxy's own view: its `detour.ac
 `detour.routes` commands, asked on its loopback metrics port (proxy.json says which): stored
 accounts and their logins (needs_login), rests, recent errors, rate limits last seen. Without a
 proxy (or a metrics port) they are read from DETOUR_HOME's files (config.yaml, detour.db's
-cooldowns and accounts), so status works the same whoever started the proxy, or with none.
+cooldowns and accounts; the rests from Postgres with `database:`), so status works the same whoever started the proxy, or with none.
 """
 
 import datetime
@@ -62,7 +62,7 @@ def accounts_record(config: Config | None, db: Path) -> list[dict]:
     numbers them) with its state: disabled, needs_login (with why), resting (as a whole or for
     some models, with why and until when, from the cooldowns the proxy keeps in detour.db) or
     ready."""
-    rests = _rests(db)
+    rests = _rests(db, config.database if config else None)
     stored = _query(db, "SELECT provider, name, enabled, state, last_error FROM accounts "
                     "ORDER BY provider, priority, id", ())
     out = []
@@ -115,9 +115,19 @@ def proxy_views(home: Path) -> tuple[list[dict], list[dict]] | None:
     return accounts, views["routes"]
 
 
-def _rests(db: Path) -> list[dict]:
-    rows = _query(db, "SELECT key, until, reason, cause FROM cooldowns WHERE until > ?",
-                  (time.time(),))
+def _rests(db: Path, database: str | None = None) -> list[dict]:
+    """The rests kept: in detour.db, or every process's in the `database:` (Postgres)."""
+    if database:
+        import psycopg
+
+        from addons.cooldown_postgres import stored_rests
+        try:
+            rows = stored_rests(database)
+        except psycopg.Error:  # the database away: status shows the rest
+            rows = []
+    else:
+        rows = _query(db, "SELECT key, until, reason, cause FROM cooldowns WHERE until > ?",
+                      (time.time(),))
     return [{"key": k, "until": _iso(u), "seconds_left": round(u - time.time()), "reason": r,
              "cause": c} for k, u, r, c in rows]
 

@@ -6,14 +6,15 @@ so they stay fast on millions of rows; the ones that need a call's own story (it
 error) read the rows of a bounded window through the `ts` index.
 
 With `database: postgresql://...` Datasette (SQLite only) serves a snapshot: the `usage` and
-`usage_rejected` rows copied from Postgres into DETOUR_HOME/usage-snapshot/detour.db, built by
-`open_db` (the same schema, `usage_daily` and its triggers, so the sums come out the same),
+`usage_rejected` rows, and the rests of every process resting now (`cooldowns`), copied from
+Postgres into DETOUR_HOME/usage-snapshot/detour.db, built by `open_db` (the same schema, `usage_daily` and its triggers, so the sums come out the same),
 private (0600) and replaced whole (`postgres_snapshot`). Usage rows hold labels, never a key.
 """
 
 import json
 import os
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -204,6 +205,7 @@ def postgres_snapshot(url: str, home: Path, batch: int = 2000) -> tuple[Path, da
                         cursor.execute(f"SELECT {quoted} FROM {table} ORDER BY id")
                         db[table].insert_all((dict(zip(names, row)) for row in cursor),
                                              batch_size=batch)
+                _copy_rests(conn, db)
         count = db["usage"].count
         db.execute("PRAGMA journal_mode=DELETE")  # one self-contained file to move
         db.close()
@@ -213,3 +215,18 @@ def postgres_snapshot(url: str, home: Path, batch: int = 2000) -> tuple[Path, da
         partial.unlink(missing_ok=True)
         raise
     return path, as_of, count
+
+
+def _copy_rests(conn, db) -> None:
+    """The rests resting now (Postgres keeps every process's, addons/cooldown_postgres.py),
+    in the table and columns detour.db has."""
+    from addons.cooldown_store import _CREATE, TABLE
+    rows = []
+    if conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0] is not None:
+        rows = conn.execute(f"SELECT key, until, reason, cause, streak, updated FROM {TABLE} "
+                            "WHERE until > %s", (time.time(),)).fetchall()
+    with db.conn:
+        db.conn.execute(_CREATE)
+        if rows:
+            db.conn.executemany(f"INSERT INTO {TABLE} (key, until, reason, cause, streak, "
+                                "updated) VALUES (?, ?, ?, ?, ?, ?)", rows)
