@@ -2,7 +2,8 @@
 logins (`detour account login` / `import`), kept in detour.db with their secrets encrypted.
 
 - `vault.py`: the encryption key (the OS keyring when one works, else a 0600 key file in
-  DETOUR_HOME) and MultiFernet encryption, so the key can be rotated.
+  DETOUR_HOME; on several hosts, the one the operator gives each in DETOUR_CREDENTIALS_KEY or
+  DETOUR_CREDENTIALS_KEY_FILE) and MultiFernet encryption, so the key can be rotated.
 - `store.py`: the `accounts` table (migrated by version), every write in one transaction that
   also bumps a revision a running proxy polls.
 - `vendors.py`: each subscription's public OAuth constants (every URL overridable by

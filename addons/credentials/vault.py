@@ -8,6 +8,13 @@ every secret and then drops the old ones.
 
 A known value encrypted with the key (`check`) is kept in the database beside the secrets, so
 a wrong or lost key is told at once, with what to do, instead of failing one secret at a time.
+
+Several hosts reading the same stored secrets (a team gateway) need the same key: the operator
+hands it to each in `DETOUR_CREDENTIALS_KEY` (the key itself, several comma- or
+newline-separated, newest first) or `DETOUR_CREDENTIALS_KEY_FILE` (a file holding it, e.g. a
+Docker/Compose secret under /run/secrets). Either takes precedence over the keyring and the
+file; detour never writes it (no key is made up, no rotation: the operator owns it) and never
+shows it. `detour account rotate-key` is refused then, saying how.
 """
 
 import json
@@ -17,6 +24,8 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 KEY_FILE = "credentials.key"
+KEY_ENV = "DETOUR_CREDENTIALS_KEY"
+KEY_FILE_ENV = "DETOUR_CREDENTIALS_KEY_FILE"
 KEYRING_SERVICE = "detour"
 CHECK_PLAINTEXT = b"detour credentials key"
 
@@ -59,8 +68,21 @@ class Vault:
     def keyring_user(self) -> str:
         return f"credentials-key:{self.home}"
 
+    @staticmethod
+    def given() -> str | None:
+        """The environment variable the operator hands the key in, if any."""
+        for name in (KEY_ENV, KEY_FILE_ENV):
+            if os.environ.get(name, "").strip():
+                return name
+        return None
+
     def where(self) -> str:
-        """Where the key is (or would be) kept, for messages."""
+        """Where the key is (or would be) kept, for messages (never the key)."""
+        given = self.given()
+        if given == KEY_FILE_ENV:
+            return f"{KEY_FILE_ENV} ({os.environ[KEY_FILE_ENV].strip()})"
+        if given:
+            return given
         if self._use_keyring():
             return f"the OS keyring (service {KEYRING_SERVICE!r}, entry {self.keyring_user!r})"
         return str(self.key_path)
@@ -79,8 +101,21 @@ class Vault:
     # ------------------------------------------------------------ the key
 
     def _read(self) -> list[bytes] | None:
-        kr = self._use_keyring()
-        if kr is not None:
+        given = self.given()
+        kr = None if given else self._use_keyring()
+        if given == KEY_ENV:
+            text = os.environ[KEY_ENV].replace(",", "\n")
+        elif given == KEY_FILE_ENV:
+            path = Path(os.environ[KEY_FILE_ENV].strip()).expanduser()
+            try:
+                text = path.read_text().replace(",", "\n")
+            except OSError as e:
+                raise VaultError(f"{KEY_FILE_ENV}: cannot read {path} "
+                                 f"({e.strerror or type(e).__name__})") from None
+            if not text.strip():
+                raise VaultError(f"{KEY_FILE_ENV}: {path} is empty; put the credentials key "
+                                 "every host shares in it")
+        elif kr is not None:
             text = kr.get_password(KEYRING_SERVICE, self.keyring_user)
         else:
             try:
@@ -99,6 +134,14 @@ class Vault:
         return keys
 
     def _write(self, keys: list[bytes]) -> None:
+        given = self.given()
+        if given:  # the operator's, in every host's environment: never replaced from here
+            raise VaultError(
+                f"the credentials key is given by {given}, so detour does not make or "
+                "replace it. Give it a key (`python -c 'from cryptography.fernet import "
+                f"Fernet; print(Fernet.generate_key().decode())'`); to rotate, unset {given} "
+                f"with the key in {KEY_FILE} (DETOUR_KEY_BACKEND=file), run `detour account "
+                f"rotate-key`, then hand every host the new key")
         text = "\n".join(k.decode() for k in keys) + "\n"
         kr = self._use_keyring()
         if kr is not None:
@@ -139,6 +182,12 @@ class Vault:
                 "the stored accounts, then add or log in again")
 
     def wrong_message(self) -> str:
+        if self.given():
+            return (f"the key given by {self.where()} does not decrypt detour's stored "
+                    "credentials (it does not match the check value stored with them: another "
+                    "host's or an old key). Every host must be given the key the credentials "
+                    "were stored with; or start over: `detour account remove --all` forgets "
+                    "the stored accounts, then add or log in again")
         return (f"the key in {self.where()} does not decrypt detour's stored credentials (it "
                 "was replaced, or belongs to another DETOUR_HOME). Put the right key back, "
                 "or start over: `detour account remove --all` forgets the stored accounts, "
