@@ -31,12 +31,24 @@ from addons.settings import DetourSettings
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 9464  # Prometheus' registry of exporter ports: the one of OpenTelemetry exporters
+# the option's default from the environment: for processes whose command line is fixed (a
+# container's) that share one network (several on one host, `network_mode: host`)
+PORT_ENV = "DETOUR_METRICS_PORT"
 LABELS = ("provider", "account", "model", "client")
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
 CHECK_TIMEOUT = 2.0  # seconds a health check may take (a locked database, a stuck relay)
 MAX_REQUEST = 8192  # bytes of a request to this port
+
+
+def default_port() -> int:
+    value = os.environ.get(PORT_ENV, "").strip()
+    if value.isdigit() and int(value) < 65536:
+        return int(value)
+    if value:
+        log.warning("detour: %s=%r is not a port; using %d", PORT_ENV, value, DEFAULT_PORT)
+    return DEFAULT_PORT
 
 
 class UsageMetrics:
@@ -170,9 +182,10 @@ class MetricsServer:
 
     def load(self, loader):
         loader.add_option(
-            "detour_metrics_port", int, DEFAULT_PORT,
+            "detour_metrics_port", int, default_port(),
             "Loopback port of detour's Prometheus /metrics and its /healthz (127.0.0.1 only); "
-            "0 turns them off. A port already taken is logged once and skipped.",
+            "0 turns them off. A port already taken is logged once and skipped. Default: "
+            f"${PORT_ENV} or {DEFAULT_PORT}.",
         )
 
     def running(self):

@@ -126,6 +126,16 @@ class PostgresUsageStore(UsageStore):
                         reason, count)
             self._unavailable = reason
 
+    def check_writable(self, timeout: float = BUSY_TIMEOUT) -> str | None:
+        """None when the database answers now (a connection and a query within `timeout`),
+        else why not, naming it without its password (/healthz). Writes nothing."""
+        try:
+            with psycopg.connect(self.url, connect_timeout=max(1, int(timeout))) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as e:
+            return f"{safe_dsn(self.url)}: {type(e).__name__}: {str(e).strip()}"
+        return None
+
     def close(self) -> None:
         super().close()
         with self._write_lock:

