@@ -82,3 +82,12 @@ def test_detour_never_makes_or_replaces_a_given_key(tmp_path, monkeypatch, key):
     with pytest.raises(VaultError, match=f"{KEY_FILE_ENV}: cannot read .*missing"):
         AccountStore(a / "detour.db").accounts(secrets=True)
     assert not (a / KEY_FILE).exists()
+
+
+def test_a_value_that_is_no_key_is_named_not_shown(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETOUR_KEY_BACKEND", "file")
+    monkeypatch.setenv(KEY_ENV, "not-a-fernet-key-but-secret-ish")
+    with pytest.raises(VaultError) as told:
+        AccountStore(tmp_path / "detour.db").add("p", "k", API_KEY, SECRET)
+    assert KEY_ENV in str(told.value) and "not a Fernet key" in str(told.value)
+    assert "secret-ish" not in str(told.value) and not (tmp_path / KEY_FILE).exists()
