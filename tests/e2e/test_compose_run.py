@@ -25,12 +25,15 @@ What stands in for Docker, said once:
 
 Then a call through each detour lands at the fake and leaves one usage row in Postgres, and a
 429 seen through detour-1 rests the key for detour-2 (through Redis), which refuses without
-asking the vendor, and in Postgres (for a detour that starts later).
+asking the vendor, and in Postgres (for a detour that starts later); and the operator commands
+of the file's header (`docker compose exec detour-1 detour ...`) work in that environment: the
+user added there is asked of every detour at once (one volume).
 """
 
 import json
 import os
 import re
+import shlex
 import signal
 import ssl
 import subprocess
@@ -276,9 +279,10 @@ def topology(tmp_path_factory, postgres, fake):  # noqa: F811
         up.stop()
 
 
-def client(up: Topology, name: str) -> httpx.Client:
+def client(up: Topology, name: str, credentials: str = "") -> httpx.Client:
     ca = up.volumes["detour-home"] / "mitmproxy" / "mitmproxy-ca-cert.pem"
-    return httpx.Client(proxy=f"http://127.0.0.1:{up.ports[name][0]}", trust_env=False,
+    return httpx.Client(proxy=f"http://{credentials}127.0.0.1:{up.ports[name][0]}",
+                        trust_env=False,
                         verify=ssl.create_default_context(cafile=str(ca)), timeout=30)
 
 
@@ -293,6 +297,18 @@ def database(up: Topology) -> str:
     pg = up.services["postgres"]["environment"]
     return (f"postgresql://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@/"
             f"{pg['POSTGRES_DB']}?host={up.pg_socket}")
+
+
+def answered(up: Topology, name: str, credentials: str = "") -> int:
+    """The status a call through `name` gets (407: its CONNECT was refused)."""
+    try:
+        with client(up, name, credentials) as c:
+            return c.post(URL, json={"model": "gpt-4o", "messages": [
+                {"role": "user", "content": "hi"}]}).status_code
+    except httpx.ProxyError as e:
+        if "407" in str(e):
+            return 407
+        raise
 
 
 def usage_rows(up: Topology, flow_ids: list[str]) -> list[tuple]:
@@ -339,3 +355,36 @@ def test_a_429_through_detour_1_rests_the_key_for_detour_2(topology, fake, scrip
         time.sleep(0.2)
     assert [(key.split("/")[0], reason) for key, _, reason, _ in rests] == [
         ("deepseek", "rate-limit")]
+
+
+def test_the_operator_commands_it_documents_work(topology):
+    """The `docker compose exec` lines of the file's header, run as exec runs them: the
+    service's command environment, on its volume."""
+    header = (ROOT / "compose.yaml").read_text().split("\n\n")[0]
+    execs = [shlex.split(line.split("docker compose exec ", 1)[1])
+             for line in header.splitlines() if "docker compose exec " in line]
+    assert [argv[:2] for argv in execs] == [["detour-1", "detour"]] * 2
+    out = {}
+    for name, *argv in execs:
+        service = topology.services[name]
+        done = subprocess.run([topology.host_path(service, a) for a in argv],
+                              env=topology.container_env(name), capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        out[argv[1]] = done.stdout
+    proxy_url = out["user"].strip().rsplit("=", 1)[-1]
+    assert proxy_url.startswith("http://alice:") and proxy_url.endswith(
+        "@gateway.example.com:8081")
+    with psycopg.connect(database(topology)) as conn:  # what every detour wrote
+        calls = conn.execute("SELECT count(*) FROM usage").fetchone()[0]
+    assert f"{calls} calls" in out["usage"] and "by user" in out["usage"]
+
+    # the user file is on the one volume: every detour asks for credentials now
+    secret = proxy_url.removeprefix("http://alice:").split("@")[0]
+    for name in DETOURS:
+        deadline = time.monotonic() + 20
+        while answered(topology, name) != 407:
+            assert time.monotonic() < deadline, f"{name} never asked for credentials"
+            time.sleep(0.2)
+        # through (the account still rests from the 429 above: detour answers 429 itself)
+        assert answered(topology, name, f"alice:{secret}@") == 429
