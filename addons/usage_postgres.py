@@ -126,6 +126,11 @@ class PostgresUsageStore(UsageStore):
                         reason, count)
             self._unavailable = reason
 
+    @property
+    def where(self) -> str:
+        """The database, for messages and /healthz (never its password)."""
+        return safe_dsn(self.url)
+
     def check_writable(self, timeout: float = BUSY_TIMEOUT) -> str | None:
         """None when the database answers now (a connection and a query within `timeout`),
         else why not, naming it without its password (/healthz). Writes nothing."""

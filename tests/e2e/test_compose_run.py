@@ -330,6 +330,12 @@ def test_each_detour_serves_and_writes_its_usage_to_postgres(topology, fake):
     while len(found := usage_rows(topology, flow_ids)) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert found == sorted((f, "deepseek", "deepseek-chat", 200) for f in flow_ids)
+    for name in DETOURS:  # what their healthcheck asked: Postgres itself, named without password
+        health = httpx.get(f"http://127.0.0.1:{topology.ports[name][1]}/healthz",
+                           trust_env=False, timeout=10).json()["checks"]
+        detail = health["database"]["detail"]
+        assert detail.startswith("postgresql://detour@") and detail.endswith("/detour: writable")
+        assert health["shared_state"]["ok"]
 
 
 def test_a_429_through_detour_1_rests_the_key_for_detour_2(topology, fake, script):

@@ -185,7 +185,7 @@ def test_health_asks_postgres_not_a_file(tmp_path, postgres):  # noqa: F811
     """/healthz's database check with `database:`: the server answering, or why not (a
     compose healthcheck waits on it)."""
     usage = PostgresUsageStore(postgres, tmp_path)
-    assert usage.check_writable() is None
+    assert usage.check_writable() is None and usage.where == "postgresql://postgres@/postgres"
     usage.url = postgres.replace("postgres:@", "postgres:pw-not-shown@").replace(
         "?host=", "?host=/nonexistent")
     problem = usage.check_writable()
