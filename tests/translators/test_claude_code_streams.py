@@ -130,7 +130,10 @@ def test_finish_chunks_usage_and_done_markers_repeated_end_one_message():
               sse_chunk({"content": " late"})]
     message = claude_code_message(openai_chat, pieces)
     assert [b["text"] for b in message["content"]] == ["Hi"]
-    assert message["stop_reason"] == "end_turn" and message["usage"]["output_tokens"] == 6
+    assert message["stop_reason"] == "end_turn"
+    # the usage Claude Code's status line and /context read (CLIProxyAPI #740): a Chat stream
+    # says it only at its end, so the closing message_delta carries all of it
+    assert (message["usage"]["input_tokens"], message["usage"]["output_tokens"]) == (12, 6)
 
 
 def test_reasoning_arriving_after_the_answer_began_never_lands_in_the_text_block():
