@@ -11,7 +11,7 @@ import string
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from addons.scrubber import MASK, SecretScrubber, credentials_of
+from addons.scrubber import MASK, PUBLIC_PREFIX, SecretScrubber, credentials_of
 
 PREFIXES = ["sk-ant-api03-", "sk-ant-oat01-", "sk-proj-", "sk-or-v1-", "sk-", "AIza", "ya29.",
             "ghp_", "github_pat_", ""]
@@ -35,6 +35,8 @@ def plain(fragment: str) -> bool:
 @given(keys, st.integers(0, 60), st.integers(8, 48), prose, prose)
 def test_a_fragment_of_a_keys_own_part_is_gone_wherever_it_is(key, start, length, before, after):
     prefix, body = key
+    # (a body that happens to go on with another vendor's prefix: that part is public too)
+    assume(PUBLIC_PREFIX.match(prefix + body).end() == len(prefix))
     fragment = body[start:start + length]
     assume(len(fragment) >= 8 and (len(fragment) >= 16 or not plain(fragment)))
     out = SecretScrubber([prefix + body]).scrub(f"{before} {fragment} {after}")
