@@ -17,6 +17,7 @@ model (vendors limit rates per model) or the whole account (a key, a balance).
 
 import enum
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -125,9 +126,11 @@ STATUSES: dict[int, Verdict] = {
 QUOTA_429 = _BILLING
 # An error body's codes (error.type / error.code / error.status, lower-cased) that mean a
 # balance or plan is exhausted, whatever the status (Anthropic answers a 400 for a credit
-# balance too low, OpenAI a 429 insufficient_quota, OpenRouter a 402)
+# balance too low, OpenAI a 429 insufficient_quota, OpenRouter a 402; a ChatGPT plan's usage
+# limit, the Codex backend's 429 usage_limit_reached, is the login's for every model)
 BILLING_CODES = frozenset({"insufficient_quota", "billing_error", "billing_hard_limit_reached",
-                           "billing_not_active", "insufficient_credits", "credit_balance"})
+                           "billing_not_active", "insufficient_credits", "credit_balance",
+                           "usage_limit_reached"})
 # ... and such words in its message, for vendors without a code of their own
 BILLING_WORDS = re.compile(r"credit balance|insufficient (?:credits|balance|funds)|"
                            r"billing|exceeded your current quota|quota exceeded", re.I)
@@ -166,7 +169,9 @@ class ErrorBody:
 
     codes: frozenset[str] = frozenset()  # error.type, .code, .status, lower-cased
     quota_ids: tuple[str, ...] = ()  # Gemini QuotaFailure violations: quotaId / quotaMetric
-    retry_delay: float | None = None  # Gemini RetryInfo.retryDelay ("43s"), in seconds
+    # Gemini RetryInfo.retryDelay ("43s"); the Codex backend's resets_in_seconds or
+    # resets_at (epoch seconds): in seconds
+    retry_delay: float | None = None
 
     @classmethod
     def read(cls, obj) -> "ErrorBody":
@@ -189,7 +194,20 @@ class ErrorBody:
                                   if isinstance(violation.get(k), str)]
             if isinstance(detail.get("retryDelay"), str):
                 delay = _duration(detail["retryDelay"])
+        if delay is None:
+            delay = _reset_wait(err)
         return cls(codes, tuple(quota_ids), delay)
+
+
+def _reset_wait(err: dict) -> float | None:
+    """The Codex backend's reset of a usage limit: `resets_in_seconds`, else `resets_at`."""
+    seconds, at = err.get("resets_in_seconds"), err.get("resets_at")
+    number = (int, float)
+    if isinstance(seconds, number) and not isinstance(seconds, bool):
+        return max(0.0, float(seconds))
+    if isinstance(at, number) and not isinstance(at, bool):
+        return max(0.0, float(at) - time.time())
+    return None
 
 
 def _duration(text: str) -> float | None:

@@ -247,6 +247,11 @@ class Forwarder:
             proxy = None
         return verify, ca_file, proxy
 
+    def proxy_of(self, provider: str) -> str | None:
+        """The outbound proxy a provider's calls go through (None: none); its logins' token
+        refreshes take the same way."""
+        return self._way_out(self.config.providers.get(provider))[2]
+
     def client(self, spec: Provider | None) -> httpx.AsyncClient:
         """The HTTP client for a provider (None: passthrough to a vendor), one per way out:
         trust (verify, ca_file) and outbound proxy."""

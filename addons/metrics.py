@@ -12,6 +12,7 @@ relay accepting connections; 503 naming the failing checks otherwise.
 """
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ DEFAULT_PORT = 9464  # Prometheus' registry of exporter ports: the one of OpenTe
 # the option's default from the environment: for processes whose command line is fixed (a
 # container's) that share one network (several on one host, `network_mode: host`)
 PORT_ENV = "DETOUR_METRICS_PORT"
+FALLBACK_PORTS = 10  # the default taken: the next ports tried, then one the system picks
 LABELS = ("provider", "account", "model", "client")
 TOKEN_KINDS = ("input", "output", "cache_read", "cache_write", "reasoning")
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -184,8 +186,9 @@ class MetricsServer:
         loader.add_option(
             "detour_metrics_port", int, default_port(),
             "Loopback port of detour's Prometheus /metrics and its /healthz (127.0.0.1 only); "
-            "0 turns them off. A port already taken is logged once and skipped. Default: "
-            f"${PORT_ENV} or {DEFAULT_PORT}.",
+            "0 turns them off. The default taken (another proxy has it), the next free port "
+            "is served (proxy.json and `detour status` say which); another port taken is "
+            f"logged once and skipped. Default: ${PORT_ENV} or {DEFAULT_PORT}.",
         )
 
     def running(self):
@@ -214,17 +217,30 @@ class MetricsServer:
             self.port = None
 
     async def _start(self, port: int) -> None:
-        try:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", port)
-        except OSError as e:
-            # asyncio's own message is long ("error while attempting to bind ..."): the cause
-            why = os.strerror(e.errno) if e.errno else str(e)
-            log.warning("detour: metrics not served: cannot listen on 127.0.0.1:%d (%s); set "
-                        "detour_metrics_port to another port, or 0", port, why)
-            self.started.set()
-            return
+        # the default port is one per machine: a second proxy (another DETOUR_HOME, `detour
+        # run` beside a running one) takes the next free one, or one the system picks;
+        # proxy.json says which. A port set on purpose is that port or none.
+        tries = [port, *range(port + 1, port + 1 + FALLBACK_PORTS), 0] \
+            if port == DEFAULT_PORT else [port]
+        for attempt in tries:
+            try:
+                self._server = await asyncio.start_server(self._serve, "127.0.0.1", attempt)
+                break
+            except OSError as e:
+                if attempt == tries[-1] or e.errno != errno.EADDRINUSE:
+                    # asyncio's own message is long ("error while attempting to bind ..."):
+                    # the cause
+                    why = os.strerror(e.errno) if e.errno else str(e)
+                    log.warning("detour: metrics not served: cannot listen on 127.0.0.1:%d "
+                                "(%s); set detour_metrics_port to another port, or 0",
+                                attempt, why)
+                    self.started.set()
+                    return
         self.port = self._server.sockets[0].getsockname()[1]
         self.started.set()
+        if self.port != port:
+            log.info("detour: metrics port %d is taken (another proxy?): serving on %d instead",
+                     port, self.port)
         log.info("detour: metrics on http://127.0.0.1:%d/metrics, health on /healthz", self.port)
 
     # ------------------------------------------------------------ HTTP

@@ -14,40 +14,46 @@ from urllib.parse import unquote, urlsplit
 MASK = "[redacted]"
 # a secret shorter than this cannot be told from ordinary text (and is no real key): left alone
 MIN_SECRET = 8
-# an echoed fragment this long or longer is scrubbed: a provider that shows the first or last
-# characters of a key, or cuts it off, still gives away too much. Shorter masks
-# (`sk-abc...wxyz`) are left, as the vendors print them themselves.
+# an echoed fragment this long or longer of a key's own part is scrubbed: a provider that shows
+# the first or last characters of a key, or cuts it off, still gives away too much. Shorter
+# masks (`sk-abc...wxyz`) are left, as the vendors print them themselves. A fragment that reads
+# as plain words ("no-key-required", "Production": made-up keys are made of them) is scrubbed
+# only from LONG_FRAGMENT characters on, and a key's public prefix (its vendor's `sk-ant-api03-`,
+# an auth scheme, a JWT's header: the same in everyone's keys) never counts.
 MIN_FRAGMENT = 8
+LONG_FRAGMENT = 16
+PUBLIC_PREFIX = re.compile(
+    r"(?:(?:Bearer|Basic|Token) +)?"
+    r"(?:sk-ant-[a-z]+\d\d-|sk-(?:proj|svcacct|admin|or-v\d)-|sk-|AIza|ya29\.|gh[pousr]_|"
+    r"github_pat_|xox[abprs]-|eyJ[\w-]*\.)?")
+_SEPARATORS = str.maketrans("", "", "-_.:/ ")
 # headers that carry a client's credentials (mitmweb and saved flows show them redacted)
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "x-goog-api-key", "proxy-authorization",
                       "cookie")
 
 
 class SecretScrubber:
-    """Replaces each occurrence of a known secret, or of any fragment of it at least
-    `MIN_FRAGMENT` characters long, with `MASK`. One compiled regex finds a fragment (every
-    window of `MIN_FRAGMENT` characters of every secret, as a trie: a flat alternation of a
-    thousand windows scans 20x slower); the match is then grown both ways as far as the text
-    goes on agreeing with the secret, so a whole key becomes one mask.
+    """Replaces each occurrence of a known secret, or of a fragment of its own part (past its
+    public prefix) at least `MIN_FRAGMENT` characters long and not plain words, or
+    `LONG_FRAGMENT` long, with `MASK`. One compiled regex finds a candidate (every window of
+    `MIN_FRAGMENT` characters of every secret, as a trie: a flat alternation of a thousand
+    windows scans 20x slower); the match is then grown both ways as far as the text goes on
+    agreeing with the secret, so a whole key becomes one mask, and judged by what it covers.
 
     About 1 us per character of text for a dozen long keys: meant for error text, comments and
     rows, not for every chunk of a stream."""
 
-    __slots__ = ("secrets", "_regex", "_windows", "_with")
+    __slots__ = ("secrets", "_regex", "_windows", "_with", "_public")
     MAX_VARIANTS = 32  # scrubbers with one call's extra secrets kept ready (1-2 ms to build)
 
     def __init__(self, secrets: Iterable[str] = ()):
         self.secrets = tuple(sorted({s for s in secrets if s and len(s) >= MIN_SECRET},
                                     key=len, reverse=True))
         windows: dict[str, list[tuple[str, int]]] = {}
+        self._public = {secret: PUBLIC_PREFIX.match(secret).end() for secret in self.secrets}
         for secret in self.secrets:
             for i in range(len(secret) - MIN_FRAGMENT + 1):
-                window = secret[i:i + MIN_FRAGMENT]
-                # a plain lower-case word ("provider" in a test key, or in a made-up local key)
-                # is not taken for a fragment: detour's own messages are full of such words.
-                # The whole secret, and windows next to the word, still match.
-                if not _is_word(window):
-                    windows.setdefault(window, []).append((secret, i))
+                windows.setdefault(secret[i:i + MIN_FRAGMENT], []).append((secret, i))
         self._windows = windows
         self._with: dict[tuple[str, ...], SecretScrubber] = {}
         alternatives = set(self.secrets) | set(windows)
@@ -76,11 +82,18 @@ class SecretScrubber:
         if self._regex is None or not text:
             return text
         spans: list[tuple[int, int]] = []
-        for m in self._regex.finditer(text):
+        pos = 0
+        while (m := self._regex.search(text, pos)) is not None:
             start, end = m.span()
+            found = m.group() in self._public  # a whole secret
             for secret, offset in self._windows.get(m.group(), ()):
                 a, b = _grown(text, start, end, secret, offset)
-                start, end = min(start, a), max(end, b)
+                if self._gives_away(secret, offset - (start - a), b - a):
+                    start, end, found = min(start, a), max(end, b), True
+            if not found:  # plain words or a public prefix: look on from the next character
+                pos = start + 1
+                continue
+            pos = end
             if spans and start <= spans[-1][1]:
                 spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
             else:
@@ -93,6 +106,14 @@ class SecretScrubber:
             last = end
         out.append(text[last:])
         return "".join(out)
+
+    def _gives_away(self, secret: str, at: int, length: int) -> bool:
+        """Whether text agreeing with `secret[at:at + length]` gives some of it away: the
+        whole secret, or enough of its own part (past its public prefix)."""
+        if at == 0 and length == len(secret):
+            return True
+        own = secret[max(at, self._public[secret]):at + length]
+        return len(own) >= LONG_FRAGMENT or (len(own) >= MIN_FRAGMENT and not _plain(own))
 
     def scrub_bytes(self, data: bytes) -> bytes:
         """The same on raw bytes (a stream chunk may end inside a UTF-8 character:
@@ -124,8 +145,11 @@ def _trie_pattern(words: Iterable[str]) -> str:
     return build(trie)
 
 
-def _is_word(window: str) -> bool:
-    return window.isascii() and window.isalpha() and window.islower()
+def _plain(fragment: str) -> bool:
+    """Plain words: ASCII letters, all lower-case or one capitalised word, between separators."""
+    letters = fragment.translate(_SEPARATORS)
+    return letters.isascii() and letters.isalpha() and (
+        letters.islower() or (letters[0].isupper() and letters[1:].islower()))
 
 
 def _grown(text: str, start: int, end: int, secret: str, offset: int) -> tuple[int, int]:

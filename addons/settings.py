@@ -278,6 +278,7 @@ class DetourSettings:
             self.runtime = Runtime(home, cfg_path, config, providers, cooldowns,
                                    Forwarder(config, cooldowns), store, rests)
             self.runtime.forwarder.credentials = self.credentials
+            self.credentials.proxy_of = self.runtime.forwarder.proxy_of
         rt = self.runtime
         rt.home, rt.config_path = home, cfg_path
         self._apply(config, providers)

@@ -170,9 +170,16 @@ def _clean(schema, defs, depth: int):
         options = schema.get(key)
         if isinstance(options, list) and "anyOf" not in out:
             cleaned = [_clean(v, defs, depth + 1) for v in options if isinstance(v, dict)]
-            if key == "allOf":
+            if key == "allOf":  # every part holds: their fields and requirements add up
                 for part in cleaned:
-                    out.update({k: v for k, v in part.items() if k not in out})
+                    for k, v in part.items():
+                        if k == "properties" and isinstance(out.get(k), dict):
+                            out[k] = {**v, **out[k]}
+                        elif k == "required" and isinstance(out.get(k), list) \
+                                and isinstance(v, list):
+                            out[k] = out[k] + [r for r in v if r not in out[k]]
+                        elif k not in out:
+                            out[k] = v
             elif cleaned:
                 out["anyOf"] = cleaned
     if isinstance(out.get("required"), list):

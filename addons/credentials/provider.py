@@ -86,6 +86,10 @@ class CredentialProvider:
         # by the gateway while it is configured
         self.shared: SharedTokens | None = None
         self.problem: str | None = None  # why stored accounts could not be read, if so
+        # the outbound proxy of a provider's calls (forwarding.py `proxy_of`), if any: a
+        # refresh goes that way too, where only the proxy reaches the vendor
+        self.proxy_of: Callable[[str], str | None] = lambda provider: None
+        self._proxied: dict[str, httpx.AsyncClient] = {}
 
     # ------------------------------------------------------------ loading
 
@@ -122,10 +126,23 @@ class CredentialProvider:
             self._http = httpx.AsyncClient(trust_env=False)
         return self._http
 
+    def http_for(self, provider: str) -> httpx.AsyncClient:
+        """The client for a provider's token endpoint: through its outbound proxy, if any."""
+        proxy = self.proxy_of(provider)
+        if proxy is None:
+            return self.http()
+        c = self._proxied.get(proxy)
+        if c is None:
+            c = self._proxied[proxy] = httpx.AsyncClient(trust_env=False, proxy=proxy)
+        return c
+
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        for c in self._proxied.values():
+            await c.aclose()
+        self._proxied.clear()
 
     # ------------------------------------------------------------ what the request path asks
 
@@ -369,7 +386,7 @@ class CredentialProvider:
                 await self._needs_login(held, "no refresh token stored")
             self.refreshes += 1
             try:
-                tokens = await oauth.refresh(self.http(), vendor, secrets)
+                tokens = await oauth.refresh(self.http_for(acct.provider), vendor, secrets)
             except oauth.InvalidGrant as e:
                 await self._needs_login(held, f"refresh refused: {e}")
             except oauth.OAuthError as e:

@@ -37,12 +37,12 @@ def test_the_row_is_scrubbed_of_configured_and_client_secrets():
     call = Call("f1", "ua", "openai-chat", rows.append, SecretScrubber([KEY]), [CLIENT_KEY])
     call.routed(2, [{"provider": "p", "account": "a", "error": f"bad key {KEY}"},
                     {"provider": "passthrough", "account": "client",
-                     "error": f"Incorrect API key provided: {CLIENT_KEY[:12]}..."}])
+                     "error": f"Incorrect API key provided: {CLIENT_KEY[:20]}..."}])
     call.skipped_before_routing([f"q/b: cannot translate {KEY}"])
     call.failed(f"no provider answered: {KEY} and {CLIENT_KEY}", 502)
     call.finish()
     text = repr(rows[0])
-    assert KEY not in text and CLIENT_KEY[:12] not in text and "[redacted]" in text
+    assert KEY not in text and CLIENT_KEY[:20] not in text and "[redacted]" in text
     assert rows[0].status == 502 and rows[0].route[0] == {"skipped": "q/b: cannot translate [redacted]"}
 
 

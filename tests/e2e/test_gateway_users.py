@@ -98,6 +98,23 @@ def test_without_valid_credentials_407_and_nothing_proxied(gateway, fake):
     assert fake.requests == []
 
 
+SPOOFED = {"x-forwarded-for": "127.0.0.1", "x-real-ip": "127.0.0.1",
+           "forwarded": "for=127.0.0.1", "x-9r-real-ip": "127.0.0.1", "host": "127.0.0.1"}
+
+
+def test_headers_claiming_a_local_client_do_not_replace_credentials(gateway, fake):
+    """9router #3294: a header saying "127.0.0.1" made any client local and unauthenticated.
+    Who a client is comes from its proxy credentials only, whatever its headers say."""
+    anonymous = httpx.Client(proxy=httpx.Proxy(gateway.mitm.url, headers=SPOOFED),
+                             verify=gateway.ssl_context, trust_env=False, timeout=20)
+    with anonymous:
+        assert "407" in refused_connect(anonymous, CHAT_URL)
+    r = httpx.get(f"{fake.base_url}/v1/models", proxy=gateway.mitm.url, headers=SPOOFED,
+                  trust_env=False)
+    assert r.status_code == 407
+    assert fake.requests == []
+
+
 def test_a_user_is_served_and_its_rows_carry_its_name(gateway, fake):
     with as_user(gateway, "alice") as client:
         r = client.post(CHAT_URL, json=CHAT, headers={"authorization": "Bearer client-key"})

@@ -428,7 +428,7 @@ def test_openai_chat_client_answered_by_an_anthropic_provider(proxy, client, fak
 
 def test_reasoning_streams_as_thinking_and_is_passed_back(proxy, client, fake_openai):
     """DeepSeek-style reasoning_content becomes a thinking block, and when Claude Code sends
-    that block back next turn, the provider gets its reasoning_content again (peers.md #4)."""
+    that block back next turn, the provider gets its reasoning_content again (claude-code-router #1050)."""
     fake_openai.enqueue(Text("the answer", reasoning="step one, step two"))
     events = events_of(post(client, capture("text")).content)
     kinds = [e.kind for e in events if isinstance(e, canonical.BlockStart)]
@@ -449,7 +449,7 @@ def test_reasoning_streams_as_thinking_and_is_passed_back(proxy, client, fake_op
 
 
 def test_a_refused_request_does_not_lock_the_account(proxy, client, fake_openai):
-    """A 400 is the request's fault: the same account serves the next call (peers.md #6)."""
+    """A 400 is the request's fault: the same account serves the next call (9router PR #3181)."""
     fake_openai.enqueue(Status(400, message="max_tokens too large"))
     r = post(client, dict(capture("text"), model="only-fake", stream=False))
     assert r.status_code == 400 and "max_tokens too large" in r.json()["error"]["message"]
@@ -490,7 +490,7 @@ def test_config_edits_apply_without_restart(proxy, client, fake_openai, fake_ant
 
 def test_the_users_proxy_variables_never_loop_detour_back(confdir, tmp_path, fake_openai):
     """mitmdump runs in the shell whose HTTPS_PROXY points at mitmdump itself (or at anything):
-    detour's own calls to providers must ignore it (peers.md #9)."""
+    detour's own calls to providers must ignore it (claude-code-router #602)."""
     env = dict(os.environ, HTTPS_PROXY=f"http://127.0.0.1:{free_port()}",
                HTTP_PROXY=f"http://127.0.0.1:{free_port()}", ALL_PROXY="socks5://127.0.0.1:1")
     home = detour_home(

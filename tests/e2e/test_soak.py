@@ -3,7 +3,7 @@ leaving mid-stream, passthrough), providers flapping (429, 500, cut streams, a p
 refuses every connection, so the fallback runs on every rerouted call), then detour's own
 `detour.status` must show nothing left behind: no call, job or row in flight, the process's
 open files and asyncio tasks back to their baseline, its memory near it, and one usage row
-per call (peers.md #8: gateways whose memory grows for days)."""
+per call (9router #1245: a gateway whose memory grew for days)."""
 
 import collections
 import json

@@ -748,7 +748,7 @@ def test_null_usage_on_ordinary_chunks_is_ignored():
       "completion_tokens_details": {"reasoning_tokens": 20}}, c.Usage(232, 50, 768, 0, 20)),
 ])
 def test_streamed_cached_tokens_are_not_billed_as_input(usage, expected):
-    # peers.md item 5: LiteLLM #36168 billed cache hits as input
+    # LiteLLM #36168 billed cache hits as input
     raw = sse_chunk({"content": "x"}) + sse_chunk({}, "stop") + sse_chunk(
         usage=usage, choices=False) + DONE
     assert decode(raw)[-2].usage == expected
