@@ -36,6 +36,7 @@ from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, MODEL_
 from addons.forwarding import FORMATS, Job, internal_error, streamed_answer
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.prices import subscription_login
+from addons.responses import make_response
 from addons.routing import plan
 from addons.scrubber import credentials_of
 from addons.settings import DetourSettings
@@ -490,7 +491,7 @@ class Interceptor:
                     502, f"detour: the provider's summary cannot be used: {e}")
                 job.call.failed(f"compaction: {e}", 502)
         headers[ID_HEADER] = flow.id
-        flow.response = http.Response.make(status, body, headers)
+        flow.response = make_response(status, body, headers)
         self._finish(flow, job)
 
     def client_disconnected(self, client):
