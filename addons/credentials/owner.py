@@ -48,7 +48,10 @@ class TokenOwner:
         req = flow.request
         if req.method != "POST" or flow.response is not None:
             return
-        vendor = self._endpoints().get((req.pretty_host, req.path.partition("?")[0]))
+        endpoints = self._endpoints()
+        if not endpoints:  # no login held: every flow's host is not parsed for nothing
+            return
+        vendor = endpoints.get((req.pretty_host, req.path.partition("?")[0]))
         if vendor is None:
             return
         params = _params(req)
