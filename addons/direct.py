@@ -47,6 +47,7 @@ from addons.forwarding import (FORMATS, HOP_BY_HOP, AnswerStream, Attempt, Job, 
                                answer_shape, dump_json, error_of, snippet, streamed_answer)
 from addons import formats
 from addons.routing import Candidate, retry_after_seconds
+from addons.responses import make_response
 from translators import canonical
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,7 @@ class DirectPath:
             ctype = client_mod.JSON_CONTENT_TYPE
         job.call.status(200)
         job.call.first_byte()
-        flow.response = http.Response.make(200, body, {
+        flow.response = make_response(200, body, {
             "content-type": ctype, "x-detour-route": dc.cand.public_name, ID_HEADER: flow.id})
 
     def _decoded(self, dc: DirectCall, data: bytes, resp: http.Response):

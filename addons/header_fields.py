@@ -20,17 +20,17 @@ def _native(data: bytes) -> str:
 def lowered(headers) -> dict[str, str]:
     """`{name.lower(): value for name, value in headers.items()}`: one entry per name (lower
     case), several fields of one name folded with ", ", in the order names first appear."""
-    first: dict[bytes, bytes] = {}
-    values: dict[bytes, list[bytes]] = {}
+    # one entry per name as mitmproxy compares them (bytes, ASCII case): [lower name, value]
+    entries: dict[bytes, list[str]] = {}
     for name, value in headers.fields:
         key = name.lower()
-        if key in values:
-            values[key].append(value)
+        text = value.decode("utf-8", "surrogateescape")  # _native, inlined: per field
+        entry = entries.get(key)
+        if entry is None:
+            entries[key] = [name.decode("utf-8", "surrogateescape").lower(), text]
         else:
-            first[key] = name
-            values[key] = [value]
-    return {_native(first[key]).lower(): ", ".join(map(_native, vals))
-            for key, vals in values.items()}
+            entry[1] += ", " + text
+    return {name: value for name, value in entries.values()}
 
 
 def credentials_held(headers) -> dict[str, list[str]]:

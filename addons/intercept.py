@@ -31,11 +31,13 @@ from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
 from addons.direct import DirectPath
 from addons import formats, side_calls
+from addons.flow_url import pretty_host, pretty_url
 from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, MODEL_CALL,
                             MODEL_LIST, SOCKET_UPGRADE, FormatTable)
 from addons.forwarding import FORMATS, Job, internal_error, streamed_answer
 from addons.header_fields import credentials_held, lowered, unredacted_credentials, unsafe_name
 from addons.prices import subscription_login
+from addons.responses import make_response
 from addons.routing import plan
 from addons.scrubber import credentials_of
 from addons.settings import DetourSettings
@@ -155,7 +157,7 @@ class Interceptor:
         """The first hook that sees a request, and it runs before mitmweb's View publishes the
         flow (`flows/add`): script addons come before the View in mitmweb's addon chain."""
         req = flow.request
-        host = req.pretty_host
+        host = pretty_host(req)
         if host not in self.table.handled_hosts or flow.response is not None:
             return  # not a vendor host, or refused (the gateway)
         flow.metadata[META + ".host"] = host  # survives a vendor override
@@ -194,7 +196,7 @@ class Interceptor:
                               mod.error_body(413, f"detour: {message}"))
         self._held.pop(flow.id, None)  # sent nowhere
         redact_credentials(req.headers)
-        called = req.pretty_url
+        called = pretty_url(req)
         req.url = url
         if flow.server_conn.via:  # --mode upstream: the relay is ours, on loopback
             flow.server_conn = connection.Server(address=(req.host, req.port))
@@ -239,11 +241,11 @@ class Interceptor:
             self._internal_error(flow, e)
 
     def _internal_error(self, flow: http.HTTPFlow, e: Exception) -> None:
-        host = flow.metadata.get(META + ".host") or flow.request.pretty_host
+        host = flow.metadata.get(META + ".host") or pretty_host(flow.request)
         if host not in self.table.handled_hosts:
             raise e  # not a flow detour takes
         log.error("detour: internal error on %s %s", flow.request.method,
-                  flow.metadata.get(META, {}).get("url") or flow.request.pretty_url,
+                  flow.metadata.get(META, {}).get("url") or pretty_url(flow.request),
                   exc_info=e)
         message = internal_error(e)
         # a flow not yet known as a model call has no call: it is answered, not counted
@@ -256,7 +258,7 @@ class Interceptor:
 
     async def _request(self, flow: http.HTTPFlow):
         req = flow.request
-        host = req.pretty_host  # parsed anew at each read: read once
+        host = pretty_host(req)
         if host not in self.table.handled_hosts or flow.response is not None:
             return  # refused before its request hook (the gateway's 407 or 403)
         flow.metadata[META + ".host"] = host  # survives a vendor override
@@ -351,7 +353,7 @@ class Interceptor:
             call.skipped_before_routing(job.unfit)
             return
         flow.metadata[META] = {"client_format": fmt, "model": model, "stream": stream,
-                               "url": req.pretty_url}
+                               "url": pretty_url(req)}
         flow.marked = MARK
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
@@ -363,7 +365,7 @@ class Interceptor:
             if relay is None:
                 return self._reject(flow, fmt, call, 503, "the relay is not running; try again")
             url = relay.submit(job, flow.client_conn.id)
-            flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {req.pretty_url}"
+            flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {pretty_url(req)}"
             self._relay_flows[flow.id] = flow
             flow.request.url = url
             if flow.server_conn.via:  # --mode upstream: the relay is ours, on loopback
@@ -490,7 +492,7 @@ class Interceptor:
                     502, f"detour: the provider's summary cannot be used: {e}")
                 job.call.failed(f"compaction: {e}", 502)
         headers[ID_HEADER] = flow.id
-        flow.response = http.Response.make(status, body, headers)
+        flow.response = make_response(status, body, headers)
         self._finish(flow, job)
 
     def client_disconnected(self, client):
@@ -609,7 +611,7 @@ class Interceptor:
             if unread:
                 call.ended(unread)
         if usage is not None:
-            self.settings.runtime.forwarder.set_usage(call, usage, flow.request.pretty_url,
+            self.settings.runtime.forwarder.set_usage(call, usage, pretty_url(flow.request),
                                                       call.client_subscription)
         if status >= 400:  # the vendor's words, scrubbed when the call finishes
             call.failed(flow.response.get_text(strict=False)[:300]
@@ -657,7 +659,7 @@ class Interceptor:
             route = "skipped: " + "; ".join(job.unfit) + " | " + route
         # a relayed flow shows the relay's address in mitmweb: say what the client called
         url = flow.metadata.get(META, {}).get("url")
-        origin = f" (called {url})" if url and url != flow.request.pretty_url else ""
+        origin = f" (called {url})" if url and url != pretty_url(flow.request) else ""
         flow.comment = (
             f"detour: {job.client_format} {job.model}{origin} -> "
             f"{row.provider or '-'} ({row.model_upstream or '-'}) {row.status}"
@@ -669,7 +671,7 @@ class Interceptor:
             # names each attempt of the route and its cause)
             level = logging.INFO if row.error.startswith("client-aborted") else logging.WARNING
             log.log(level, "detour: %s %s %s -> %s: %s", flow.request.method,
-                    url or flow.request.pretty_url, job.model, row.status,
+                    url or pretty_url(flow.request), job.model, row.status,
                     row.error.removeprefix("detour: "))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from addons import formats
+from addons.flow_url import pretty_host
 
 if TYPE_CHECKING:  # `detour status` reads untouched.json without loading mitmproxy
     from mitmproxy import http, tls
@@ -82,7 +83,7 @@ class UntouchedCalls:
         if flow.marked:
             return  # detour took it (the interceptor marks every flow it answers)
         req = flow.request
-        host = flow.metadata.get("detour.host") or req.pretty_host
+        host = flow.metadata.get("detour.host") or pretty_host(req)
         if host not in formats.HANDLED_HOSTS:
             return
         path = req.path.partition("?")[0]

@@ -21,6 +21,7 @@ from mitmproxy import connection, http, tls
 
 from addons.credentials.provider import NeedsLogin, RefreshFailed, AccountRef
 from addons.credentials.vendors import VENDORS
+from addons.flow_url import pretty_host
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,10 @@ class TokenOwner:
         req = flow.request
         if req.method != "POST" or flow.response is not None:
             return
-        vendor = self._endpoints().get((req.pretty_host, req.path.partition("?")[0]))
+        endpoints = self._endpoints()
+        if not endpoints:  # no login held: every flow's host is not parsed for nothing
+            return
+        vendor = endpoints.get((pretty_host(req), req.path.partition("?")[0]))
         if vendor is None:
             return
         params = _params(req)

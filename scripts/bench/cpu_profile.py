@@ -2,6 +2,7 @@
 loop's thread on its own CPU clock), driven with Claude Code's captured request.
 
     .venv/bin/python -m scripts.bench.cpu_profile whole|stream|paced|observe [--plain] [--calls N]
+                                                  [--concurrency N]
 
 - whole: translated whole calls (Anthropic -> fake OpenAI-compatible provider), c=1;
 - stream: translated unpaced 500-event streams, c=1 (through the relay);
@@ -158,7 +159,7 @@ prices:  # the fakes' models, priced here: no default price table to load (a thr
                 "observe": capture_body(False, OBSERVE_MODEL)}[args.kind]
         if args.plain and args.kind == "observe":
             body = capture_body(False)
-        conc = 4 if args.kind == "paced" else 1
+        conc = args.concurrency or (4 if args.kind == "paced" else 1)
         try:
             clients = [TunnelClient(mitm.port, host, port, ctx) for _ in range(conc)]
         except OSError as e:
@@ -192,6 +193,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plain", action="store_true", help="plain mitmdump instead of detour")
     ap.add_argument("--calls", type=int, help="calls to profile (whole/observe 400, stream 40, "
                                               "paced 8)")
+    ap.add_argument("--concurrency", type=int, help="clients at once (whole/observe/stream 1, "
+                                                    "paced 4), each on its own connection")
     ap.add_argument("--top", type=int, default=25, help="functions listed by cumulative time")
     ap.add_argument("--save", type=Path, help="keep the pstats file here")
     args = ap.parse_args(argv)
