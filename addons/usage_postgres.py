@@ -41,6 +41,20 @@ def safe_dsn(url: str) -> str:
     return f"{u.scheme}://{netloc}{u.path}"
 
 
+def connect(url: str, timeout: float) -> psycopg.Connection:
+    """An autocommit connection (a transaction only where one is asked for)."""
+    return psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True)
+
+
+def close_quietly(conn: psycopg.Connection | None) -> None:
+    """Close a connection that may be broken already."""
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg.Error:
+            pass
+
+
 class PostgresUsageStore(UsageStore):
     def __init__(self, url: str, home: Path, flush_interval: float = 0.5, batch: int = 200,
                  busy_timeout: float = BUSY_TIMEOUT):
@@ -60,20 +74,15 @@ class PostgresUsageStore(UsageStore):
 
     def _connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.busy_timeout)),
-                                         autocommit=True)
+            self._conn = connect(self.url, self.busy_timeout)
         return self._conn
 
     def _drop_writer(self) -> None:  # UsageStore's name for it
         self._drop_connection()
 
     def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg.Error:
-                pass
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
 
     def _write(self, rows: list[dict]) -> tuple[int, list[dict]]:
         """Store `rows` (one transaction; row by row when one of them fails) and the rows set

@@ -9,6 +9,7 @@ import itertools
 import sys
 import time
 import webbrowser
+from pathlib import Path
 
 import click
 import httpx
@@ -18,8 +19,8 @@ from addons.config import ConfigError, load_config
 from addons.credentials import importers, logins, oauth
 from addons.credentials.logins import LoginFailed
 from addons.credentials.provider import CredentialProvider, NeedsLogin, RefreshFailed
-from addons.credentials.store import (API_KEY, OAUTH, AccountError, AccountStore,
-                                      StoredAccount)
+from addons.credentials.store import (API_KEY, OAUTH, AccountError, AccountStoreBase,
+                                      StoredAccount, StoreUnavailable, open_account_store)
 from addons.credentials.vault import VaultError
 from addons.credentials.vendors import VENDORS
 from addons.routing import Account, account_label
@@ -32,11 +33,21 @@ TEST_PATHS = {"openai": "/models", "openai-responses": "/models", "anthropic": "
               "iflow": "/models"}
 
 
-def open_store(settings: Settings) -> AccountStore:
+def open_store(settings: Settings) -> AccountStoreBase:
+    """The store config.yaml names: the Postgres database of `database:` (this home's
+    detour.db accounts imported into it once, said on stderr), else detour.db."""
     try:
-        return AccountStore(settings.home / "detour.db")
-    except Exception as e:  # a database that is not one, a read-only home
-        raise DetourError(f"{settings.home / 'detour.db'}: {e}") from None
+        database = load_config(settings.config_path).database
+    except ConfigError as e:
+        if settings.config_path.exists():  # it may name a shared database: never guess
+            raise DetourError(str(e)) from None
+        database = None
+    try:
+        return open_account_store(settings.home, database, lambda line: click.echo(line,
+                                                                                   err=True))
+    except Exception as e:  # a database that is not one, a read-only home, Postgres away
+        where = "" if database else f"{settings.home / 'detour.db'}: "
+        raise DetourError(f"{where}{e}") from None
 
 
 def load_providers(settings: Settings) -> dict:
@@ -50,7 +61,15 @@ def _fail(e: Exception) -> DetourError:
     return DetourError(str(e))
 
 
-@click.group()
+class _AccountGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as e:  # Postgres gone mid-command: one line, no traceback
+            raise DetourError(str(e)) from None
+
+
+@click.group(cls=_AccountGroup)
 def account():
     """Accounts detour holds: API keys and subscription logins, encrypted in detour.db.
 
@@ -93,7 +112,7 @@ def add(settings: Settings, provider: str, api_key: bool, name: str | None, prio
         acct = store.add(provider, name, API_KEY, {"api_key": key}, priority=priority)
     except (AccountError, VaultError) as e:
         raise _fail(e) from None
-    click.echo(f"added {provider}/{acct.name} (encrypted in {store.path})")
+    click.echo(f"added {provider}/{acct.name} (encrypted in {store.where})")
 
 
 def _when(ts: float | None) -> str:
@@ -115,11 +134,11 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-def _cooldowns(store: AccountStore) -> dict[str, tuple[float, str]]:
+def _cooldowns(db: Path) -> dict[str, tuple[float, str]]:
     """Resting account keys (`provider/label`, also per model) -> (until, reason)."""
     import sqlite3
     try:
-        conn = sqlite3.connect(store.path)
+        conn = sqlite3.connect(db)
         try:
             rows = conn.execute("SELECT key, until, reason FROM cooldowns WHERE until > ?",
                                 (time.time(),)).fetchall()
@@ -137,7 +156,7 @@ def account_rows(settings: Settings) -> list[dict]:
         providers = load_config(settings.config_path).providers
     except ConfigError:
         providers = {}
-    rests = _cooldowns(store)
+    rests = _cooldowns(settings.home / "detour.db")  # whatever the account store
     rows = []
     for pname, spec in providers.items():
         for i, entry in enumerate(spec.api_keys):
@@ -241,7 +260,7 @@ async def spinner(message: str):
         click.echo("\r" + " " * (len(message) + 2) + "\r", nl=False, err=True)
 
 
-def _stored(store: AccountStore, provider: str, name: str) -> StoredAccount:
+def _stored(store: AccountStoreBase, provider: str, name: str) -> StoredAccount:
     try:
         return store.get(provider, name)
     except AccountError as e:
@@ -374,7 +393,7 @@ def test(settings: Settings, provider: str, name: str):
         sys.exit(1)
 
 
-async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool, str]:
+async def _test(store: AccountStoreBase, spec, stored: StoredAccount) -> tuple[bool, str]:
     creds = CredentialProvider(store)
     try:
         try:
@@ -418,7 +437,7 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
         await creds.aclose()
 
 
-async def _test_code_assist(store: AccountStore, spec, acct: StoredAccount, token: str
+async def _test_code_assist(store: AccountStoreBase, spec, acct: StoredAccount, token: str
                             ) -> tuple[bool, str]:
     """Code Assist lists no models: its cheap real call is the login's project lookup
     (loadCodeAssist, as Gemini CLI makes at start), whose answer is kept."""
@@ -551,7 +570,7 @@ def import_(settings: Settings, vendor: str | None, provider: str | None, name: 
     print_table(("login", "file", "account", "expires", ""), rows)
     if not todo:
         return
-    if not yes and not click.confirm(f"Import {len(todo)} login(s) into {store.path}?",
+    if not yes and not click.confirm(f"Import {len(todo)} login(s) into {store.where}?",
                                      default=True):
         click.echo("nothing imported")
         return
@@ -565,6 +584,6 @@ def import_(settings: Settings, vendor: str | None, provider: str | None, name: 
         click.echo(f"imported {target}/{acct.name} from {f.path}")
 
 
-def _free_name(store: AccountStore, provider: str) -> str:
+def _free_name(store: AccountStoreBase, provider: str) -> str:
     taken = {a.name for a in store.accounts(provider)}
     return next(f"imported-{i}" for i in range(1, len(taken) + 2) if f"imported-{i}" not in taken)

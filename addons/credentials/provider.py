@@ -31,8 +31,8 @@ from addons import formats
 from addons.credentials import oauth
 from addons.credentials.shared_tokens import SharedTokens, Undecryptable, chain_secret
 from addons.credentials.shared_tokens import fingerprint as shared_fingerprint
-from addons.credentials.store import (NEEDS_LOGIN, OAUTH, READY, AccountError, AccountStore,
-                                      StoredAccount)
+from addons.credentials.store import (NEEDS_LOGIN, OAUTH, READY, AccountError,
+                                      AccountStoreBase, StoredAccount, StoreUnavailable)
 from addons.credentials.vault import VaultError
 from addons.credentials.vendors import VENDORS
 
@@ -73,7 +73,7 @@ def stored_secret(acct: StoredAccount) -> str:
 
 
 class CredentialProvider:
-    def __init__(self, store: AccountStore, on_change: Callable[[], None] | None = None,
+    def __init__(self, store: AccountStoreBase, on_change: Callable[[], None] | None = None,
                  http: httpx.AsyncClient | None = None):
         self.store = store
         self.on_change = on_change or (lambda: None)
@@ -86,20 +86,32 @@ class CredentialProvider:
         # by the gateway while it is configured
         self.shared: SharedTokens | None = None
         self.problem: str | None = None  # why stored accounts could not be read, if so
+        self.loaded: list[StoredAccount] = []  # as last read
 
     # ------------------------------------------------------------ loading
 
-    def load(self) -> list[StoredAccount]:
-        """Every stored account with its secrets (for the providers' lists); OAuth ones are
-        held for refresh. A wrong or lost key is logged (once per cause) and yields none."""
+    def read(self) -> list[StoredAccount] | VaultError:
+        """Every stored account with its secrets, or why they cannot be used: the store's
+        part of `load`, which may run off the event loop (StoreUnavailable if the store
+        cannot be reached)."""
         try:
-            accounts = self.store.accounts(secrets=True)
+            return self.store.accounts(secrets=True)
         except VaultError as e:
-            if self.problem != str(e):
-                log.error("detour: stored accounts not used: %s", e)
-            self.problem = str(e)
+            return e
+
+    def load(self, read: list[StoredAccount] | VaultError | None = None
+             ) -> list[StoredAccount]:
+        """Every stored account with its secrets (for the providers' lists), as `read()`
+        gives them (read now if not given); OAuth ones are held for refresh. A wrong or
+        lost key is logged (once per cause) and yields none."""
+        accounts = self.read() if read is None else read
+        if isinstance(accounts, VaultError):
+            if self.problem != str(accounts):
+                log.error("detour: stored accounts not used: %s", accounts)
+            self.problem = str(accounts)
             return []
         self.problem = None
+        self.loaded = accounts
         seen = set()
         for acct in accounts:
             acct.current_secret = stored_secret(acct)
@@ -268,6 +280,13 @@ class CredentialProvider:
             fut.exception()  # retrieved: waiters see it; the background loop logs it
 
     async def _refresh(self, held: Held, force: bool) -> None:
+        try:
+            await self._refresh_once(held, force)
+        except StoreUnavailable as e:
+            # no lease can be taken, no answer committed before use: no refresh now
+            raise RefreshFailed(f"no token refresh now: {e}") from None
+
+    async def _refresh_once(self, held: Held, force: bool) -> None:
         if self.shared is not None:
             await self.shared.settled(JOIN_WAIT)
         shared = self.shared if self.shared is not None and self.shared.ready else None

@@ -3,7 +3,7 @@
 is stored before the new access token is handed out; invalid_grant marks the account
 needs_login; a token due soon is refreshed in the background, not on the request path; a 401
 leads to one refresh unless another already replaced the token; a wrong key keeps the stored
-accounts out, with the reason."""
+accounts out, with the reason. Each on both account stores (detour.db and Postgres)."""
 
 import asyncio
 import time
@@ -11,8 +11,10 @@ import time
 import pytest
 
 from addons.credentials.provider import CredentialProvider, NeedsLogin
-from addons.credentials.store import NEEDS_LOGIN, OAUTH, AccountStore
+from addons.credentials.store import NEEDS_LOGIN, OAUTH
 from addons.routing import Account
+from tests.account_stores import account_store, another  # noqa: F401 - fixture
+from tests.e2e.test_postgres_usage import postgres  # noqa: F401 - fixture
 from tests.fakes.oauth_server import FakeOAuth
 
 
@@ -28,9 +30,9 @@ def auth():
 
 
 @pytest.fixture
-def store(tmp_path, auth, monkeypatch):
+def store(account_store, auth, monkeypatch):  # noqa: F811
     monkeypatch.setenv("DETOUR_OAUTH_CLAUDE_TOKEN_URL", auth.url("/v1/oauth/token"))
-    return AccountStore(tmp_path / "detour.db")
+    return account_store
 
 
 def login(store, auth, expires_in: float, name="main"):
@@ -115,7 +117,7 @@ async def test_401_refreshes_once_unless_already_replaced(store, auth):
 
 async def test_refresh_in_another_process_is_adopted(store, auth):
     acct, _ = login(store, auth, expires_in=-10)
-    a, b = CredentialProvider(store), CredentialProvider(AccountStore(store.path))
+    a, b = CredentialProvider(store), CredentialProvider(another(store))
     b.store.owner = "another-process"
     acc_a, acc_b = runtime_account(a, acct), runtime_account(b, acct)
     before = auth.refresh_calls
@@ -124,12 +126,16 @@ async def test_refresh_in_another_process_is_adopted(store, auth):
     assert a.token(acc_a) == b.token(acc_b)
     await a.aclose()
     await b.aclose()
+    b.store.close()
 
 
 def test_a_wrong_key_keeps_stored_accounts_out(store, auth):
     login(store, auth, expires_in=3600)
     from cryptography.fernet import Fernet
-    (store.path.parent / "credentials.key").write_bytes(Fernet.generate_key())
-    creds = CredentialProvider(AccountStore(store.path))
+    store.vault.key_path.write_bytes(Fernet.generate_key())
+    other = another(store)
+    other.vault = type(store.vault)(store.vault.home)  # reads the key file anew
+    creds = CredentialProvider(other)
     assert creds.load() == []
     assert "does not decrypt" in creds.problem
+    other.close()
