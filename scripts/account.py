@@ -43,11 +43,15 @@ def open_store(settings: Settings) -> AccountStoreBase:
             raise DetourError(str(e)) from None
         database = None
     try:
-        return open_account_store(settings.home, database, lambda line: click.echo(line,
-                                                                                   err=True))
+        store = open_account_store(settings.home, database,
+                                   lambda line: click.echo(line, err=True))
     except Exception as e:  # a database that is not one, a read-only home, Postgres away
         where = "" if database else f"{settings.home / 'detour.db'}: "
         raise DetourError(f"{where}{e}") from None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # its kept connection closed when the command ends
+        ctx.call_on_close(store.close)
+    return store
 
 
 def load_providers(settings: Settings) -> dict:

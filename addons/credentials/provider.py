@@ -119,11 +119,13 @@ class CredentialProvider:
                 continue
             seen.add(acct.id)
             held = self._held.get(acct.id)
-            if held is None or acct.generation >= held.generation:
-                pending = held.pending if held is not None else None
-                self._held[acct.id] = Held(acct, acct.secrets, acct.generation, pending)
-            else:
-                held.account = acct
+            if held is None:
+                self._held[acct.id] = Held(acct, acct.secrets, acct.generation)
+            elif acct.generation >= held.generation:
+                # updated in place: a refresh in flight (or waiting for another process's)
+                # lands its tokens in this very Held, which the request path reads
+                held.account, held.secrets, held.generation = acct, acct.secrets, acct.generation
+            # else a read older than the tokens held (made before a refresh landed): kept out
         for gone in set(self._held) - seen:
             del self._held[gone]
         return accounts
@@ -425,6 +427,7 @@ class CredentialProvider:
             raise RefreshFailed(f"cannot store refreshed tokens: {type(e).__name__}") from None
         held.pending = None
         held.secrets, held.generation = secrets, generation
+        acct = held.account  # a reload may have put a newer row object there meanwhile
         acct.expires_at, acct.state, acct.last_error = tokens.expires_at, READY, None
         acct.generation = generation
         if tokens.api_location:
