@@ -9,7 +9,6 @@ that process, cut from Postgres, serves on with the accounts it last read, says 
 
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psycopg
@@ -24,7 +23,7 @@ from tests.account_stores import PostgresLink, fresh_database
 from tests.e2e.conftest import free_port, start_proxy
 from tests.e2e.test_oauth_accounts import auth, env, vendor  # noqa: F401 - fixtures
 from tests.e2e.test_postgres_usage import postgres  # noqa: F401 - fixture
-from tests.e2e.test_shared_oauth import CALLS, HEADERS, URL, body, expire
+from tests.e2e.test_shared_oauth import CALLS, HEADERS, URL, body, expire, spread_calls
 
 PROCESSES = 3
 ADDED_KEY = "sk-ant-added-on-host-a-0001"
@@ -84,15 +83,7 @@ def test_one_refresh_for_100_calls_over_three_hosts_without_redis(hosts, auth, v
     assert not any("shared state" in p.mitm.text for p in procs)  # no Redis anywhere
     before = auth.refresh_calls
     expire(procs, [store], "claude")
-    clients = [p.client() for p in procs]
-    try:
-        with ThreadPoolExecutor(20) as pool:
-            answers = list(pool.map(
-                lambda i: clients[i % PROCESSES].post(URL, json=body("claude-sub"),
-                                                      headers=HEADERS), range(CALLS)))
-    finally:
-        for c in clients:
-            c.close()
+    answers = spread_calls(procs, "claude-sub")
     assert [r.status_code for r in answers] == [200] * CALLS, answers[0].text
     assert auth.refresh_calls - before == 1
     stored = store.secrets_of(store.get("claude", "team").id)[0]
