@@ -139,3 +139,37 @@ def test_a_wrong_key_keeps_stored_accounts_out(store, auth):
     assert creds.load() == []
     assert "does not decrypt" in creds.problem
     other.close()
+
+
+async def test_redis_away_the_stores_lease_makes_one_refresh(store, auth, tmp_path):
+    """Three processes (three hosts, with Postgres) configured with `state:` while Redis is
+    away: the lease in the account store they share makes it one refresh between them."""
+    from addons.credentials.shared_tokens import SharedTokens
+    from addons.routing import CooldownBook
+    from addons.shared_state import SharedState
+    from addons.user_limits import LocalCounters
+    from tests.harness import free_port
+
+    acct, _ = login(store, auth, expires_in=-10)
+    stores = [store, another(store), another(store)]
+    processes, states = [], []
+    for i, s in enumerate(stores):
+        s.owner = f"process-{i}"
+        creds = CredentialProvider(s)
+        state = SharedState(f"redis://127.0.0.1:{free_port()}/0", CooldownBook(),
+                            LocalCounters())
+        creds.shared = SharedTokens(state, s.vault, creds.rotated)
+        state.start()
+        processes.append((creds, runtime_account(creds, acct)))
+        states.append(state)
+    before = auth.refresh_calls
+    await asyncio.gather(*(creds.fresh(account) for _ in range(34)
+                           for creds, account in processes))
+    assert auth.refresh_calls - before == 1
+    assert len({creds.token(account) for creds, account in processes}) == 1
+    assert not any(creds.shared.ready for creds, _ in processes)  # Redis was away throughout
+    for (creds, _), state, s in zip(processes, states, stores):
+        await state.stop()
+        await creds.aclose()
+        if s is not store:
+            s.close()
