@@ -217,3 +217,20 @@ def test_postgres_away_then_back(tmp_path, monkeypatch, postgres):  # noqa: F811
         store.close()
     finally:
         link.close()
+
+
+def test_status_without_a_proxy_lists_the_accounts_in_postgres(tmp_path, monkeypatch,
+                                                              postgres):  # noqa: F811
+    import json
+    monkeypatch.setenv("DETOUR_KEY_BACKEND", "file")
+    url = fresh_database(postgres)
+    store = PostgresAccountStore(url, tmp_path)
+    store.add("deepseek", "shared", API_KEY, {"api_key": API_SECRET})
+    store.close()
+    config = ('providers:\n  deepseek: {kind: openai, base_url: "https://api.deepseek.com/v1"}\n'
+              f'database: "{url}"\n')
+    (tmp_path / "config.yaml").write_text(config)
+    out = CliRunner().invoke(cli, ["--home", str(tmp_path), "status", "--json"])
+    assert out.exit_code == 0, out.output
+    labels = [a["label"] for a in json.loads(out.stdout)["accounts"]]
+    assert "db:shared" in labels
