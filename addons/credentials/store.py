@@ -74,7 +74,8 @@ def _v1(db: sqlite_utils.Database) -> None:
 
 
 def _v2(db: sqlite_utils.Database) -> None:
-    db[TABLE].add_column("refresh_hashes", str)
+    for name, typ in SCHEMA[1][0].items():
+        db[TABLE].add_column(name, typ)
 
 
 MIGRATIONS = (_v1, _v2)
