@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from addons.config import ConfigError
 from addons.usage import (BUSY_TIMEOUT, RESERVE_NAME, ROW_COLUMNS, SPILL_NAME, USAGE_COLUMNS,
@@ -41,9 +42,18 @@ def safe_dsn(url: str) -> str:
     return f"{u.scheme}://{netloc}{u.path}"
 
 
+# a host gone without a word (a cut network: no reset) is told within seconds, not after TCP's
+# minutes of retries, so a write, a poll or a lease never hangs that long (the URL may say
+# otherwise; Unix sockets ignore these)
+TCP_BOUNDS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+              "keepalives_count": 3, "tcp_user_timeout": 10_000}
+
+
 def connect(url: str, timeout: float) -> psycopg.Connection:
     """An autocommit connection (a transaction only where one is asked for)."""
-    return psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True)
+    given = conninfo_to_dict(url)
+    return psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True,
+                           **{k: v for k, v in TCP_BOUNDS.items() if k not in given})
 
 
 def close_quietly(conn: psycopg.Connection | None) -> None:
