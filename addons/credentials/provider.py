@@ -360,9 +360,18 @@ class CredentialProvider:
                     fingerprint is not None
                     and shared_fingerprint(chain_secret(held.secrets)) != fingerprint):
                 continue
-            fut = asyncio.ensure_future(self._follow(held, shared))
+            fut = asyncio.ensure_future(self._catch_up(held, shared))
             self._flights[held.account.id] = fut
             fut.add_done_callback(lambda f, i=held.account.id: self._landed(i, f))
+
+    async def _catch_up(self, held: Held, shared: SharedTokens) -> None:
+        """Adopt what another process published; a token still expired then is refreshed:
+        a request that meets an expired token waits on this flight as on a refresh."""
+        if await self._follow(held, shared):
+            return
+        exp = held.account.expires_at
+        if held.pending is not None or (exp is not None and exp - time.time() <= EXPIRED_SKEW):
+            await self._refresh(held, False)
 
     async def _refresh_here(self, held: Held) -> bool:
         """A refresh under this database's lease; True when this process asked the token

@@ -15,6 +15,7 @@ from addons.credentials.store import NEEDS_LOGIN, OAUTH
 from addons.routing import Account
 from tests.account_stores import account_store, another  # noqa: F401 - fixture
 from tests.e2e.test_postgres_usage import postgres  # noqa: F401 - fixture
+from tests.addons.test_shared_tokens import redis_server  # noqa: F401 - fixture
 from tests.fakes.oauth_server import FakeOAuth
 
 
@@ -141,33 +142,44 @@ def test_a_wrong_key_keeps_stored_accounts_out(store, auth):
     other.close()
 
 
-async def test_redis_away_the_stores_lease_makes_one_refresh(store, auth, tmp_path):
-    """Three processes (three hosts, with Postgres) configured with `state:` while Redis is
-    away: the lease in the account store they share makes it one refresh between them."""
+@pytest.mark.parametrize("redis", ["away", "up"])
+async def test_one_refresh_across_processes_with_redis_away_or_up(store, auth, redis,
+                                                                  request):
+    """Three processes (three hosts, with Postgres) configured with `state:`: with Redis up,
+    its lease and published tokens make it one refresh; with Redis away, the lease in the
+    account store they share does."""
     from addons.credentials.shared_tokens import SharedTokens
     from addons.routing import CooldownBook
     from addons.shared_state import SharedState
     from addons.user_limits import LocalCounters
     from tests.harness import free_port
 
+    if redis == "up":
+        server = request.getfixturevalue("redis_server")
+        server.client().flushdb()
+        url = server.url
+    else:
+        url = f"redis://127.0.0.1:{free_port()}/0"
     acct, _ = login(store, auth, expires_in=-10)
     stores = [store, another(store), another(store)]
     processes, states = [], []
     for i, s in enumerate(stores):
         s.owner = f"process-{i}"
         creds = CredentialProvider(s)
-        state = SharedState(f"redis://127.0.0.1:{free_port()}/0", CooldownBook(),
-                            LocalCounters())
+        state = SharedState(url, CooldownBook(), LocalCounters())
         creds.shared = SharedTokens(state, s.vault, creds.rotated)
         state.start()
         processes.append((creds, runtime_account(creds, acct)))
         states.append(state)
+    for state in states:
+        async with asyncio.timeout(15):
+            await state.tried.wait()
     before = auth.refresh_calls
     await asyncio.gather(*(creds.fresh(account) for _ in range(34)
                            for creds, account in processes))
     assert auth.refresh_calls - before == 1
     assert len({creds.token(account) for creds, account in processes}) == 1
-    assert not any(creds.shared.ready for creds, _ in processes)  # Redis was away throughout
+    assert [creds.shared.ready for creds, _ in processes] == [redis == "up"] * 3
     for (creds, _), state, s in zip(processes, states, stores):
         await state.stop()
         await creds.aclose()
