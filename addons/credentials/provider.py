@@ -378,14 +378,16 @@ class CredentialProvider:
         endpoint (False: another process sharing the database had refreshed)."""
         acct = held.account
         store = self.store
+        # the tokens this refresh replaces (a reload may move `held` on meanwhile, in place)
+        started = held.generation
         if not await asyncio.to_thread(store.take_lease, acct.id, LEASE_SECONDS):
-            await self._wait_for_other(held)
+            await self._wait_for_other(held, started)
             return False
         try:
             # another process may have refreshed already: its tokens are the ones to use
             secrets, generation = await asyncio.to_thread(store.secrets_of, acct.id)
             row = await asyncio.to_thread(store.by_id, acct.id)
-            if generation != held.generation:
+            if generation != started:
                 self._adopt(held, row, secrets, generation)
                 return False
             if row is not None and row.state == NEEDS_LOGIN:
@@ -449,14 +451,17 @@ class CredentialProvider:
             held.account = row
         self.on_change()
 
-    async def _wait_for_other(self, held: Held) -> None:
-        """Another process holds the lease: wait for its tokens (their generation moves)."""
+    async def _wait_for_other(self, held: Held, started: int) -> None:
+        """Another process holds the lease: wait for its tokens (their generation moves on
+        from `started`; a reload may have brought them into `held` already)."""
         deadline = time.monotonic() + LEASE_WAIT
         while time.monotonic() < deadline:
+            if held.generation != started:
+                return
             await asyncio.sleep(0.2)
             secrets, generation = await asyncio.to_thread(self.store.secrets_of,
                                                           held.account.id)
-            if generation != held.generation:
+            if generation != started:
                 row = await asyncio.to_thread(self.store.by_id, held.account.id)
                 self._adopt(held, row, secrets, generation)
                 if row is not None and row.state == NEEDS_LOGIN:

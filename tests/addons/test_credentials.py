@@ -130,6 +130,31 @@ async def test_refresh_in_another_process_is_adopted(store, auth):
     b.store.close()
 
 
+async def test_tokens_read_while_waiting_for_another_process_end_the_wait(store, auth):
+    """A process waits for the refresh another holds the lease for; its accounts are read
+    again meanwhile (the revision moved) and bring the new tokens: the wait ends there, with
+    no refresh of its own (it used to wait for a change it had already taken in)."""
+    acct, _ = login(store, auth, expires_in=-10)
+    creds = CredentialProvider(store)
+    account = runtime_account(creds, acct)
+    holder = another(store)
+    holder.owner = "the-refreshing-process"
+    assert holder.take_lease(acct.id, 60)
+    before = auth.refresh_calls
+    waiting = asyncio.ensure_future(creds.fresh(account))
+    await asyncio.sleep(0.05)  # its flight has started and meets the lease
+    new = auth.grant()  # what the holder's refresh got
+    holder.commit_tokens(acct.id, 0, new, time.time() + 3600)
+    creds.load()  # the reload a moved revision brings
+    async with asyncio.timeout(5):
+        await waiting
+    assert creds.token(account) == new["access_token"]
+    assert auth.refresh_calls == before
+    holder.drop_lease(acct.id)
+    holder.close()
+    await creds.aclose()
+
+
 def test_a_wrong_key_keeps_stored_accounts_out(store, auth):
     login(store, auth, expires_in=3600)
     from cryptography.fernet import Fernet

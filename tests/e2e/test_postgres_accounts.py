@@ -2,7 +2,9 @@
 real detour processes, as on three hosts: each its own DETOUR_HOME (one credentials key,
 copied), and NO Redis. 100 concurrent calls on an expired Claude login, spread over the three,
 make exactly one refresh at the OAuth server (the lease in Postgres) and all succeed, with the
-rotated tokens stored encrypted (no token in clear in any column). An API key added with
+rotated tokens stored encrypted (no token in clear in any column). The account one home kept
+in detour.db is imported into Postgres at its first start, and served by every host. An API
+key added with
 `detour account add` on one home is served by a process of another home, with no restart;
 that process, cut from Postgres, serves on with the accounts it last read, says so (log,
 /healthz), and reads the accounts added meanwhile once Postgres is back."""
@@ -15,7 +17,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from addons.credentials.store import OAUTH
+from addons.credentials.store import API_KEY, OAUTH, AccountStore
 from addons.credentials.store_postgres import PostgresAccountStore
 from addons.credentials.vault import KEY_FILE, Vault
 from scripts.cli import cli
@@ -28,6 +30,7 @@ from tests.e2e.test_shared_oauth import CALLS, HEADERS, URL, body, expire, sprea
 PROCESSES = 3
 ADDED_KEY = "sk-ant-added-on-host-a-0001"
 ADDED_LATE = "sk-ant-added-while-cut-0002"
+MOVED_KEY = "sk-ant-moved-from-detour-db-0003"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,10 @@ def hosts(confdir, tmp_path_factory, auth, vendor, postgres, link):  # noqa: F81
     vault.check_token()  # makes the key, copied to every host
     for home in homes[1:]:
         shutil.copy(homes[0] / KEY_FILE, home / KEY_FILE)
+    # the second host used detour.db before `database:`: its account moves at its start
+    AccountStore(homes[1] / "detour.db", Vault(homes[1], "file")).add(
+        "moved", "local", API_KEY, {"api_key": MOVED_KEY})
+    vendor.keys.add(MOVED_KEY)
     store = PostgresAccountStore(url, homes[0], vault)
     login = auth.grant()
     store.add("claude", "team", OAUTH, login, vendor="claude", expires_at=time.time() + 3600)
@@ -56,10 +63,12 @@ providers:
   claude: {{kind: anthropic, base_url: "{vendor.base_url}"}}
   team: {{kind: anthropic, base_url: "{vendor.base_url}"}}
   late: {{kind: anthropic, base_url: "{vendor.base_url}"}}
+  moved: {{kind: anthropic, base_url: "{vendor.base_url}"}}
 routes:
   claude-sub: [claude/*]
   team-model: [team/*]
   late-model: [late/*]
+  moved-model: [moved/*]
 database: "{database}"
 """
     metrics_port = free_port()
@@ -157,3 +166,13 @@ def test_an_account_added_on_one_host_is_served_by_another(hosts, vendor, link):
     assert served(far, "late-model", 15) is not None, far.mitm.text[-3000:]
     assert "stored accounts readable again" in far.mitm.text
     assert accounts_check(far)["readable"] is True
+
+
+def test_a_homes_detour_db_account_moves_to_postgres_at_start(hosts):
+    procs, store, _, homes, _ = hosts
+    assert [p.mitm.text.count("accounts: imported") for p in procs] == [0, 1, 0]
+    assert f"imported 1 of {homes[1] / 'detour.db'} into postgresql://" in procs[1].mitm.text
+    assert store.get("moved", "local", secrets=True).secrets == {"api_key": MOVED_KEY}
+    with procs[2].client() as c:
+        r = c.post(URL, json=body("moved-model"), headers=HEADERS)
+    assert r.status_code == 200, r.text
