@@ -1,7 +1,7 @@
 """`detour account`: the accounts detour holds itself (API keys, subscription logins), kept in
-<home>/detour.db with their secrets encrypted (addons/credentials). They join the accounts of
-the config.yaml provider of the same name; a running proxy picks up every change within about
-a second."""
+<home>/detour.db, or the Postgres database of config.yaml's `database:`, with their secrets
+encrypted (addons/credentials). They join the accounts of the config.yaml provider of the same
+name; a running proxy picks up every change within about a second."""
 
 import asyncio
 import contextlib
