@@ -12,9 +12,9 @@ refresh token, with or without Redis. A write transaction first takes an advisor
 (`WRITE_LOCK`): writers queue as they do on SQLite's BEGIN IMMEDIATE, and the code written for
 one engine holds on the other.
 
-One connection per store, kept, used by one thread at a time. Postgres away: every call
-raises StoreUnavailable (a proxy serves on with the accounts it last read) and the next call
-connects again.
+One connection per store, kept (opened anew after IDLE_SECONDS unused), used by one thread at
+a time. Postgres away: every call raises StoreUnavailable (a proxy serves on with the accounts
+it last read) and the next call connects again.
 
 A home's detour.db accounts are imported once (`import_home`, at each start of a proxy or a
 command): those whose provider and name are not in Postgres yet are copied, none already there
@@ -23,6 +23,7 @@ write lock, so several processes starting together import once.
 """
 
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from addons.usage import BUSY_TIMEOUT
 from addons.usage_postgres import UNAVAILABLE, close_quietly, connect, safe_dsn
 
 WRITE_LOCK = 4243  # pg_advisory_xact_lock key of account writes (4242: the usage tables')
+IDLE_SECONDS = 30.0  # a kept connection idle longer is opened anew (a proxy polls every second)
 _TYPES = {int: "BIGINT", str: "TEXT", float: "DOUBLE PRECISION"}
 
 
@@ -84,6 +86,7 @@ class PostgresAccountStore(AccountStoreBase):
         self.owner = lease_owner()
         self.connect_timeout = connect_timeout
         self._conn: psycopg.Connection | None = None
+        self._used = 0.0  # when the connection was last taken (monotonic)
         self._lock = threading.RLock()
         try:
             self._migrate()
@@ -94,8 +97,13 @@ class PostgresAccountStore(AccountStoreBase):
                               f"{str(e).strip()}") from None
 
     def _connect(self) -> psycopg.Connection:
+        if self._conn is not None and time.monotonic() - self._used > IDLE_SECONDS:
+            # idle long (a command waiting for a browser login): a firewall or pooler may
+            # have dropped it without a word, and a write is not retried on a new one
+            self._drop()
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.url, self.connect_timeout)
+        self._used = time.monotonic()
         return self._conn
 
     def _drop(self) -> None:

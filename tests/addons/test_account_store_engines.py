@@ -234,3 +234,19 @@ def test_status_without_a_proxy_lists_the_accounts_in_postgres(tmp_path, monkeyp
     assert out.exit_code == 0, out.output
     labels = [a["label"] for a in json.loads(out.stdout)["accounts"]]
     assert "db:shared" in labels
+
+
+def test_a_connection_idle_long_is_opened_anew(tmp_path, monkeypatch, postgres):  # noqa: F811
+    """A command that waited minutes (a browser login) does not write on a connection a
+    firewall may have dropped meanwhile."""
+    import addons.credentials.store_postgres as module
+    monkeypatch.setenv("DETOUR_KEY_BACKEND", "file")
+    store = PostgresAccountStore(fresh_database(postgres), tmp_path)
+    store.revision()
+    kept = store._conn
+    store.revision()
+    assert store._conn is kept
+    monkeypatch.setattr(module, "IDLE_SECONDS", 0.0)
+    store.add("deepseek", "work", API_KEY, {"api_key": API_SECRET})
+    assert store._conn is not kept and kept.closed
+    store.close()
