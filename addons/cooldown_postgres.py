@@ -47,7 +47,7 @@ _UPSERT = (f"INSERT INTO {TABLE} AS old (key, until, reason, cause, streak, upda
            "WHEN excluded.until > old.until THEN excluded.streak ELSE old.streak END, "
            "updated = excluded.updated")
 _RESTING = f"SELECT key, until, reason, cause, streak FROM {TABLE} WHERE until > %s"
-_LOCK_ID = 4243  # the advisory lock two processes creating the table at once take
+_LOCK_ID = 4244  # the advisory lock two processes creating the table at once take
 
 
 class PostgresCooldownStore(CooldownStore):

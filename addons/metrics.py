@@ -304,6 +304,15 @@ class MetricsServer:
         shared = getattr(self.settings.gate, "shared", None)  # `state:` (addons/gateway.py)
         if shared is not None:
             checks["shared_state"] = shared.health()
+        credentials = self.settings.credentials
+        if credentials is not None and rt.config.database:  # accounts in Postgres
+            # ok either way: calls are served with the accounts last read
+            problem = self.settings.accounts_problem
+            checks["accounts"] = {"ok": True, "readable": problem is None,
+                                  "detail": f"{credentials.store.where}: " + (
+                                      "read" if problem is None else
+                                      f"unreadable ({problem}): serving with the accounts "
+                                      "last read")}
         return checks
 
 

@@ -25,7 +25,7 @@ from addons.config import (CONFIG_NAME, PASSTHROUGH, Config, ConfigError, ensure
                            is_loopback, load_config, parse_config)
 from addons.cooldown_store import CooldownStore
 from addons.credentials.provider import CredentialProvider
-from addons.credentials.store import AccountStore
+from addons.credentials.store import StoreUnavailable, open_account_store
 from addons.forwarding import Forwarder
 from addons.relay import MAX_WAITING, ConditionLog, RelayServer
 from addons.routing import CooldownBook, ProviderRuntime, build_providers
@@ -88,6 +88,10 @@ class DetourSettings:
         # accounts of detour's own store (`detour account ...`), joined to config.yaml's
         self.credentials: CredentialProvider | None = None
         self._accounts_revision: int | None = None
+        self._accounts_reload: asyncio.Task | None = None
+        self._accounts_stale = False
+        # why stored accounts cannot be read now (their store away), until they can (/healthz)
+        self.accounts_problem: str | None = None
         self._refresher: asyncio.Task | None = None
         # the targets of mitmproxy's reverse modes (host -> origin): detour serves Ollama's
         # API there (addons/formats.py `with_ollama_hosts`); passthrough goes to the origin
@@ -255,8 +259,8 @@ class DetourSettings:
             else:
                 cfg_path = ensure_home(home)
             config = load_config(cfg_path)
-            if self.credentials is None:
-                self.credentials = CredentialProvider(AccountStore(home / "detour.db"),
+            if self.credentials is None:  # Postgres with `database:` (store_postgres.py)
+                self.credentials = CredentialProvider(open_account_store(home, config.database),
                                                       self.accounts_changed)
             self._accounts_revision = self.credentials.store.revision()
             providers = build_providers(config, self.credentials.load())
@@ -270,7 +274,7 @@ class DetourSettings:
                 cooldowns = CooldownBook()  # outlives reloads: a resting account stays resting
                 rests = self._cooldown_store(config, home, cooldowns)
                 rests.load()  # and restarts
-        except (ConfigError, OSError, sqlite3.Error) as e:
+        except (ConfigError, OSError, sqlite3.Error, StoreUnavailable) as e:
             # a read-only or full DETOUR_HOME, a database that is not one: one line, at start
             raise exceptions.OptionsError(f"detour: {home}: {e}") from None
         self._mtime = _mtime(cfg_path)
@@ -345,7 +349,8 @@ class DetourSettings:
         rt = self.runtime
         if rt is None:
             return
-        for task in (self._watch, self._flusher, self._rests_writer, self._refresher):
+        for task in (self._watch, self._flusher, self._rests_writer, self._refresher,
+                     self._accounts_reload):
             if task is not None:
                 task.cancel()
         if rt.relay is not None:
@@ -359,6 +364,7 @@ class DetourSettings:
         rt.rests.write()
         rt.rests.close()
         rt.store.close()
+        self.credentials.store.close()
 
     @command.command("detour.cooldowns.clear")
     def clear_cooldowns(self, account: str = "") -> str:
@@ -379,32 +385,58 @@ class DetourSettings:
                  ", ".join(ended) or "none were resting")
         return json.dumps({"cleared": ended})
 
-    def _poll_accounts(self) -> None:
+    async def _poll_accounts(self) -> None:
         """Accounts added, removed or changed by `detour account ...` (or another process's
-        refresh) while the proxy runs: the store's revision moved."""
+        refresh, on any host sharing the database) while the proxy runs: the store's revision
+        moved. Asked off the event loop; a store that cannot be read (Postgres away) leaves
+        the accounts last read in force, said once, and they are read again when it is back."""
+        store = self.credentials.store
         try:
-            revision = self.credentials.store.revision()
-        except sqlite3.Error as e:
-            log.warning("detour: cannot read stored accounts now: %s", e)
+            revision = await asyncio.to_thread(store.revision)
+        except (sqlite3.Error, StoreUnavailable) as e:
+            if self.accounts_problem is None:
+                log.warning("detour: cannot read stored accounts now (%s); serving with the "
+                            "accounts last read", e)
+            self.accounts_problem = str(e)
             return
+        if self.accounts_problem is not None:
+            log.info("detour: stored accounts readable again (%s)", store.where)
+            self.accounts_problem = None
+            self._accounts_revision = None
         if revision != self._accounts_revision:
             self._accounts_revision = revision
             self.accounts_changed()
 
     def accounts_changed(self) -> None:
-        """Rebuild the providers' account lists from config.yaml and the store."""
-        rt = self.runtime
-        if rt is None:
+        """Rebuild the providers' account lists from config.yaml and the store (read off the
+        event loop; a change made while a read runs is read again after it)."""
+        if self.runtime is None:
             return
-        try:
-            providers = build_providers(rt.config, self.credentials.load())
-        except ConfigError as e:
-            log.error("detour: %s; keeping the previous accounts", e)
-            return
-        self._apply(rt.config, providers)
-        log.info("detour: accounts reloaded (%d stored)",
-                 sum(1 for p in providers.values() for a in p.accounts
-                     if a.stored_id is not None))
+        self._accounts_stale = True
+        if self._accounts_reload is None or self._accounts_reload.done():
+            self._accounts_reload = create_task(self._reload_accounts(),
+                                                name="detour accounts reload", keep_ref=True)
+
+    async def _reload_accounts(self) -> None:
+        while self._accounts_stale:
+            self._accounts_stale = False
+            try:
+                stored = await asyncio.to_thread(self.credentials.read)
+            except (sqlite3.Error, StoreUnavailable) as e:
+                log.warning("detour: cannot read stored accounts now (%s); serving with the "
+                            "accounts last read", e)
+                self._accounts_revision = None  # read again at the next poll
+                return
+            rt = self.runtime
+            try:
+                providers = build_providers(rt.config, self.credentials.load(stored))
+            except ConfigError as e:
+                log.error("detour: %s; keeping the previous accounts", e)
+                return
+            self._apply(rt.config, providers)
+            log.info("detour: accounts reloaded (%d stored)",
+                     sum(1 for p in providers.values() for a in p.accounts
+                         if a.stored_id is not None))
 
     def finished(self, job) -> None:
         for hook in self._finished_hooks:
@@ -424,7 +456,7 @@ class DetourSettings:
         loaded once the file has held still for a moment: an editor truncates, then writes."""
         while True:
             await asyncio.sleep(CONFIG_POLL_SECONDS)
-            self._poll_accounts()
+            await self._poll_accounts()
             rt = self.runtime
             seen = _signature(rt.config_path)
             if seen is None or seen[0] == self._mtime:
@@ -434,7 +466,11 @@ class DetourSettings:
                 continue  # still being written: look again at the next poll
             self._mtime = seen[0]
             try:
-                config, providers = _reload(rt.config_path, rt.config, self.credentials.load())
+                stored = self.credentials.load(await asyncio.to_thread(self.credentials.read))
+            except (sqlite3.Error, StoreUnavailable):
+                stored = self.credentials.loaded  # the poll says why
+            try:
+                config, providers = _reload(rt.config_path, rt.config, stored)
             except ConfigError as e:
                 log.error("detour: %s; keeping the previous configuration", e)
                 self.config_error = str(e)

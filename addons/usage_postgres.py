@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from addons.config import ConfigError
 from addons.usage import (BUSY_TIMEOUT, RESERVE_NAME, ROW_COLUMNS, SPILL_NAME, USAGE_COLUMNS,
@@ -39,6 +40,20 @@ def safe_dsn(url: str) -> str:
     host = u.hostname or ""
     netloc = (f"{u.username}@" if u.username else "") + host + (f":{u.port}" if u.port else "")
     return f"{u.scheme}://{netloc}{u.path}"
+
+
+# a host gone without a word (a cut network: no reset) is told within seconds, not after TCP's
+# minutes of retries, so a write, a poll or a lease never hangs that long (the URL may say
+# otherwise; Unix sockets ignore these)
+TCP_BOUNDS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+              "keepalives_count": 3, "tcp_user_timeout": 10_000}
+
+
+def connect(url: str, timeout: float) -> psycopg.Connection:
+    """An autocommit connection (a transaction only where one is asked for)."""
+    given = conninfo_to_dict(url)
+    return psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True,
+                           **{k: v for k, v in TCP_BOUNDS.items() if k not in given})
 
 
 def close_quietly(conn: psycopg.Connection | None) -> None:
@@ -69,8 +84,7 @@ class PostgresUsageStore(UsageStore):
 
     def _connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url, connect_timeout=max(1, int(self.busy_timeout)),
-                                         autocommit=True)
+            self._conn = connect(self.url, self.busy_timeout)
         return self._conn
 
     def _drop_writer(self) -> None:  # UsageStore's name for it

@@ -1,7 +1,7 @@
 """`detour account`: the accounts detour holds itself (API keys, subscription logins), kept in
-<home>/detour.db with their secrets encrypted (addons/credentials). They join the accounts of
-the config.yaml provider of the same name; a running proxy picks up every change within about
-a second."""
+<home>/detour.db, or the Postgres database of config.yaml's `database:`, with their secrets
+encrypted (addons/credentials). They join the accounts of the config.yaml provider of the same
+name; a running proxy picks up every change within about a second."""
 
 import asyncio
 import contextlib
@@ -9,6 +9,7 @@ import itertools
 import sys
 import time
 import webbrowser
+from pathlib import Path
 
 import click
 import httpx
@@ -18,8 +19,8 @@ from addons.config import ConfigError, load_config
 from addons.credentials import importers, logins, oauth
 from addons.credentials.logins import LoginFailed
 from addons.credentials.provider import CredentialProvider, NeedsLogin, RefreshFailed
-from addons.credentials.store import (API_KEY, OAUTH, AccountError, AccountStore,
-                                      StoredAccount)
+from addons.credentials.store import (API_KEY, OAUTH, AccountError, AccountStoreBase,
+                                      StoredAccount, StoreUnavailable, open_account_store)
 from addons.credentials.vault import VaultError
 from addons.credentials.vendors import VENDORS
 from addons.routing import Account, account_label
@@ -32,11 +33,25 @@ TEST_PATHS = {"openai": "/models", "openai-responses": "/models", "anthropic": "
               "iflow": "/models"}
 
 
-def open_store(settings: Settings) -> AccountStore:
+def open_store(settings: Settings) -> AccountStoreBase:
+    """The store config.yaml names: the Postgres database of `database:` (this home's
+    detour.db accounts imported into it once, said on stderr), else detour.db."""
     try:
-        return AccountStore(settings.home / "detour.db")
-    except Exception as e:  # a database that is not one, a read-only home
-        raise DetourError(f"{settings.home / 'detour.db'}: {e}") from None
+        database = load_config(settings.config_path).database
+    except ConfigError as e:
+        if settings.config_path.exists():  # it may name a shared database: never guess
+            raise DetourError(str(e)) from None
+        database = None
+    try:
+        store = open_account_store(settings.home, database,
+                                   lambda line: click.echo(line, err=True))
+    except Exception as e:  # a database that is not one, a read-only home, Postgres away
+        where = "" if database else f"{settings.home / 'detour.db'}: "
+        raise DetourError(f"{where}{e}") from None
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:  # its kept connection closed when the command ends
+        ctx.call_on_close(store.close)
+    return store
 
 
 def load_providers(settings: Settings) -> dict:
@@ -50,7 +65,15 @@ def _fail(e: Exception) -> DetourError:
     return DetourError(str(e))
 
 
-@click.group()
+class _AccountGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except StoreUnavailable as e:  # Postgres gone mid-command: one line, no traceback
+            raise DetourError(str(e)) from None
+
+
+@click.group(cls=_AccountGroup)
 def account():
     """Accounts detour holds: API keys and subscription logins, encrypted in detour.db.
 
@@ -93,7 +116,7 @@ def add(settings: Settings, provider: str, api_key: bool, name: str | None, prio
         acct = store.add(provider, name, API_KEY, {"api_key": key}, priority=priority)
     except (AccountError, VaultError) as e:
         raise _fail(e) from None
-    click.echo(f"added {provider}/{acct.name} (encrypted in {store.path})")
+    click.echo(f"added {provider}/{acct.name} (encrypted in {store.where})")
 
 
 def _when(ts: float | None) -> str:
@@ -115,11 +138,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-def _cooldowns(store: AccountStore) -> dict[str, tuple[float, str]]:
-    """Resting account keys (`provider/label`, also per model) -> (until, reason)."""
+def _cooldowns(db: Path, database: str | None = None) -> dict[str, tuple[float, str]]:
+    """Resting account keys (`provider/label`, also per model) -> (until, reason): from
+    detour.db, or every process's in the `database:` (Postgres)."""
+    if database:
+        import psycopg
+
+        from addons.cooldown_postgres import stored_rests
+        try:
+            return {k: (u, r) for k, u, r, _cause in stored_rests(database)}
+        except psycopg.Error:  # the database away: the list shows the rest
+            return {}
     import sqlite3
     try:
-        conn = sqlite3.connect(store.path)
+        conn = sqlite3.connect(db)
         try:
             rows = conn.execute("SELECT key, until, reason FROM cooldowns WHERE until > ?",
                                 (time.time(),)).fetchall()
@@ -134,10 +166,11 @@ def account_rows(settings: Settings) -> list[dict]:
     """Every account: config.yaml's keys (by label) and the stored ones; never a secret."""
     store = open_store(settings)
     try:
-        providers = load_config(settings.config_path).providers
+        config = load_config(settings.config_path)
+        providers, database = config.providers, config.database
     except ConfigError:
-        providers = {}
-    rests = _cooldowns(store)
+        providers, database = {}, None
+    rests = _cooldowns(settings.home / "detour.db", database)
     rows = []
     for pname, spec in providers.items():
         for i, entry in enumerate(spec.api_keys):
@@ -241,7 +274,7 @@ async def spinner(message: str):
         click.echo("\r" + " " * (len(message) + 2) + "\r", nl=False, err=True)
 
 
-def _stored(store: AccountStore, provider: str, name: str) -> StoredAccount:
+def _stored(store: AccountStoreBase, provider: str, name: str) -> StoredAccount:
     try:
         return store.get(provider, name)
     except AccountError as e:
@@ -374,7 +407,7 @@ def test(settings: Settings, provider: str, name: str):
         sys.exit(1)
 
 
-async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool, str]:
+async def _test(store: AccountStoreBase, spec, stored: StoredAccount) -> tuple[bool, str]:
     creds = CredentialProvider(store)
     try:
         try:
@@ -418,7 +451,7 @@ async def _test(store: AccountStore, spec, stored: StoredAccount) -> tuple[bool,
         await creds.aclose()
 
 
-async def _test_code_assist(store: AccountStore, spec, acct: StoredAccount, token: str
+async def _test_code_assist(store: AccountStoreBase, spec, acct: StoredAccount, token: str
                             ) -> tuple[bool, str]:
     """Code Assist lists no models: its cheap real call is the login's project lookup
     (loadCodeAssist, as Gemini CLI makes at start), whose answer is kept."""
@@ -551,7 +584,7 @@ def import_(settings: Settings, vendor: str | None, provider: str | None, name: 
     print_table(("login", "file", "account", "expires", ""), rows)
     if not todo:
         return
-    if not yes and not click.confirm(f"Import {len(todo)} login(s) into {store.path}?",
+    if not yes and not click.confirm(f"Import {len(todo)} login(s) into {store.where}?",
                                      default=True):
         click.echo("nothing imported")
         return
@@ -565,6 +598,6 @@ def import_(settings: Settings, vendor: str | None, provider: str | None, name: 
         click.echo(f"imported {target}/{acct.name} from {f.path}")
 
 
-def _free_name(store: AccountStore, provider: str) -> str:
+def _free_name(store: AccountStoreBase, provider: str) -> str:
     taken = {a.name for a in store.accounts(provider)}
     return next(f"imported-{i}" for i in range(1, len(taken) + 2) if f"imported-{i}" not in taken)

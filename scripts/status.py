@@ -63,8 +63,7 @@ def accounts_record(config: Config | None, db: Path) -> list[dict]:
     some models, with why and until when, from the cooldowns the proxy keeps in detour.db) or
     ready."""
     rests = _rests(db, config.database if config else None)
-    stored = _query(db, "SELECT provider, name, enabled, state, last_error FROM accounts "
-                    "ORDER BY provider, priority, id", ())
+    stored = _stored_accounts(config, db)
     out = []
     for name, provider in (config.providers if config else {}).items():
         entries = [(label_of(entry, i), not isinstance(entry, str) and entry.disabled
@@ -155,6 +154,26 @@ def calls_today(db: Path) -> dict:
             total[k] += group[k]
     total["cost_usd"] = round(total["cost_usd"], 6)
     return {"since": midnight.isoformat(timespec="seconds"), **total, "by_model": groups}
+
+
+def _stored_accounts(config: Config | None, db: Path) -> list[tuple]:
+    """(provider, name, enabled, state, last_error) of each account detour holds: in the
+    Postgres database of `database:` (said on stderr if it cannot be read), else detour.db."""
+    if config is None or not config.database:
+        return _query(db, "SELECT provider, name, enabled, state, last_error FROM accounts "
+                      "ORDER BY provider, priority, id", ())
+    from addons.credentials.store import StoreUnavailable
+    from addons.credentials.store_postgres import PostgresAccountStore
+    try:
+        store = PostgresAccountStore(config.database, db.parent)
+        try:
+            accounts = store.accounts()
+        finally:
+            store.close()
+    except (ConfigError, StoreUnavailable) as e:
+        click.echo(f"stored accounts not shown: {e}", err=True)
+        return []
+    return [(a.provider, a.name, a.enabled, a.state, a.last_error) for a in accounts]
 
 
 def _query(db: Path, sql: str, args: tuple) -> list[tuple]:

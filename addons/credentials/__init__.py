@@ -1,11 +1,12 @@
 """Accounts detour holds itself: API keys added with `detour account add` and subscription
-logins (`detour account login` / `import`), kept in detour.db with their secrets encrypted.
+logins (`detour account login` / `import`), kept in detour.db (or the Postgres database of
+`database:`, shared by every process) with their secrets encrypted.
 
 - `vault.py`: the encryption key (the OS keyring when one works, else a 0600 key file in
   DETOUR_HOME; on several hosts, the one the operator gives each in DETOUR_CREDENTIALS_KEY or
   DETOUR_CREDENTIALS_KEY_FILE) and MultiFernet encryption, so the key can be rotated.
 - `store.py`: the `accounts` table (migrated by version), every write in one transaction that
-  also bumps a revision a running proxy polls.
+  also bumps a revision a running proxy polls; `store_postgres.py`: the same on Postgres.
 - `vendors.py`: each subscription's public OAuth constants (every URL overridable by
   environment) and how its token endpoint wants to be spoken to.
 - `oauth.py`: token requests (refresh, code exchange, device flow) and their errors.

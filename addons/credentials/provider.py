@@ -31,8 +31,8 @@ from addons import formats
 from addons.credentials import oauth
 from addons.credentials.shared_tokens import SharedTokens, Undecryptable, chain_secret
 from addons.credentials.shared_tokens import fingerprint as shared_fingerprint
-from addons.credentials.store import (NEEDS_LOGIN, OAUTH, READY, AccountError, AccountStore,
-                                      StoredAccount)
+from addons.credentials.store import (NEEDS_LOGIN, OAUTH, READY, AccountError,
+                                      AccountStoreBase, StoredAccount, StoreUnavailable)
 from addons.credentials.vault import VaultError
 from addons.credentials.vendors import VENDORS
 
@@ -73,7 +73,7 @@ def stored_secret(acct: StoredAccount) -> str:
 
 
 class CredentialProvider:
-    def __init__(self, store: AccountStore, on_change: Callable[[], None] | None = None,
+    def __init__(self, store: AccountStoreBase, on_change: Callable[[], None] | None = None,
                  http: httpx.AsyncClient | None = None):
         self.store = store
         self.on_change = on_change or (lambda: None)
@@ -90,20 +90,32 @@ class CredentialProvider:
         # refresh goes that way too, where only the proxy reaches the vendor
         self.proxy_of: Callable[[str], str | None] = lambda provider: None
         self._proxied: dict[str, httpx.AsyncClient] = {}
+        self.loaded: list[StoredAccount] = []  # as last read
 
     # ------------------------------------------------------------ loading
 
-    def load(self) -> list[StoredAccount]:
-        """Every stored account with its secrets (for the providers' lists); OAuth ones are
-        held for refresh. A wrong or lost key is logged (once per cause) and yields none."""
+    def read(self) -> list[StoredAccount] | VaultError:
+        """Every stored account with its secrets, or why they cannot be used: the store's
+        part of `load`, which may run off the event loop (StoreUnavailable if the store
+        cannot be reached)."""
         try:
-            accounts = self.store.accounts(secrets=True)
+            return self.store.accounts(secrets=True)
         except VaultError as e:
-            if self.problem != str(e):
-                log.error("detour: stored accounts not used: %s", e)
-            self.problem = str(e)
+            return e
+
+    def load(self, read: list[StoredAccount] | VaultError | None = None
+             ) -> list[StoredAccount]:
+        """Every stored account with its secrets (for the providers' lists), as `read()`
+        gives them (read now if not given); OAuth ones are held for refresh. A wrong or
+        lost key is logged (once per cause) and yields none."""
+        accounts = self.read() if read is None else read
+        if isinstance(accounts, VaultError):
+            if self.problem != str(accounts):
+                log.error("detour: stored accounts not used: %s", accounts)
+            self.problem = str(accounts)
             return []
         self.problem = None
+        self.loaded = accounts
         seen = set()
         for acct in accounts:
             acct.current_secret = stored_secret(acct)
@@ -111,11 +123,13 @@ class CredentialProvider:
                 continue
             seen.add(acct.id)
             held = self._held.get(acct.id)
-            if held is None or acct.generation >= held.generation:
-                pending = held.pending if held is not None else None
-                self._held[acct.id] = Held(acct, acct.secrets, acct.generation, pending)
-            else:
-                held.account = acct
+            if held is None:
+                self._held[acct.id] = Held(acct, acct.secrets, acct.generation)
+            elif acct.generation >= held.generation:
+                # updated in place: a refresh in flight (or waiting for another process's)
+                # lands its tokens in this very Held, which the request path reads
+                held.account, held.secrets, held.generation = acct, acct.secrets, acct.generation
+            # else a read older than the tokens held (made before a refresh landed): kept out
         for gone in set(self._held) - seen:
             del self._held[gone]
         return accounts
@@ -285,6 +299,13 @@ class CredentialProvider:
             fut.exception()  # retrieved: waiters see it; the background loop logs it
 
     async def _refresh(self, held: Held, force: bool) -> None:
+        try:
+            await self._refresh_once(held, force)
+        except StoreUnavailable as e:
+            # no lease can be taken, no answer committed before use: no refresh now
+            raise RefreshFailed(f"no token refresh now: {e}") from None
+
+    async def _refresh_once(self, held: Held, force: bool) -> None:
         if self.shared is not None:
             await self.shared.settled(JOIN_WAIT)
         shared = self.shared if self.shared is not None and self.shared.ready else None
@@ -356,23 +377,34 @@ class CredentialProvider:
                     fingerprint is not None
                     and shared_fingerprint(chain_secret(held.secrets)) != fingerprint):
                 continue
-            fut = asyncio.ensure_future(self._follow(held, shared))
+            fut = asyncio.ensure_future(self._catch_up(held, shared))
             self._flights[held.account.id] = fut
             fut.add_done_callback(lambda f, i=held.account.id: self._landed(i, f))
+
+    async def _catch_up(self, held: Held, shared: SharedTokens) -> None:
+        """Adopt what another process published; a token still expired then is refreshed:
+        a request that meets an expired token waits on this flight as on a refresh."""
+        if await self._follow(held, shared):
+            return
+        exp = held.account.expires_at
+        if held.pending is not None or (exp is not None and exp - time.time() <= EXPIRED_SKEW):
+            await self._refresh(held, False)
 
     async def _refresh_here(self, held: Held) -> bool:
         """A refresh under this database's lease; True when this process asked the token
         endpoint (False: another process sharing the database had refreshed)."""
         acct = held.account
         store = self.store
+        # the tokens this refresh replaces (a reload may move `held` on meanwhile, in place)
+        started = held.generation
         if not await asyncio.to_thread(store.take_lease, acct.id, LEASE_SECONDS):
-            await self._wait_for_other(held)
+            await self._wait_for_other(held, started)
             return False
         try:
             # another process may have refreshed already: its tokens are the ones to use
             secrets, generation = await asyncio.to_thread(store.secrets_of, acct.id)
             row = await asyncio.to_thread(store.by_id, acct.id)
-            if generation != held.generation:
+            if generation != started:
                 self._adopt(held, row, secrets, generation)
                 return False
             if row is not None and row.state == NEEDS_LOGIN:
@@ -423,6 +455,7 @@ class CredentialProvider:
             raise RefreshFailed(f"cannot store refreshed tokens: {type(e).__name__}") from None
         held.pending = None
         held.secrets, held.generation = secrets, generation
+        acct = held.account  # a reload may have put a newer row object there meanwhile
         acct.expires_at, acct.state, acct.last_error = tokens.expires_at, READY, None
         acct.generation = generation
         if tokens.api_location:
@@ -435,14 +468,17 @@ class CredentialProvider:
             held.account = row
         self.on_change()
 
-    async def _wait_for_other(self, held: Held) -> None:
-        """Another process holds the lease: wait for its tokens (their generation moves)."""
+    async def _wait_for_other(self, held: Held, started: int) -> None:
+        """Another process holds the lease: wait for its tokens (their generation moves on
+        from `started`; a reload may have brought them into `held` already)."""
         deadline = time.monotonic() + LEASE_WAIT
         while time.monotonic() < deadline:
+            if held.generation != started:
+                return
             await asyncio.sleep(0.2)
             secrets, generation = await asyncio.to_thread(self.store.secrets_of,
                                                           held.account.id)
-            if generation != held.generation:
+            if generation != started:
                 row = await asyncio.to_thread(self.store.by_id, held.account.id)
                 self._adopt(held, row, secrets, generation)
                 if row is not None and row.state == NEEDS_LOGIN:

@@ -1,4 +1,9 @@
-"""The `accounts` table of detour.db: accounts detour holds itself, their secrets encrypted.
+"""The `accounts` table: accounts detour holds itself, their secrets encrypted. In
+DETOUR_HOME/detour.db (`AccountStore`, SQLite), or in the Postgres database every process
+shares when config.yaml says `database: postgresql://...` (`PostgresAccountStore`,
+store_postgres.py); `open_account_store` picks the one configured. What an account store does
+is written once here (`AccountStoreBase`), over the SQL both engines speak; each engine says
+how it connects, and how a write transaction excludes every other writer.
 
 One row per account: provider (the config.yaml provider it joins), name (unique within the
 provider), kind (`api_key` or `oauth`), vendor (the login it came from: claude, codex, ...),
@@ -13,15 +18,20 @@ new tokens with a compare-and-swap on `generation` (the tokens' version), and a 
 done only under the account's lease (`lease_owner`, `lease_until`), so two processes holding
 the same database never spend the same refresh token.
 
-Migrations: `detour_meta.accounts_schema` is the schema version; `MIGRATIONS[i]` takes a
-database from version i to i + 1.
+Migrations: `detour_meta.accounts_schema` is the schema version; `SCHEMA[i]` holds the columns
+that version i + 1 adds (both engines build their tables from it), `MIGRATIONS[i]` takes a
+SQLite database from version i to i + 1.
 """
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,25 +47,35 @@ DISABLED = "disabled"
 META = "detour_meta"
 TABLE = "accounts"
 BUSY_TIMEOUT = 5.0
+REVISION = "accounts_revision"
+
+log = logging.getLogger(__name__)
+
+# (columns, defaults) each schema version adds; `id` is the key, (provider, name) unique
+SCHEMA = (
+    ({"id": int, "provider": str, "name": str, "kind": str, "vendor": str,
+      "priority": int, "enabled": int, "state": str, "email": str, "plan": str,
+      "project_id": str, "account_id": str, "expires_at": float, "last_error": str,
+      "secret": str, "generation": int, "lease_owner": str, "lease_until": float,
+      "created": str, "updated": str},
+     {"vendor": "", "priority": 1, "enabled": 1, "state": READY, "generation": 0,
+      "lease_until": 0.0}),
+    # fingerprints (SHA-256) of every refresh token an account has held: a CLI still holding
+    # an earlier one of the chain is recognised when it asks to refresh (owner.py)
+    ({"refresh_hashes": str}, {}),
+)
+NOT_NULL = {"provider", "name", "kind", "secret"}
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db[TABLE].create({
-        "id": int, "provider": str, "name": str, "kind": str, "vendor": str,
-        "priority": int, "enabled": int, "state": str, "email": str, "plan": str,
-        "project_id": str, "account_id": str, "expires_at": float, "last_error": str,
-        "secret": str, "generation": int, "lease_owner": str, "lease_until": float,
-        "created": str, "updated": str,
-    }, pk="id", not_null={"provider", "name", "kind", "secret"},
-        defaults={"vendor": "", "priority": 1, "enabled": 1, "state": READY, "generation": 0,
-                  "lease_until": 0.0})
+    columns, defaults = SCHEMA[0]
+    db[TABLE].create(columns, pk="id", not_null=NOT_NULL, defaults=defaults)
     db[TABLE].create_index(["provider", "name"], unique=True)
 
 
 def _v2(db: sqlite_utils.Database) -> None:
-    # fingerprints (SHA-256) of every refresh token an account has held: a CLI still holding
-    # an earlier one of the chain is recognised when it asks to refresh (owner.py)
-    db[TABLE].add_column("refresh_hashes", str)
+    for name, typ in SCHEMA[1][0].items():
+        db[TABLE].add_column(name, typ)
 
 
 MIGRATIONS = (_v1, _v2)
@@ -118,49 +138,44 @@ class AccountError(Exception):
     """A user's mistake with an account (unknown name, a name taken): said plainly."""
 
 
+class StoreUnavailable(Exception):
+    """The shared account database cannot be reached now (Postgres away): a proxy serves on
+    with the accounts it last read, a command says so in one line."""
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class AccountStore:
-    def __init__(self, path: Path, vault: Vault | None = None):
-        self.path = path
-        self.vault = vault or Vault(path.parent)
-        self.owner = f"{os.getpid()}@{os.uname().nodename}"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._migrate()
+def lease_owner() -> str:
+    """Who holds a refresh lease: this process, on this host."""
+    return f"{os.getpid()}@{os.uname().nodename}"
 
-    def _db(self) -> sqlite_utils.Database:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return sqlite_utils.Database(conn)
 
-    def _migrate(self) -> None:
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if not db[META].exists():
-                    db[META].create({"key": str, "value": str}, pk="key")
-                version = int(self._meta(db, "accounts_schema") or 0)
-                for step in MIGRATIONS[version:]:
-                    step(db)
-                if version < len(MIGRATIONS):
-                    self._set_meta(db, "accounts_schema", str(len(MIGRATIONS)))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.close()
-        # the database holds no plain secret, but rests and usage are the user's business
-        for path in (self.path, self.path.with_name(self.path.name + "-wal"),
-                     self.path.with_name(self.path.name + "-shm")):
-            try:
-                if os.stat(path).st_mode & 0o077:
-                    os.chmod(path, 0o600)
-            except FileNotFoundError:
-                pass
+class AccountStoreBase:
+    """The accounts, whatever the engine. A subclass sets `vault`, `owner` (who holds a
+    lease) and `where` (for messages), and gives `_read` (a connection to read with) and
+    `_transaction` (one write transaction, no other writer meanwhile); SQL is written with
+    `?` placeholders."""
+
+    vault: Vault
+    owner: str
+    where: str
+
+    @contextmanager
+    def _read(self):
+        raise NotImplementedError
+
+    @contextmanager
+    def _transaction(self):
+        raise NotImplementedError
+
+    def _now(self, db) -> float:
+        """The clock leases are measured by."""
+        return time.time()
+
+    def close(self) -> None:
+        """Let go of kept connections (a later call opens them again)."""
 
     @staticmethod
     def _meta(db, key: str) -> str | None:
@@ -172,49 +187,56 @@ class AccountStore:
         db.execute(f"INSERT INTO {META} (key, value) VALUES (?, ?) ON CONFLICT(key) DO "
                    "UPDATE SET value = excluded.value", [key, value])
 
+    @staticmethod
+    def _rows(db, where: str | None = None, args=(), order: str = "provider, priority, id"
+              ) -> list[dict]:
+        cursor = db.execute(f"SELECT * FROM {TABLE}" + (f" WHERE {where}" if where else "")
+                            + f" ORDER BY {order}", list(args))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    @staticmethod
+    def _insert(db, record: dict) -> None:
+        db.execute(f"INSERT INTO {TABLE} ({', '.join(record)}) VALUES "
+                   f"({', '.join('?' * len(record))})", list(record.values()))
+
     def _write(self, fn):
         """Run fn(db) in one transaction that bumps the revision; returns fn's answer."""
-        db = self._db()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(db)
-                rev = int(self._meta(db, "accounts_revision") or 0) + 1
-                self._set_meta(db, "accounts_revision", str(rev))
-                db.execute("COMMIT")
-                return out
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        finally:
-            db.close()
+        with self._transaction() as db:
+            out = fn(db)
+            # one statement: the new revision is computed under the row's lock
+            db.execute(f"INSERT INTO {META} (key, value) VALUES (?, '1') ON CONFLICT(key) DO "
+                       f"UPDATE SET value = CAST(CAST({META}.value AS BIGINT) + 1 AS TEXT)",
+                       [REVISION])
+            return out
 
     def revision(self) -> int:
-        db = self._db()
-        try:
-            return int(self._meta(db, "accounts_revision") or 0)
-        finally:
-            db.close()
+        """A number that moves with every write (a running proxy re-reads the accounts when
+        it does)."""
+        with self._read() as db:
+            return int(self._meta(db, REVISION) or 0)
 
     # ------------------------------------------------------------ the key
 
     def check_key(self) -> None:
         """VaultError (saying what to do) unless the key decrypts what is stored; a first use
         creates the key and keeps its check value."""
-        db = self._db()
-        try:
+        with self._read() as db:
             check = self._meta(db, "key_check")
             has_rows = db.execute(f"SELECT count(*) FROM {TABLE}").fetchone()[0]
-        finally:
-            db.close()
         if check is None:
             if has_rows:
                 raise VaultError(self.vault.wrong_message())
-            self._write(lambda db: self._set_meta(db, "key_check", self.vault.check_token()))
-            return
+            self._write(lambda db: self._meta(db, "key_check") is None and self._set_meta(
+                db, "key_check", self.vault.check_token()))
+            check = self._key_check()  # another process may have kept its own first
         if self.vault.keys(create=False) is None:
             raise VaultError(self.vault.lost_message())
         self.vault.verify(check)
+
+    def _key_check(self) -> str:
+        with self._read() as db:
+            return self._meta(db, "key_check")
 
     def rotate_key(self) -> int:
         """A new key; every secret re-encrypted with it in one transaction; then the old key is
@@ -240,12 +262,8 @@ class AccountStore:
                  ) -> list[StoredAccount]:
         """Every account (of one provider), by provider, priority, id; with `secrets`, each
         one's secrets decrypted (VaultError if the key is wrong)."""
-        db = self._db()
-        try:
-            where, args = ("provider = ?", [provider]) if provider else (None, [])
-            rows = list(db[TABLE].rows_where(where, args, order_by="provider, priority, id"))
-        finally:
-            db.close()
+        with self._read() as db:
+            rows = self._rows(db, *(("provider = ?", [provider]) if provider else ()))
         out = [StoredAccount.of(r) for r in rows]
         if secrets:
             if rows:
@@ -264,11 +282,8 @@ class AccountStore:
         raise AccountError(f"no account {name!r} of provider {provider!r} (stored: {names})")
 
     def by_id(self, account_id: int) -> StoredAccount | None:
-        db = self._db()
-        try:
-            rows = list(db[TABLE].rows_where("id = ?", [account_id]))
-        finally:
-            db.close()
+        with self._read() as db:
+            rows = self._rows(db, "id = ?", [account_id])
         return StoredAccount.of(rows[0]) if rows else None
 
     def holding(self, vendor: str, refresh_token: str) -> StoredAccount | None:
@@ -281,29 +296,20 @@ class AccountStore:
         return None
 
     def vendors_held(self) -> set[str]:
-        db = self._db()
-        try:
+        with self._read() as db:
             return {r[0] for r in db.execute(
                 f"SELECT DISTINCT vendor FROM {TABLE} WHERE kind = ?", [OAUTH]).fetchall()}
-        finally:
-            db.close()
 
     def _hashes(self, vendor: str):
-        db = self._db()
-        try:
-            rows = list(db[TABLE].rows_where("vendor = ? AND kind = ?", [vendor, OAUTH]))
-        finally:
-            db.close()
+        with self._read() as db:
+            rows = self._rows(db, "vendor = ? AND kind = ?", [vendor, OAUTH])
         return [(StoredAccount.of(r), json.loads(r["refresh_hashes"] or "[]")) for r in rows]
 
     def secrets_of(self, account_id: int) -> tuple[dict, int]:
         """An account's secrets, decrypted, and their generation."""
-        db = self._db()
-        try:
+        with self._read() as db:
             row = db.execute(f"SELECT secret, generation FROM {TABLE} WHERE id = ?",
                              [account_id]).fetchone()
-        finally:
-            db.close()
         if row is None:
             raise AccountError(f"account {account_id} is gone")
         return self.vault.decrypt(row[0]), row[1] or 0
@@ -342,9 +348,9 @@ class AccountStore:
                     "generation = generation + 1 WHERE provider = ? AND name = ?",
                     [*fields.values(), provider, chosen])
             else:
-                db[TABLE].insert({"provider": provider, "name": chosen, "priority": priority,
+                self._insert(db, {"provider": provider, "name": chosen, "priority": priority,
                                   "enabled": 1, "generation": 0, "created": now, **fields})
-            row = next(db[TABLE].rows_where("provider = ? AND name = ?", [provider, chosen]))
+            row = self._rows(db, "provider = ? AND name = ?", [provider, chosen])[0]
             return StoredAccount.of(row)
         return self._write(insert)
 
@@ -410,9 +416,8 @@ class AccountStore:
     def take_lease(self, account_id: int, seconds: float) -> bool:
         """The right to refresh this account for `seconds` (no other process may meanwhile);
         False while another holds it."""
-        now = time.time()
-
         def take(db):
+            now = self._now(db)
             return db.execute(
                 f"UPDATE {TABLE} SET lease_owner = ?, lease_until = ? WHERE id = ? AND "
                 "(lease_until IS NULL OR lease_until < ? OR lease_owner = ?)",
@@ -446,3 +451,106 @@ class AccountStore:
                 raise AccountError(f"account {account_id}: its tokens changed meanwhile")
             return generation + 1
         return self._write(swap)
+
+
+class AccountStore(AccountStoreBase):
+    """The accounts in a SQLite file (DETOUR_HOME/detour.db), WAL; a write transaction is
+    BEGIN IMMEDIATE."""
+
+    def __init__(self, path: Path, vault: Vault | None = None):
+        self.path = path
+        self.where = str(path)
+        self.vault = vault or Vault(path.parent)
+        self.owner = lease_owner()
+        # the revision is watched through one kept connection: `PRAGMA data_version` tells
+        # whether anyone wrote since the last look, without opening the file each time
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
+        self._seen: tuple[int, int] | None = None  # (data_version, revision)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._migrate()
+
+    def _db(self) -> sqlite_utils.Database:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return sqlite_utils.Database(conn)
+
+    @contextmanager
+    def _read(self):
+        db = self._db()
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self):
+        with self._read() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            if not db[META].exists():
+                db[META].create({"key": str, "value": str}, pk="key")
+            version = int(self._meta(db, "accounts_schema") or 0)
+            for step in MIGRATIONS[version:]:
+                step(db)
+            if version < len(MIGRATIONS):
+                self._set_meta(db, "accounts_schema", str(len(MIGRATIONS)))
+        # the database holds no plain secret, but rests and usage are the user's business
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"),
+                     self.path.with_name(self.path.name + "-shm")):
+            try:
+                if os.stat(path).st_mode & 0o077:
+                    os.chmod(path, 0o600)
+            except FileNotFoundError:
+                pass
+
+    def revision(self) -> int:
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT,
+                                              isolation_level=None, check_same_thread=False)
+            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            if self._seen is None or self._seen[0] != version:
+                # something was written (usage rows too: the revision says if accounts were)
+                self._seen = (version, int(self._meta(self._watch, REVISION) or 0))
+            return self._seen[1]
+
+    def close(self) -> None:
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch, self._seen = None, None
+
+    def store_id(self) -> str:
+        """This database's own name (made once): what an import into a shared store
+        remembers it by."""
+        with self._read() as db:
+            known = self._meta(db, "store_id")
+        if known:
+            return known
+        made = os.urandom(12).hex()
+        self._write(lambda db: db.execute(
+            f"INSERT INTO {META} (key, value) VALUES ('store_id', ?) ON CONFLICT(key) DO "
+            "NOTHING", [made]))
+        with self._read() as db:
+            return self._meta(db, "store_id")
+
+
+def open_account_store(home: Path, database: str | None,
+                       say: Callable[[str], None] = log.info) -> AccountStoreBase:
+    """The account store config.yaml names: Postgres with `database:` (the accounts of this
+    home's detour.db imported into it once, `say` telling what was), else detour.db."""
+    if not database:
+        return AccountStore(home / "detour.db")
+    from addons.credentials.store_postgres import PostgresAccountStore  # psycopg: only then
+    store = PostgresAccountStore(database, home)
+    store.import_home(home, say)
+    return store

@@ -81,19 +81,24 @@ def expire(procs, stores, provider: str) -> None:
         time.sleep(0.05)
 
 
+def spread_calls(procs, model: str) -> list:
+    """CALLS concurrent calls for `model`, in turn through each process."""
+    clients = [p.client() for p in procs]
+    try:
+        with ThreadPoolExecutor(20) as pool:
+            return list(pool.map(
+                lambda i: clients[i % len(procs)].post(URL, json=body(model), headers=HEADERS),
+                range(CALLS)))
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_one_refresh_for_100_concurrent_calls_over_three_processes(hosts, auth, vendor):
     procs, stores, logins = hosts
     before = auth.refresh_calls
     expire(procs, stores, "claude")
-    clients = [p.client() for p in procs]
-    try:
-        with ThreadPoolExecutor(20) as pool:
-            answers = list(pool.map(
-                lambda i: clients[i % PROCESSES].post(URL, json=body("claude-sub"),
-                                                      headers=HEADERS), range(CALLS)))
-    finally:
-        for c in clients:
-            c.close()
+    answers = spread_calls(procs, "claude-sub")
     assert [r.status_code for r in answers] == [200] * CALLS, answers[0].text
     assert auth.refresh_calls - before == 1
     new = auth.issued_refresh[-1]
