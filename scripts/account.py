@@ -184,7 +184,8 @@ def account_rows(settings: Settings) -> list[dict]:
                          "cooldown": _rest(rests, f"{pname}/{label}")})
     for a in store.accounts():
         rows.append({"provider": a.provider, "name": a.name,
-                     "source": "detour.db" + ("" if a.provider in providers
+                     "source": ("postgres" if database else "detour.db")
+                               + ("" if a.provider in providers
                                               else " (provider not in config.yaml)"),
                      "kind": a.kind if a.kind == API_KEY else f"{OAUTH} ({a.vendor})",
                      "state": a.state, "priority": a.priority, "plan": a.plan or "",

@@ -163,6 +163,10 @@ database: "{postgres}"
     [one] = [acct for acct in status["accounts"] if acct["account"] == "account 1"]
     assert one["state"] == "resting" and one["rests"][0]["reason"] == "rate-limit"
     assert 800 < one["rests"][0]["seconds_left"] <= 900
+    listing = json.loads(CliRunner().invoke(cli, ["--home", str(home), "account", "list",
+                                                  "--json"]).output)
+    first = [row for row in listing if row["provider"] == "pgrest"][0]  # api_keys' first
+    assert first["cooldown"] and "rate-limit" in first["cooldown"]
 
     started_later = Proxy(Mitmdump(confdir, home).start(), home)
     try:
