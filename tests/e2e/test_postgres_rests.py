@@ -158,13 +158,14 @@ database: "{postgres}"
     fake.clear()
 
     home = detour_home(tmp_path_factory.mktemp("pg-c"), config)  # nothing in its detour.db
-    status = json.loads(CliRunner().invoke(cli, ["--home", str(home), "status", "--json"])
-                        .output)
+    result = CliRunner().invoke(cli, ["--home", str(home), "status", "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
     [one] = [acct for acct in status["accounts"] if acct["account"] == "account 1"]
     assert one["state"] == "resting" and one["rests"][0]["reason"] == "rate-limit"
     assert 800 < one["rests"][0]["seconds_left"] <= 900
     listing = json.loads(CliRunner().invoke(cli, ["--home", str(home), "account", "list",
-                                                  "--json"]).output)
+                                                  "--json"]).stdout)
     first = [row for row in listing if row["provider"] == "pgrest"][0]  # api_keys' first
     assert first["cooldown"] and "rate-limit" in first["cooldown"]
 
