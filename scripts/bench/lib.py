@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,73 @@ def rss_of_pid(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def open_streams_rss(pid: int, connect: Callable[[], "TunnelClient"], request: h11.Request,
+                     body: bytes, marker: bytes, n: int, warm: int = 8, width: int = 32,
+                     at: Callable[[str], None] | None = None) -> dict:
+    """Resident memory of proxy `pid` per stream held open: `n` streams at once (each one's
+    `marker` received, the provider holding the rest), opened `width` at a time.
+
+    `warm` streams are opened at once and closed first (the path's code, caches, pools and the
+    allocator's arenas for that many are in place, as in a proxy that has served), then RSS is
+    read before, with half of them open and with all open; the figure is (all - before) / n,
+    and the marginal one (all - half) / (n - n/2) says whether the first streams paid for
+    something once. `at("before")` and `at("open")` run at those two readings (e.g. a
+    tracemalloc snapshot)."""
+    def settle_rss() -> int:
+        # the proxy has ended what was closed, written what was opened: the first streams a
+        # client leaves cost a passing ~40 MB (returned within a second), so wait for RSS to
+        # hold still (two readings 0.25 s apart within 64 KB), 10 s at most
+        time.sleep(0.5)
+        last, deadline = rss_of_pid(pid), time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            now = rss_of_pid(pid)
+            if abs(now - last) < 65536:
+                return now
+            last = now
+        return last
+
+    clients: list[TunnelClient] = []
+    lock = threading.Lock()
+
+    def open_one() -> None:
+        client = connect()
+        with lock:
+            clients.append(client)
+        client.open_stream(request, body, marker)
+
+    def open_many(count: int, threads: int) -> None:
+        # many at once: each waits for its first event (a provider's event interval)
+        with ThreadPoolExecutor(threads) as pool:
+            for fut in [pool.submit(open_one) for _ in range(count)]:
+                fut.result()
+
+    def close_all() -> None:
+        for client in clients:
+            client.close()
+        clients.clear()
+
+    try:
+        if warm:
+            open_many(warm, warm)
+            close_all()
+        before = settle_rss()
+        if at:
+            at("before")
+        half = n // 2
+        open_many(half, width)
+        mid = settle_rss()
+        open_many(n - half, width)
+        during = settle_rss()
+        if at:
+            at("open")
+    finally:
+        close_all()
+    return {"streams": n, "rss_before": before, "rss_half": mid, "rss_open": during,
+            "kb_per_stream": (during - before) / n / 1024,
+            "kb_marginal": (during - mid) / max(1, n - half) / 1024}
 
 
 class TunnelClient:
