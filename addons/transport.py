@@ -37,6 +37,7 @@ HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended head start per address fam
 # (more of it waits in the socket until the next turn). Only detour's own connections use
 # asyncio's TLS in mitmproxy's process (mitmproxy does its own).
 asyncio.sslproto.SSLProtocol.max_size = TLS_READ_SIZE
+_SENT = httpx.ByteStream(b"")  # the body of a request as its answer keeps it
 _NEED_DATA = h11.NEED_DATA
 _Data = h11.Data
 _EndOfMessage = h11.EndOfMessage
@@ -241,6 +242,12 @@ class StreamsTransport(httpx.AsyncBaseTransport):
                     and not isinstance(e, TimeoutError):
                 raise _Stale from None
             raise _typed(e, phase, request) from None
+        # the request is sent and answered: the response keeps its line and headers (for its
+        # errors) but not its body, which a stream would hold for its whole life (the
+        # translated request: ~47 KB for Claude Code's)
+        request = httpx.Request(request.method, request.url, headers=request.headers,
+                                stream=_SENT, extensions=request.extensions)
+        request.read()  # its content is b"" (not "not read yet")
         stream = _Body(self, conn, request, timeouts.get("read"))
         return httpx.Response(event.status_code, headers=event.headers.raw_items(),
                               stream=stream, request=request,
