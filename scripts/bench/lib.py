@@ -136,18 +136,18 @@ def open_streams_rss(pid: int, connect: Callable[[], "TunnelClient"], request: h
     something once. `at("before")` and `at("open")` run at those two readings (e.g. a
     tracemalloc snapshot)."""
     def settle_rss() -> int:
-        # the proxy has ended what was closed, written what was opened: the first streams a
-        # client leaves cost a passing ~40 MB (returned within a second), so wait for RSS to
-        # hold still (two readings 0.25 s apart within 64 KB), 10 s at most
-        time.sleep(0.5)
-        last, deadline = rss_of_pid(pid), time.monotonic() + 10
+        # the proxy has ended what was closed, written what was opened; the first call that
+        # ends loads the price tables (genai_prices: ~26 MB kept, ~40 MB more for a second
+        # or two, in a thread), so wait for RSS to hold still: six readings 0.25 s apart
+        # within 128 KB, 20 s at most
+        readings = [rss_of_pid(pid)]
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             time.sleep(0.25)
-            now = rss_of_pid(pid)
-            if abs(now - last) < 65536:
-                return now
-            last = now
-        return last
+            readings = readings[-5:] + [rss_of_pid(pid)]
+            if len(readings) == 6 and max(readings) - min(readings) < 131072:
+                break
+        return readings[-1]
 
     clients: list[TunnelClient] = []
     lock = threading.Lock()
