@@ -133,7 +133,8 @@ def open_streams_rss(pid: int, connect: Callable[[], "TunnelClient"], request: h
     allocator's arenas for that many are in place, as in a proxy that has served), then RSS is
     read before, with half of them open and with all open; the figure is (all - before) / n,
     and the marginal one (all - half) / (n - n/2) says whether the first streams paid for
-    something once. `at("before")` and `at("open")` run at those two readings (e.g. a
+    something once. `at("before")`, `at("half")` and `at("open")` run just before each
+    reading, once RSS holds still (e.g. a garbage collection and malloc_trim in the proxy, a
     tracemalloc snapshot)."""
     def settle_rss() -> int:
         # the proxy has ended what was closed, written what was opened; the first call that
@@ -173,16 +174,18 @@ def open_streams_rss(pid: int, connect: Callable[[], "TunnelClient"], request: h
         if warm:
             open_many(warm, warm)
             close_all()
-        before = settle_rss()
-        if at:
-            at("before")
+        def reading(stage: str) -> int:
+            settle_rss()
+            if at:
+                at(stage)
+            return rss_of_pid(pid)
+
+        before = reading("before")
         half = n // 2
         open_many(half, width)
-        mid = settle_rss()
+        mid = reading("half")
         open_many(n - half, width)
-        during = settle_rss()
-        if at:
-            at("open")
+        during = reading("open")
     finally:
         close_all()
     return {"streams": n, "rss_before": before, "rss_half": mid, "rss_open": during,

@@ -7,13 +7,16 @@ plain-HTTP client leg (how issue 13 measured it: 227 KB vs 69 KB).
     .venv/bin/python -m scripts.bench.memory --against /tmp/detour-before
     .venv/bin/python -m scripts.bench.memory --only detour --legs reverse --tracemalloc
 
-Each figure: a fresh proxy, 8 streams opened at once and closed (warm-up), then `--streams`
-(200) streams of Claude Code's captured request held open at once (each one's first text event
-received, the provider sending the rest 0.5 s apart), RSS read before, with half open and with
-all open (`lib.open_streams_rss`). `--tracemalloc` runs detour with
-`tracemalloc_addon.py` (plain mitmdump too) and prints what the held streams allocated, per stream, grouped by the
-line that allocated it and the nearest detour (else mitmproxy) frame that led there (tracing
-inflates RSS: those runs' RSS figures are not the ones to quote).
+Each figure: a fresh proxy, 8 streams opened at once and closed (warm-up: the path's code,
+pools, and the price tables the first finished call loads), then `--streams` (200) streams of
+Claude Code's captured request held open at once (each one's first text event received, the
+provider sending the rest 0.5 s apart), RSS read before, with half open and with all open
+(`lib.open_streams_rss`), each time once RSS holds still and after a garbage collection and
+`malloc_trim(0)` in the proxy (`memory_addon.py`; `--no-trim`: RSS as it is, which an earlier
+peak's free heap lowers). `--tracemalloc` also takes tracemalloc snapshots in each proxy and
+prints what the held streams allocated, per stream, grouped by the line that allocated it and
+the nearest detour (else mitmproxy) frame that led there (tracing inflates RSS: those runs' RSS
+figures are not the ones to quote).
 """
 
 import argparse
@@ -37,7 +40,7 @@ HOLD_UPSTREAM = "hold-model"
 HOLD_DELAY, HOLD_EVENTS = 0.5, 240  # open for 2 minutes: longer than opening 200 takes
 MARKER = b"text_delta"
 PROVIDER_KEY = "sk-fake-provider-key"
-ADDON = Path(__file__).with_name("tracemalloc_addon.py")
+ADDON = Path(__file__).with_name("memory_addon.py")
 VENDOR_HOST = "api.anthropic.com"
 
 
@@ -54,6 +57,7 @@ class FreshProxies:
     detour_set: list[str] = dataclasses.field(default_factory=list)  # --set for this checkout
     against: Path | None = None  # 'plain' is detour from this checkout instead
     pin_cpus: set[int] | None = None
+    trim: bool = True  # read RSS after a garbage collection and malloc_trim (memory_addon.py)
     homes: int = 0
 
     def _home(self) -> Path:
@@ -92,10 +96,14 @@ class FreshProxies:
         --set for detour."""
         from scripts.bench.claude_code import request_for
 
+        probe = self.tmp / f"probe-{self.homes}-{time.monotonic_ns()}"
         extra, env = [], None
-        if snapshots is not None:
-            snapshots.mkdir(parents=True, exist_ok=True)
-            extra, env = ["-s", str(ADDON)], {"DETOUR_TRACEMALLOC": str(snapshots)}
+        if self.trim or snapshots is not None:
+            probe.mkdir(parents=True)
+            extra, env = ["-s", str(ADDON)], {"DETOUR_MEMORY_DIR": str(probe)}
+            if snapshots is not None:
+                env["DETOUR_TRACEMALLOC"] = "1"
+                snapshots.mkdir(parents=True, exist_ok=True)
         mitm = self.proxy(who, leg, extra, env, options).start()
         try:
             if self.pin_cpus:
@@ -114,18 +122,26 @@ class FreshProxies:
 
             authority = host if port == 443 else f"{host}:{port}"
             taken: list[Path] = []
+            signals = [0]
 
             def at(stage: str) -> None:
-                if snapshots is None:
+                """A collection and trim in the proxy (and a snapshot when tracing, at the
+                first and last reading), finished before RSS is read."""
+                snap = snapshots is not None and stage != "half"
+                if not (self.trim or snap):
                     return
-                path = snapshots / f"{len(taken) + 1}.snap"
-                os.kill(mitm.proc.pid, signal.SIGUSR1)
+                signals[0] += 1
+                name = f"snapshot-{signals[0]}.snap" if snap else f"trimmed-{signals[0]}"
+                os.kill(mitm.proc.pid, signal.SIGUSR1 if snap else signal.SIGUSR2)
                 deadline = time.monotonic() + 120
-                while not path.exists():
+                while not (probe / name).exists():
                     if time.monotonic() > deadline:
-                        raise RuntimeError(f"no tracemalloc snapshot {path}")
-                    time.sleep(0.1)
-                taken.append(path)
+                        raise RuntimeError(f"the proxy wrote no {name}")
+                    time.sleep(0.05)
+                if snap:
+                    kept = snapshots / f"{stage}.snap"
+                    os.replace(probe / name, kept)
+                    taken.append(kept)
 
             out = open_streams_rss(mitm.proc.pid, connect, request_for(authority, body), body,
                                    MARKER, n, at=at)
@@ -226,6 +242,9 @@ def main(argv=None) -> int:
     ap.add_argument("--snapshots", type=Path, metavar="DIR",
                     help="with --tracemalloc: keep the snapshot files here (for a closer look: "
                          "tracemalloc.Snapshot.load)")
+    ap.add_argument("--no-trim", dest="trim", action="store_false",
+                    help="read RSS as it is (default: after a garbage collection and "
+                         "malloc_trim in the proxy, memory_addon.py)")
     ap.add_argument("--no-pin", dest="pin", action="store_false")
     ap.add_argument("--json", type=Path, help="also save every figure here")
     args = ap.parse_args(argv)
@@ -267,7 +286,8 @@ def main(argv=None) -> int:
                       f'routes:\n  {HOLD_MODEL}: [fake/{HOLD_UPSTREAM}]\n')
             body = capture_body(True, HOLD_MODEL)
             fresh = FreshProxies(tmp, confdir, config, vendor.base_url, vendor.port,
-                                 args.upstream, args.detour_set, args.against, proxy_cpus)
+                                 args.upstream, args.detour_set, args.against, proxy_cpus,
+                                 args.trim)
             for r in range(args.repeat):
                 for leg in args.legs:
                     for name, options in (sides if r % 2 == 0 else sides[::-1]):
