@@ -369,7 +369,10 @@ class Interceptor:
             if flow.server_conn.via:  # --mode upstream: the relay is ours, on loopback
                 flow.server_conn = connection.Server(address=(req.host, req.port))
             flow.request.headers.pop("content-encoding", None)
-            flow.request.content = raw
+            # the relay takes the request from the job, not from what mitmproxy sends it: the
+            # flow keeps the body only where it can still be looked at (held for a stream's
+            # whole life, it was a third of what detour held per open stream)
+            flow.request.content = raw if flows_looked_at() else b""
             return
         await self._inline_answer(flow, job, compacted)
 
@@ -707,6 +710,15 @@ def redact_credentials(headers) -> None:
 def unsafe_header(headers) -> str | None:
     """The name of the first header whose name or value holds a CR, LF or NUL, if any."""
     return unsafe_name(headers)
+
+
+def flows_looked_at() -> bool:
+    """Whether a flow can be looked at once its request has gone out: mitmweb's (or the
+    console's) flow list, `save_stream_file`, mitmdump printing bodies (`flow_detail` >= 3)."""
+    options = ctx.options
+    return (ctx.master.addons.get("view") is not None
+            or ("save_stream_file" in options and bool(options.save_stream_file))
+            or ("flow_detail" in options and options.flow_detail >= 3))
 
 
 def _retarget(req: http.Request, origin: str) -> None:
