@@ -29,7 +29,7 @@ from addons import side_calls
 from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
-from addons.direct import DirectPath
+from addons.direct import DirectPath, flows_looked_at
 from addons import formats, side_calls
 from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, MODEL_CALL,
                             MODEL_LIST, SOCKET_UPGRADE, FormatTable)
@@ -710,15 +710,6 @@ def redact_credentials(headers) -> None:
 def unsafe_header(headers) -> str | None:
     """The name of the first header whose name or value holds a CR, LF or NUL, if any."""
     return unsafe_name(headers)
-
-
-def flows_looked_at() -> bool:
-    """Whether a flow can be looked at once its request has gone out: mitmweb's (or the
-    console's) flow list, `save_stream_file`, mitmdump printing bodies (`flow_detail` >= 3)."""
-    options = ctx.options
-    return (ctx.master.addons.get("view") is not None
-            or ("save_stream_file" in options and bool(options.save_stream_file))
-            or ("flow_detail" in options and options.flow_detail >= 3))
 
 
 def _retarget(req: http.Request, origin: str) -> None:
