@@ -277,6 +277,11 @@ class DirectPath:
             if not flow.request.is_http2:  # the length changes: chunked to an HTTP/1 client
                 resp.headers["transfer-encoding"] = "chunked"
             resp.stream = dc.stream
+            if not flows_looked_at():
+                # the translated request has gone out and is answered: not held for the
+                # stream's whole life where nobody can look at the flow (intercept.py keeps a
+                # relayed flow's body on the same terms)
+                flow.request.content = b""
             return True
         # a whole answer, or a failure: read whole (bounded) and told in `response`
         try:
@@ -575,6 +580,15 @@ class DirectStream:
         self.error = self.answer.error
         if not self.dc.first_content:
             self.failed = failed
+
+
+def flows_looked_at() -> bool:
+    """Whether a flow can be looked at once its request has gone out: mitmweb's (or the
+    console's) flow list, `save_stream_file`, mitmdump printing bodies (`flow_detail` >= 3)."""
+    options = ctx.options
+    return (ctx.master.addons.get("view") is not None
+            or ("save_stream_file" in options and bool(options.save_stream_file))
+            or ("flow_detail" in options and options.flow_detail >= 3))
 
 
 def close_server_connection(flow: http.HTTPFlow) -> None:

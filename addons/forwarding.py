@@ -297,7 +297,11 @@ class Forwarder:
                                     "connect": timeouts.connect, "read": timeouts.read,
                                     "write": timeouts.read, "pool": timeouts.connect}})
         response = await transport.handle_async_request(request)
-        response.request = request  # as the client sets it (a test's scripted transport does not)
+        try:
+            response.request  # StreamsTransport sets it, without the body it sent
+        except RuntimeError:
+            response.request = request  # as the client sets it (a test's scripted transport
+            # does not)
         return response
 
     async def reach(self, cand: Candidate, url: str) -> tuple[Failed, str] | None:

@@ -29,7 +29,7 @@ from addons import side_calls
 from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
-from addons.direct import DirectPath
+from addons.direct import DirectPath, flows_looked_at
 from addons import formats, side_calls
 from addons.flow_url import pretty_host, pretty_url
 from addons.formats import (ACCOUNT_CHECK, CODEX_MODELS_PATH, COMPACTION, MODEL_CALL,
@@ -371,7 +371,10 @@ class Interceptor:
             if flow.server_conn.via:  # --mode upstream: the relay is ours, on loopback
                 flow.server_conn = connection.Server(address=(req.host, req.port))
             flow.request.headers.pop("content-encoding", None)
-            flow.request.content = raw
+            # the relay takes the request from the job, not from what mitmproxy sends it: the
+            # flow keeps the body only where it can still be looked at (held for a stream's
+            # whole life, it was a third of what detour held per open stream)
+            flow.request.content = raw if flows_looked_at() else b""
             return
         await self._inline_answer(flow, job, compacted)
 

@@ -416,8 +416,8 @@ class RelayHttp:
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
 
     async def read_request(self) -> str | None:
-        """The next request's path, its body read and dropped (it is the client's original
-        request, kept on the flow so mitmweb shows it; the job already holds it parsed), or
+        """The next request's path, its body read and dropped (the client's original request
+        where its flow can be looked at, else empty; the job already holds it parsed), or
         None when the client closed between requests. Idle connections and slow heads time
         out (TimeoutError): a local peer cannot hold connections open for nothing."""
         h = self.h11

@@ -25,14 +25,19 @@ import h11
 import httpx
 
 READ_SIZE = 64 * 1024
+TLS_READ_SIZE = 16 * 1024  # one TLS record's worth: what asyncio's TLS reads from the socket
 MAX_HEAD = 64 * 1024  # a response head (or chunk-size line) longer than this is refused
 IDLE_SECONDS = 60.0  # a pooled connection older than this is not reused (servers drop them)
 HAPPY_EYEBALLS_DELAY = 0.25  # RFC 8305's recommended head start per address family
 # asyncio's TLS transport keeps a read buffer of SSLProtocol.max_size (256 KiB, zero-filled, so
 # resident) for each connection's life: with a provider connection per open stream that was
-# 256 KB of detour's ~860 KB per open stream. One read of ours takes READ_SIZE at most; only
-# detour's own connections use asyncio's TLS in mitmproxy's process (mitmproxy does its own).
-asyncio.sslproto.SSLProtocol.max_size = READ_SIZE
+# 256 KB of detour's ~860 KB per open stream, and 64 KiB still the largest piece detour held.
+# It is the socket read's buffer for the encrypted bytes: a TLS record is at most 16 KiB, so
+# larger reads only save loop turns on large answers, and answers are small or streamed
+# (more of it waits in the socket until the next turn). Only detour's own connections use
+# asyncio's TLS in mitmproxy's process (mitmproxy does its own).
+asyncio.sslproto.SSLProtocol.max_size = TLS_READ_SIZE
+_SENT = httpx.ByteStream(b"")  # the body of a request as its answer keeps it
 _NEED_DATA = h11.NEED_DATA
 _Data = h11.Data
 _EndOfMessage = h11.EndOfMessage
@@ -237,6 +242,12 @@ class StreamsTransport(httpx.AsyncBaseTransport):
                     and not isinstance(e, TimeoutError):
                 raise _Stale from None
             raise _typed(e, phase, request) from None
+        # the request is sent and answered: the response keeps its line and headers (for its
+        # errors) but not its body, which a stream would hold for its whole life (the
+        # translated request: ~47 KB for Claude Code's)
+        request = httpx.Request(request.method, request.url, headers=request.headers,
+                                stream=_SENT, extensions=request.extensions)
+        request.read()  # its content is b"" (not "not read yet")
         stream = _Body(self, conn, request, timeouts.get("read"))
         return httpx.Response(event.status_code, headers=event.headers.raw_items(),
                               stream=stream, request=request,

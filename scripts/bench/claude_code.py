@@ -32,7 +32,7 @@ import orjson
 
 from addons.forwarding import dump_json as provider_body  # what Forwarder.build serialises with
 from scripts.bench.lib import (ROOT, FakeProcess, FreshClient, Phase, Reply, TunnelClient,
-                               median, percentile, pin, rss_of_pid, run_phase)
+                               median, percentile, pin, run_phase)
 
 CAPTURE = ROOT / "tests" / "data" / "captures" / "claude-code.messages.text.request.json"
 CAPTURE_META = CAPTURE.with_name("claude-code.messages.text.meta.json")
@@ -294,38 +294,6 @@ def paced_check(side: Side, fake: FakeProcess, body: bytes) -> dict:
         client.close()
 
 
-def open_streams_memory(side: Side, body: bytes, n: int) -> dict:
-    """RSS of the proxy process before and with `n` streams open at once (each one's first text
-    event received, the rest held back by the provider), per stream. Opened by 32 threads: the
-    first text event comes one event interval after the status line."""
-    pid = side.mitm.proc.pid
-    req = request_for(side.authority, body)
-    warm = side.connect()  # one stream first: the path's code and caches are loaded
-    warm.open_stream(req, body, MARKER)
-    warm.close()
-    time.sleep(0.3)
-    before = rss_of_pid(pid)
-    clients: list[TunnelClient] = []
-
-    def open_one() -> None:
-        client = side.connect()
-        clients.append(client)
-        client.open_stream(req, body, MARKER)
-
-    try:
-        # many at once: each waits for its first text event (a provider's event interval)
-        with concurrent.futures.ThreadPoolExecutor(32) as pool:
-            for fut in [pool.submit(open_one) for _ in range(n)]:
-                fut.result()
-        time.sleep(0.3)
-        during = rss_of_pid(pid)
-    finally:
-        for client in clients:
-            client.close()
-    return {"streams": n, "rss_before": before, "rss_open": during,
-            "kb_per_stream": (during - before) / n / 1024}
-
-
 def padded_body(size: int) -> bytes:
     """The captured request with one more user turn of text, to `size` bytes in all."""
     body = json.loads(CAPTURE.read_text())
@@ -518,33 +486,17 @@ prices:
 
             memory = {}
             if args.open_streams:
-                # fresh proxies: the heap of one that already served the rounds has room to
-                # spare; detour first, then plain mitmdump in stream mode, one at a time
+                # fresh proxies (the heap of one that served the rounds has room to spare),
+                # one at a time, in the bench's client setup and the other one (issue 13
+                # measured reverse mode with a plain-HTTP client leg); see memory.py
+                from scripts.bench.memory import FreshProxies, legs_for
+
+                fresh = FreshProxies(tmp, confdir, config, vendor.base_url, vendor.port,
+                                     args.upstream, args.detour_set, args.against, proxy_cpus)
                 hold = capture_body(True, HOLD_MODEL)
-                for who in (DETOUR, PLAIN):
-                    if who == DETOUR:
-                        home_m = tmp / "home-memory"
-                        home_m.mkdir()
-                        (home_m / "config.yaml").write_text(config)
-                        m = detour_proxy(home_m)
-                    elif args.against:
-                        # a home of its own too: the rounds' proxy of that checkout still
-                        # holds home_b (a second detour on one home does not start)
-                        home_bm = tmp / "home-against-memory"
-                        home_bm.mkdir()
-                        (home_bm / "config.yaml").write_text(config)
-                        m = Mitmdump(confdir, router=False, extra=detour_extra + [
-                            "-s", str(args.against / "addons" / "router.py"),
-                            "--set", f"detour_home={home_bm}"])
-                    else:
-                        m = plain_proxy(True)
-                    mitms.append(m)
-                    start([m])
-                    s = side(who, m, *((detour.host, detour.port) if who == DETOUR
-                                       else (vendor_host, vendor_port)))
-                    s.new_connection = False
-                    memory[who] = open_streams_memory(s, hold, args.open_streams)
-                    m.stop()
+                for leg in legs_for(args.leg, args.upstream):
+                    memory[leg] = {who: fresh.measure(who, leg, hold, args.open_streams)
+                                   for who in (DETOUR, PLAIN)}
         finally:
             for s in sides:
                 for c in s.clients:
@@ -611,13 +563,12 @@ def summarize(result: dict, args) -> dict:
         summary.append({"phase": name, "metric": metric, "label": label, "detour": d,
                         "plain": p, "ratio": rr, "round_ratios": ratios, "target": target,
                         "verdict": verdict, "fmt": fmt})
-    mem = result["memory"]
-    if mem:
+    for leg, mem in result["memory"].items():
         d, p = mem[DETOUR]["kb_per_stream"], mem[PLAIN]["kb_per_stream"]
-        summary.append({"phase": "open_streams", "metric": "kb_per_stream",
+        summary.append({"phase": f"open_streams_{leg}", "metric": "kb_per_stream",
                         "label": "RSS per open stream (KB)", "detour": d, "plain": p,
                         "ratio": ratio(d, p), "round_ratios": [], "target": None,
-                        "target_kb": TARGET_MEMORY_KB,
+                        "target_kb": TARGET_MEMORY_KB, "leg": leg,
                         "verdict": "met" if d <= TARGET_MEMORY_KB else "MISSED", "fmt": "{:.0f}"})
     return {"rows": summary}
 
@@ -680,7 +631,9 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
     w(head)
     w("-" * len(head))
     titles = titles_of(result, args)
-    titles["open_streams"] = f"{args.open_streams} open"
+    for leg in result["memory"]:  # the bench's own setup first, the other one marked
+        titles[f"open_streams_{leg}"] = f"{args.open_streams} open" + (
+            "" if leg == args.leg else " rev" if leg == "reverse" else " TLS")
     for row in summary["rows"]:
         if row.get("target_kb"):
             target = f"<={row['target_kb']}KB"
@@ -696,15 +649,18 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
                                     or row["target"]):
             label = f"{titles[row['phase']]} {row['label']}"
             w(f"  {label:<42}" + " ".join(fmt(x, "{:.2f}") for x in row["round_ratios"]))
-    mem = result["memory"]
-    if mem:
+    for leg, mem in result["memory"].items():
         w("")
-        w(f"memory: {args.open_streams} streams open at once through a fresh proxy (each one's "
-          f"first text event received, the provider holding the rest):")
+        setup = ("CONNECT + TLS client leg" if leg == "connect" else
+                 "reverse mode, plain HTTP client leg (issue 13's setting)")
+        w(f"memory, {setup}, {args.upstream} upstream: {args.open_streams} streams open at once "
+          f"through a fresh proxy (each one's first text event received, the provider holding "
+          f"the rest; marginal: what the second half added, per stream):")
         for who in (DETOUR, PLAIN):
             x = mem[who]
             w(f"  {who:<7} RSS {x['rss_before'] / 2**20:.1f} MB -> {x['rss_open'] / 2**20:.1f} MB"
-              f" = {x['kb_per_stream']:.0f} KB per open stream")
+              f" = {x['kb_per_stream']:.0f} KB per open stream (marginal "
+              f"{x['kb_marginal']:.0f})")
     w("")
     p = result["paced"]
     w(f"paced stream alone ({args.paced_events} events, one every "

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +121,76 @@ def rss_of_pid(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def open_streams_rss(pid: int, connect: Callable[[], "TunnelClient"], request: h11.Request,
+                     body: bytes, marker: bytes, n: int, warm: int = 8, width: int = 32,
+                     at: Callable[[str], None] | None = None) -> dict:
+    """Resident memory of proxy `pid` per stream held open: `n` streams at once (each one's
+    `marker` received, the provider holding the rest), opened `width` at a time.
+
+    `warm` streams are opened at once and closed first (the path's code, caches, pools and the
+    allocator's arenas for that many are in place, as in a proxy that has served), then RSS is
+    read before, with half of them open and with all open; the figure is (all - before) / n,
+    and the marginal one (all - half) / (n - n/2) says whether the first streams paid for
+    something once. `at("before")`, `at("half")` and `at("open")` run just before each
+    reading, once RSS holds still (e.g. a garbage collection and malloc_trim in the proxy, a
+    tracemalloc snapshot)."""
+    def settle_rss() -> int:
+        # the proxy has ended what was closed, written what was opened; the first call that
+        # ends loads the price tables (genai_prices: ~26 MB kept, ~40 MB more for a second
+        # or two, in a thread), so wait for RSS to hold still: six readings 0.25 s apart
+        # within 128 KB, 20 s at most
+        readings = [rss_of_pid(pid)]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.25)
+            readings = readings[-5:] + [rss_of_pid(pid)]
+            if len(readings) == 6 and max(readings) - min(readings) < 131072:
+                break
+        return readings[-1]
+
+    clients: list[TunnelClient] = []
+    lock = threading.Lock()
+
+    def open_one() -> None:
+        client = connect()
+        with lock:
+            clients.append(client)
+        client.open_stream(request, body, marker)
+
+    def open_many(count: int, threads: int) -> None:
+        # many at once: each waits for its first event (a provider's event interval)
+        with ThreadPoolExecutor(threads) as pool:
+            for fut in [pool.submit(open_one) for _ in range(count)]:
+                fut.result()
+
+    def close_all() -> None:
+        for client in clients:
+            client.close()
+        clients.clear()
+
+    try:
+        if warm:
+            open_many(warm, warm)
+            close_all()
+        def reading(stage: str) -> int:
+            settle_rss()
+            if at:
+                at(stage)
+            return rss_of_pid(pid)
+
+        before = reading("before")
+        half = n // 2
+        open_many(half, width)
+        mid = reading("half")
+        open_many(n - half, width)
+        during = reading("open")
+    finally:
+        close_all()
+    return {"streams": n, "rss_before": before, "rss_half": mid, "rss_open": during,
+            "kb_per_stream": (during - before) / n / 1024,
+            "kb_marginal": (during - mid) / max(1, n - half) / 1024}
 
 
 class TunnelClient:

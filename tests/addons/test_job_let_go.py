@@ -59,10 +59,10 @@ def test_the_answer_is_the_same_after_the_request_is_let_go():
     assert client_encoder(job).encode_all(answer_events(tool)) == before
 
 
-def test_asyncios_tls_read_buffer_is_one_read_not_256_kib():
+def test_asyncios_tls_read_buffer_is_one_record_not_256_kib():
     # a provider connection per open stream: asyncio's default 256 KiB buffer, zero-filled
     # and so resident, was a quarter of what detour held per open stream
     import asyncio.sslproto
 
     from addons import transport
-    assert asyncio.sslproto.SSLProtocol.max_size == transport.READ_SIZE
+    assert asyncio.sslproto.SSLProtocol.max_size == transport.TLS_READ_SIZE == 16 * 1024
