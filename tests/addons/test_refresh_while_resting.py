@@ -6,7 +6,9 @@ import time
 
 from addons.credentials.provider import REFRESH_AHEAD, CredentialProvider
 # auth, store: the OAuth fake and an account store taking its tokens (fixtures)
+from tests.account_stores import account_store  # noqa: F401 - store's engines (fixture)
 from tests.addons.test_credentials import _env, auth, login, runtime_account, store  # noqa: F401
+from tests.e2e.test_postgres_usage import postgres  # noqa: F401 - the Postgres engine's
 
 
 async def test_a_resting_login_is_refreshed_without_any_call(store, auth):
