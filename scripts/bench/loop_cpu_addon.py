@@ -149,8 +149,9 @@ def _write_phase() -> None:
     _last[0] = now
     _phase["n"] += 1
     out = os.path.join(os.environ["LOOP_CPU_OUT"], f"{os.getpid()}-{_phase['n']}.json")
-    with open(out, "w") as f:
+    with open(out + ".part", "w") as f:
         json.dump({"cpu": dict(_cpu), "count": dict(_count), "thread": now - _phase["start"]}, f)
+    os.replace(out + ".part", out)  # whole, or not there yet
 
 
 class LoopCpu:

@@ -174,7 +174,10 @@ prices:
             if args.attribute:
                 phases_dir.mkdir()
                 base += ["-s", str(ADDON)]
-                env.update(LOOP_CPU_OUT=str(phases_dir), LOOP_CPU_FUNCS=FUNCS)
+                # more functions to charge apart: LOOP_CPU_FUNCS in the environment, appended
+                extra_funcs = os.environ.get("LOOP_CPU_FUNCS", "")
+                env.update(LOOP_CPU_OUT=str(phases_dir),
+                           LOOP_CPU_FUNCS=",".join(filter(None, [FUNCS, extra_funcs])))
             if args.perf:
                 env["PYTHONPERFSUPPORT"] = "1"  # Python frames named in perf's samples
             detour = Mitmdump(confdir, homes[0], router=True, extra=base, env=env)
@@ -231,16 +234,18 @@ prices:
                         "loop_thread_us": (l1 - l0) * 1e6 / n,
                         "other_threads_us": (o1 - o0) * 1e6 / n, "wall_s": ph.wall}
 
+            phases_of: Counter = Counter()
+
             def attributed(pid: int) -> dict:
-                """The phase the addon just wrote (its newest file), per call."""
+                """The phase the addon just wrote (its Nth of this proxy)."""
+                phases_of[pid] += 1
+                path = phases_dir / f"{pid}-{phases_of[pid]}.json"
                 deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    files = sorted(phases_dir.glob(f"{pid}-*.json"),
-                                   key=lambda p: int(p.stem.split("-")[1]))
-                    if files:
-                        return json.loads(files[-1].read_text())
+                while not path.exists():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"proxy {pid} did not write {path.name}")
                     time.sleep(0.05)
-                raise RuntimeError(f"proxy {pid} wrote no phase")
+                return json.loads(path.read_text())
 
             attribution: dict[str, Counter] = {"detour": Counter(), "plain": Counter()}
             calls_of: Counter = Counter()
