@@ -121,6 +121,9 @@ def parse_args(argv=None):
     ap.add_argument("--observe", action="store_true", help="detour in observe mode (passthrough)")
     ap.add_argument("--against", type=Path, default=None,
                     help="a checkout of detour as the other side instead of plain mitmdump")
+    ap.add_argument("--detour-script", type=Path, action="append", default=[],
+                    help="one more addon script in the detour proxy only (an experiment; "
+                         "with --against, against the same detour without it)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.attribute and (args.strace or args.perf):
@@ -180,7 +183,8 @@ prices:
                            LOOP_CPU_FUNCS=",".join(filter(None, [FUNCS, extra_funcs])))
             if args.perf:
                 env["PYTHONPERFSUPPORT"] = "1"  # Python frames named in perf's samples
-            detour = Mitmdump(confdir, homes[0], router=True, extra=base, env=env)
+            detour = Mitmdump(confdir, homes[0], router=True, env=env,
+                              extra=base + [a for p in args.detour_script for a in ("-s", str(p))])
             if args.against:
                 other = Mitmdump(confdir, router=False, env=env, extra=base + [
                     "-s", str(args.against / "addons" / "router.py"),
