@@ -9,14 +9,25 @@ request), until the garbage collector gets to them. Copying a response made once
 builds the same object without the check, so a call's objects are freed as soon as it ends.
 """
 
-import copy
 import time
 
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
-from mitmproxy.utils.strutils import always_bytes
 
 _MADE = http.Response.make(200)
+
+
+def _clone(obj):
+    """`copy.copy` of a plain object (a new one sharing its attributes), without copy's
+    `__reduce_ex__` round trip: a third of this module's time per answer."""
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    return new
+
+
+def _bytes(value: str | bytes) -> bytes:
+    """`always_bytes(value, "utf-8", "surrogateescape")` for a header's name or value."""
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
 
 
 def make_response(status_code: int, content: bytes,
@@ -24,11 +35,9 @@ def make_response(status_code: int, content: bytes,
     """What `http.Response.make(status_code, content, headers)` returns (the same fields,
     headers, content-length and timestamps), without the type check's reference cycle."""
     if not isinstance(headers, http.Headers):
-        headers = http.Headers(
-            (always_bytes(k, "utf-8", "surrogateescape"),
-             always_bytes(v, "utf-8", "surrogateescape")) for k, v in headers.items())
-    response = copy.copy(_MADE)
-    response.data = data = copy.copy(_MADE.data)
+        headers = http.Headers((_bytes(k), _bytes(v)) for k, v in headers.items())
+    response = _clone(_MADE)
+    response.data = data = _clone(_MADE.data)
     data.status_code = status_code
     data.reason = status_codes.RESPONSES.get(status_code, "").encode()
     data.headers = headers

@@ -14,6 +14,7 @@ if _root not in sys.path:
 
 from addons.gateway import Gateway  # noqa: E402
 from addons.credentials.owner import TokenOwner  # noqa: E402
+from addons.hook_dispatch import HookDispatch  # noqa: E402
 from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
@@ -27,4 +28,5 @@ _settings = DetourSettings()
 # end of the chain, sees the answer as the client gets it)
 addons = [_settings, ProxyInstance(_settings), Gateway(_settings), RequestLog(_settings),
           Interceptor(_settings), OperatorCommands(_settings), UntouchedCalls(_settings),
-          MetricsServer(_settings), TokenOwner(_settings)]
+          MetricsServer(_settings), TokenOwner(_settings),
+          HookDispatch()]  # last: mitmproxy's hook walk as a table (addons/hook_dispatch.py)
