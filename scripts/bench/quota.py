@@ -162,10 +162,12 @@ def main(argv=None) -> int:
                      f"{median([c for _, c in rounds]):8.2f} ms CPU per call")
     detour, plain = result["detour, 3 accounts"], result["plain mitmdump"]
     rps = [d[0] / p[0] for d, p in zip(detour, plain)]  # per round: the two sides alternate
-    cpu = [d[1] / p[1] for d, p in zip(detour, plain)]
+    # a short round can use less CPU than /proc's 10 ms tick: no ratio for it
+    cpu = [d[1] / p[1] for d, p in zip(detour, plain) if p[1] > 0]
+    cpu_text = (f"{median(cpu):.2f}x CPU per call (rounds {min(cpu):.2f}-{max(cpu):.2f})"
+                if cpu else "CPU per call under the 10 ms tick: no ratio (more --requests)")
     lines.append(f"  ratio detour / plain: {median(rps):.2f}x req/s (rounds {min(rps):.2f}-"
-                 f"{max(rps):.2f}), {median(cpu):.2f}x CPU per call (rounds {min(cpu):.2f}-"
-                 f"{max(cpu):.2f})")
+                 f"{max(rps):.2f}), {cpu_text}")
     lines.append("  calls per account (round-robin): " + ", ".join(
         f"{k} {n}" for k, n in sorted(spread.items())))
     observe = next(us for name, us in micros.items() if name.startswith("observe: OpenAI"))
