@@ -94,9 +94,11 @@ def test_the_array_is_written_as_the_provider_streams(proxy, fake_openai):
                 got += piece
                 if got.endswith(b"\n]"):  # the array's end (compact elements hold no newline)
                     break
+            # the provider's stream had not ended (it lingers 30 s): still open, or closed by
+            # detour once the array's end was sent (a race either way), never completed
             state = (fake_openai.open_streams, fake_openai.completed_streams - before,
                      fake_openai.aborted_streams)
-            assert state[:2] == (1, 0), (state, got)
+            assert state[1] == 0, (state, got)
     assert "".join(p.text for p in canonical.collect_response(checked_events(
         gemini, got)).parts) == "one two three"
 
