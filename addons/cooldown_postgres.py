@@ -26,7 +26,7 @@ import psycopg
 from addons.config import ConfigError
 from addons.cooldown_store import TABLE, CooldownStore
 from addons.routing import CooldownBook
-from addons.usage_postgres import UNAVAILABLE, close_quietly, safe_dsn
+from addons.usage_postgres import UNAVAILABLE, close_quietly, connect, safe_dsn
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class PostgresCooldownStore(CooldownStore):
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.url, connect_timeout=2, autocommit=True)
+            self._conn = connect(self.url, 2)
             with self._conn.transaction():
                 self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
                 self._conn.execute(_CREATE)
@@ -149,7 +149,7 @@ def stored_rests(url: str) -> list[tuple[str, float, str, str]]:
     """The rests stored in the database at `url` now (key, until, reason, cause), for
     `detour status` and the `--serve` snapshot; [] when it has none yet. psycopg's errors
     propagate."""
-    with psycopg.connect(url, connect_timeout=5) as conn:
+    with connect(url, 5) as conn:
         exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0]
         if exists is None:
             return []

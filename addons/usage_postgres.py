@@ -149,7 +149,7 @@ class PostgresUsageStore(UsageStore):
         """None when the database answers now (a connection and a query within `timeout`),
         else why not, naming it without its password (/healthz). Writes nothing."""
         try:
-            with psycopg.connect(self.url, connect_timeout=max(1, int(timeout))) as conn:
+            with connect(self.url, timeout) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as e:
             return f"{safe_dsn(self.url)}: {type(e).__name__}: {str(e).strip()}"
@@ -185,7 +185,7 @@ class PostgresUsageStore(UsageStore):
 
     def spent_by_user(self, users: list[str], now: float) -> dict[str, tuple[int, float]]:
         day = time.strftime("%Y-%m-%d", time.gmtime(now))
-        with psycopg.connect(self.url, connect_timeout=2) as conn:
+        with connect(self.url, 2) as conn:
             rows = conn.execute(
                 'SELECT "user", SUM(CASE WHEN ts >= %s THEN COALESCE(input_tokens, 0) + '
                 "COALESCE(output_tokens, 0) + COALESCE(cache_read_tokens, 0) + "
