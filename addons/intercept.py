@@ -352,8 +352,9 @@ class Interceptor:
             flow.comment += " | skipped: " + "; ".join(job.unfit)
             call.skipped_before_routing(job.unfit)
             return
+        called = pretty_url(req)
         flow.metadata[META] = {"client_format": fmt, "model": model, "stream": stream,
-                               "url": pretty_url(req)}
+                               "url": called}
         flow.marked = MARK
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
@@ -365,7 +366,7 @@ class Interceptor:
             if relay is None:
                 return self._reject(flow, fmt, call, 503, "the relay is not running; try again")
             url = relay.submit(job, flow.client_conn.id)
-            flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {pretty_url(req)}"
+            flow.comment = f"detour: {fmt} {model} -> relay (streamed), from {called}"
             self._relay_flows[flow.id] = flow
             flow.request.url = url
             if flow.server_conn.via:  # --mode upstream: the relay is ours, on loopback

@@ -298,8 +298,9 @@ class MetricsServer:
                 problem = await asyncio.to_thread(rt.store.check_writable, CHECK_TIMEOUT)
         except TimeoutError:
             problem = "no answer in time"
-        where = getattr(rt.store, "where", rt.store.path)  # Postgres: its URL, no password
-        checks["database"] = {"ok": problem is None, "detail": problem or f"{where}: writable"}
+        # Postgres: its URL, no password
+        checks["database"] = {"ok": problem is None,
+                              "detail": problem or f"{rt.store.where}: writable"}
         checks["relay"] = await _relay_check(rt.relay)
         shared = getattr(self.settings.gate, "shared", None)  # `state:` (addons/gateway.py)
         if shared is not None:

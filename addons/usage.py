@@ -358,6 +358,11 @@ class UsageStore:
                     log.error("usage: observer %r failed", observer, exc_info=e)
             return written
 
+    @property
+    def where(self) -> str:
+        """The store, for messages and /healthz."""
+        return str(self.path)
+
     def check_writable(self, timeout: float = BUSY_TIMEOUT) -> str | None:
         """None when the database takes a write now (a write lock within `timeout`), else
         why not. Writes nothing."""
