@@ -3,12 +3,12 @@ postgresql://...` in config.yaml), on one host or several: an account added, cha
 refreshed by one process is the one every other process reads.
 
 The same table, columns and guarantees as detour.db's (store.py, whose code this reuses): the
-secrets Fernet-encrypted by the credentials key (every process needs the same key: copy
-DETOUR_HOME/credentials.key; the check value stored beside the accounts tells a wrong key at
-once), the revision bumped in each write's transaction, the compare-and-swap on `generation`
-when refreshed tokens are committed, and the refresh lease taken in the database (measured by
-the database's clock, not each host's), so two processes on two hosts never spend the same
-refresh token, with or without Redis. A write transaction first takes an advisory lock
+secrets Fernet-encrypted by the credentials key (every process needs the same key, given in
+DETOUR_CREDENTIALS_KEY(_FILE) or copied as DETOUR_HOME/credentials.key; the check value stored
+beside the accounts tells a wrong key at once), the revision bumped in each write's
+transaction, the compare-and-swap on `generation` when refreshed tokens are committed, and
+the refresh lease taken in the database (measured by the database's clock, not each host's),
+so two processes on two hosts never spend the same refresh token, with or without Redis. A write transaction first takes an advisory lock
 (`WRITE_LOCK`): writers queue as they do on SQLite's BEGIN IMMEDIATE, and the code written for
 one engine holds on the other.
 
@@ -33,7 +33,7 @@ from addons.config import ConfigError
 from addons.credentials.store import (META, MIGRATIONS, NOT_NULL, SCHEMA, TABLE,
                                       AccountStore, AccountStoreBase, StoreUnavailable, lease_owner,
                                       now_iso)
-from addons.credentials.vault import Vault, VaultError
+from addons.credentials.vault import KEY_ENV, KEY_FILE_ENV, Vault, VaultError
 from addons.usage import BUSY_TIMEOUT
 from addons.usage_postgres import UNAVAILABLE, close_quietly, connect, safe_dsn
 
@@ -151,8 +151,9 @@ class PostgresAccountStore(AccountStoreBase):
             super().check_key()
         except VaultError as e:
             raise VaultError(f"{e} (every detour process sharing {self.where} needs the same "
-                             "credentials key: copy DETOUR_HOME/credentials.key from a home "
-                             "that uses it)") from None
+                             "credentials key: give each host the one in use, in "
+                             f"{KEY_ENV} or {KEY_FILE_ENV}, or copy DETOUR_HOME/credentials.key "
+                             "from a home that uses it)") from None
 
     # ------------------------------------------------------------ moving from detour.db
 
