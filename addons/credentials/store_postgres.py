@@ -8,9 +8,9 @@ DETOUR_CREDENTIALS_KEY(_FILE) or copied as DETOUR_HOME/credentials.key; the chec
 beside the accounts tells a wrong key at once), the revision bumped in each write's
 transaction, the compare-and-swap on `generation` when refreshed tokens are committed, and
 the refresh lease taken in the database (measured by the database's clock, not each host's),
-so two processes on two hosts never spend the same refresh token, with or without Redis. A write transaction first takes an advisory lock
-(`WRITE_LOCK`): writers queue as they do on SQLite's BEGIN IMMEDIATE, and the code written for
-one engine holds on the other.
+so two processes on two hosts never spend the same refresh token, with or without Redis. A
+write transaction first takes an advisory lock (`WRITE_LOCK`): writers queue as they do on
+SQLite's BEGIN IMMEDIATE, and the code written for one engine holds on the other.
 
 One connection per store, kept (opened anew after IDLE_SECONDS unused), used by one thread at
 a time. Postgres away: every call raises StoreUnavailable (a proxy serves on with the accounts

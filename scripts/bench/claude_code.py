@@ -67,6 +67,26 @@ def capture_body(stream: bool, model: str | None = None) -> bytes:
     return compact(body)
 
 
+def detour_config(openai_url: str, vendor_url: str, model: str) -> str:
+    """detour's config.yaml for the benches: `model` (the capture's), the paced and held
+    models to the fake OpenAI-compatible provider; the observe model passed through to the
+    fake Anthropic API, which stands in for api.anthropic.com."""
+    return f"""
+providers:
+  fake: {{kind: openai, base_url: "{openai_url}/v1", api_keys: [{PROVIDER_KEY}],
+          verify_tls: false}}
+routes:
+  {model}: [fake/fake-model]
+  {PACED_MODEL}: [fake/{PACED_UPSTREAM}]
+  {HOLD_MODEL}: [fake/{HOLD_UPSTREAM}]
+  {OBSERVE_MODEL}: [passthrough]
+vendors:
+  api.anthropic.com: "{vendor_url}"
+prices:
+  fake-model: {{input: 3, output: 15, cache_read: 0.3}}
+"""
+
+
 def request_for(authority: str, body: bytes) -> h11.Request:
     """Claude Code's captured request head, for `authority`, with a fake key."""
     meta = json.loads(CAPTURE_META.read_text())
@@ -343,20 +363,7 @@ def run(args) -> dict:
             home = tmp / "home"
             home.mkdir()
             model = json.loads(CAPTURE.read_text())["model"]
-            config = f"""
-providers:
-  fake: {{kind: openai, base_url: "{openai.base_url}/v1", api_keys: [{PROVIDER_KEY}],
-          verify_tls: false}}
-routes:
-  {model}: [fake/fake-model]
-  {PACED_MODEL}: [fake/{PACED_UPSTREAM}]
-  {HOLD_MODEL}: [fake/{HOLD_UPSTREAM}]
-  {OBSERVE_MODEL}: [passthrough]
-vendors:
-  api.anthropic.com: "{vendor.base_url}"
-prices:
-  fake-model: {{input: 3, output: 15, cache_read: 0.3}}
-"""
+            config = detour_config(openai.base_url, vendor.base_url, model)
             (home / "config.yaml").write_text(config)
             # plain mitmdump as a user would run it in front of the vendor: no script, lazy
             # upstream connections as detour's; certificates of the fakes not verified

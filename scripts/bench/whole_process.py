@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from scripts.bench.claude_code import (OBSERVE_MODEL, PROVIDER_KEY, capture_body, check_whole,
+from scripts.bench.claude_code import (OBSERVE_MODEL, capture_body, check_whole, detour_config,
                                        request_for)
 from scripts.bench.lib import FakeProcess, TunnelClient, pin, run_phase
 
@@ -155,18 +155,7 @@ def main(argv=None) -> int:
                 if others:
                     pin(f.proc.pid, others)
             model = json.loads(capture_body(False))["model"]
-            config = f"""
-providers:
-  fake: {{kind: openai, base_url: "{openai.base_url}/v1", api_keys: [{PROVIDER_KEY}],
-          verify_tls: false}}
-routes:
-  {model}: [fake/fake-model]
-  {OBSERVE_MODEL}: [passthrough]
-vendors:
-  api.anthropic.com: "{vendor.base_url}"
-prices:
-  fake-model: {{input: 3, output: 15, cache_read: 0.3}}
-"""
+            config = detour_config(openai.base_url, vendor.base_url, model)
             homes = [tmp / "home", tmp / "home-against"]
             for home in homes:
                 home.mkdir()
