@@ -9,7 +9,6 @@ import itertools
 import sys
 import time
 import webbrowser
-from pathlib import Path
 
 import click
 import httpx
@@ -25,6 +24,7 @@ from addons.credentials.vault import VaultError
 from addons.credentials.vendors import VENDORS
 from addons.routing import Account, account_label
 from scripts.options import DetourError, Settings, output_options, pass_settings
+from scripts.status import rest_rows
 
 # a cheap call per provider kind that needs a valid credential: the model list
 TEST_PATHS = {"openai": "/models", "openai-responses": "/models", "anthropic": "/v1/models",
@@ -138,30 +138,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
-def _cooldowns(db: Path, database: str | None = None) -> dict[str, tuple[float, str]]:
-    """Resting account keys (`provider/label`, also per model) -> (until, reason): from
-    detour.db, or every process's in the `database:` (Postgres)."""
-    if database:
-        import psycopg
-
-        from addons.cooldown_postgres import stored_rests
-        try:
-            return {k: (u, r) for k, u, r, _cause in stored_rests(database)}
-        except psycopg.Error:  # the database away: the list shows the rest
-            return {}
-    import sqlite3
-    try:
-        conn = sqlite3.connect(db)
-        try:
-            rows = conn.execute("SELECT key, until, reason FROM cooldowns WHERE until > ?",
-                                (time.time(),)).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return {}
-    return {k: (u, r) for k, u, r in rows}
-
-
 def account_rows(settings: Settings) -> list[dict]:
     """Every account: config.yaml's keys (by label) and the stored ones; never a secret."""
     store = open_store(settings)
@@ -170,7 +146,8 @@ def account_rows(settings: Settings) -> list[dict]:
         providers, database = config.providers, config.database
     except ConfigError:
         providers, database = {}, None
-    rests = _cooldowns(settings.home / "detour.db", database)
+    # resting keys (`provider/label`, also per model) -> (until, reason)
+    rests = {k: (u, r) for k, u, r, _ in rest_rows(settings.home / "detour.db", database)}
     rows = []
     for pname, spec in providers.items():
         for i, entry in enumerate(spec.api_keys):

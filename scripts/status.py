@@ -114,21 +114,24 @@ def proxy_views(home: Path) -> tuple[list[dict], list[dict]] | None:
     return accounts, views["routes"]
 
 
-def _rests(db: Path, database: str | None = None) -> list[dict]:
-    """The rests kept: in detour.db, or every process's in the `database:` (Postgres)."""
+def rest_rows(db: Path, database: str | None = None) -> list[tuple[str, float, str, str]]:
+    """(key, until, reason, cause) of every rest kept now: in detour.db, or every process's in
+    the `database:` (Postgres); [] where there are none or they cannot be read."""
     if database:
         import psycopg
 
         from addons.cooldown_postgres import stored_rests
         try:
-            rows = stored_rests(database)
-        except psycopg.Error:  # the database away: status shows the rest
-            rows = []
-    else:
-        rows = _query(db, "SELECT key, until, reason, cause FROM cooldowns WHERE until > ?",
-                      (time.time(),))
+            return stored_rests(database)
+        except psycopg.Error:  # the database away: the rest is shown without them
+            return []
+    return _query(db, "SELECT key, until, reason, cause FROM cooldowns WHERE until > ?",
+                  (time.time(),))
+
+
+def _rests(db: Path, database: str | None = None) -> list[dict]:
     return [{"key": k, "until": _iso(u), "seconds_left": round(u - time.time()), "reason": r,
-             "cause": c} for k, u, r, c in rows]
+             "cause": c} for k, u, r, c in rest_rows(db, database)]
 
 
 def calls_today(db: Path) -> dict:
