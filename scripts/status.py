@@ -6,7 +6,8 @@ While a proxy runs, accounts and routes are the proxy's own view: its `detour.ac
 `detour.routes` commands, asked on its loopback metrics port (proxy.json says which): stored
 accounts and their logins (needs_login), rests, recent errors, rate limits last seen. Without a
 proxy (or a metrics port) they are read from DETOUR_HOME's files (config.yaml, detour.db's
-cooldowns and accounts; the rests from Postgres with `database:`), so status works the same whoever started the proxy, or with none.
+cooldowns and accounts; both from Postgres with `database:`), so status works the same whoever
+started the proxy, or with none.
 """
 
 import datetime

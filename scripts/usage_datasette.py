@@ -7,8 +7,9 @@ error) read the rows of a bounded window through the `ts` index.
 
 With `database: postgresql://...` Datasette (SQLite only) serves a snapshot: the `usage` and
 `usage_rejected` rows, and the rests of every process resting now (`cooldowns`), copied from
-Postgres into DETOUR_HOME/usage-snapshot/detour.db, built by `open_db` (the same schema, `usage_daily` and its triggers, so the sums come out the same),
-private (0600) and replaced whole (`postgres_snapshot`). Usage rows hold labels, never a key.
+Postgres into DETOUR_HOME/usage-snapshot/detour.db, built by `open_db` (the same schema,
+`usage_daily` and its triggers, so the sums come out the same), private (0600) and replaced
+whole (`postgres_snapshot`). Usage rows hold labels, never a key.
 """
 
 import json
