@@ -19,6 +19,7 @@ from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
 from addons.operator_commands import OperatorCommands  # noqa: E402
 from addons.proxy_instance import ProxyInstance  # noqa: E402
+from addons.read_loop import ReadLoop  # noqa: E402
 from addons.request_log import RequestLog  # noqa: E402
 from addons.settings import DetourSettings  # noqa: E402
 from addons.untouched import UntouchedCalls  # noqa: E402
@@ -29,4 +30,5 @@ _settings = DetourSettings()
 addons = [_settings, ProxyInstance(_settings), Gateway(_settings), RequestLog(_settings),
           Interceptor(_settings), OperatorCommands(_settings), UntouchedCalls(_settings),
           MetricsServer(_settings), TokenOwner(_settings),
+          ReadLoop(),  # mitmproxy's read loop, its last read let go (addons/read_loop.py)
           HookDispatch()]  # last: mitmproxy's hook walk as a table (addons/hook_dispatch.py)

@@ -1,0 +1,115 @@
+"""mitmproxy's per-connection read loop, without keeping a connection's last read for its life.
+
+mitmproxy 12.3 reads every connection in `ConnectionHandler.handle_connection`:
+`data = await reader.read(65535)`, the bytes handed to the layers as a `DataReceived` event,
+then the next read. The name `data` keeps the chunk just handled until the next read returns,
+and a client whose request is sent waits for the answer: so each open stream keeps the last
+piece of its request, for Claude Code's request ~48 KB, for as long as the answer streams. The
+layers no longer need it (they copy what they keep: HTTP/1's receive buffer, OpenSSL's BIO, a
+TCP message). Measured with `scripts.bench.memory --upstream http --legs reverse` (200 held
+streams): it was more than half of what plain mitmdump holds per open stream (86 KB -> 37 KB
+with the chunk let go) and ~48 KB of detour's ~120 KB.
+
+Here the same loop runs with the chunk let go once the layers have handled it. Everything else
+is mitmproxy's, in its order: a read of at most 65535 bytes; an empty read or an OSError ends
+reading; a cancellation while reading or draining ends it too and is raised again at the end;
+a TCP connection closed by the peer stays writable (half-closed) until the handler cancels it;
+then the writer is closed and the connection's transports entry removed.
+
+It replaces the method on mitmproxy's class while detour runs (`ReadLoop`: installed at
+`load`, the original back at `done`), and only over the loop it was written against: the
+original's source is compared with the one of mitmproxy 12.3.1 first. Another mitmproxy keeps
+its own loop (logged once); `tests/addons/test_read_loop.py` fails then, so whoever updates
+mitmproxy looks at its loop again.
+"""
+
+import asyncio
+import hashlib
+import inspect
+import logging
+
+from mitmproxy.connection import Connection, ConnectionState
+from mitmproxy.proxy import events
+from mitmproxy.proxy.server import ConnectionHandler
+
+log = logging.getLogger(__name__)
+
+# sha256 of `inspect.getsource(ConnectionHandler.handle_connection)` in mitmproxy 12.3.1
+WRITTEN_AGAINST = "95c3f93e9824e527cd3c1af9656c0e04690562abcd23f0b029d547257fb53f94"
+READ_SIZE = 65535  # mitmproxy's
+
+
+def fingerprint(func) -> str | None:
+    try:
+        return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()
+    except (OSError, TypeError):  # no source to compare: not ours to replace
+        return None
+
+
+async def handle_connection(self: ConnectionHandler, connection: Connection) -> None:
+    """`ConnectionHandler.handle_connection`, the last read let go (module docstring)."""
+    reader = self.transports[connection].reader
+    assert reader
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            data = await reader.read(READ_SIZE)
+        except OSError:
+            break
+        except asyncio.CancelledError as e:
+            cancelled = e
+            break
+        if not data:  # the peer closed its side
+            break
+        await self.server_event(events.DataReceived(connection, data))
+        data = None  # the layers copied what they keep: not held while the next read waits
+        try:
+            await self.drain_writers()
+        except asyncio.CancelledError as e:
+            cancelled = e
+            break
+
+    if cancelled is None and connection.transport_protocol == "tcp":
+        connection.state &= ~ConnectionState.CAN_READ  # half-closed: we may still send
+    else:
+        connection.state = ConnectionState.CLOSED
+    await self.server_event(events.ConnectionClosed(connection))
+
+    if connection.state is ConnectionState.CAN_WRITE:
+        try:  # kept for writing until the handler is done with it and cancels this task
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as e:
+            cancelled = e
+
+    try:
+        writer = self.transports[connection].writer
+        assert writer
+        writer.close()
+    except OSError:
+        pass
+    self.transports.pop(connection)
+    if cancelled:
+        raise cancelled
+
+
+class ReadLoop:
+    """The addon: `handle_connection` above on mitmproxy's class while detour is loaded."""
+
+    def __init__(self):
+        self.original = None
+
+    def load(self, loader):
+        current = ConnectionHandler.handle_connection
+        if current is handle_connection or self.original is not None:
+            return
+        if fingerprint(current) != WRITTEN_AGAINST:
+            log.info("mitmproxy's connection read loop is not the one detour's was written "
+                     "against: it keeps its own (each open stream keeps its last read)")
+            return
+        self.original = current
+        ConnectionHandler.handle_connection = handle_connection
+
+    def done(self):
+        if self.original is not None and ConnectionHandler.handle_connection is handle_connection:
+            ConnectionHandler.handle_connection = self.original
+        self.original = None
