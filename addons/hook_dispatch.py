@@ -8,59 +8,64 @@ callables), whether or not the item has the hook: ~50 us per event in a running 
 each; most addons have none of them). Measured in the proxy (`scripts/bench/whole_process.py`),
 that walk was the largest single item of detour's process too.
 
-Here the hook callables of each chain item are looked up once per hook name and kept while
-the addon tree is the same objects (checked per event by identity: an addon added or removed,
-a script loaded or reloaded makes a new tree, and a new table). What each event runs is what
-mitmproxy runs: per chain item, its hooks in tree order inside one `safecall` (an error is
-logged and the next item goes on), an `AddonHalt` ends the event, awaitable results awaited.
-A hook method assigned to an addon object after its first event is not seen (mitmproxy would
-see it); nothing in detour or mitmproxy does that.
+Here the hook callables of each chain item are looked up once per hook name and kept until
+the addon tree changes: every change goes through the manager's `register` or `remove` (an
+addon added or removed, `clear`, a script loaded, reloaded or unloaded: mitmproxy's script
+addons do both), which the table wraps to drop its plans. (It compared the whole tree by
+identity on every event before: ~5 us per event, 8 events per whole call.) What each event
+runs is what mitmproxy runs: per chain item, its hooks in tree order inside one `safecall` (an
+error is logged and the next item goes on), an `AddonHalt` ends the event, awaitable results
+awaited. Not seen, where mitmproxy's walk would see them: a hook method assigned to an addon
+object after its first event, and children put into an addon's `addons` without `register`
+(mitmproxy would not give such children their `load` either); nothing in detour or mitmproxy
+does either.
 """
 
+import functools
 import inspect
-import operator
 
 from mitmproxy import ctx, exceptions, hooks
 from mitmproxy.addonmanager import AddonManager, safecall
 
 
-def _tree(chain: list) -> list:
-    """Every addon object under the chain, depth first (mitmproxy's `traverse` order)."""
-    out: list = []
-    stack = list(reversed(chain))
-    while stack:
-        addon = stack.pop()
-        out.append(addon)
-        children = getattr(addon, "addons", None)
-        if children:
-            stack.extend(reversed(list(children)))
-    return out
-
-
 class HookTable:
-    """Replaces its manager's `trigger_event` (an instance attribute: the class is untouched)."""
+    """Replaces its manager's `trigger_event`, and wraps its `register` and `remove` (instance
+    attributes: the class is untouched)."""
+
+    WRAPPED = ("register", "remove")
 
     def __init__(self, manager: AddonManager):
         self.manager = manager
-        self.tree: list = []
         self.plans: dict[str, list[list]] = {}
         self.original = manager.trigger_event
         manager.trigger_event = self.trigger_event
+        for name in self.WRAPPED:
+            setattr(manager, name, self._dropping_plans(getattr(manager, name)))
+
+    def _dropping_plans(self, method):
+        @functools.wraps(method)
+        def changed(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            finally:  # `add` appends to the chain after `register`, before any event runs
+                self.plans = {}
+        changed.detour_hook_table = self
+        return changed
 
     def uninstall(self) -> None:
-        if self.manager.trigger_event == self.trigger_event:
-            self.manager.trigger_event = self.original
+        manager = self.manager
+        if manager.trigger_event == self.trigger_event:
+            manager.trigger_event = self.original
+        for name in self.WRAPPED:
+            if getattr(getattr(manager, name), "detour_hook_table", None) is self:
+                delattr(manager, name)  # the class's method again
 
     def plan(self, event: hooks.Hook) -> list[list] | None:
         """Per chain item that has the hook: its callables (as `_iter_hooks` yields them);
         None when an item's hook attribute is not callable (mitmproxy's own walk reports it)."""
-        manager = self.manager
-        tree = _tree(manager.chain)
-        if len(tree) != len(self.tree) or not all(map(operator.is_, tree, self.tree)):
-            self.tree = tree
-            self.plans = {}
         plan = self.plans.get(event.name)
         if plan is None:
+            manager = self.manager
             try:
                 plan = [funcs for item in manager.chain
                         if (funcs := [func for _, func in manager._iter_hooks(item, event)])]

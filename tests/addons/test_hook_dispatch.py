@@ -1,8 +1,11 @@
 """The hook table calls what mitmproxy's own dispatch calls, in its order, with its error
 handling, and follows changes of the addon tree."""
 
+import asyncio
+
 import pytest
 from mitmproxy import exceptions, hooks
+from mitmproxy.addons import script
 from mitmproxy.test import taddons
 
 from addons.hook_dispatch import HookTable
@@ -83,26 +86,64 @@ async def test_an_addon_halt_ends_the_event(use_table):
     assert calls == [("update", "a"), ("halt", "h")]
 
 
-async def test_the_table_follows_addons_added_removed_and_a_script_reloaded():
+async def test_the_table_follows_addons_added_and_removed():
     calls: list = []
     with taddons.context() as tctx:
         manager = tctx.master.addons
-        script = Recorder("script", calls, [Recorder("old", calls)])
-        manager.add(script)
+        manager.add(Recorder("first", calls, [Recorder("child", calls)]))
         table = HookTable(manager)
         await manager.trigger_event(hooks.UpdateHook([]))
         late = Recorder("late", calls)
         manager.add(late)
-        script.addons = [Recorder("reloaded", calls)]  # a script's module loaded anew
         calls.clear()
         await manager.trigger_event(hooks.UpdateHook([]))
-        assert calls == [("update", "script"), ("update", "reloaded"), ("update", "late")]
+        assert calls == [("update", "first"), ("update", "child"), ("update", "late")]
         manager.remove(late)
         calls.clear()
         await manager.trigger_event(hooks.UpdateHook([]))
-        assert calls == [("update", "script"), ("update", "reloaded")]
+        assert calls == [("update", "first"), ("update", "child")]
         table.uninstall()
         assert manager.trigger_event == table.original
+        assert "register" not in vars(manager) and "remove" not in vars(manager)
+
+
+SCRIPT = """
+class Seen:
+    def update(self, flows):
+        flows.append({name!r})
+
+addons = [Seen()]
+"""
+
+
+async def test_the_table_follows_a_script_loaded_reloaded_and_unloaded(tmp_path):
+    """mitmproxy's own script addons: `--scripts` set, the file loaded anew, the option
+    cleared."""
+    path = tmp_path / "a_script.py"
+    path.write_text(SCRIPT.format(name="old"))
+
+    async def seen() -> list:
+        flows: list = []
+        await manager.trigger_event(hooks.UpdateHook(flows))
+        return flows
+
+    with taddons.context() as tctx:
+        manager = tctx.master.addons
+        loader = script.ScriptLoader()
+        manager.add(loader)
+        HookTable(manager)
+        assert await seen() == []
+        tctx.configure(loader, scripts=[str(path)])
+        for _ in range(500):  # the script's watcher task loads it (bounded: ~5 s)
+            if loader.addons and loader.addons[0].ns is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert await seen() == ["old"]
+        path.write_text(SCRIPT.format(name="new"))
+        loader.addons[0].loadscript()  # what the watcher does when the file changes
+        assert await seen() == ["new"]
+        tctx.configure(loader, scripts=[])
+        assert await seen() == []
 
 
 async def test_a_hook_attribute_that_is_not_callable_is_left_to_mitmproxy():
