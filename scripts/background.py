@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
@@ -35,6 +36,13 @@ KNOWN_TOOLS = {
     "cline": "cline",
     "opencode": "opencode-ai",
 }
+
+# The tool gets none of detour's own variables but DETOUR_HOME (a `detour` command it runs finds
+# this home): DETOUR_CREDENTIALS_KEY decrypts every stored login and key, and
+# DETOUR_CREDENTIALS_KEY_FILE says where that key is; the rest (DETOUR_KEY_BACKEND,
+# DETOUR_OAUTH_*, the proxy's workers, metrics port and profiling) configure detour, not the tool.
+# The proxy started here still gets them all.
+TOOL_KEEPS = frozenset({"DETOUR_HOME"})
 
 
 class ToolNotFound(DetourError):
@@ -176,7 +184,8 @@ def run(settings: Settings, port: int | None, quiet: bool, command: tuple[str, .
     Uses the proxy already running for it, or starts one in the background (it keeps running
     for the next tool; `detour stop` stops it). The tool gets HTTPS_PROXY and the variables
     that make it trust the proxy's CA (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE,
-    REQUESTS_CA_BUNDLE, CODEX_CA_CERTIFICATE, ...). Its exit code is detour's.
+    REQUESTS_CA_BUNDLE, CODEX_CA_CERTIFICATE, ...), and none of detour's own variables
+    (DETOUR_CREDENTIALS_KEY and the rest; DETOUR_HOME stays). Its exit code is detour's.
 
     \b
     Example:
@@ -184,7 +193,7 @@ def run(settings: Settings, port: int | None, quiet: bool, command: tuple[str, .
         detour run -- codex exec "fix the tests"
         detour run --port 9000 gemini
     """
-    env = dict(os.environ)
+    env = without_detour_variables(os.environ)
     tool = command[0]
     path = _which(tool, env.get("PATH"))
     instance = running_instance(settings.home) or _still_starting(settings.home)
@@ -212,6 +221,12 @@ def run(settings: Settings, port: int | None, quiet: bool, command: tuple[str, .
         sys.exit(subprocess.call([path, *argv[1:]], env=env))
     # exec: the tool owns the terminal, its signals and its exit code
     os.execve(path, argv, env)
+
+
+def without_detour_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` less detour's own variables (TOOL_KEEPS stay): what a tool starts from."""
+    return {name: value for name, value in environ.items()
+            if not name.upper().startswith("DETOUR_") or name.upper() in TOOL_KEEPS}
 
 
 def _which(tool: str, path_var: str | None) -> str:

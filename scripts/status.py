@@ -1,6 +1,7 @@
 """`detour status`: is a proxy running for this DETOUR_HOME (pid, address, uptime), the
 configuration in force, each provider's accounts with their state, what each route resolves to,
-today's calls, and the tool calls that went by untouched.
+today's calls (every process's, from Postgres with `database:`), and the tool calls that went
+by untouched.
 
 While a proxy runs, accounts and routes are the proxy's own view: its `detour.accounts` and
 `detour.routes` commands, asked on its loopback metrics port (proxy.json says which): stored
@@ -135,29 +136,54 @@ def _rests(db: Path, database: str | None = None) -> list[dict]:
              "cause": c} for k, u, r, c in rest_rows(db, database)]
 
 
-def calls_today(db: Path) -> dict:
+_CALLS_TODAY = ("SELECT provider, model_upstream, model_requested, count(*), "
+                "sum(CASE WHEN status >= 400 OR status = 0 THEN 1 ELSE 0 END), "
+                "sum(input_tokens), sum(output_tokens), sum(cache_read_tokens), sum(cost_usd) "
+                "FROM usage WHERE ts >= {} GROUP BY 1, 2, 3 ORDER BY 4 DESC")
+_TOTALS = ("calls", "failed", "input_tokens", "output_tokens", "cache_read_tokens", "cost_usd")
+
+
+def calls_today(db: Path, database: str | None = None) -> dict:
     """Today's model calls (since local midnight): count, failures, tokens, cost, and by
-    provider and model."""
+    provider and model; every process's from the `database:` (Postgres), else detour.db's.
+    Postgres away: `error` says why (one line) and the counts are None."""
     midnight = datetime.datetime.now().astimezone().replace(hour=0, minute=0, second=0,
                                                             microsecond=0)
     since = midnight.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    rows = _query(db, "SELECT provider, model_upstream, model_requested, count(*), "
-                  "sum(status >= 400 OR status = 0), sum(input_tokens), sum(output_tokens), "
-                  "sum(cache_read_tokens), sum(cost_usd) FROM usage WHERE ts >= ? "
-                  "GROUP BY 1, 2, 3 ORDER BY 4 DESC", (since,))
-    total = {"calls": 0, "failed": 0, "input_tokens": 0, "output_tokens": 0,
-             "cache_read_tokens": 0, "cost_usd": 0.0}
+    if database:
+        import psycopg
+
+        from addons.usage_postgres import safe_dsn
+        try:
+            rows = _postgres_calls(database, since)
+        except psycopg.Error as e:
+            why = " ".join(f"{type(e).__name__}: {e}".split())  # psycopg's run over lines
+            return {"since": midnight.isoformat(timespec="seconds"),
+                    "error": f"database {safe_dsn(database)}: {why}",
+                    **dict.fromkeys(_TOTALS), "by_model": []}
+    else:
+        rows = _query(db, _CALLS_TODAY.format("?"), (since,))
+    total = dict.fromkeys(_TOTALS, 0) | {"cost_usd": 0.0}
     groups = []
     for provider, upstream, requested, n, failed, tin, tout, cached, cost in rows:
         group = {"provider": provider or "", "model": upstream or requested or "",
-                 "calls": n, "failed": failed or 0, "input_tokens": tin or 0,
-                 "output_tokens": tout or 0, "cache_read_tokens": cached or 0,
-                 "cost_usd": round(cost or 0.0, 6)}
+                 "calls": int(n), "failed": int(failed or 0), "input_tokens": int(tin or 0),
+                 "output_tokens": int(tout or 0), "cache_read_tokens": int(cached or 0),
+                 "cost_usd": round(float(cost or 0.0), 6)}
         groups.append(group)
         for k in total:
             total[k] += group[k]
     total["cost_usd"] = round(total["cost_usd"], 6)
     return {"since": midnight.isoformat(timespec="seconds"), **total, "by_model": groups}
+
+
+def _postgres_calls(url: str, since: str) -> list[tuple]:
+    """The rows of _CALLS_TODAY from Postgres; [] before any process made its table."""
+    from addons.usage_postgres import connect
+    with connect(url, 5) as conn:
+        if conn.execute("SELECT to_regclass('usage')").fetchone()[0] is None:
+            return []
+        return conn.execute(_CALLS_TODAY.format("%s"), (since,)).fetchall()
 
 
 def _stored_accounts(config: Config | None, db: Path) -> list[tuple]:
@@ -200,7 +226,7 @@ def status_record(settings: Settings) -> dict:
     accounts, routes = views if views is not None else (accounts_record(parsed, db), None)
     return {"home": str(settings.home), "proxy": proxy_record(settings.home), "config": config,
             "accounts": accounts, "accounts_from": "proxy" if views is not None else "files",
-            "routes": routes, "today": calls_today(db),
+            "routes": routes, "today": calls_today(db, parsed.database if parsed else None),
             "untouched": read_untouched(settings.home),
             "shared_state": shared_state_record(settings.home)}
 
@@ -283,9 +309,12 @@ def render(record: dict) -> list[str]:
                 + (f" ({c['state']})" if c["state"] != "ready" else "")
                 for c in r["candidates"])
             lines.append(f"  {r['configured']:<30} {asked or 'no candidate'}")
-    lines.append(f"today     {today['calls']} calls, {today['failed']} failed, "
-                 f"{today['input_tokens']} input / {today['output_tokens']} output tokens"
-                 + (f", ${today['cost_usd']:.4f}" if today["cost_usd"] else ""))
+    if today.get("error"):
+        lines.append(f"today     calls not counted: {today['error']}")
+    else:
+        lines.append(f"today     {today['calls']} calls, {today['failed']} failed, "
+                     f"{today['input_tokens']} input / {today['output_tokens']} output tokens"
+                     + (f", ${today['cost_usd']:.4f}" if today["cost_usd"] else ""))
     for g in today["by_model"][:10]:
         lines.append(f"  {g['provider'] or '-':<14} {g['model']:<34} {g['calls']} calls"
                      + (f", {g['failed']} failed" if g["failed"] else ""))

