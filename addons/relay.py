@@ -408,12 +408,13 @@ class RelayHttp:
     """The HTTP side of one relay connection: h11 (server role) frames what is read and
     written; the relay's logic sees paths, heads and data."""
 
-    __slots__ = ("reader", "writer", "h11")
+    __slots__ = ("reader", "writer", "h11", "chunked")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.chunked = False
 
     async def read_request(self) -> str | None:
         """The next request's path, its body read and dropped (the client's original request
@@ -450,9 +451,17 @@ class RelayHttp:
                       else (b"transfer-encoding", b"chunked"))
         self.writer.write(self.h11.send(h11.Response(
             status_code=status, headers=fields, reason=_REASONS.get(status, "Error"))))
+        self.chunked = length is None
 
     def write_data(self, data: bytes) -> None:
-        if data:
+        if not data:
+            return
+        if self.chunked:
+            # one chunk, framed as h11's chunked writer frames it, without an event object and
+            # h11's state checks for every relayed event (~3 us each); h11 still writes the
+            # head and the last chunk, and counts a length-framed body itself
+            self.writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
             self.writer.write(self.h11.send(h11.Data(data=data)))
 
     def end(self) -> None:
