@@ -46,7 +46,8 @@ HOLD_DELAY, HOLD_EVENTS = 0.5, 240  # open for 2 minutes: longer than opening 20
 OBSERVE_MODEL = "claude-bench-observe"  # routed to passthrough: detour's observe mode
 # issue 13's targets, detour / plain mitmdump in the same run (memory: KB per open stream)
 TARGETS = {"whole_c1": 1.3, "whole_cN": 1.4, "paced": 1.3, "big_c1": 1.4}
-TARGET_MEMORY_KB = 100
+TARGET_MEMORY_KB = 100  # in the issue's setting: reverse mode, plain HTTP on both legs
+ISSUE_MEMORY_SETTING = "reverse/http"
 MARKER = b"text_delta"
 
 DETOUR, PLAIN = "detour", "plain"
@@ -496,14 +497,25 @@ def run(args) -> dict:
                 # fresh proxies (the heap of one that served the rounds has room to spare),
                 # one at a time, in the bench's client setup and the other one (issue 13
                 # measured reverse mode with a plain-HTTP client leg); see memory.py
-                from scripts.bench.memory import FreshProxies, legs_for
+                from scripts.bench.memory import FreshProxies, held_stream_fakes, legs_for
 
                 fresh = FreshProxies(tmp, confdir, config, vendor.base_url, vendor.port,
                                      args.upstream, args.detour_set, args.against, proxy_cpus)
                 hold = capture_body(True, HOLD_MODEL)
                 for leg in legs_for(args.leg, args.upstream):
-                    memory[leg] = {who: fresh.measure(who, leg, hold, args.open_streams)
-                                   for who in (DETOUR, PLAIN)}
+                    memory[f"{leg}/{args.upstream}"] = {
+                        who: fresh.measure(who, leg, hold, args.open_streams)
+                        for who in (DETOUR, PLAIN)}
+                if ISSUE_MEMORY_SETTING not in memory:
+                    # the setting the memory target is for: plain HTTP on both legs (OpenSSL's
+                    # ~130 KB per TLS connection comes on top in the others, plain's alike)
+                    with held_stream_fakes("http", others) as (_, http_vendor, http_config):
+                        fresh = FreshProxies(tmp, confdir, http_config, http_vendor.base_url,
+                                             http_vendor.port, "http", args.detour_set,
+                                             args.against, proxy_cpus, homes=fresh.homes)
+                        memory[ISSUE_MEMORY_SETTING] = {
+                            who: fresh.measure(who, "reverse", hold, args.open_streams)
+                            for who in (DETOUR, PLAIN)}
         finally:
             for s in sides:
                 for c in s.clients:
@@ -570,13 +582,17 @@ def summarize(result: dict, args) -> dict:
         summary.append({"phase": name, "metric": metric, "label": label, "detour": d,
                         "plain": p, "ratio": rr, "round_ratios": ratios, "target": target,
                         "verdict": verdict, "fmt": fmt})
-    for leg, mem in result["memory"].items():
+    for setting, mem in result["memory"].items():
         d, p = mem[DETOUR]["kb_per_stream"], mem[PLAIN]["kb_per_stream"]
-        summary.append({"phase": f"open_streams_{leg}", "metric": "kb_per_stream",
+        marginal = mem[DETOUR]["kb_marginal"]
+        target = TARGET_MEMORY_KB if setting == ISSUE_MEMORY_SETTING else None
+        summary.append({"phase": f"open_streams_{setting}", "metric": "kb_per_stream",
                         "label": "RSS per open stream (KB)", "detour": d, "plain": p,
                         "ratio": ratio(d, p), "round_ratios": [], "target": None,
-                        "target_kb": TARGET_MEMORY_KB, "leg": leg,
-                        "verdict": "met" if d <= TARGET_MEMORY_KB else "MISSED", "fmt": "{:.0f}"})
+                        "target_kb": target, "setting": setting,
+                        # both figures: the average rests on the heap's room before as well
+                        "verdict": None if target is None else
+                        "met" if max(d, marginal) <= target else "MISSED", "fmt": "{:.0f}"})
     return {"rows": summary}
 
 
@@ -638,9 +654,12 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
     w(head)
     w("-" * len(head))
     titles = titles_of(result, args)
-    for leg in result["memory"]:  # the bench's own setup first, the other one marked
-        titles[f"open_streams_{leg}"] = f"{args.open_streams} open" + (
-            "" if leg == args.leg else " rev" if leg == "reverse" else " TLS")
+    for setting in result["memory"]:  # the bench's own setup first, the others marked
+        leg, upstream = setting.split("/")
+        titles[f"open_streams_{setting}"] = f"{args.open_streams} open" + (
+            "" if leg == args.leg and upstream == args.upstream else
+            " http" if setting == ISSUE_MEMORY_SETTING else
+            " rev" if leg == "reverse" else " TLS")
     for row in summary["rows"]:
         if row.get("target_kb"):
             target = f"<={row['target_kb']}KB"
@@ -656,11 +675,14 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
                                     or row["target"]):
             label = f"{titles[row['phase']]} {row['label']}"
             w(f"  {label:<42}" + " ".join(fmt(x, "{:.2f}") for x in row["round_ratios"]))
-    for leg, mem in result["memory"].items():
+    for setting, mem in result["memory"].items():
         w("")
+        leg, upstream = setting.split("/")
         setup = ("CONNECT + TLS client leg" if leg == "connect" else
-                 "reverse mode, plain HTTP client leg (issue 13's setting)")
-        w(f"memory, {setup}, {args.upstream} upstream: {args.open_streams} streams open at once "
+                 "reverse mode, plain HTTP client leg")
+        if setting == ISSUE_MEMORY_SETTING:
+            setup += " (issue 13's setting, the one its target is for)"
+        w(f"memory, {setup}, {upstream} upstream: {args.open_streams} streams open at once "
           f"through a fresh proxy (each one's first text event received, the provider holding "
           f"the rest; marginal: what the second half added, per stream):")
         for who in (DETOUR, PLAIN):

@@ -20,6 +20,7 @@ figures are not the ones to quote).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -151,6 +152,32 @@ class FreshProxies:
             mitm.stop()
 
 
+@contextlib.contextmanager
+def held_stream_fakes(upstream: str, pin_cpus: set[int] | None = None):
+    """The fake OpenAI-compatible provider and the fake Anthropic API, each holding the
+    `HOLD_MODEL` streams open, over TLS or plain HTTP (`upstream`); yields them and detour's
+    config routing `HOLD_MODEL` to the first. Stopped by their PID at the end."""
+    paced = ["--paced", f"{HOLD_MODEL}:{HOLD_DELAY}:{HOLD_EVENTS}",
+             "--paced", f"{HOLD_UPSTREAM}:{HOLD_DELAY}:{HOLD_EVENTS}"]
+    tls = ["--tls"] if upstream == "https" else []
+    fakes: list[FakeProcess] = []
+    try:
+        fakes.append(FakeProcess("openai", *tls, *paced).launch())
+        fakes.append(FakeProcess("anthropic", *tls, *paced).launch())
+        for f in fakes:
+            f.wait_ready()
+            if pin_cpus:
+                pin(f.proc.pid, pin_cpus)
+        openai, vendor = fakes
+        config = (f'providers:\n  fake: {{kind: openai, base_url: "{openai.base_url}/v1", '
+                  f'api_keys: [{PROVIDER_KEY}], verify_tls: false}}\n'
+                  f'routes:\n  {HOLD_MODEL}: [fake/{HOLD_UPSTREAM}]\n')
+        yield openai, vendor, config
+    finally:
+        for f in fakes:
+            f.stop()
+
+
 def legs_for(leg: str, upstream: str) -> list[str]:
     """The bench's own leg first, then the other (CONNECT needs a TLS upstream)."""
     other = "reverse" if leg == "connect" else "connect"
@@ -265,48 +292,31 @@ def main(argv=None) -> int:
         sides.append((PLAIN, []))
     results: dict = {}
     reports: list[str] = []
-    fakes: list[FakeProcess] = []
-    with tempfile.TemporaryDirectory(prefix="detour-memory-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="detour-memory-") as tmp, \
+            held_stream_fakes(args.upstream, others) as (openai, vendor, config):
         tmp = Path(tmp)
-        try:
-            paced = ["--paced", f"{HOLD_MODEL}:{HOLD_DELAY}:{HOLD_EVENTS}",
-                     "--paced", f"{HOLD_UPSTREAM}:{HOLD_DELAY}:{HOLD_EVENTS}"]
-            tls = ["--tls"] if args.upstream == "https" else []
-            openai = FakeProcess("openai", *tls, *paced).launch()
-            vendor = FakeProcess("anthropic", *tls, *paced).launch()
-            fakes += [openai, vendor]
-            confdir = tmp / "confdir"
-            ensure_ca(confdir)
-            for f in fakes:
-                f.wait_ready()
-                if others:
-                    pin(f.proc.pid, others)
-            config = (f'providers:\n  fake: {{kind: openai, base_url: "{openai.base_url}/v1", '
-                      f'api_keys: [{PROVIDER_KEY}], verify_tls: false}}\n'
-                      f'routes:\n  {HOLD_MODEL}: [fake/{HOLD_UPSTREAM}]\n')
-            body = capture_body(True, HOLD_MODEL)
-            fresh = FreshProxies(tmp, confdir, config, vendor.base_url, vendor.port,
-                                 args.upstream, args.detour_set, args.against, proxy_cpus,
-                                 args.trim)
-            for r in range(args.repeat):
-                for leg in args.legs:
-                    for name, options in (sides if r % 2 == 0 else sides[::-1]):
-                        who = PLAIN if name == PLAIN else DETOUR
-                        snaps = ((args.snapshots or tmp) / f"snaps-{r}-{leg}-"
-                                 f"{name.replace(' ', '-')}" if args.tracemalloc else None)
-                        x = fresh.measure(who, leg, body, args.streams, snaps, options)
-                        results.setdefault(leg, {}).setdefault(name, []).append(x)
-                        print(f"  {leg:<8} {name:<14} RSS {x['rss_before'] / 2**20:6.1f} MB -> "
-                              f"{x['rss_open'] / 2**20:6.1f} MB: {x['kb_per_stream']:6.1f} KB "
-                              f"per open stream (marginal {x['kb_marginal']:.1f})",
-                              file=sys.stderr, flush=True)
-                        if snaps is not None:
-                            reports.append(f"== {leg}, {name}, run {r + 1}\n" + diff_report(
-                                Path(x["snapshots"][0]), Path(x["snapshots"][1]),
-                                args.streams))
-        finally:
-            for f in fakes:
-                f.stop()
+        confdir = tmp / "confdir"
+        ensure_ca(confdir)
+        body = capture_body(True, HOLD_MODEL)
+        fresh = FreshProxies(tmp, confdir, config, vendor.base_url, vendor.port,
+                             args.upstream, args.detour_set, args.against, proxy_cpus,
+                             args.trim)
+        for r in range(args.repeat):
+            for leg in args.legs:
+                for name, options in (sides if r % 2 == 0 else sides[::-1]):
+                    who = PLAIN if name == PLAIN else DETOUR
+                    snaps = ((args.snapshots or tmp) / f"snaps-{r}-{leg}-"
+                             f"{name.replace(' ', '-')}" if args.tracemalloc else None)
+                    x = fresh.measure(who, leg, body, args.streams, snaps, options)
+                    results.setdefault(leg, {}).setdefault(name, []).append(x)
+                    print(f"  {leg:<8} {name:<14} RSS {x['rss_before'] / 2**20:6.1f} MB -> "
+                          f"{x['rss_open'] / 2**20:6.1f} MB: {x['kb_per_stream']:6.1f} KB "
+                          f"per open stream (marginal {x['kb_marginal']:.1f})",
+                          file=sys.stderr, flush=True)
+                    if snaps is not None:
+                        reports.append(f"== {leg}, {name}, run {r + 1}\n" + diff_report(
+                            Path(x["snapshots"][0]), Path(x["snapshots"][1]),
+                            args.streams))
     if proxy_cpus:
         os.sched_setaffinity(0, set(cpus))
 

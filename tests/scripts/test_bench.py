@@ -23,7 +23,8 @@ def test_claude_code_bench_runs_and_reports(tmp_path):
     for line in ("whole c=1     proxy CPU (ms/request)", "whole c=16    requests/s",
                  "stream c=1    proxy CPU (us/event)", "paced c=2     proxy CPU (us/event)",
                  "0.1MB c=1     proxy CPU (ms/request)", "observe c=1   proxy CPU",
-                 "3 open        RSS per open stream (KB)", "paced stream alone",
+                 "3 open        RSS per open stream (KB)",
+                 "3 open http   RSS per open stream (KB)", "paced stream alone",
                  "translator alone"):
         assert line in table, table
     saved = json.loads(out.read_text())
@@ -31,3 +32,17 @@ def test_claude_code_bench_runs_and_reports(tmp_path):
     assert len(saved["rounds"]) == 1
     assert {row["metric"] for row in saved["summary"]} >= {"cpu_ms_per_req", "rps", "median_ms",
                                                            "cpu_us_per_event", "kb_per_stream"}
+
+
+def test_memory_bench_runs_and_reports(tmp_path):
+    out = tmp_path / "memory.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scripts.bench.memory", "--upstream", "http", "--streams", "3",
+         "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reverse mode, plain HTTP client leg (issue 13's setting), http upstream:" \
+        in proc.stdout, proc.stdout
+    saved = json.loads(out.read_text())["results"]
+    assert set(saved) == {"reverse"} and set(saved["reverse"]) == {"detour", "plain"}
+    assert all(run["streams"] == 3 for runs in saved["reverse"].values() for run in runs)
