@@ -648,7 +648,7 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
     w(f"            {args.big_requests} whole with a {result['big_bytes']:,} B body, "
       f"{args.requests} observe-mode (passthrough) whole calls (plain: its whole call)")
     w("  figures : medians over rounds; ratio = median of the per-round detour/plain ratios; CPU "
-      "= the proxy process (/proc, 10 ms ticks)")
+      "= the proxy process (its CPU-time clock)")
     w("")
     head = f"{'':<42}{'detour':>10}{'plain':>10}{'ratio':>9}{'target':>9}  verdict"
     w(head)
