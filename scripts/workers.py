@@ -3,7 +3,7 @@
 mitmproxy uses one core; a busy gateway needs several. The supervisor (`run_workers`) makes
 the listening sockets before any worker starts: one per worker, each with SO_REUSEPORT, so the
 kernel spreads the client connections over them. It keeps them open for its whole life and
-hands each worker its own (an inherited descriptor; `reuse_port_mitmdump` below gives it to
+hands each worker its own (an inherited descriptor; `worker_mitmdump` below gives it to
 mitmproxy's proxy server instead of a socket of its own). A connection the kernel queued on a
 worker's socket is therefore never reset by that worker's end: a socket closed with
 connections in its queue would reset them (RST), and a worker closes its sockets whenever it
@@ -16,6 +16,7 @@ turns) and, with `state:` in config.yaml, rests, round-robin turns and limit cou
 worker's lines prefixed `[worker N]`, passes SIGINT and SIGTERM on to every worker (each
 stops cleanly, writing its queued usage rows) and stops them all when one cannot be kept up.
 """
+
 import asyncio
 import collections
 import os
@@ -30,7 +31,7 @@ WORKER_MODULE = "scripts.workers"
 
 
 def worker_argv(mitmdump_args: list[str]) -> list[str]:
-    """The command of one worker: this module's `reuse_port_mitmdump` with mitmdump's args."""
+    """The command of one worker: this module's `worker_mitmdump` with mitmdump's args."""
     return [sys.executable, "-m", WORKER_MODULE, *mitmdump_args]
 
 
@@ -254,7 +255,7 @@ def serving_inherited(original, inherited: list[socket.socket], ready: list[int]
     return start_server
 
 
-def reuse_port_mitmdump() -> int:
+def worker_mitmdump() -> int:
     """mitmdump whose proxy server serves the sockets the supervisor made (on their port),
     rather than listening on sockets of its own; any other listener is left as it is."""
     ready = [int(fd) for fd in filter(None, [os.environ.get(READY_FD_ENV)])]
@@ -266,4 +267,4 @@ def reuse_port_mitmdump() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(reuse_port_mitmdump())
+    sys.exit(worker_mitmdump())
