@@ -303,7 +303,8 @@ def up(
     if workers > 1:
         from scripts.workers import run_workers, worker_argv
         mitmdump_args = argv[len(mitmproxy_command("mitmdump")):]
-        sys.exit(run_workers(worker_argv(mitmdump_args), workers, home=settings.home))
+        sys.exit(run_workers(worker_argv(mitmdump_args), workers, home=settings.home,
+                             host=host, port=port))
     # exec, not a child: Ctrl-C and SIGTERM go straight to mitmproxy, which shuts down cleanly
     os.execv(argv[0], argv)
 

@@ -4,8 +4,10 @@ the way the provider wants it.
 An OAuth account's access token is refreshed ahead of its expiry (`REFRESH_AHEAD`, by the
 background `run` loop, off the request path); a request meets an expired token only when
 that loop has not got to it (just started, clock jump), and then waits for the refresh.
-Whatever the number of requests, one refresh per account is in flight (`_flights`), and
-across processes sharing detour.db one at a time (the store's lease); with `state:
+Whatever the number of requests, one refresh per account is in flight (`_flights`), of the
+tokens its caller found due (by generation: tokens replaced since, by a refresh that landed or
+a reload, are not bought again), and across processes sharing detour.db one at a time (the
+store's lease); with `state:
 redis://...`, one across every process sharing it, on any host, its answer adopted by all
 (shared_tokens.py). The order that makes a
 crash harmless: the token answer is committed to the database (durably) before the new access
@@ -285,10 +287,20 @@ class CredentialProvider:
 
     # ------------------------------------------------------------ refresh, single-flight
 
-    def _start(self, held: Held, force: bool = False) -> asyncio.Future:
+    def _start(self, held: Held, force: bool = False, seen: int | None = None
+               ) -> asyncio.Future:
+        """The refresh of `held`'s tokens of generation `seen` (the ones the caller found due;
+        default: those held now), joined if one is in flight. Tokens replaced since the caller
+        looked (a refresh landed and its flight ended, a reload brought another process's)
+        are not bought again."""
+        seen = held.generation if seen is None else seen
         fut = self._flights.get(held.account.id)
+        if fut is None and seen != held.generation and held.pending is None:
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return done
         if fut is None:
-            fut = asyncio.ensure_future(self._refresh(held, force))
+            fut = asyncio.ensure_future(self._refresh(held, force, seen))
             self._flights[held.account.id] = fut
             fut.add_done_callback(lambda f, i=held.account.id: self._landed(i, f))
         return fut
@@ -298,14 +310,14 @@ class CredentialProvider:
         if not fut.cancelled() and fut.exception() is not None:
             fut.exception()  # retrieved: waiters see it; the background loop logs it
 
-    async def _refresh(self, held: Held, force: bool) -> None:
+    async def _refresh(self, held: Held, force: bool, seen: int | None = None) -> None:
         try:
-            await self._refresh_once(held, force)
+            await self._refresh_once(held, force, held.generation if seen is None else seen)
         except StoreUnavailable as e:
             # no lease can be taken, no answer committed before use: no refresh now
             raise RefreshFailed(f"no token refresh now: {e}") from None
 
-    async def _refresh_once(self, held: Held, force: bool) -> None:
+    async def _refresh_once(self, held: Held, force: bool, seen: int) -> None:
         if self.shared is not None:
             await self.shared.settled(JOIN_WAIT)
         shared = self.shared if self.shared is not None and self.shared.ready else None
@@ -317,15 +329,15 @@ class CredentialProvider:
             return
         if shared is not None:
             try:
-                await self._refresh_shared(held, shared)
+                await self._refresh_shared(held, shared, seen)
             except Undecryptable:
                 raise RefreshFailed("another process refreshed this login and its tokens "
                                     "cannot be decrypted here (not the same credentials "
                                     "key)") from None
             return
-        await self._refresh_here(held)
+        await self._refresh_here(held, seen)
 
-    async def _refresh_shared(self, held: Held, shared: SharedTokens) -> None:
+    async def _refresh_shared(self, held: Held, shared: SharedTokens, seen: int) -> None:
         """One refresh for every process sharing `state:`: the tokens another process's
         refresh published are adopted; else the lease of the link, then a refresh here, its
         tokens published (addons/credentials/shared_tokens.py)."""
@@ -339,13 +351,13 @@ class CredentialProvider:
             elif shared.ready:
                 raise RefreshFailed("another process is refreshing this account's token")
             else:  # Redis went away meanwhile: this host's own lease decides
-                await self._refresh_here(held)
+                await self._refresh_here(held, seen)
             return
         try:
             # the lease may follow a refresh that published and released just now
             if await self._follow(held, shared):
                 return
-            if await self._refresh_here(held):
+            if await self._refresh_here(held, seen):
                 await shared.publish(spent, held.secrets, held.account.expires_at)
         finally:
             await shared.release(spent)
@@ -390,13 +402,13 @@ class CredentialProvider:
         if held.pending is not None or (exp is not None and exp - time.time() <= EXPIRED_SKEW):
             await self._refresh(held, False)
 
-    async def _refresh_here(self, held: Held) -> bool:
-        """A refresh under this database's lease; True when this process asked the token
-        endpoint (False: another process sharing the database had refreshed)."""
+    async def _refresh_here(self, held: Held, started: int) -> bool:
+        """A refresh of the tokens of generation `started` under this database's lease; True
+        when this process asked the token endpoint (False: they were replaced already, by
+        another process sharing the database or a reload bringing its tokens; a reload may
+        move `held` on meanwhile, in place)."""
         acct = held.account
         store = self.store
-        # the tokens this refresh replaces (a reload may move `held` on meanwhile, in place)
-        started = held.generation
         if not await asyncio.to_thread(store.take_lease, acct.id, LEASE_SECONDS):
             await self._wait_for_other(held, started)
             return False
@@ -508,9 +520,12 @@ class CredentialProvider:
                if h.account.state == READY and h.account.enabled and (
                    h.pending is not None or (h.account.expires_at is not None
                                              and h.account.expires_at - now < REFRESH_AHEAD))]
-        for held in due:
+        # the tokens found due now, by generation: a request may refresh one of them while
+        # the ones before it are waited for
+        seen = [held.generation for held in due]
+        for held, generation in zip(due, seen):
             try:
-                await self._start(held)
+                await self._start(held, seen=generation)
             except (NeedsLogin, RefreshFailed) as e:
                 log.warning("detour: %s/%s: %s", held.account.provider, held.account.name, e)
         return len(due)

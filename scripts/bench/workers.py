@@ -68,7 +68,7 @@ def run_setup(workers: int, home: Path, confdir: Path, args, pool) -> dict:
     reader.start()
     try:
         deadline = time.monotonic() + 90
-        while _listeners(port) < max(1, workers):  # every worker has bound the port
+        while _serving(proc, port, workers) < max(1, workers):  # every worker serves it
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"detour up did not start:\n{out.decode()}")
             time.sleep(0.1)
@@ -89,11 +89,32 @@ def run_setup(workers: int, home: Path, confdir: Path, args, pool) -> dict:
             "cpu_ms_per_call": cpu * 1000 / calls, "processes": len(pids)}
 
 
-def _listeners(port: int) -> int:
-    """Sockets listening on 127.0.0.1:`port` (one per worker: SO_REUSEPORT), from /proc."""
+def _serving(proc: subprocess.Popen, port: int, workers: int) -> int:
+    """Processes serving 127.0.0.1:`port`, from /proc (Linux): `detour up` itself, or the
+    workers of `--workers N` whose proxy serves the socket the supervisor made (listening
+    from the start) and handed over: a worker holds it twice then."""
     local = f"0100007F:{port:04X}"
     lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "0A")
+    listening = {f"socket:[{f[9]}]" for f in map(str.split, lines)
+                 if f[1] == local and f[3] == "0A"}
+
+    def held(pid: int) -> int:
+        try:
+            fds = list(Path(f"/proc/{pid}/fd").iterdir())
+        except OSError:
+            return 0
+        return sum(1 for fd in fds if _link(fd) in listening)
+
+    if not workers:
+        return 1 if held(proc.pid) else 0
+    return sum(1 for pid in detour_pids(proc)[1:] if held(pid) >= 2)
+
+
+def _link(path: Path) -> str:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return ""
 
 
 def run(args) -> dict:
