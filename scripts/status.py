@@ -243,29 +243,29 @@ def _postgres_calls(conn, since: str) -> list[tuple]:
     return conn.execute(_CALLS_TODAY.format("%s"), (since,)).fetchall()
 
 
+_STORED_ACCOUNTS = ("SELECT provider, name, enabled, state, last_error FROM accounts "
+                    "ORDER BY provider, priority, id")
+
+
 def _stored_accounts(config: Config | None, db: Path,
                      reads: PostgresReads | None = None) -> list[tuple]:
     """(provider, name, enabled, state, last_error) of each account detour holds: in the
-    Postgres database of `database:` (said on stderr if it cannot be read; not tried again
-    when `reads` could not reach it), else detour.db."""
-    if config is None or not config.database:
-        return _query(db, "SELECT provider, name, enabled, state, last_error FROM accounts "
-                      "ORDER BY provider, priority, id", ())
-    if reads is not None and reads.error is not None:
-        click.echo(f"stored accounts not shown: {reads.error}", err=True)
-        return []
-    from addons.credentials.store import StoreUnavailable
-    from addons.credentials.store_postgres import PostgresAccountStore
+    Postgres database of `database:` (through `reads`; said on stderr if it cannot be read),
+    else detour.db."""
+    if reads is None:
+        return _query(db, _STORED_ACCOUNTS, ())
     try:
-        store = PostgresAccountStore(config.database, db.parent)
-        try:
-            accounts = store.accounts()
-        finally:
-            store.close()
-    except (ConfigError, StoreUnavailable) as e:
+        return reads.read(_postgres_accounts)
+    except DatabaseUnreadable as e:
         click.echo(f"stored accounts not shown: {e}", err=True)
         return []
-    return [(a.provider, a.name, a.enabled, a.state, a.last_error) for a in accounts]
+
+
+def _postgres_accounts(conn) -> list[tuple]:
+    """The rows of _STORED_ACCOUNTS from Postgres; [] before any process made its table."""
+    if conn.execute("SELECT to_regclass('accounts')").fetchone()[0] is None:
+        return []
+    return conn.execute(_STORED_ACCOUNTS).fetchall()
 
 
 def _query(db: Path, sql: str, args: tuple) -> list[tuple]:

