@@ -150,8 +150,13 @@ def stored_rests(url: str) -> list[tuple[str, float, str, str]]:
     `detour status` and the `--serve` snapshot; [] when it has none yet. psycopg's errors
     propagate."""
     with connect(url, 5) as conn:
-        exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0]
-        if exists is None:
-            return []
-        return [(k, u, r, c or "") for k, u, r, c, _ in
-                conn.execute(_RESTING, (time.time(),)).fetchall()]
+        return rests_in(conn)
+
+
+def rests_in(conn: psycopg.Connection) -> list[tuple[str, float, str, str]]:
+    """stored_rests, read through a connection the caller holds."""
+    exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0]
+    if exists is None:
+        return []
+    return [(k, u, r, c or "") for k, u, r, c, _ in
+            conn.execute(_RESTING, (time.time(),)).fetchall()]

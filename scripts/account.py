@@ -24,7 +24,7 @@ from addons.credentials.vault import VaultError
 from addons.credentials.vendors import VENDORS
 from addons.routing import Account, account_label
 from scripts.options import DetourError, Settings, output_options, pass_settings
-from scripts.status import rest_rows
+from scripts.status import DatabaseUnreadable, rest_rows
 
 # a cheap call per provider kind that needs a valid credential: the model list
 TEST_PATHS = {"openai": "/models", "openai-responses": "/models", "anthropic": "/v1/models",
@@ -139,7 +139,8 @@ def _duration(seconds: float) -> str:
 
 
 def account_rows(settings: Settings) -> list[dict]:
-    """Every account: config.yaml's keys (by label) and the stored ones; never a secret."""
+    """Every account: config.yaml's keys (by label) and the stored ones; never a secret. Rests
+    that cannot be read: each cooldown is "unknown", and cooldown_error says why."""
     store = open_store(settings)
     try:
         config = load_config(settings.config_path)
@@ -147,7 +148,11 @@ def account_rows(settings: Settings) -> list[dict]:
     except ConfigError:
         providers, database = {}, None
     # resting keys (`provider/label`, also per model) -> (until, reason)
-    rests = {k: (u, r) for k, u, r, _ in rest_rows(settings.home / "detour.db", database)}
+    try:
+        rests, unread = {k: (u, r) for k, u, r, _ in
+                         rest_rows(settings.home / "detour.db", database)}, None
+    except DatabaseUnreadable as e:
+        rests, unread = {}, f"rests not read: {e}"
     rows = []
     for pname, spec in providers.items():
         for i, entry in enumerate(spec.api_keys):
@@ -169,6 +174,9 @@ def account_rows(settings: Settings) -> list[dict]:
                      "email": a.email or "", "expires": _when(a.expires_at),
                      "last_error": a.last_error or "",
                      "cooldown": _rest(rests, f"{a.provider}/{a.label}")})
+    if unread:
+        for row in rows:
+            row.update(cooldown="unknown", cooldown_error=unread)
     return rows
 
 
@@ -208,6 +216,8 @@ def list_(settings: Settings, as_json: bool):
                   " ".join(x for x in (r["plan"], r["email"]) if x), r["expires"],
                   r["cooldown"], r["last_error"], r["source"]) for r in rows],
                 {3: lambda v: colours.get(v)})
+    if rows[0].get("cooldown_error"):
+        click.echo(rows[0]["cooldown_error"], err=True)
 
 
 # how the table says a state (`--json` keeps the stored value: needs_login)

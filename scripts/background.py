@@ -185,7 +185,8 @@ def run(settings: Settings, port: int | None, quiet: bool, command: tuple[str, .
     for the next tool; `detour stop` stops it). The tool gets HTTPS_PROXY and the variables
     that make it trust the proxy's CA (NODE_EXTRA_CA_CERTS, SSL_CERT_FILE,
     REQUESTS_CA_BUNDLE, CODEX_CA_CERTIFICATE, ...), and none of detour's own variables
-    (DETOUR_CREDENTIALS_KEY and the rest; DETOUR_HOME stays). Its exit code is detour's.
+    (DETOUR_CREDENTIALS_KEY and the rest) but DETOUR_HOME, set to the home this run used.
+    Its exit code is detour's.
 
     \b
     Example:
@@ -193,7 +194,9 @@ def run(settings: Settings, port: int | None, quiet: bool, command: tuple[str, .
         detour run -- codex exec "fix the tests"
         detour run --port 9000 gemini
     """
-    env = without_detour_variables(os.environ)
+    # the home this run used (`--home` wins over the shell's DETOUR_HOME): a `detour` command
+    # the tool runs finds this proxy's home, not another
+    env = without_detour_variables(os.environ) | {"DETOUR_HOME": str(settings.home)}
     tool = command[0]
     path = _which(tool, env.get("PATH"))
     instance = running_instance(settings.home) or _still_starting(settings.home)

@@ -204,6 +204,9 @@ def check_accounts(settings: Settings, config) -> list[Check]:
                              f"more ({rest['reason']}: {rest['cause'] or '-'})",
                              "it is asked again when its rest ends; after fixing its cause, "
                              "mitmproxy's `detour.cooldowns.clear` ends it now"))
+        elif a["state"] == "unknown":  # its rests not read: it may be resting
+            out.append(Check(name, WARN, f"{a['label']}: {a['why']}",
+                             "make the database reachable from here"))
         else:
             out.append(Check(name, OK, f"{a['label']}: {a['state']}"))
     return out

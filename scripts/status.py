@@ -8,9 +8,11 @@ While a proxy runs, accounts and routes are the proxy's own view: its `detour.ac
 accounts and their logins (needs_login), rests, recent errors, rate limits last seen. Without a
 proxy (or a metrics port) they are read from DETOUR_HOME's files (config.yaml, detour.db's
 cooldowns and accounts; both from Postgres with `database:`), so status works the same whoever
-started the proxy, or with none.
+started the proxy, or with none. Rests that cannot be read leave an account's state "unknown"
+(never "ready"), with why in one line. One status run tries Postgres once (PostgresReads).
 """
 
+import contextlib
 import datetime
 import json
 import sqlite3
@@ -29,6 +31,58 @@ from scripts.options import Settings, output_options, pass_settings
 
 DB_NAME = "detour.db"
 VIEW_TIMEOUT = 3.0  # seconds to wait for the running proxy's view
+CONNECT_TIMEOUT = 3  # seconds (whole: libpq's unit) a run waits for the `database:`, once
+
+
+class DatabaseUnreadable(Exception):
+    """What the `database:` could not answer, and why: one line, never its password."""
+
+
+class PostgresReads:
+    """The `database:` (Postgres) as one command reads it: one connection, made at the first
+    read within CONNECT_TIMEOUT and kept until `close`, so a host that drops packets costs one
+    timeout, not one per read. Once it could not be reached (or was lost), every later read of
+    the run fails at once with that first error."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.error: str | None = None
+        self._conn = None
+
+    def __enter__(self) -> "PostgresReads":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def read(self, query):
+        """query(connection)'s answer; DatabaseUnreadable when it cannot be had."""
+        import psycopg
+
+        from addons.usage_postgres import connect
+        if self._conn is None and self.error is None:
+            try:
+                self._conn = connect(self.url, CONNECT_TIMEOUT)
+            except psycopg.Error as e:
+                self.error = self._why(e)
+        if self.error is not None:
+            raise DatabaseUnreadable(self.error)
+        try:
+            return query(self._conn)
+        except psycopg.Error as e:
+            if self._conn.broken or self._conn.closed:  # lost: not tried again in this run
+                self.error = self._why(e)
+            raise DatabaseUnreadable(self._why(e)) from None
+
+    def close(self) -> None:
+        from addons.usage_postgres import close_quietly
+        close_quietly(self._conn)
+        self._conn = None
+
+    def _why(self, e: Exception) -> str:
+        from addons.usage_postgres import safe_dsn
+        why = " ".join(f"{type(e).__name__}: {e}".split())  # psycopg's run over lines
+        return f"database {safe_dsn(self.url)}: {why}"
 
 
 def proxy_record(home: Path) -> dict:
@@ -59,13 +113,21 @@ def label_of(entry, index: int) -> str:
     return account_label(ref, ref, index)
 
 
-def accounts_record(config: Config | None, db: Path) -> list[dict]:
+def accounts_record(config: Config | None, db: Path,
+                    reads: PostgresReads | None = None) -> list[dict]:
     """Each account (config.yaml's, then those detour holds in detour.db, numbered as the proxy
     numbers them) with its state: disabled, needs_login (with why), resting (as a whole or for
-    some models, with why and until when, from the cooldowns the proxy keeps in detour.db) or
-    ready."""
-    rests = _rests(db, config.database if config else None)
-    stored = _stored_accounts(config, db)
+    some models, with why and until when, from the cooldowns the proxy keeps in detour.db),
+    ready, or unknown (with why: the rests could not be read). With `database:`, read through
+    `reads` (one of its own if not given)."""
+    if reads is None and config is not None and config.database:
+        with PostgresReads(config.database) as reads:
+            return accounts_record(config, db, reads)
+    try:
+        rests, unread = _rests(db, reads), None
+    except DatabaseUnreadable as e:
+        rests, unread = [], f"rests not read: {e}"
+    stored = _stored_accounts(config, db, reads)
     out = []
     for name, provider in (config.providers if config else {}).items():
         entries = [(label_of(entry, i), not isinstance(entry, str) and entry.disabled
@@ -79,7 +141,8 @@ def accounts_record(config: Config | None, db: Path) -> list[dict]:
             key = f"{name}/{label}"
             mine = [r for r in rests if r["key"] == key or r["key"].startswith(key + "@")]
             state, why = (("disabled", disabled) if disabled else ("needs_login", login)
-                          if login else ("resting", f"{mine[0]['reason']}: {mine[0]['cause']}")
+                          if login else ("unknown", unread) if unread else
+                          ("resting", f"{mine[0]['reason']}: {mine[0]['cause']}")
                           if mine else ("ready", None))
             out.append({"provider": name, "account": f"account {i + 1}", "label": label,
                         "state": state, "why": why, "rests": [
@@ -116,24 +179,25 @@ def proxy_views(home: Path) -> tuple[list[dict], list[dict]] | None:
     return accounts, views["routes"]
 
 
-def rest_rows(db: Path, database: str | None = None) -> list[tuple[str, float, str, str]]:
+def rest_rows(db: Path, database: str | PostgresReads | None = None
+              ) -> list[tuple[str, float, str, str]]:
     """(key, until, reason, cause) of every rest kept now: in detour.db, or every process's in
-    the `database:` (Postgres); [] where there are none or they cannot be read."""
-    if database:
-        import psycopg
-
-        from addons.cooldown_postgres import stored_rests
-        try:
-            return stored_rests(database)
-        except psycopg.Error:  # the database away: the rest is shown without them
-            return []
+    the `database:` (Postgres: its URL, or the run's PostgresReads); [] where there are none.
+    Postgres's that cannot be read raise DatabaseUnreadable: a state is then unknown, not
+    ready."""
+    if isinstance(database, str):
+        with PostgresReads(database) as reads:
+            return rest_rows(db, reads)
+    if database is not None:
+        from addons.cooldown_postgres import rests_in
+        return database.read(rests_in)
     return _query(db, "SELECT key, until, reason, cause FROM cooldowns WHERE until > ?",
                   (time.time(),))
 
 
-def _rests(db: Path, database: str | None = None) -> list[dict]:
+def _rests(db: Path, reads: PostgresReads | None = None) -> list[dict]:
     return [{"key": k, "until": _iso(u), "seconds_left": round(u - time.time()), "reason": r,
-             "cause": c} for k, u, r, c in rest_rows(db, database)]
+             "cause": c} for k, u, r, c in rest_rows(db, reads)]
 
 
 _CALLS_TODAY = ("SELECT provider, model_upstream, model_requested, count(*), "
@@ -143,23 +207,18 @@ _CALLS_TODAY = ("SELECT provider, model_upstream, model_requested, count(*), "
 _TOTALS = ("calls", "failed", "input_tokens", "output_tokens", "cache_read_tokens", "cost_usd")
 
 
-def calls_today(db: Path, database: str | None = None) -> dict:
+def calls_today(db: Path, reads: PostgresReads | None = None) -> dict:
     """Today's model calls (since local midnight): count, failures, tokens, cost, and by
     provider and model; every process's from the `database:` (Postgres), else detour.db's.
     Postgres away: `error` says why (one line) and the counts are None."""
     midnight = datetime.datetime.now().astimezone().replace(hour=0, minute=0, second=0,
                                                             microsecond=0)
     since = midnight.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    if database:
-        import psycopg
-
-        from addons.usage_postgres import safe_dsn
+    if reads is not None:
         try:
-            rows = _postgres_calls(database, since)
-        except psycopg.Error as e:
-            why = " ".join(f"{type(e).__name__}: {e}".split())  # psycopg's run over lines
-            return {"since": midnight.isoformat(timespec="seconds"),
-                    "error": f"database {safe_dsn(database)}: {why}",
+            rows = reads.read(lambda conn: _postgres_calls(conn, since))
+        except DatabaseUnreadable as e:
+            return {"since": midnight.isoformat(timespec="seconds"), "error": str(e),
                     **dict.fromkeys(_TOTALS), "by_model": []}
     else:
         rows = _query(db, _CALLS_TODAY.format("?"), (since,))
@@ -177,33 +236,36 @@ def calls_today(db: Path, database: str | None = None) -> dict:
     return {"since": midnight.isoformat(timespec="seconds"), **total, "by_model": groups}
 
 
-def _postgres_calls(url: str, since: str) -> list[tuple]:
+def _postgres_calls(conn, since: str) -> list[tuple]:
     """The rows of _CALLS_TODAY from Postgres; [] before any process made its table."""
-    from addons.usage_postgres import connect
-    with connect(url, 5) as conn:
-        if conn.execute("SELECT to_regclass('usage')").fetchone()[0] is None:
-            return []
-        return conn.execute(_CALLS_TODAY.format("%s"), (since,)).fetchall()
+    if conn.execute("SELECT to_regclass('usage')").fetchone()[0] is None:
+        return []
+    return conn.execute(_CALLS_TODAY.format("%s"), (since,)).fetchall()
 
 
-def _stored_accounts(config: Config | None, db: Path) -> list[tuple]:
+_STORED_ACCOUNTS = ("SELECT provider, name, enabled, state, last_error FROM accounts "
+                    "ORDER BY provider, priority, id")
+
+
+def _stored_accounts(config: Config | None, db: Path,
+                     reads: PostgresReads | None = None) -> list[tuple]:
     """(provider, name, enabled, state, last_error) of each account detour holds: in the
-    Postgres database of `database:` (said on stderr if it cannot be read), else detour.db."""
-    if config is None or not config.database:
-        return _query(db, "SELECT provider, name, enabled, state, last_error FROM accounts "
-                      "ORDER BY provider, priority, id", ())
-    from addons.credentials.store import StoreUnavailable
-    from addons.credentials.store_postgres import PostgresAccountStore
+    Postgres database of `database:` (through `reads`; said on stderr if it cannot be read),
+    else detour.db."""
+    if reads is None:
+        return _query(db, _STORED_ACCOUNTS, ())
     try:
-        store = PostgresAccountStore(config.database, db.parent)
-        try:
-            accounts = store.accounts()
-        finally:
-            store.close()
-    except (ConfigError, StoreUnavailable) as e:
+        return reads.read(_postgres_accounts)
+    except DatabaseUnreadable as e:
         click.echo(f"stored accounts not shown: {e}", err=True)
         return []
-    return [(a.provider, a.name, a.enabled, a.state, a.last_error) for a in accounts]
+
+
+def _postgres_accounts(conn) -> list[tuple]:
+    """The rows of _STORED_ACCOUNTS from Postgres; [] before any process made its table."""
+    if conn.execute("SELECT to_regclass('accounts')").fetchone()[0] is None:
+        return []
+    return conn.execute(_STORED_ACCOUNTS).fetchall()
 
 
 def _query(db: Path, sql: str, args: tuple) -> list[tuple]:
@@ -223,11 +285,15 @@ def status_record(settings: Settings) -> dict:
     config, parsed = config_record(settings.config_path)
     db = settings.home / DB_NAME
     views = proxy_views(settings.home)
-    accounts, routes = views if views is not None else (accounts_record(parsed, db), None)
+    # the `database:` tried once for the whole record
+    with (PostgresReads(parsed.database) if parsed is not None and parsed.database
+          else contextlib.nullcontext()) as reads:
+        accounts, routes = views if views is not None else (
+            accounts_record(parsed, db, reads), None)
+        today = calls_today(db, reads)
     return {"home": str(settings.home), "proxy": proxy_record(settings.home), "config": config,
             "accounts": accounts, "accounts_from": "proxy" if views is not None else "files",
-            "routes": routes, "today": calls_today(db, parsed.database if parsed else None),
-            "untouched": read_untouched(settings.home),
+            "routes": routes, "today": today, "untouched": read_untouched(settings.home),
             "shared_state": shared_state_record(settings.home)}
 
 
@@ -288,12 +354,17 @@ def render(record: dict) -> list[str]:
         lines += [f"  warning: {w}" for w in config["warnings"]]
     else:
         lines.append(f"config    INVALID: {config['error']}")
-    lines.append("accounts" + ("" if record["accounts"] else "  none configured (observe mode: "
-                                                             "calls go to their vendors)"))
+    unknown = [a["why"] for a in record["accounts"] if a["state"] == "unknown"]
+    if not record["accounts"]:
+        lines.append("accounts  none configured (observe mode: calls go to their vendors)")
+    else:  # rests not read: why, once
+        lines.append("accounts" + (f"  {unknown[0]}" if unknown else ""))
     for a in record["accounts"]:
         state = a["state"]
         if state in ("needs_login", "disabled"):
             state = a.get("why") or state
+        elif state == "unknown":  # why: on the accounts line
+            state = "unknown: rests not read"
         else:
             for rest in a["rests"]:
                 model = f" for {rest['model']}" if rest["model"] else ""

@@ -189,6 +189,26 @@ def test_the_next_run_uses_the_same_proxy(stack):
     assert running_instance(stack.home) == before
 
 
+# a tool that runs `detour status` itself: which home does that command look at?
+HOME_TOOL = textwrap.dedent("""
+    import json, os, subprocess, sys
+    status = subprocess.run([sys.argv[1], "status", "--json"], capture_output=True, text=True,
+                            timeout=30)
+    print(json.dumps({"DETOUR_HOME": os.environ.get("DETOUR_HOME"),
+                      "status_home": json.loads(status.stdout)["home"]}))
+""")
+
+
+def test_the_tool_gets_the_home_given_by_home_not_the_shells(stack, tmp_path):
+    shells = tmp_path / "the-shells-home"
+    run = stack.detour("run", "-q", "python3", "-c", HOME_TOOL, str(DETOUR),
+                       env=stack.env(DETOUR_HOME=str(shells)))  # and `--home stack.home`
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"DETOUR_HOME": str(stack.home),
+                                      "status_home": str(stack.home)}
+    assert not shells.exists()
+
+
 def test_env_points_at_it_and_up_is_refused(stack):
     env = stack.detour("env", "--shell", "bash")
     assert env.stdout.startswith(f"export HTTPS_PROXY='http://127.0.0.1:{stack.port}'\n")

