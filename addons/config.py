@@ -453,6 +453,20 @@ def resolve_secret(value: str, where: str) -> str:
     return value
 
 
+def resolve_api_key(entry: str | ApiKey, where: str) -> str:
+    """One api_keys entry (a string or an ApiKey mapping) -> its secret. A disabled key whose
+    `env:`/`file:` reference does not resolve gives "": it is never asked, so a variable or key
+    file that is gone must not stop the proxy (nor fail `detour config check`)."""
+    if isinstance(entry, str):
+        return resolve_secret(entry, where)
+    try:
+        return resolve_secret(entry.key, f"{where}.key")
+    except ConfigError:
+        if entry.disabled:
+            return ""
+        raise
+
+
 def _problem(e) -> str:
     """One pydantic error as `path: what` (an unknown key said so, no pydantic prefix)."""
     path = ".".join(str(p) for p in e["loc"])

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
-from addons.config import LEAST_RECENTLY_USED, PASSTHROUGH, Config, Provider, resolve_secret
+from addons.config import (LEAST_RECENTLY_USED, PASSTHROUGH, Config, Provider,
+                           resolve_api_key)
 from addons.credentials.store import NEEDS_LOGIN
 from addons.quota import QuotaBook, prefer_headroom
 
@@ -73,8 +74,7 @@ def build_providers(config: Config, stored=()) -> dict[str, ProviderRuntime]:
         accounts = []
         for i, entry in enumerate(spec.api_keys):
             ref = entry if isinstance(entry, str) else entry.key
-            where = f"providers.{name}.api_keys[{i}]" + ("" if isinstance(entry, str) else ".key")
-            secret = resolve_secret(ref, where)
+            secret = resolve_api_key(entry, f"providers.{name}.api_keys[{i}]")
             priority, disabled = (1, False) if isinstance(entry, str) else (entry.priority,
                                                                            entry.disabled)
             accounts.append(Account(account_label(ref, secret, i), secret, f"account {i + 1}",

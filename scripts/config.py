@@ -3,7 +3,7 @@
 import click
 
 from addons.config import (Config, ConfigError, config_warnings, ensure_home, load_config,
-                           resolve_secret)
+                           resolve_api_key)
 from scripts.options import DetourError, Settings, emit, output_options, pass_settings
 
 
@@ -13,8 +13,8 @@ def check_config(path) -> Config:
     Raises ConfigError naming the field."""
     config = load_config(path)
     for name, provider in config.providers.items():
-        for i, key in enumerate(provider.api_keys):
-            resolve_secret(key, f"{path}: providers.{name}.api_keys[{i}]")
+        for i, entry in enumerate(provider.api_keys):
+            resolve_api_key(entry, f"{path}: providers.{name}.api_keys[{i}]")
     return config
 
 
