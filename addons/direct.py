@@ -1,7 +1,7 @@
 """The direct path: a model call mitmproxy's own connection carries to its one provider.
 
 A fallback is possible only while a call has another candidate to try; the relay (relay.py)
-exists for that, at the cost of a loopback hop per event and a connection of our own per call.
+exists for that, at the cost of its own work per event and a connection of our own per call.
 When a call has exactly one usable candidate (the others rest, and none could be asked anyway)
 and mitmproxy can reach that provider the way the configuration says (no `proxy:` of the
 provider's own, TLS trust the same as mitmproxy's), the request hook rewrites the flow to the

@@ -8,6 +8,12 @@ here the job's candidates are tried in order (a fallback is possible until the f
 committed) and the translated answer is written back chunk by chunk, which mitmproxy passes on
 (`stream = True`). Tokens are unguessable and single-use; anything else gets a 404.
 
+The answer does not cross the loopback socket: mitmproxy's side of the connection is in this
+process, read by detour's read loop (read_loop.py), and the relay puts its bytes straight into
+that reader (a `Feed`, found once per connection by the connection's two addresses; the
+socket where it is not found: another process connecting, or mitmproxy's own loop). The socket
+carries mitmproxy's requests and, by closing, each side's end.
+
 Every job is reported to `finished` exactly once, by whoever takes it out of the relay's
 books: the connection that served it, `cancel` (client gone before the relay was reached),
 `stop` (the proxy stopping) or the sweep (never delivered). `withdraw` reports nothing: the
@@ -34,6 +40,7 @@ import h11
 from mitmproxy.utils.asyncio_utils import create_task
 
 from addons.direct import MAX_PER_ADDRESS
+from addons import read_loop
 from addons.forwarding import Failure, Forwarder, Job, internal_error
 
 log = logging.getLogger(__name__)
@@ -260,7 +267,7 @@ class RelayServer:
             conn.close()
             raise
         self._writers.add(writer)
-        http = RelayHttp(reader, writer)
+        http = RelayHttp(reader, writer, (conn.getsockname()[:2], conn.getpeername()[:2]))
         try:
             while await self._one_request(http) and http.next_cycle():
                 pass
@@ -414,13 +421,28 @@ class RelayHttp:
     """The HTTP side of one relay connection: h11 (server role) frames what is read and
     written; the relay's logic sees paths, heads and data."""
 
-    __slots__ = ("reader", "writer", "h11", "chunked")
+    __slots__ = ("reader", "writer", "h11", "chunked", "ends", "sink")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 ends: tuple | None = None):
+        """`ends`: the connection's (own address, peer address), to find mitmproxy's side of
+        it in this process (read_loop.feeds)."""
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self.chunked = False
+        self.ends = ends
+        self.sink: read_loop.Feed | asyncio.StreamWriter | None = None
+
+    def _write(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:
+            # decided at the first write, for the connection's life: mitmproxy's reader of it
+            # when mitmproxy's side is in this process, read by detour's read loop (no socket
+            # hop per event), else the socket; never both, so nothing arrives out of order
+            own, peer = self.ends or (None, None)
+            sink = self.sink = read_loop.feeds.get((peer, own)) or self.writer
+        sink.write(data)
 
     async def read_request(self) -> str | None:
         """The next request's path, its body read and dropped (the client's original request
@@ -455,7 +477,7 @@ class RelayHttp:
         fields = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         fields.append((b"content-length", b"%d" % length) if length is not None
                       else (b"transfer-encoding", b"chunked"))
-        self.writer.write(self.h11.send(h11.Response(
+        self._write(self.h11.send(h11.Response(
             status_code=status, headers=fields, reason=_REASONS.get(status, "Error"))))
         self.chunked = length is None
 
@@ -466,15 +488,15 @@ class RelayHttp:
             # one chunk, framed as h11's chunked writer frames it, without an event object and
             # h11's state checks for every relayed event (~3 us each); h11 still writes the
             # head and the last chunk, and counts a length-framed body itself
-            self.writer.write(b"%x\r\n%b\r\n" % (len(data), data))
+            self._write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
-            self.writer.write(self.h11.send(h11.Data(data=data)))
+            self._write(self.h11.send(h11.Data(data=data)))
 
     def end(self) -> None:
-        self.writer.write(self.h11.send(h11.EndOfMessage()))
+        self._write(self.h11.send(h11.EndOfMessage()))
 
     async def drain(self) -> None:
-        await self.writer.drain()
+        await (self.sink or self.writer).drain()
 
     def next_cycle(self) -> bool:
         """Ready for the next request, if both sides may go on (no `connection: close`)."""

@@ -4,7 +4,9 @@ stream's whole life; detour's loop (addons/read_loop.py) lets it go.
 
 A probe script, loaded after the router, answers `GET http://held-reads.invalid/` with what
 every suspended `handle_connection` coroutine holds in its locals (the largest bytes object,
-per coroutine)."""
+per coroutine), and how many bytes the relay put straight into mitmproxy's reader of each
+server connection (read_loop.Feed: the relay's answers reach mitmproxy without the loopback
+socket)."""
 
 import json
 import os
@@ -17,7 +19,7 @@ from tests.fakes.replies import Text
 from tests.harness import Mitmdump
 
 PROBE = """
-import gc, json, types
+import gc, json, sys, types
 from mitmproxy import http
 
 class HeldReads:
@@ -31,7 +33,9 @@ class HeldReads:
                 sizes = [len(v) for v in frame.f_locals.values()
                          if isinstance(v, (bytes, bytearray, memoryview))]
                 held.append([frame.f_code.co_filename, max(sizes, default=0)])
-        flow.response = http.Response.make(200, json.dumps(held),
+        loop = sys.modules.get("addons.read_loop")  # detour's, when loaded
+        fed = [f.delivered for f in loop.feeds.values()] if loop else []
+        flow.response = http.Response.make(200, json.dumps({"held": held, "fed": fed}),
                                            {"content-type": "application/json"})
 
 addons = [HeldReads()]
@@ -39,7 +43,7 @@ addons = [HeldReads()]
 PIECES, DELAY = 40, 0.25  # the answer streams for 10 s: the probe comes after its first event
 
 
-def held_while_streaming(proxy_url: str, verify, url: str, body: dict, headers: dict) -> list:
+def held_while_streaming(proxy_url: str, verify, url: str, body: dict, headers: dict) -> dict:
     """Open a streamed call through the proxy, read its first event, then ask the probe."""
     with httpx.Client(proxy=proxy_url, verify=verify, trust_env=False, timeout=20) as c, \
             c.stream("POST", url, json=body, headers=headers) as r:
@@ -69,10 +73,12 @@ def test_plain_mitmdump_keeps_the_request_while_it_streams(confdir, fake_openai,
                                                   "--set", "stream_large_bodies=1"]).start()
     try:
         fake_openai.enqueue(Text("x" * PIECES, pieces=PIECES, delay=DELAY))
-        held = held_while_streaming(mitm.url, False, f"{fake_openai.base_url}/v1/chat/completions",
+        seen = held_while_streaming(mitm.url, False, f"{fake_openai.base_url}/v1/chat/completions",
                                     body, {"authorization": f"Bearer {PROVIDER_KEY}"})
     finally:
         mitm.stop()
+    held = seen["held"]
+    assert seen["fed"] == []
     assert all(f.endswith("mitmproxy/proxy/server.py") for f, _ in held)
     assert max(n for _, n in held) >= size * 0.8, held  # the body's last read (most of the body)
 
@@ -90,12 +96,16 @@ routes:
                                "-s", str(probe)], env=dict(os.environ))
     try:
         fake_openai.enqueue(Text("x" * PIECES, pieces=PIECES, delay=DELAY))
-        held = held_while_streaming(
+        seen = held_while_streaming(
             proxy.mitm.url, proxy.ssl_context, "https://api.anthropic.com/v1/messages",
             dict(capture("text"), model="claude-x", stream=True),
             {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"})
     finally:
         proxy.mitm.stop()
+    held = seen["held"]
+    # the relay's answer went into mitmproxy's reader of the relay connection, not its socket;
+    # the direct path's provider connection is read from its socket
+    assert (max(seen["fed"]) > 0) is not direct, seen
     # the client's connection and the one to the relay or provider, each in detour's loop
     assert len(held) >= 2
     assert all(f.endswith("addons/read_loop.py") for f, _ in held), held
