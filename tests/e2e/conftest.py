@@ -99,6 +99,20 @@ def detour_home(home: Path, config: str) -> Path:
     return home
 
 
+def proxy_with_script(confdir: Path, home: Path, fake: FakeOpenAI, script: Path, direct: bool,
+                      env: dict) -> Proxy:
+    """start_proxy with every model routed to `fake` (an OpenAI-compatible provider), a
+    mitmproxy script of the test's after the router, and the relay or the direct path."""
+    config = f"""
+providers:
+  fake: {{kind: openai, base_url: "{fake.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
+routes:
+  "*": [fake/m]
+"""
+    return start_proxy(confdir, home, config, env=env, extra=[
+        "--set", f"detour_direct={str(direct).lower()}", "-s", str(script)])
+
+
 def start_proxy(confdir: Path, home: Path, config: str, **mitmdump) -> Proxy:
     """A running mitmdump (or mitmweb: `web=(port, password)`) with the router and this config;
     the caller stops it (`proxy.mitm.stop()`)."""

@@ -14,7 +14,7 @@ import os
 import httpx
 import pytest
 
-from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, start_proxy
+from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, proxy_with_script
 from tests.fakes.replies import Text
 from tests.harness import Mitmdump
 
@@ -85,15 +85,8 @@ def test_plain_mitmdump_keeps_the_request_while_it_streams(confdir, fake_openai,
 
 @pytest.mark.parametrize("direct", [False, True], ids=["relay", "direct"])
 def test_detour_keeps_no_request_while_it_streams(confdir, tmp_path, fake_openai, probe, direct):
-    config = f"""
-providers:
-  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
-routes:
-  "*": [fake/m]
-"""
-    proxy = start_proxy(confdir, tmp_path / "home", config,
-                        extra=["--set", f"detour_direct={str(direct).lower()}",
-                               "-s", str(probe)], env=dict(os.environ))
+    proxy = proxy_with_script(confdir, tmp_path / "home", fake_openai, probe, direct,
+                              env=dict(os.environ))
     try:
         fake_openai.enqueue(Text("x" * PIECES, pieces=PIECES, delay=DELAY))
         seen = held_while_streaming(

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, start_proxy
+from tests.e2e.conftest import CLIENT_KEY, capture, proxy_with_script
 from tests.fakes.replies import Text
 from translators import anthropic, canonical
 
@@ -31,15 +31,8 @@ def test_a_streamed_flow_holds_no_request_body(confdir, tmp_path, fake_openai, d
     script = tmp_path / "recorder.py"
     script.write_text(RECORDER)
     bodies = tmp_path / "bodies.jsonl"
-    config = f"""
-providers:
-  fake: {{kind: openai, base_url: "{fake_openai.base_url}/v1", api_keys: [{PROVIDER_KEY}]}}
-routes:
-  "*": [fake/m]
-"""
-    proxy = start_proxy(confdir, tmp_path / "home", config,
-                        extra=["--set", f"detour_direct={str(direct).lower()}", "-s", str(script)],
-                        env=dict(os.environ, DETOUR_TEST_BODIES=str(bodies)))
+    proxy = proxy_with_script(confdir, tmp_path / "home", fake_openai, script, direct,
+                              env=dict(os.environ, DETOUR_TEST_BODIES=str(bodies)))
     try:
         fake_openai.enqueue(Text("one two three", pieces=3))
         with proxy.client() as c:
