@@ -26,7 +26,7 @@ import psycopg
 from addons.config import ConfigError
 from addons.cooldown_store import TABLE, CooldownStore
 from addons.routing import CooldownBook
-from addons.usage_postgres import UNAVAILABLE, close_quietly, connect, safe_dsn
+from addons.usage_postgres import UNAVAILABLE, close_quietly, connect, safe_dsn, table_rows
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,5 @@ def stored_rests(url: str) -> list[tuple[str, float, str, str]]:
 
 def rests_in(conn: psycopg.Connection) -> list[tuple[str, float, str, str]]:
     """stored_rests, read through a connection the caller holds."""
-    exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0]
-    if exists is None:
-        return []
     return [(k, u, r, c or "") for k, u, r, c, _ in
-            conn.execute(_RESTING, (time.time(),)).fetchall()]
+            table_rows(conn, TABLE, _RESTING, (time.time(),))]

@@ -56,6 +56,13 @@ def connect(url: str, timeout: float) -> psycopg.Connection:
                            **{k: v for k, v in TCP_BOUNDS.items() if k not in given})
 
 
+def table_rows(conn: psycopg.Connection, table: str, sql: str, args: tuple = ()) -> list[tuple]:
+    """`sql`'s rows, or [] while `table` does not exist yet (no detour process has made it)."""
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+        return []
+    return conn.execute(sql, args).fetchall()
+
+
 def close_quietly(conn: psycopg.Connection | None) -> None:
     """Close a connection that may be broken already."""
     if conn is not None:

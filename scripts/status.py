@@ -238,9 +238,8 @@ def calls_today(db: Path, reads: PostgresReads | None = None) -> dict:
 
 def _postgres_calls(conn, since: str) -> list[tuple]:
     """The rows of _CALLS_TODAY from Postgres; [] before any process made its table."""
-    if conn.execute("SELECT to_regclass('usage')").fetchone()[0] is None:
-        return []
-    return conn.execute(_CALLS_TODAY.format("%s"), (since,)).fetchall()
+    from addons.usage_postgres import table_rows
+    return table_rows(conn, "usage", _CALLS_TODAY.format("%s"), (since,))
 
 
 _STORED_ACCOUNTS = ("SELECT provider, name, enabled, state, last_error FROM accounts "
@@ -263,9 +262,8 @@ def _stored_accounts(config: Config | None, db: Path,
 
 def _postgres_accounts(conn) -> list[tuple]:
     """The rows of _STORED_ACCOUNTS from Postgres; [] before any process made its table."""
-    if conn.execute("SELECT to_regclass('accounts')").fetchone()[0] is None:
-        return []
-    return conn.execute(_STORED_ACCOUNTS).fetchall()
+    from addons.usage_postgres import table_rows
+    return table_rows(conn, "accounts", _STORED_ACCOUNTS)
 
 
 def _query(db: Path, sql: str, args: tuple) -> list[tuple]:

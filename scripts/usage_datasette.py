@@ -222,10 +222,9 @@ def _copy_rests(conn, db) -> None:
     """The rests resting now (Postgres keeps every process's, addons/cooldown_postgres.py),
     in the table and columns detour.db has."""
     from addons.cooldown_store import _CREATE, TABLE
-    rows = []
-    if conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0] is not None:
-        rows = conn.execute(f"SELECT key, until, reason, cause, streak, updated FROM {TABLE} "
-                            "WHERE until > %s", (time.time(),)).fetchall()
+    from addons.usage_postgres import table_rows
+    rows = table_rows(conn, TABLE, f"SELECT key, until, reason, cause, streak, updated FROM "
+                      f"{TABLE} WHERE until > %s", (time.time(),))
     with db.conn:
         db.conn.execute(_CREATE)
         if rows:
