@@ -71,7 +71,9 @@ def capture_body(stream: bool, model: str | None = None) -> bytes:
 def detour_config(openai_url: str, vendor_url: str, model: str) -> str:
     """detour's config.yaml for the benches: `model` (the capture's), the paced and held
     models to the fake OpenAI-compatible provider; the observe model passed through to the
-    fake Anthropic API, which stands in for api.anthropic.com."""
+    fake Anthropic API, which stands in for api.anthropic.com. Every model the fakes answer is
+    priced here, so no call loads the default price table (a thread's second of CPU) inside a
+    timed phase."""
     return f"""
 providers:
   fake: {{kind: openai, base_url: "{openai_url}/v1", api_keys: [{PROVIDER_KEY}],
@@ -85,6 +87,9 @@ vendors:
   api.anthropic.com: "{vendor_url}"
 prices:
   fake-model: {{input: 3, output: 15, cache_read: 0.3}}
+  {PACED_UPSTREAM}: {{input: 1, output: 2}}
+  {HOLD_UPSTREAM}: {{input: 1, output: 2}}
+  {OBSERVE_MODEL}: {{input: 1, output: 2}}
 """
 
 

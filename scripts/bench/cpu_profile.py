@@ -26,9 +26,9 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from scripts.bench.claude_code import (HOLD_MODEL, OBSERVE_MODEL, PACED_MODEL, PACED_UPSTREAM,
-                                       PROVIDER_KEY, capture_body, check_stream, check_whole,
-                                       request_for, MARKER)
+from scripts.bench.claude_code import (OBSERVE_MODEL, PACED_MODEL, PACED_UPSTREAM, capture_body,
+                                       check_stream, check_whole, detour_config, request_for,
+                                       MARKER)
 from scripts.bench.lib import ROOT, FakeProcess, TunnelClient, pin, run_phase
 
 ADDON = Path(__file__).with_name("cprofile_addon.py")
@@ -122,21 +122,7 @@ def drive(args, tmp: Path) -> Path:
         home = tmp / "home"
         home.mkdir()
         model = json.loads(capture_body(False))["model"]
-        (home / "config.yaml").write_text(f"""
-providers:
-  fake: {{kind: openai, base_url: "{openai.base_url}/v1", api_keys: [{PROVIDER_KEY}],
-          verify_tls: false}}
-routes:
-  {model}: [fake/fake-model]
-  {PACED_MODEL}: [fake/{PACED_UPSTREAM}]
-  {OBSERVE_MODEL}: [passthrough]
-vendors:
-  api.anthropic.com: "{vendor.base_url}"
-prices:  # the fakes' models, priced here: no default price table to load (a thread's second)
-  fake-model: {{input: 1, output: 2}}
-  {PACED_UPSTREAM}: {{input: 1, output: 2}}
-  {OBSERVE_MODEL}: {{input: 1, output: 2}}
-""")
+        (home / "config.yaml").write_text(detour_config(openai.base_url, vendor.base_url, model))
         extra = ["--set", "connection_strategy=lazy", "--set", "ssl_insecure=true",
                  "-s", str(ADDON)]
         if args.plain and args.kind in ("stream", "paced"):
