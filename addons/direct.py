@@ -21,9 +21,10 @@ The provider's credential is on the flow only while mitmproxy sends it: it is pu
 `responseheaders` or `error`. mitmproxy's timeouts do not cover first_byte, read or total: a
 watchdog task per flow closes mitmproxy's provider connection when one passes, and the call
 records the timeout; a stream still sending past limits.stream_seconds is ended by its stream
-callable with a well-formed error event first. Known limit: otherwise what mitmproxy tells the
-client is its own (a 502 page before the answer's headers, a cut stream after them), as for a
-provider breaking off.
+callable with a well-formed error event first. When mitmproxy's connection fails (the watchdog
+closed it, the provider broke off), the `error` hook leaves the client's reply for
+error_reply.py to send in place of mitmproxy's own words (its HTML 502 page before the answer's
+head, a cut connection after it): the relay's error JSON, or the error event ending the stream.
 A provider that cannot be reached is told in the client's format: mitmproxy would answer a
 failed connect with its own 502 page (an `error` hook cannot replace it), so when mitmproxy
 holds no connection for this client that it would reuse (`server_connected` and
@@ -45,7 +46,7 @@ from addons.decoding import BoundedDecoder, TooLarge, decode_whole
 from addons.failure_policy import Failed
 from addons.forwarding import (FORMATS, HOP_BY_HOP, AnswerStream, Attempt, Job, client_encoder,
                                answer_shape, dump_json, error_of, snippet, streamed_answer)
-from addons import formats
+from addons import error_reply, formats
 from addons.routing import Candidate, retry_after_seconds
 from addons.responses import make_response
 from translators import canonical
@@ -141,8 +142,8 @@ class DirectPath:
     async def take(self, flow: http.HTTPFlow, job: Job) -> bool:
         """Send the call through mitmproxy's own connection if it can go there; True if it does
         (or if it was answered here: its provider could not be reached)."""
-        if not ctx.options.detour_direct:
-            return False
+        if not ctx.options.detour_direct or not error_reply.installed():
+            return False  # (without error_reply its failures would be told in mitmproxy's words)
         sole = self.sole_candidate(job)
         if sole is None:
             return False
@@ -421,7 +422,11 @@ class DirectPath:
                 if dc.timed_out is None:
                     att.failed, att.error = Failed.BROKEN, f"broke off the stream: {msg}"
                 fwd.cool(dc.cand, att)
-                job.call.failed(fwd.scrub(job, f"{dc.cand.key} {att.error}"))
+                why = fwd.scrub(job, f"{dc.cand.key} {att.error}")
+                answer = dc.stream.answer
+                if not answer.ended:  # the client's stream ends with an error event
+                    error_reply.leave(flow, error_reply.Tail(answer.broke(why)))
+                job.call.failed(why)
             self._record(dc)
             fwd.account(job, dc.cand, dc.stream.decoder.usage, None)
         else:
@@ -436,7 +441,9 @@ class DirectPath:
                 fwd.cool(dc.cand, att)
                 self._record(dc)
                 f = fwd.failure(job, dc.attempts)
-                job.call.failed(fwd.scrub(job, f.message), f.status)
+                status, headers, body = fwd.failure_response(job, f)
+                error_reply.leave(flow, error_reply.Whole(
+                    http.Response.make(status, body, headers | {ID_HEADER: flow.id})))
         if not job.call.done:
             self.finished(flow, job)
         return True

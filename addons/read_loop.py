@@ -33,15 +33,12 @@ mitmproxy looks at its loop again.
 """
 
 import asyncio
-import hashlib
-import inspect
-import logging
 
 from mitmproxy.connection import Connection, ConnectionState, Server
 from mitmproxy.proxy import events
 from mitmproxy.proxy.server import ConnectionHandler
 
-log = logging.getLogger(__name__)
+from addons.method_patch import MethodPatch
 
 # sha256 of `inspect.getsource(ConnectionHandler.handle_connection)` in mitmproxy 12.3.1
 WRITTEN_AGAINST = "95c3f93e9824e527cd3c1af9656c0e04690562abcd23f0b029d547257fb53f94"
@@ -105,13 +102,6 @@ class Feed:
 feeds: dict[tuple, Feed] = {}
 
 
-def fingerprint(func) -> str | None:
-    try:
-        return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()
-    except (OSError, TypeError):  # no source to compare: not ours to replace
-        return None
-
-
 async def handle_connection(self: ConnectionHandler, connection: Connection) -> None:
     """`ConnectionHandler.handle_connection`, the last read let go (module docstring)."""
     reader = self.transports[connection].reader
@@ -168,24 +158,10 @@ async def handle_connection(self: ConnectionHandler, connection: Connection) -> 
         raise cancelled
 
 
-class ReadLoop:
+class ReadLoop(MethodPatch):
     """The addon: `handle_connection` above on mitmproxy's class while detour is loaded."""
 
     def __init__(self):
-        self.original = None
-
-    def load(self, loader):
-        current = ConnectionHandler.handle_connection
-        if current is handle_connection or self.original is not None:
-            return
-        if fingerprint(current) != WRITTEN_AGAINST:
-            log.info("mitmproxy's connection read loop is not the one detour's was written "
-                     "against: it keeps its own (each open stream keeps its last read)")
-            return
-        self.original = current
-        ConnectionHandler.handle_connection = handle_connection
-
-    def done(self):
-        if self.original is not None and ConnectionHandler.handle_connection is handle_connection:
-            ConnectionHandler.handle_connection = self.original
-        self.original = None
+        super().__init__(ConnectionHandler, "handle_connection", handle_connection,
+                         WRITTEN_AGAINST, "it keeps its own (each open stream keeps its last "
+                         "read)")

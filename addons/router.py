@@ -14,6 +14,7 @@ if _root not in sys.path:
 
 from addons.gateway import Gateway  # noqa: E402
 from addons.credentials.owner import TokenOwner  # noqa: E402
+from addons.error_reply import ErrorReply  # noqa: E402
 from addons.hook_dispatch import HookDispatch  # noqa: E402
 from addons.intercept import Interceptor  # noqa: E402
 from addons.metrics import MetricsServer  # noqa: E402
@@ -31,4 +32,5 @@ addons = [_settings, ProxyInstance(_settings), Gateway(_settings), RequestLog(_s
           Interceptor(_settings), OperatorCommands(_settings), UntouchedCalls(_settings),
           MetricsServer(_settings), TokenOwner(_settings),
           ReadLoop(),  # mitmproxy's read loop, its last read let go (addons/read_loop.py)
+          ErrorReply(),  # a direct call's failure told in the client's format (error_reply.py)
           HookDispatch()]  # last: mitmproxy's hook walk as a table (addons/hook_dispatch.py)

@@ -136,10 +136,9 @@ class DetourSettings:
             "A model call with one usable candidate (no fallback possible) that mitmproxy's own "
             "connection can reach as configured goes through it, translated on the way, "
             "instead of through detour's relay or its own client (addons/direct.py): lighter "
-            "per call and per event. A provider that cannot be reached is answered in the "
-            "client's format; but one that times out or breaks off before its headers gets "
-            "mitmproxy's own 502 page, and a stream cut after them ends without an error "
-            "event in the client's format.",
+            "per event. Its failures are told in the client's format (addons/error_reply.py). "
+            "Off by default: it does not yet do all the relay does (README, 'The direct "
+            "path').",
         )
         loader.add_option(
             "detour_usage_record", bool, True,

@@ -8,12 +8,12 @@ import asyncio
 import pytest
 from mitmproxy.proxy.server import ConnectionHandler
 
-from addons import read_loop
+from addons import method_patch, read_loop
 
 
 def test_written_against_the_locked_mitmproxy():
     """Fails when mitmproxy's loop changes: read it again, then update WRITTEN_AGAINST."""
-    assert read_loop.fingerprint(ConnectionHandler.handle_connection) == read_loop.WRITTEN_AGAINST
+    assert method_patch.fingerprint(ConnectionHandler.handle_connection) == read_loop.WRITTEN_AGAINST
 
 
 def test_installed_while_loaded_and_the_original_back_when_done():
@@ -35,7 +35,7 @@ def test_another_loop_is_left_alone(monkeypatch, caplog):
 
     monkeypatch.setattr(ConnectionHandler, "handle_connection", changed)
     addon = read_loop.ReadLoop()
-    with caplog.at_level("INFO", logger="addons.read_loop"):
+    with caplog.at_level("INFO", logger="addons.method_patch"):
         addon.load(None)
     assert ConnectionHandler.handle_connection is changed
     assert "keeps its own" in caplog.text

@@ -13,7 +13,7 @@ from mitmproxy import io as mitm_io
 
 from tests.captures import anthropic_events
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, start_proxy
-from tests.fakes.replies import Linger, Stall, Status, Text, Usage
+from tests.fakes.replies import CutAfter, Linger, Stall, Status, Text, Usage
 from translators import anthropic, canonical
 
 URL = "https://api.anthropic.com/v1/messages"
@@ -179,10 +179,42 @@ def test_a_timeout_ends_the_call(proxy, fake_openai, model, stream, budget):
     fake_openai.enqueue(Stall(5))
     with proxy.client() as c:
         r = post(proxy, c, model=model, stream=stream)
-    # mitmproxy answers (its own 502): its connection to the provider was closed under it
-    assert r.status_code == 502
+    # mitmproxy's connection to the provider was closed under it: detour answers, in the
+    # client's format (error_reply.py), not mitmproxy's HTML 502
     row = row_of_model(proxy, model)
     assert budget in row["error"] and row["status"] == 504
+    assert r.status_code == 504, r.text
+    body = r.json()
+    assert body["type"] == "error" and budget in body["error"]["message"], body
+
+
+def test_a_stream_cut_midway_ends_with_an_error_event(proxy, fake_openai):
+    """The provider closes its connection mid-stream: the client's stream ends well formed
+    (the chunked body's last chunk) with an error event in its format, as the relay's does."""
+    fake_openai.enqueue(CutAfter(3))
+    with proxy.client() as c:
+        r = post(proxy, c, model="claude-cut", stream=True)
+    assert r.status_code == 200  # httpx read the whole body: it was not cut
+    events = anthropic_events(r.content)
+    assert isinstance(events[-1], canonical.StreamError), r.text
+    assert events[-1].kind == "api_error" and "broke off the stream" in events[-1].message
+    assert any(isinstance(e, canonical.TextDelta) for e in events)
+    row = row_of_model(proxy, "claude-cut")
+    assert row["status"] == 200 and "broke off the stream" in row["error"]
+    assert went_direct(proxy, fake_openai, r.headers["x-detour-id"])
+
+
+def test_a_whole_answer_cut_midway_is_told_in_the_clients_format(proxy, fake_openai):
+    """A whole answer's connection closed after its head and half its body: the client has
+    nothing yet, and gets an error JSON of its format, not mitmproxy's HTML 502."""
+    fake_openai.enqueue(CutAfter(2))
+    with proxy.client() as c:
+        r = post(proxy, c, model="claude-cut-whole", stream=False)
+    assert r.status_code == 502, r.text
+    body = r.json()
+    assert body["type"] == "error" and "fake/account 1" in body["error"]["message"], body
+    row = row_of_model(proxy, "claude-cut-whole")
+    assert row["status"] == 502 and row["error"]
 
 
 def test_a_route_with_a_fallback_goes_through_the_relay(proxy, fake_openai):
