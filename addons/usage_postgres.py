@@ -20,7 +20,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from addons.config import ConfigError
-from addons.usage import (BUSY_TIMEOUT, RESERVE_NAME, ROW_COLUMNS, SPILL_NAME, USAGE_COLUMNS,
+from addons.usage import (BUSY_TIMEOUT, RESERVE_NAME, ROW_COLUMNS, USAGE_COLUMNS,
                           UsageStore, _keep_reserve, now_iso, row_json)
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ mitmweb and the mitmproxy docs all find them where they expect:
     mitmproxy-ca-cert.cer   certificate, PEM (same bytes; the name Android wants)
     mitmproxy-ca-cert.p12   certificate, PKCS#12 (Windows)
 
-(`mitmproxy-dhparam.pem` is mitmproxy's own: it writes it on load when missing.)
+(`mitmproxy-dhparam.pem` is mitmproxy's own: it writes it on load when missing, in place;
+`ensure_dhparam` writes the same bytes whole first where several mitmproxies load one confdir.)
 
 An existing CA is never regenerated, even expired: the user may have installed it in a trust
 store, and a new one would silently break every client that trusts the old one.
@@ -89,6 +90,21 @@ def ensure_ca(confdir: Path, *, basename: str = BASENAME, key_size: int = KEY_SI
     certs = _load_ca_certs(files["key"])
     _restore_public_files(files, certs, basename)
     return _describe(confdir, files, certs, created)
+
+
+def ensure_dhparam(confdir: Path, *, basename: str = BASENAME) -> Path:
+    """`<basename>-dhparam.pem` in `confdir`, written (whole, through a rename) when missing.
+
+    mitmproxy writes it itself when it loads a confdir without one, but in place and only after
+    checking that it does not exist: mitmproxies loading one fresh confdir at once (`detour up
+    --workers`) may read it while another is writing it, and such a worker gets no DH
+    parameters. Written before they start, each of them only reads it."""
+    from mitmproxy.certs import DEFAULT_DHPARAM  # the bytes mitmproxy would write
+
+    path = Path(confdir).expanduser().absolute() / f"{basename}-dhparam.pem"
+    if not path.exists():
+        write_atomic(path, DEFAULT_DHPARAM, mode=0o644)
+    return path
 
 
 def _new_ca(basename: str, key_size: int) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:

@@ -304,7 +304,7 @@ def up(
         from scripts.workers import run_workers, worker_argv
         mitmdump_args = argv[len(mitmproxy_command("mitmdump")):]
         sys.exit(run_workers(worker_argv(mitmdump_args), workers, home=settings.home,
-                             host=host, port=port))
+                             host=host, port=port, confdir=settings.confdir))
     # exec, not a child: Ctrl-C and SIGTERM go straight to mitmproxy, which shuts down cleanly
     os.execv(argv[0], argv)
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
-from addons.usage import DAILY_COLUMNS, DAILY_KEYS, DAILY_SUMS, daily_select
+from addons.usage import DAILY_COLUMNS, DAILY_KEYS, daily_select
 
 DIMENSIONS = ("day", "model", "provider", "account", "tool", "user")
 # a relative start: 7d, 24h, 30m, 2w

@@ -15,6 +15,8 @@ turns) and, with `state:` in config.yaml, rests, round-robin turns and limit cou
 (addons/shared_state.py); without it each worker keeps its own. The supervisor prints each
 worker's lines prefixed `[worker N]`, passes SIGINT and SIGTERM on to every worker (each
 stops cleanly, writing its queued usage rows) and stops them all when one cannot be kept up.
+The workers share the mitmproxy confdir too: the supervisor makes its CA and dhparam file
+before any of them starts, so that none of them writes one while another reads it.
 """
 
 import asyncio
@@ -74,12 +76,28 @@ def listen_sockets(host: str, port: int, count: int) -> list[list[socket.socket]
     return made
 
 
+def prepare_confdir(confdir) -> None:
+    """The CA and the dhparam file in mitmproxy's confdir, made once here before any worker
+    starts: each worker's mitmproxy would otherwise make the missing ones itself, all at once
+    (several CAs, each overwriting the last; a dhparam file read while another writes it)."""
+    from certs.ca import ensure_ca, ensure_dhparam
+    ensure_ca(confdir)
+    ensure_dhparam(confdir)
+
+
 def run_workers(argv: list[str], count: int, *, host: str, port: int, out=None,
-                home=None) -> int:
+                home=None, confdir=None) -> int:
     """Run `count` workers of `argv` on host:port until they stop; returns the first nonzero
     exit code. With `home`, the supervisor holds that DETOUR_HOME's lock for the workers'
-    life."""
+    life; with `confdir` (the workers' mitmproxy confdir), it makes its files first."""
     out = out or sys.stdout
+    if confdir is not None:
+        from certs.ca import CAError
+        try:
+            prepare_confdir(confdir)
+        except (CAError, OSError) as e:
+            out.write(f"detour: cannot prepare the mitmproxy confdir {confdir}: {e}\n")
+            return 1
     home_lock = None
     if home is not None:
         from addons.instance import HomeLock

@@ -26,7 +26,6 @@ import os
 import socket
 import time
 
-import orjson
 from redis.exceptions import RedisError
 
 from addons.credentials.vault import VaultError

@@ -347,7 +347,6 @@ def run(args) -> dict:
         proxy_cpus, others = {cpus[-1]}, set(cpus[:-1])
         os.sched_setaffinity(0, others)
     tls = args.upstream == "https"
-    scheme = "https" if tls else "http"
     with tempfile.TemporaryDirectory(prefix="detour-bench-") as tmp:
         tmp = Path(tmp)
         try:
@@ -640,7 +639,7 @@ def report(result: dict, summary: dict, args, elapsed: float) -> str:
     w(f"  upstream: {args.upstream} on both sides, loopback fakes in processes of their own: "
       f"detour -> fake OpenAI-compatible provider, plain -> fake Anthropic API")
     pinned = result["pinned"]
-    w(f"  cpus    : " + (f"proxies pinned to cpu {pinned['proxies']}, client and fakes to "
+    w("  cpus    : " + (f"proxies pinned to cpu {pinned['proxies']}, client and fakes to "
                          f"{pinned['others']}" if pinned["proxies"] else "not pinned"))
     w(f"  runs    : {args.rounds} rounds, detour and plain alternating phase by phase (order "
       f"flips each round); per round and side:")

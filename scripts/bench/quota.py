@@ -29,7 +29,7 @@ import time
 import timeit
 from pathlib import Path
 
-from scripts.bench.claude_code import PROVIDER_KEY, capture_body, check_whole, request_for
+from scripts.bench.claude_code import capture_body, check_whole, request_for
 from scripts.bench.failover import revision
 from scripts.bench.fake import RATE_LIMIT_HEADERS
 from scripts.bench.lib import FakeProcess, TunnelClient, median, ready_dirs, run_phase

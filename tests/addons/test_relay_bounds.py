@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 
-from addons import relay as relay_module
 from tests.addons.test_relay import start
 from tests.addons.test_relay_h11 import sse_upstreams
 

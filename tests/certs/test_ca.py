@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import certs.ca
-from certs.ca import CA_EXPIRY, CAError, ca_files, ensure_ca
+from certs.ca import CA_EXPIRY, CAError, ca_files, ensure_ca, ensure_dhparam
 from tests.certs.helpers import pem, self_signed, snapshot
 
 MITMPROXY_FILES = {
@@ -116,6 +116,30 @@ def test_mitmproxy_loads_our_ca_and_signs_leaves_with_it(existing_confdir):
     assert set(after) - set(before) == {"mitmproxy-dhparam.pem"}
     assert all(after[name] == before[name] for name in before)
 
+
+
+def test_dhparam_is_mitmproxys_own_written_once_so_mitmproxy_writes_nothing(tmp_path):
+    """With the CA and ensure_dhparam's file in place, a mitmproxy loading the confdir (each
+    of `detour up --workers`'s) only reads: nothing is left for it to write while another
+    reads."""
+    from mitmproxy.certs import DEFAULT_DHPARAM, CertStore
+
+    ensure_ca(tmp_path)
+    path = ensure_dhparam(tmp_path)
+    assert path == tmp_path / "mitmproxy-dhparam.pem"
+    assert path.read_bytes() == DEFAULT_DHPARAM
+    assert mode(path) == 0o644
+    before = snapshot(tmp_path)
+
+    assert CertStore.from_store(tmp_path, "mitmproxy", 2048).dhparams
+    assert snapshot(tmp_path) == before
+
+
+def test_an_existing_dhparam_file_is_left_as_it_is(tmp_path):
+    path = tmp_path / "mitmproxy-dhparam.pem"
+    path.write_bytes(b"the user's own parameters")
+    assert ensure_dhparam(tmp_path) == path
+    assert path.read_bytes() == b"the user's own parameters"
 
 def test_reuses_a_ca_that_mitmproxy_created_unchanged(tmp_path):
     from mitmproxy.certs import CertStore

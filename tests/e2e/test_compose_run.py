@@ -31,7 +31,6 @@ user added there is asked of every detour at once (one volume).
 """
 
 import json
-import os
 import re
 import shlex
 import signal

@@ -7,7 +7,6 @@ fallback still goes through the relay."""
 import json
 import time
 
-import httpx
 import pytest
 from mitmproxy import io as mitm_io
 

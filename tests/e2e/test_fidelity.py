@@ -5,7 +5,6 @@ import base64
 import copy
 import json
 
-import httpx
 import httpx2
 import openai
 import pydantic
@@ -15,7 +14,7 @@ from tests.captures import anthropic_events
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, VENDOR_KEY, capture, start_proxy
 from tests.fakes.anthropic_vendor import FakeAnthropic
 from tests.fakes.openai_provider import FakeOpenAI
-from tests.fakes.replies import Text, ToolCall
+from tests.fakes.replies import ToolCall
 
 ANTHROPIC_URL = "https://api.anthropic.com/v1/messages?beta=true"
 ANTHROPIC_HEADERS = {"x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import PROVIDER_KEY, capture, start_proxy
-from tests.fakes.replies import Status, Text, Usage
+from tests.fakes.replies import Text, Usage
 
 MESSAGES = "https://api.anthropic.com/v1/messages"
 OAUTH_TOKEN = "sk-ant-oat01-" + "Q" * 40 + "-oauth-login"  # Claude Code's subscription login

@@ -13,8 +13,8 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
-import sqlite_utils
 from tornado.websocket import websocket_connect
 
 from tests.e2e.conftest import capture, free_port, start_proxy
@@ -127,7 +127,6 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(confdir, tmp_path_factory) -> Run:
-    import httpx  # noqa: F401 - the responses' type
     from mitmproxy import io as mitmio
 
     tmp = tmp_path_factory.mktemp("secrets")
@@ -218,7 +217,6 @@ def _calls(proxy, openai_fake: FakeOpenAI, vendor: FakeAnthropic) -> dict:
 def _rest(web_port: int, n: int, recorder: UpdatesRecorder) -> tuple[list[dict], dict]:
     """mitmweb's flows once all are answered (and their last update published), and each
     flow's response body as the REST API serves it."""
-    import httpx
     auth = {"Authorization": f"Bearer {PASSWORD}"}
     with httpx.Client(base_url=f"http://127.0.0.1:{web_port}", headers=auth, trust_env=False,
                       timeout=10) as web:

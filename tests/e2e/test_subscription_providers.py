@@ -181,7 +181,7 @@ def test_copilot_responses_for_codex_models(setup, fakes):
 def test_qwen_login_at_its_resource_url_refreshed_with_rotation(setup, auth, fakes):
     proxy, store, ids = setup
     old = proxy.initial["qwen"]
-    r = ask(proxy, "qwen-model")
+    ask(proxy, "qwen-model")
     new = store.secrets_of(ids["qwen"])[0]
     assert new["refresh_token"] != old["refresh_token"]  # rotated, committed
     assert not auth.refresh_valid(old["refresh_token"])  # the spent one is gone at the vendor
@@ -214,7 +214,7 @@ def test_qwen_codes_own_refresh_is_answered_from_the_store(setup, auth, fakes):
 def test_iflow_api_key_from_user_info_after_refresh(setup, auth, fakes):
     proxy, store, ids = setup
     old = proxy.initial["iflow"]
-    r = ask(proxy, "iflow-model")
+    ask(proxy, "iflow-model")
     new = store.secrets_of(ids["iflow"])[0]
     assert new["refresh_token"] != old["refresh_token"]  # refreshed with the client secret
     assert auth.user_info_calls >= 1  # the new access token bought the key again

@@ -6,8 +6,6 @@ home imports them, each once."""
 import json
 import signal
 
-import pytest
-
 from tests.addons.test_usage import fill, hold_exclusive_lock, tiny_filesystem
 from tests.e2e.conftest import CLIENT_KEY, PROVIDER_KEY, capture, start_proxy
 

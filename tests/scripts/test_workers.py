@@ -6,6 +6,7 @@ them. And --workers with --web is refused."""
 
 import asyncio
 import contextlib
+import io
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ import sqlite_utils
 from click.testing import CliRunner
 
 from scripts.cli import cli
-from scripts.workers import listen_sockets, serving_inherited
+from scripts.workers import listen_sockets, run_workers, serving_inherited
 from tests.fakes.openai_provider import FakeOpenAI
 from tests.harness import free_port, stop_process
 
@@ -176,6 +177,21 @@ async def test_a_worker_serves_the_supervisors_sockets_and_leaves_them_listening
         for sock in inherited:
             sock.close()
 
+
+
+def test_the_supervisor_makes_the_confdir_files_before_any_worker_starts(tmp_path):
+    """A fresh confdir: the CA and the dhparam file are there, whole, when a worker starts
+    (here one that only looks), so no worker's mitmproxy writes one while another reads it."""
+    from mitmproxy.certs import DEFAULT_DHPARAM
+
+    confdir = tmp_path / "conf"
+    looks = ("import sys; from pathlib import Path; c = Path(sys.argv[1]); sys.exit(0 if "
+             "(c / 'mitmproxy-ca.pem').is_file() and (c / 'mitmproxy-dhparam.pem')"
+             ".read_bytes() == sys.argv[2].encode() else 3)")
+    out = io.StringIO()
+    code = run_workers([sys.executable, "-c", looks, str(confdir), DEFAULT_DHPARAM.decode()], 1,
+                       host="127.0.0.1", port=free_port(), out=out, confdir=confdir)
+    assert code == 0, out.getvalue()
 
 def test_workers_refuse_web(tmp_path):
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "up", "--workers", "2", "--web"])
