@@ -21,33 +21,34 @@ The provider's credential is on the flow only while mitmproxy sends it: it is pu
 `responseheaders` or `error`. mitmproxy's timeouts do not cover first_byte, read or total: a
 watchdog task per flow closes mitmproxy's provider connection when one passes, and the call
 records the timeout; a stream still sending past limits.stream_seconds is ended by its stream
-callable with a well-formed error event first. When mitmproxy's connection fails (the watchdog
-closed it, the provider broke off), the `error` hook leaves the client's reply for
-error_reply.py to send in place of mitmproxy's own words (its HTML 502 page before the answer's
-head, a cut connection after it): the relay's error JSON, or the error event ending the stream.
-A provider that cannot be reached is told in the client's format: mitmproxy would answer a
-failed connect with its own 502 page (an `error` hook cannot replace it), so when mitmproxy
-holds no connection for this client that it would reuse (`server_connected` and
-`server_disconnected` keep count), `take` connects first, as the relay's transport would, and
-answers a failure there.
+callable with a well-formed error event first. When mitmproxy's connection fails (refused, a
+TLS handshake that fails, the watchdog closing it, the provider breaking off), the `error` hook
+leaves the client's reply for error_reply.py to send in place of mitmproxy's own words (its
+HTML 502 page before the answer's head, a cut connection after it): the relay's error JSON, or
+the error event ending the stream.
+
+Left to the relay and the forwarder: a call with a fallback, an OAuth login's call (a token the
+provider refuses is refreshed and asked again there), an HTTP/2 client's (its parallel calls
+would queue behind mitmproxy's few connections per upstream address), a Code Assist account
+whose project is still to be found, a provider reached another way than mitmproxy's.
 """
 
 import asyncio
 import contextlib
 import logging
 import time
-from urllib.parse import urlsplit
 
 import orjson
-from mitmproxy import connection, ctx, http
+from mitmproxy import ctx, http
 
 from addons.config import DIRECT, Provider
 from addons.decoding import BoundedDecoder, TooLarge, decode_whole
-from addons.failure_policy import Failed
-from addons.forwarding import (FORMATS, HOP_BY_HOP, AnswerStream, Attempt, Job, client_encoder,
-                               answer_shape, dump_json, error_of, snippet, streamed_answer)
+from addons.failure_policy import Failed, vendor_wait
+from addons.forwarding import (FORMATS, HOP_BY_HOP, NDJSON_HEADS, SSE_FIELDS, AnswerStream,
+                               Attempt, Job, answer_shape, client_encoder, dump_json, error_of,
+                               snippet, streamed_answer)
 from addons import error_reply, formats
-from addons.routing import Candidate, retry_after_seconds
+from addons.routing import Candidate
 from addons.responses import make_response
 from translators import canonical
 
@@ -55,28 +56,28 @@ log = logging.getLogger(__name__)
 
 ID_HEADER = "x-detour-id"
 REDACTED = "[redacted]"
-# mitmproxy opens at most 5 connections at once per client connection and upstream address
-# (an HTTP/2 client's parallel streams would queue behind them): beyond, the relay's ports
-MAX_PER_ADDRESS = 5
 # seconds past limits.stream_seconds a stream may still send its next read, which ends the
 # client's stream with a well-formed error event; a provider silent then is cut instead
 STREAM_END_GRACE = 2.0
+MAX_HEAD = 256  # bytes of an answer's start kept until it looks like a stream
 
 
 class DirectCall:
     """One call on the direct path: its job, its one candidate and attempt, its watchdog."""
 
-    __slots__ = ("job", "cand", "att", "attempts", "provider_format", "secrets", "stream",
+    __slots__ = ("job", "cand", "att", "resting", "provider_format", "secrets", "stream",
                  "watchdog", "deadline", "stream_end", "first_content", "wake",
-                 "timed_out", "started", "flow", "where")
+                 "timed_out", "started", "flow")
 
-    def __init__(self, flow: http.HTTPFlow, job: Job, cand: Candidate, attempts: list[Attempt],
-                 provider_format: str, secrets: dict[str, str]):
+    def __init__(self, flow: http.HTTPFlow, job: Job, cand: Candidate, att: Attempt,
+                 resting: list[Attempt], provider_format: str, secrets: dict[str, str]):
         self.flow = flow
         self.job = job
         self.cand = cand
-        self.att = attempts[-1]
-        self.attempts = attempts
+        self.att = att  # the one candidate's attempt
+        # the attempts of the candidates not asked because they rest: in the route (after the
+        # one asked) only when it failed, as the relay, which reaches them only then, says it
+        self.resting = resting
         self.provider_format = provider_format
         self.secrets = secrets  # header -> value, put on only while mitmproxy sends it
         self.stream: DirectStream | None = None
@@ -98,33 +99,33 @@ class DirectPath:
         self.settings = settings
         self.finished = finished  # (flow, job): the interceptor ends the call and tells its story
         self.calls: dict[str, DirectCall] = {}
-        # mitmproxy's connections to servers, by client connection id: a call rides one
-        # without a new connect (see take)
-        self.servers: dict[str, list[connection.Server]] = {}
 
     # ------------------------------------------------------------ which calls
 
-    def sole_candidate(self, job: Job) -> tuple[Candidate, list[Attempt]] | None:
-        """The one candidate a call can be sent to, with the attempts of those resting, when no
-        fallback is possible; else None (the relay or the inline forwarder takes the call)."""
+    def sole_candidate(self, job: Job) -> tuple[Candidate, Attempt, list[Attempt]] | None:
+        """The one candidate a call can be sent to, its attempt and those of the candidates
+        resting, when no fallback is possible; else None (the relay or the inline forwarder
+        takes the call). An OAuth login's candidate is the forwarder's: a token the provider
+        refuses is refreshed and asked again there."""
         fwd = self.settings.runtime.forwarder
-        usable, attempts = [], []
+        usable, resting = [], []
         for cand in job.candidates:
             att = fwd.resting_attempt(job, cand)
             if att is None:
                 usable.append(cand)
-                att = fwd.fresh_attempt(job, cand)
             elif att.rest == "transient":
                 return None  # it would be asked anyway if the others failed
-            attempts.append((cand, att))
+            else:
+                resting.append(att)
         if len(usable) != 1 or usable[0].provider is None:
             return None
         cand = usable[0]
+        creds = fwd.credentials
+        if creds is not None and creds.is_oauth(cand.account):
+            return None
         if not self.reachable(cand.provider.spec):
             return None
-        # the usable one's attempt last: DirectCall's `att`
-        ordered = [a for c, a in attempts if c is not cand] + [a for c, a in attempts if c is cand]
-        return cand, ordered
+        return cand, fwd.fresh_attempt(job, cand), resting
 
     def reachable(self, spec: Provider) -> bool:
         """mitmproxy's own connection reaches the provider as the configuration says: the same
@@ -139,15 +140,23 @@ class DirectPath:
             return False
         return spec.verify != opts.ssl_insecure
 
-    async def take(self, flow: http.HTTPFlow, job: Job) -> bool:
-        """Send the call through mitmproxy's own connection if it can go there; True if it does
-        (or if it was answered here: its provider could not be reached)."""
+    def take(self, flow: http.HTTPFlow, job: Job) -> bool:
+        """Send the call through mitmproxy's own connection if it can go there; True if it does."""
         if not ctx.options.detour_direct or not error_reply.installed():
             return False  # (without error_reply its failures would be told in mitmproxy's words)
+        if not job.stream:
+            # a whole call has no relay hop to spare: the forwarder answers it in the request
+            # hook, and costs less CPU per call than mitmproxy's connection and the `response`
+            # hook (scripts/bench, whole calls at c=1 and c=16, 1 MB bodies)
+            return False
+        if flow.request.is_http2:
+            # an HTTP/2 client's parallel calls would queue behind mitmproxy's few connections
+            # per upstream address: the relay serves them side by side
+            return False
         sole = self.sole_candidate(job)
         if sole is None:
             return False
-        cand, attempts = sole
+        cand, att, resting = sole
         fwd = self.settings.runtime.forwarder
         if fwd.needs_project(cand):
             return False  # the forwarder finds the account's Code Assist project first
@@ -157,31 +166,25 @@ class DirectPath:
             return False  # the forwarder tells it as an attempt that failed
         if "?" in url and _query_secret(cand):
             return False  # a credential in the URL would show in mitmweb
-        where = (flow.client_conn.id, url.split("/", 3)[2])
-        if sum(1 for dc in self.calls.values() if dc.where == where) >= MAX_PER_ADDRESS:
-            return False
-        if not self._carried(flow, url):
-            # mitmproxy would open a new connection, and tell a failure to open it in its own
-            # words (an HTML 502): detour opens one first, and tells a failure in the client's
-            started = time.perf_counter()
-            failure = await fwd.reach(cand, url)
-            if failure is not None:
-                self._unreachable(flow, job, cand, attempts, failure, started)
-                return True
         secrets = _secret_headers(cand, headers)
         req = flow.request
         called = req.pretty_url
         req.method = "POST"
-        req.headers = http.Headers([] if req.is_http2 else [(b"host", b"")])
+        # the client's own `connection: close` stays: mitmproxy closes the client's
+        # connection after the answer by it (and so does the provider's)
+        close = "close" in req.headers.get("connection", "").lower()
+        req.headers = http.Headers([(b"host", b"")])
+        if close:
+            req.headers["connection"] = "close"
         req.url = url  # scheme, host, port, path: where mitmproxy connects (and Host/:authority)
         for name, value in headers.items():
             if name not in HOP_BY_HOP:
                 req.headers[name] = REDACTED if name in secrets else value
         req.content = body
         job.let_go()
-        dc = DirectCall(flow, job, cand, attempts, provider_format, secrets)
-        dc.where = where
+        dc = DirectCall(flow, job, cand, att, resting, provider_format, secrets)
         self.calls[flow.id] = dc
+        fwd.cooldowns.used(att.key)  # least-recently-used routing reads it
         flow.comment = (f"detour: {job.client_format} {job.model} -> {cand.provider_name} "
                         f"(direct{', streamed' if job.stream else ''}), from {called}")
         limits = self.settings.runtime.config.limits
@@ -193,50 +196,6 @@ class DirectPath:
         dc.watchdog = asyncio.get_running_loop().create_task(
             self._watch(dc, t.read, limits.stream_seconds), name=f"detour direct {flow.id}")
         return True
-
-    # ------------------------------------------------------------ mitmproxy's connections
-
-    def server_connected(self, client_id: str, server: connection.Server) -> None:
-        self.servers.setdefault(client_id, []).append(server)
-
-    def server_disconnected(self, client_id: str, server: connection.Server) -> None:
-        servers = self.servers.get(client_id)
-        if servers is not None and server in servers:
-            servers.remove(server)
-            if not servers:
-                del self.servers[client_id]
-
-    def client_disconnected(self, client_id: str) -> None:
-        self.servers.pop(client_id, None)
-
-    def _carried(self, flow: http.HTTPFlow, url: str) -> bool:
-        """mitmproxy holds a connection to `url`'s origin for this client that it would reuse
-        for the call (an HTTP/2 client's calls share an HTTP/2 connection only)."""
-        servers = self.servers.get(flow.client_conn.id)
-        if not servers:
-            return False
-        u = urlsplit(url)
-        address = (u.hostname, u.port or (443 if u.scheme == "https" else 80))
-        tls = u.scheme == "https"
-        h2 = flow.request.is_http2
-        return any(s.address == address and s.connected and s.via is None
-                   and (s.tls_established or not tls) and (not h2 or s.alpn == b"h2")
-                   for s in servers)
-
-    def _unreachable(self, flow: http.HTTPFlow, job: Job, cand: Candidate,
-                     attempts: list[Attempt], failure: tuple[Failed, str],
-                     started: float) -> None:
-        """The provider could not be reached: the call is answered here, as the relay would."""
-        fwd = self.settings.runtime.forwarder
-        att = attempts[-1]
-        att.failed, att.error = failure
-        att.unreachable = att.failed is Failed.UNREACHABLE
-        att.ms = round((time.perf_counter() - started) * 1000, 1)
-        fwd.cool(cand, att)
-        fwd.record(job, attempts)
-        status, headers, body = fwd.failure_response(job, fwd.failure(job, attempts))
-        flow.response = http.Response.make(status, body, headers | {ID_HEADER: flow.id})
-        self.finished(flow, job)
 
     # ------------------------------------------------------------ credentials
 
@@ -261,12 +220,16 @@ class DirectPath:
         resp = flow.response
         job = dc.job
         dc.att.status = resp.status_code
+        # what is left of the account's rate limits: said on successes and 429s alike
+        self.settings.runtime.forwarder.quotas.observe(dc.att.key, resp.headers.fields)
         sse = streamed_answer(resp.headers.get("content-type", ""), dc.provider_format)
         if resp.status_code < 300 and sse and job.stream:
             limits = self.settings.runtime.config.limits
             try:
+                ctype = resp.headers.get("content-type", "")
                 dc.stream = DirectStream(self, dc, resp.headers.get("content-encoding", ""),
-                                         limits.decompressed)
+                                         limits.decompressed, SSE_FIELDS
+                                         if "text/event-stream" in ctype else NDJSON_HEADS)
             except ValueError:
                 return True  # an encoding nobody reads: told as a broken answer in `response`
             job.call.status(200)
@@ -320,10 +283,7 @@ class DirectPath:
         s = dc.stream
         if s.failed is not None:
             dc.att.failed, dc.att.error = s.failed, s.error
-            fwd.cool(dc.cand, dc.att)
-        elif dc.first_content:
-            fwd.cooldowns.succeeded(dc.att.key)
-        self._record(dc)
+        self._settle(dc, False if s.failed is not None else True if dc.first_content else None)
         fwd.account(dc.job, dc.cand, s.decoder.usage, None)
         if s.error:
             dc.job.call.failed(fwd.scrub(dc.job, s.error))
@@ -347,17 +307,16 @@ class DirectPath:
                 if att.status >= 300:
                     text, att.error_body = error_of(data)
                     att.error = fwd.scrub(job, text)
-                    att.retry_after = retry_after_seconds(resp.headers.get("retry-after"))
+                    att.retry_after = vendor_wait(resp.headers, att.error_body)
                 else:
                     answer = self._decoded(dc, data, resp)
         if answer is None:
-            fwd.cool(dc.cand, att)
-            self._record(dc)
-            status, headers, body = fwd.failure_response(job, fwd.failure(job, dc.attempts))
+            self._settle(dc, False)
+            status, headers, body = fwd.failure_response(
+                job, fwd.failure(job, self._attempts(dc, False)))
             flow.response = http.Response.make(status, body, headers | {ID_HEADER: flow.id})
             return
-        fwd.cooldowns.succeeded(att.key)
-        self._record(dc)
+        self._settle(dc, True)
         whole, data, same = answer
         fwd.account(job, dc.cand, whole.usage, whole.model)
         if job.stream:  # asked for a stream, got one whole answer: stream it anyway
@@ -396,9 +355,21 @@ class DirectPath:
             return None
         return whole, data, fmt == dc.job.client_format
 
-    def _record(self, dc: DirectCall) -> None:
+    def _settle(self, dc: DirectCall, ok: bool | None) -> None:
+        """The attempt's end, as the forwarder's are: the account's state (`settled`; None:
+        the client left before any content, which says nothing of the account) and the route
+        the usage row keeps."""
         dc.att.ms = round((time.perf_counter() - dc.started) * 1000, 1)
-        self.settings.runtime.forwarder.record(dc.job, dc.attempts)
+        fwd = self.settings.runtime.forwarder
+        if ok is not None:
+            fwd.settled(dc.cand, dc.att, ok)
+        fwd.record(dc.job, self._attempts(dc, ok))
+
+    @staticmethod
+    def _attempts(dc: DirectCall, ok: bool | None) -> list[Attempt]:
+        """The route: the one candidate asked, then, only if it failed, those resting (the
+        relay reaches them, resting, only then)."""
+        return [dc.att, *dc.resting] if ok is False else [dc.att]
 
     def error(self, flow: http.HTTPFlow) -> bool:
         """The client left, the provider could not be reached or broke off, or the watchdog
@@ -416,31 +387,32 @@ class DirectPath:
         if dc.stream is not None:
             if client_gone and dc.timed_out is None:
                 job.call.client_left()
-                if dc.first_content:
-                    fwd.cooldowns.succeeded(att.key)
+                self._settle(dc, True if dc.first_content else None)
             else:
                 if dc.timed_out is None:
                     att.failed, att.error = Failed.BROKEN, f"broke off the stream: {msg}"
-                fwd.cool(dc.cand, att)
+                self._settle(dc, False)
                 why = fwd.scrub(job, f"{dc.cand.key} {att.error}")
                 answer = dc.stream.answer
                 if not answer.ended:  # the client's stream ends with an error event
                     error_reply.leave(flow, error_reply.Tail(answer.broke(why)))
                 job.call.failed(why)
-            self._record(dc)
             fwd.account(job, dc.cand, dc.stream.decoder.usage, None)
         else:
             if client_gone and dc.timed_out is None:
                 job.call.client_left()
             else:
                 if dc.timed_out is None:
-                    unreachable = "connect" in msg.lower() or "refused" in msg.lower()
+                    low = msg.lower()
+                    unreachable = any(w in low for w in
+                                      ("connect", "refused", "tls", "certificate"))
                     att.failed = Failed.UNREACHABLE if unreachable else Failed.BROKEN
                     att.unreachable = unreachable
-                    att.error = msg
-                fwd.cool(dc.cand, att)
-                self._record(dc)
-                f = fwd.failure(job, dc.attempts)
+                    refused = "refused" in low or "errno 111" in low
+                    att.error = (f"connection {'refused' if refused else 'failed'} ({msg})"
+                                 if unreachable else msg)
+                self._settle(dc, False)
+                f = fwd.failure(job, self._attempts(dc, False))
                 status, headers, body = fwd.failure_response(job, f)
                 error_reply.leave(flow, error_reply.Whole(
                     http.Response.make(status, body, headers | {ID_HEADER: flow.id})))
@@ -510,10 +482,15 @@ class DirectStream:
     list (`[]` holds back: a b"" would end the client's chunked body)."""
 
     __slots__ = ("dc", "inflate", "answer", "error", "failed", "last_read", "delivered",
-                 "stream_seconds", "expired")
+                 "stream_seconds", "expired", "heads", "head")
 
-    def __init__(self, path: DirectPath, dc: DirectCall, encoding: str, limit: int):
+    def __init__(self, path: DirectPath, dc: DirectCall, encoding: str, limit: int,
+                 heads: tuple[bytes, ...] = SSE_FIELDS):
         self.dc = dc
+        # what the answer must start with (an SSE field, an NDJSON object), checked as the
+        # relay does before the first content; None once it did
+        self.heads: tuple[bytes, ...] | None = heads
+        self.head = b""
         self.inflate = BoundedDecoder(encoding, limit, "its answer once decompressed")
         self.answer = AnswerStream(path.settings.runtime.forwarder, dc.job, dc.cand.key,
                                    dc.provider_format)
@@ -550,7 +527,8 @@ class DirectStream:
                 out = b"".join(answer.feed(piece) for piece in self.inflate.flush())
                 out += answer.close()
             else:
-                out = b"".join(answer.feed(piece) for piece in self.inflate.feed(chunk))
+                out = b"".join(answer.feed(piece) if self.heads is None else self._first(piece)
+                               for piece in self.inflate.feed(chunk))
         except TooLarge as e:
             out = answer.broke(f"{self.dc.cand.key} {e} (limits.decompressed)")
             self._failed(Failed.BAD_ANSWER)
@@ -568,6 +546,17 @@ class DirectStream:
         if end:
             return out
         return [out] if out else []
+
+    def _first(self, piece: bytes) -> bytes:
+        """A piece read before the answer looked like a stream: ValueError if it cannot be one
+        (an HTML page, a JSON error with a 200), as the relay tells it."""
+        self.head = (self.head + piece)[:MAX_HEAD]
+        head = self.head.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith(self.heads):
+            self.heads = None
+        elif head and not any(f.startswith(head) for f in self.heads):
+            raise ValueError(f"not an event stream: {snippet(head)}")
+        return self.answer.feed(piece)
 
     def _after(self, answer: AnswerStream) -> None:
         if answer.content and not self.dc.first_content:

@@ -230,7 +230,6 @@ class Forwarder:
         self.credentials = None
         # Google accounts' Code Assist projects (kind gemini-cli), found once per account
         self.projects = CodeAssistProjects()
-        self._lean: dict[tuple, StreamsTransport] = {}  # the lean transports among them
         # each way out's transport, and the headers its client puts on every request
         self._transports: dict[tuple, httpx.AsyncBaseTransport] = {}
         self._client_headers: dict[tuple, list[tuple[str, str]]] = {}
@@ -265,8 +264,6 @@ class Forwarder:
             transport = self.transport or (
                 StreamsTransport(tls) if proxy is None else httpx.AsyncHTTPTransport(
                     verify=tls, proxy=httpx.Proxy(proxy), trust_env=False))
-            if isinstance(transport, StreamsTransport):
-                self._lean[key] = transport
             # trust_env=False: HTTPS_PROXY in our own environment must never loop us back
             # through mitmproxy; timeouts are set per request from the provider's config. No
             # cookie is kept: one client serves every account of every provider behind this
@@ -304,24 +301,6 @@ class Forwarder:
             # does not)
         return response
 
-    async def reach(self, cand: Candidate, url: str) -> tuple[Failed, str] | None:
-        """Whether a provider takes a connection as its own requests would make it (TCP and
-        TLS, within timeouts.connect): None, or how the attempt failed and why. None too where
-        that cannot be checked without sending (an outbound proxy, a test's scripted
-        transport)."""
-        spec = cand.provider.spec
-        self.client(spec)
-        transport = self._lean.get(self._way_out(spec))
-        if transport is None:
-            return None
-        try:
-            await transport.reach(url, spec.timeouts.connect)
-        except httpx.ConnectError as e:
-            return Failed.UNREACHABLE, _connect_failure(e)
-        except httpx.TimeoutException as e:
-            return Failed.TIMEOUT, f"timed out ({type(e).__name__})"
-        return None
-
     def _parsed(self, url: str) -> httpx.URL:
         """A provider URL parsed once (httpx parses and re-quotes a string URL on every request:
         a tenth of a whole call's own CPU in the request hook); a few per candidate at most."""
@@ -335,7 +314,6 @@ class Forwarder:
     async def aclose(self) -> None:
         clients = list(self._clients.values())
         self._clients.clear()
-        self._lean.clear()
         self._transports.clear()
         for c in clients:
             await c.aclose()
@@ -569,13 +547,20 @@ class Forwarder:
                 opened = await self._try(job, cand, att)
         finally:
             att.ms = round((time.perf_counter() - t0) * 1000, 1)
-        if opened is not None:
+        self.settled(cand, att, opened is not None)
+        return opened
+
+    def settled(self, cand: Candidate, att: Attempt, ok: bool) -> None:
+        """An attempt's end for the account's state (the relay's and the direct path's): a
+        success ends its backoff; a failure rests it (`cool`) and is noted among its recent
+        errors; a rate-limit window the vendor said is at 0 rests it until that window
+        resets."""
+        if ok:
             self.cooldowns.succeeded(att.key, att.rest_model)
         else:
             self.cool(cand, att)
             self.recent_errors.note(att.key, self.scrubber.scrub(att.cause()))
         self._rest_if_exhausted(att)
-        return opened
 
     def _rest_if_exhausted(self, att: Attempt) -> None:
         """A window the vendor said is at 0 rests its account until that window resets: the

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 import orjson
 from mitmproxy import command, connection, ctx, http, tls
 
-from addons import side_calls
 from addons.call import Call
 from addons.config import PASSTHROUGH
 from addons.decoding import TooLarge, decode_whole
@@ -359,10 +358,13 @@ class Interceptor:
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
-        if compacted is None and await self.direct.take(flow, job):
+        if stream:
+            # detour running (a call may come before its `running`): the relay listens, and the
+            # addon that puts the direct path's credential on (CredentialsPutBack) is there
+            relay = await self.settings.ready_relay()
+        if compacted is None and self.direct.take(flow, job):
             return
         if stream:
-            relay = await self.settings.ready_relay()
             if relay is None:
                 return self._reject(flow, fmt, call, 503, "the relay is not running; try again")
             url = relay.submit(job, flow.client_conn.id)
@@ -502,13 +504,6 @@ class Interceptor:
     def client_disconnected(self, client):
         for task in self._inline.pop(client.id, ()):
             task.cancel()
-        self.direct.client_disconnected(client.id)
-
-    def server_connected(self, data):
-        self.direct.server_connected(data.client.id, data.server)
-
-    def server_disconnected(self, data):
-        self.direct.server_disconnected(data.client.id, data.server)
 
     # ------------------------------------------------------------ relay flows
 

@@ -39,11 +39,13 @@ from collections.abc import Callable
 import h11
 from mitmproxy.utils.asyncio_utils import create_task
 
-from addons.direct import MAX_PER_ADDRESS
 from addons import read_loop
 from addons.forwarding import Failure, Forwarder, Job, internal_error
 
 log = logging.getLogger(__name__)
+# mitmproxy opens at most 5 connections at once per client connection and upstream address
+# (an HTTP/2 client's parallel streams queue behind them): beyond, the next relay port
+MAX_PER_ADDRESS = 5
 
 MAX_HEAD = 64 * 1024  # a request head longer than this is refused (431)
 READ_SIZE = 64 * 1024

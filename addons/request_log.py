@@ -241,13 +241,15 @@ class StreamTee:
         self.limit = limit
         self.cut = False
 
-    def __call__(self, chunk: bytes) -> bytes:
+    def __call__(self, chunk: bytes):
         out = self.inner(chunk) if self.inner is not None else chunk
+        # bytes, or (the direct path's stream callable, mid-stream) a list of them
+        data = out if type(out) is bytes else b"".join(out)
         room = self.limit - len(self.kept)
         if room > 0:
-            self.kept += out[:room]
-        if len(out) > room:
-            self.cut = self.cut or bool(out)
+            self.kept += data[:room]
+        if len(data) > room:
+            self.cut = self.cut or bool(data)
         return out
 
 

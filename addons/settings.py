@@ -132,13 +132,13 @@ class DetourSettings:
             "descriptors). mitmproxy closes an idle client connection after tcp_timeout.",
         )
         loader.add_option(
-            "detour_direct", bool, False,
-            "A model call with one usable candidate (no fallback possible) that mitmproxy's own "
-            "connection can reach as configured goes through it, translated on the way, "
-            "instead of through detour's relay or its own client (addons/direct.py): lighter "
-            "per event. Its failures are told in the client's format (addons/error_reply.py). "
-            "Off by default: it does not yet do all the relay does (README, 'The direct "
-            "path').",
+            "detour_direct", bool, True,
+            "A streamed model call with one usable candidate (no fallback possible, an API "
+            "key's account, an HTTP/1 client) that mitmproxy's own connection can reach as "
+            "configured goes through it, translated on the way back, instead of through "
+            "detour's relay (addons/direct.py): no relay hop per event. Its failures are told "
+            "in the client's format (addons/error_reply.py). Off: the relay takes every "
+            "streamed call.",
         )
         loader.add_option(
             "detour_usage_record", bool, True,

@@ -163,14 +163,6 @@ class StreamsTransport(httpx.AsyncBaseTransport):
             raise _typed(e, "connect", request) from None
         return _Connection(reader, writer, key)
 
-    async def reach(self, url: str, timeout: float | None) -> None:
-        """Connect to `url`'s origin as a request would (TCP and TLS, this transport's trust)
-        and close again: httpx.ConnectError or ConnectTimeout when it cannot be reached."""
-        u = httpx.URL(url)
-        key = (u.scheme, u.host, u.port or (443 if u.scheme == "https" else 80))
-        conn = await self._connect(key, httpx.Request("GET", url), timeout)
-        conn.close()
-
     async def aclose(self) -> None:
         for conns in self._idle.values():
             for conn in conns:

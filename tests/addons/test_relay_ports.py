@@ -6,7 +6,7 @@ import dataclasses
 
 import httpx
 
-from addons.direct import MAX_PER_ADDRESS as PER_ADDRESS
+from addons.relay import MAX_PER_ADDRESS as PER_ADDRESS
 from addons.relay import RelayServer
 from tests.addons.test_forwarding import Upstreams, setup
 

@@ -2,7 +2,7 @@ import json
 import os
 import time
 
-from addons.request_log import redact_body, redacted, sweep
+from addons.request_log import StreamTee, redact_body, redacted, sweep
 from addons.scrubber import SecretScrubber
 
 KNOWN = SecretScrubber(["configured-provider-secret-1234"])
@@ -72,3 +72,15 @@ def test_off_by_default_with_no_flow_hooks_at_all():
         assert callable(addon.requestheaders) and callable(addon._tail.response)
         tctx.configure(addon, detour_request_log=False)
         assert addon.requestheaders is None and addon._tail.error is None
+
+
+def test_the_tee_keeps_what_a_list_returning_stream_callable_sends():
+    """The direct path's stream callable returns a list mid-stream (`[]` holds back): the tee
+    keeps its bytes and hands the list on unchanged."""
+    answers = iter([[b"event: a\n\n"], [], [b"event: b\n\n", b""], b"tail"])
+    tee = StreamTee(lambda chunk: next(answers), limit=14)
+    assert tee(b"x") == [b"event: a\n\n"]
+    assert tee(b"y") == []
+    assert tee(b"z") == [b"event: b\n\n", b""]
+    assert tee(b"") == b"tail"
+    assert bytes(tee.kept) == b"event: a\n\nevent: b\n\n"[:14] and tee.cut
