@@ -1,8 +1,10 @@
-"""The direct path through a real mitmdump (`detour_direct=true`): a call with one usable
-candidate goes out on mitmproxy's own connection to the provider, translated there and back.
-Streamed and whole answers, a provider's error, a client leaving mid-stream, first_byte and
-total timeouts, the usage row exact, the credential never in a saved flow; a route with a
-fallback still goes through the relay."""
+"""The direct path through a real mitmdump (`detour_direct`, on by default): a streamed call with
+one usable candidate goes out on mitmproxy's own connection to the provider, translated there
+and back. A stream's answer, a provider's error, a client leaving mid-stream, a first_byte
+timeout and a stream cut midway (told in the client's format: error_reply.py), the usage row
+exact, the credential never in a saved flow; a route with a fallback still goes through the
+relay. Whole calls go to the forwarder (the direct path takes none): their tests here check
+that the client gets the same answers either way."""
 
 import json
 import time

@@ -48,7 +48,7 @@ def post(client, model, stream):
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("model, cause", [
     ("claude-down", "connection refused"),
-    ("claude-untrusted", "Certificate verify failed"),
+    ("claude-untrusted", "certificate verify failed"),
 ])
 def test_a_provider_not_reached_is_answered_in_the_clients_format(proxy, model, cause, stream):
     with proxy.client() as c:
@@ -57,19 +57,22 @@ def test_a_provider_not_reached_is_answered_in_the_clients_format(proxy, model, 
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert body["type"] == "error", body
-    assert cause in body["error"]["message"] and "account 1" in body["error"]["message"]
+    # (a whole call: detour's own client, which tells the same failures in the same format)
+    message = body["error"]["message"]
+    assert cause in message.lower() and "account 1" in message
     assert r.headers["x-should-retry"] == "false"  # nothing could be reached at all
     row = proxy.row_of(r)
     assert (row["status"], row["attempts"], row["stream"]) == (502, 1, int(stream))
-    assert cause in row["error"] and not row["provider"]
+    assert cause in row["error"].lower() and not row["provider"]
 
 
 def test_a_reachable_provider_is_asked_on_mitmproxys_connection(proxy, fake_openai):
+    """Streamed calls (the direct path takes no whole call)."""
     before = fake_openai.connections
     with proxy.client() as c:
-        for stream in (False, True, False):
+        for _ in range(3):
             fake_openai.enqueue(Text("fine"))
-            r = post(c, "claude-up", stream)
+            r = post(c, "claude-up", True)
             assert r.status_code == 200, r.text
     # mitmproxy's own connection, every call on it (detour does not connect first: a failure
     # to connect is told by error_reply.py)
