@@ -16,6 +16,7 @@ that an internal error, a client leaving or the proxy stopping ends them too.
 """
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -44,6 +45,8 @@ from addons.side_calls import SideCalls
 from translators import canonical
 
 log = logging.getLogger(__name__)
+# seconds a call that comes before detour's `running` waits for it (then it goes on as it can)
+RUNNING_WAIT_SECONDS = 10.0
 
 # which hosts and paths are model calls, in which client format: the format table
 MARK = ":twisted_rightwards_arrows:"
@@ -110,6 +113,7 @@ class Interceptor:
         self._calls: dict[str, Call] = {}
         # calls mitmproxy's own connection carries to their one provider (addons/direct.py)
         self.direct = DirectPath(settings, self._finish)
+        self._put_back = asyncio.Event()  # set at `running`: CredentialsPutBack is in the chain
         self.side_calls = SideCalls(settings)
 
     # ------------------------------------------------------------ operator command
@@ -213,6 +217,7 @@ class Interceptor:
 
     def running(self):
         ctx.master.addons.add(CredentialsPutBack(self))
+        self._put_back.set()
 
     def put_back(self, flows) -> None:
         for flow in flows:
@@ -261,6 +266,13 @@ class Interceptor:
         if host not in self.table.handled_hosts or flow.response is not None:
             return  # refused before its request hook (the gateway's 407 or 403)
         flow.metadata[META + ".host"] = host  # survives a vendor override
+        if not self._put_back.is_set():
+            # mitmproxy opens the port before `running`: a call that comes first waits for
+            # it (bounded), so that the addon putting credentials back (CredentialsPutBack,
+            # added at `running`) is in the chain when this request goes out
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RUNNING_WAIT_SECONDS):
+                    await self._put_back.wait()
         held = self._held.pop(flow.id, {})
         endpoint = self.table.client_call(host, req.method, req.path)
         rt = self.settings.runtime
@@ -358,13 +370,10 @@ class Interceptor:
         # the job keeps the client's headers (a passthrough candidate needs them); the flow
         # that mitmweb shows and Save writes does not
         redact_credentials(flow.request.headers)
-        if stream:
-            # detour running (a call may come before its `running`): the relay listens, and the
-            # addon that puts the direct path's credential on (CredentialsPutBack) is there
-            relay = await self.settings.ready_relay()
         if compacted is None and self.direct.take(flow, job):
             return
         if stream:
+            relay = await self.settings.ready_relay()
             if relay is None:
                 return self._reject(flow, fmt, call, 503, "the relay is not running; try again")
             url = relay.submit(job, flow.client_conn.id)

@@ -190,3 +190,42 @@ def test_an_option_that_would_break_detour_is_refused_at_start(confdir, tmp_path
     assert "stream_large_bodies cannot be used with detour" in mitm.text
     assert "request hook" in mitm.text  # why
     assert "recursion" not in mitm.text and len(mitm.text.splitlines()) < 50, mitm.text[-3000:]
+
+
+def test_a_passthrough_call_while_starting_keeps_its_credentials(confdir, tmp_path, fake_openai,
+                                                                 fake_anthropic):
+    """A call left to its vendor whose request hook runs before detour's `running`: detour
+    holds the client's key while mitmweb may show the flow and puts it back as the request
+    goes out (an addon added at `running`); the call waits for it, so the vendor gets the key."""
+    script = tmp_path / "slow_start.py"
+    script.write_text(SLOW_START_ADDON)
+    port = free_port()
+    fake_anthropic.keys.add(HEADERS["x-api-key"])
+    config = _config(fake_openai) + f"""  claude-pass: [passthrough]
+vendors:
+  api.anthropic.com: "{fake_anthropic.base_url}"
+"""
+    mitm = Mitmdump(confdir, detour_home(tmp_path / "home", config),
+                    extra=["--listen-port", str(port)])
+    router = mitm.args.index("-s")
+    mitm.args[router:router] = ["-s", str(script)]  # loaded first: its `running` runs first
+    results: list[str] = []
+
+    def client():
+        _wait_until_port_accepts(port, time.monotonic() + 30)
+        with httpx.Client(proxy=f"http://127.0.0.1:{port}", trust_env=False, timeout=20) as c:
+            r = c.post("http://api.anthropic.com/v1/messages", headers=HEADERS,
+                       json=dict(capture("text"), stream=False, model="claude-pass"))
+            results.append(_answer_kind(r))
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        mitm.start()
+        thread.join(60)
+        assert mitm.proc.poll() is None, f"the proxy exited:\n{mitm.text}"
+    finally:
+        mitm.stop()
+    assert "slow-start: a request before every addon was running" in mitm.text, mitm.text
+    assert results == ["answer"], (results, mitm.text)
+    assert fake_anthropic.requests[-1].headers["x-api-key"] == HEADERS["x-api-key"]
