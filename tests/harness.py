@@ -274,3 +274,11 @@ class Mitmdump:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def running(interceptor):
+    """An Interceptor (addons/intercept.py) as mitmproxy's `running` leaves it, for a test
+    context (taddons), which runs no `running`: its CredentialsPutBack in the chain, so a call
+    does not wait for detour to be running."""
+    interceptor.running()
+    return interceptor

@@ -105,6 +105,7 @@ prices:
                 lambda request: httpx.Response(200, content=answer,
                                                headers={"content-type": "application/json"}))
             icp = Interceptor(settings)
+            icp.running()  # as mitmproxy's `running` would: a call does not wait for it
             putback = CredentialsPutBack(icp)
             loop = asyncio.new_event_loop()
             for name, body, vendor in (("translated", whole, None),

@@ -14,6 +14,7 @@ from addons.intercept import Interceptor, PassthroughTap
 from addons.relay import RelayServer
 from addons.settings import DetourSettings
 from addons.call import Call
+from tests.harness import running
 
 CONFIG = """\
 providers:
@@ -28,7 +29,7 @@ def detour(tmp_path):
     settings = DetourSettings()
     with taddons.context(Proxyserver(), settings) as tctx:
         tctx.configure(settings, detour_home=str(tmp_path))
-        yield Interceptor(settings), settings.runtime
+        yield running(Interceptor(settings)), settings.runtime
         settings.runtime.store.close()
 
 

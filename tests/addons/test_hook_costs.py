@@ -17,6 +17,7 @@ from addons.intercept import Interceptor, redact_credentials
 from addons.scrubber import CREDENTIAL_HEADERS
 from addons.settings import DetourSettings
 from tests.addons.test_intercept import CHAT_OK, CLIENT_KEY, PROVIDER_KEY, hook, model_call, rows_of
+from tests.harness import running
 
 NAMES = st.sampled_from([b"Authorization", b"authorization", b"X-Api-Key", b"x-api-key",
                          b"Cookie", b"cookie", b"content-type", b"User-Agent", b"x-\xc3\xa9",
@@ -92,7 +93,7 @@ def lazy(tmp_path, monkeypatch):
     settings_ = DetourSettings()
     with taddons.context(Proxyserver(), settings_) as tctx:
         tctx.configure(settings_, detour_home=str(tmp_path))
-        yield Interceptor(settings_), settings_.runtime, built
+        yield running(Interceptor(settings_)), settings_.runtime, built
         settings_.runtime.store.close()
 
 

@@ -15,6 +15,7 @@ from mitmproxy.test import taddons, tflow, tutils
 
 from addons.intercept import Interceptor
 from addons.settings import DetourSettings
+from tests.harness import running
 
 PROVIDER_KEY = "sk-test-provider-key-0123456789"
 CLIENT_KEY = "sk-ant-client-key-abcdefghijklmnop"
@@ -52,7 +53,7 @@ def detour(tmp_path):
     settings = DetourSettings()
     with taddons.context(Proxyserver(), settings) as tctx:
         tctx.configure(settings, detour_home=str(tmp_path))
-        yield Interceptor(settings), settings.runtime
+        yield running(Interceptor(settings)), settings.runtime
         settings.runtime.store.close()
 
 

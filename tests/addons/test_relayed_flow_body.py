@@ -13,6 +13,7 @@ from addons.intercept import Interceptor
 from addons.relay import RelayServer
 from addons.settings import DetourSettings
 from tests.addons.test_intercept import CONFIG, ask, model_call
+from tests.harness import running
 
 
 async def relayed_flow(tmp_path, *extra, **options):
@@ -23,7 +24,7 @@ async def relayed_flow(tmp_path, *extra, **options):
         if options:
             tctx.options.update(**options)
         rt = settings.runtime
-        interceptor = Interceptor(settings)
+        interceptor = running(Interceptor(settings))
         await settings._start_relay(RelayServer(rt.forwarder, settings.finished, 1))
         body = ask(stream=True)
         flow = model_call(body)
