@@ -778,7 +778,7 @@ def parse_args(argv=None):
     ap.add_argument("--detour-set", action="append", default=[], dest="detour_set",
                     metavar="OPTION=VALUE",
                     help="a mitmproxy option for this checkout's detour (repeatable), e.g. "
-                         "detour_direct=true")
+                         "detour_direct=false")
     ap.add_argument("--json", type=Path, help="also save every figure here")
     ap.add_argument("--against", type=Path, metavar="CHECKOUT",
                     help="compare with detour from another checkout (e.g. the previous commit)"

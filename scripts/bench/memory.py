@@ -3,7 +3,7 @@ both client setups: CONNECT + TLS (what a CLI with HTTPS_PROXY does) and reverse
 plain-HTTP client leg (how issue 13 measured it: 227 KB vs 69 KB).
 
     .venv/bin/python -m scripts.bench.memory                        # ~1 min
-    .venv/bin/python -m scripts.bench.memory --direct --repeat 2    # + the direct path, twice
+    .venv/bin/python -m scripts.bench.memory --relay --repeat 2     # + the relay, twice
     .venv/bin/python -m scripts.bench.memory --against /tmp/detour-before
     .venv/bin/python -m scripts.bench.memory --only detour --legs reverse --tracemalloc
 
@@ -257,8 +257,9 @@ def main(argv=None) -> int:
                     help="the fakes' scheme (https; http: reverse mode only, as after a "
                          "CONNECT with TLS mitmproxy speaks TLS upstream)")
     ap.add_argument("--only", choices=(DETOUR, PLAIN), help="measure one side only")
-    ap.add_argument("--direct", action="store_true",
-                    help="also detour's direct path (detour_direct=true)")
+    ap.add_argument("--relay", action="store_true",
+                    help="also detour with every stream through the relay (detour_direct=false; "
+                         "the default 'detour' takes the direct path where it can)")
     ap.add_argument("--repeat", type=int, default=1, help="fresh proxies per figure (1)")
     ap.add_argument("--detour-set", action="append", default=[], dest="detour_set",
                     metavar="OPTION=VALUE", help="a mitmproxy option for this detour")
@@ -286,8 +287,8 @@ def main(argv=None) -> int:
     sides = []
     if args.only != PLAIN:
         sides.append((DETOUR, []))
-        if args.direct:
-            sides.append(("detour direct", ["detour_direct=true"]))
+        if args.relay:
+            sides.append(("detour relay", ["detour_direct=false"]))
     if args.only != DETOUR:
         sides.append((PLAIN, []))
     results: dict = {}
