@@ -44,9 +44,9 @@ from mitmproxy import ctx, http
 from addons.config import DIRECT, Provider
 from addons.decoding import BoundedDecoder, TooLarge, decode_whole
 from addons.failure_policy import Failed, vendor_wait
-from addons.forwarding import (FORMATS, HOP_BY_HOP, NDJSON_HEADS, SSE_FIELDS, AnswerStream,
-                               Attempt, Job, answer_shape, client_encoder, dump_json, error_of,
-                               snippet, streamed_answer)
+from addons.forwarding import (FORMATS, HOP_BY_HOP, AnswerStream, Attempt, Job, answer_shape,
+                               client_encoder, dump_json, error_of, not_a_stream, snippet,
+                               stream_heads, stream_start, streamed_answer)
 from addons import error_reply, formats
 from addons.routing import Candidate
 from addons.responses import make_response
@@ -222,14 +222,13 @@ class DirectPath:
         dc.att.status = resp.status_code
         # what is left of the account's rate limits: said on successes and 429s alike
         self.settings.runtime.forwarder.quotas.observe(dc.att.key, resp.headers.fields)
-        sse = streamed_answer(resp.headers.get("content-type", ""), dc.provider_format)
+        ctype = resp.headers.get("content-type", "")
+        sse = streamed_answer(ctype, dc.provider_format)
         if resp.status_code < 300 and sse and job.stream:
             limits = self.settings.runtime.config.limits
             try:
-                ctype = resp.headers.get("content-type", "")
                 dc.stream = DirectStream(self, dc, resp.headers.get("content-encoding", ""),
-                                         limits.decompressed, SSE_FIELDS
-                                         if "text/event-stream" in ctype else NDJSON_HEADS)
+                                         limits.decompressed, stream_heads(ctype))
             except ValueError:
                 return True  # an encoding nobody reads: told as a broken answer in `response`
             job.call.status(200)
@@ -485,7 +484,7 @@ class DirectStream:
                  "stream_seconds", "expired", "heads", "head")
 
     def __init__(self, path: DirectPath, dc: DirectCall, encoding: str, limit: int,
-                 heads: tuple[bytes, ...] = SSE_FIELDS):
+                 heads: tuple[bytes, ...]):
         self.dc = dc
         # what the answer must start with (an SSE field, an NDJSON object), checked as the
         # relay does before the first content; None once it did
@@ -551,11 +550,11 @@ class DirectStream:
         """A piece read before the answer looked like a stream: ValueError if it cannot be one
         (an HTML page, a JSON error with a 200), as the relay tells it."""
         self.head = (self.head + piece)[:MAX_HEAD]
-        head = self.head.lstrip(b"\xef\xbb\xbf \t\r\n")
-        if head.startswith(self.heads):
+        start = stream_start(self.head, self.heads)
+        if start:
             self.heads = None
-        elif head and not any(f.startswith(head) for f in self.heads):
-            raise ValueError(f"not an event stream: {snippet(head)}")
+        elif start is False:
+            raise ValueError(not_a_stream(self.head))
         return self.answer.feed(piece)
 
     def _after(self, answer: AnswerStream) -> None:

@@ -59,6 +59,7 @@ MAX_ERROR_BODY = 64 * 1024
 DRAIN_SECONDS = 0.05  # how long a failed stream's end is awaited (to keep its connection)
 SSE_FIELDS = (b"data:", b"event:", b":", b"id:", b"retry:")
 NDJSON_HEADS = (b"{",)  # an NDJSON stream's first line is an object (Ollama's)
+LEADING = b"\xef\xbb\xbf \t\r\n"  # what may come before a stream's first line
 # stream events that do not yet commit a provider to an answer: an error may still follow
 NOT_CONTENT = (canonical.MessageStart, canonical.Ping)
 PASSTHROUGH_TIMEOUTS = Timeouts()
@@ -669,8 +670,7 @@ class Forwarder:
         chunks = bounded_body(resp, limits.decompressed, limits.stream_seconds)
         ctype = resp.headers.get("content-type", "")
         if streamed_answer(ctype, fmt):
-            heads = SSE_FIELDS if "text/event-stream" in ctype else NDJSON_HEADS
-            return await self._open_stream(cand, resp, fmt, chunks, att, heads)
+            return await self._open_stream(cand, resp, fmt, chunks, att, stream_heads(ctype))
         pieces, size = [], 0
         try:
             async for piece in chunks:
@@ -717,10 +717,10 @@ class Forwarder:
                     continue
                 raw.append(chunk)
                 if not looks_right:
-                    head = b"".join(raw).lstrip(b"\xef\xbb\xbf \t\r\n")
-                    looks_right = head.startswith(heads)
-                    if not looks_right and not any(f.startswith(head) for f in heads):
-                        att.error = f"not an event stream: {snippet(head)}"
+                    head = b"".join(raw)
+                    looks_right = stream_start(head, heads)
+                    if looks_right is False:
+                        att.error = not_a_stream(head)
                         return None
                 new = decoder.feed(chunk)
             events += new
@@ -1079,6 +1079,26 @@ def dump_json(obj: Any) -> bytes:
     # orjson's bytes keep the buffer they grew in (~5x a 48 KB body, part of it resident),
     # and a provider body is held for a stream's life: a copy holds just its length
     return data if len(data) < 16384 else bytes(memoryview(data))
+
+
+def stream_heads(content_type: str) -> tuple[bytes, ...]:
+    """What a streamed answer of this content type starts with: an SSE field, or (NDJSON, as
+    Ollama's) an object."""
+    return SSE_FIELDS if "text/event-stream" in content_type else NDJSON_HEADS
+
+
+def stream_start(head: bytes, heads: tuple[bytes, ...]) -> bool | None:
+    """How an answer's first bytes read as a stream: True (they start like one), False (they
+    cannot: an HTML page, a JSON error sent with a 200), None (too few to tell yet)."""
+    head = head.lstrip(LEADING)
+    if head.startswith(heads):
+        return True
+    return None if any(f.startswith(head) for f in heads) else False
+
+
+def not_a_stream(head: bytes) -> str:
+    """Why an answer whose first bytes are `head` was refused (stream_start said False)."""
+    return f"not an event stream: {snippet(head.lstrip(LEADING))}"
 
 
 def snippet(data: bytes) -> str:

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from addons.config import parse_config
-from addons.forwarding import Failure, Forwarder, Job
+from addons.forwarding import (NDJSON_HEADS, SSE_FIELDS, Failure, Forwarder, Job, not_a_stream,
+                               stream_start)
 from addons.routing import CooldownBook, build_providers, plan
 from addons.call import Call
 from tests.captures import CAPTURES, anthropic_events
@@ -274,3 +275,24 @@ async def test_translated_requests_carry_no_client_identity_and_chosen_effort():
     assert b"device_id" not in up.seen[0].content
     assert "reasoning_effort" not in to_p  # default: dropped
     assert to_q["reasoning_effort"] == "medium"  # configured
+
+
+@pytest.mark.parametrize("head, heads, start", [
+    (b"data: {}\n\n", SSE_FIELDS, True),
+    (b"\xef\xbb\xbf\r\n: ping\n\n", SSE_FIELDS, True),  # a BOM and blank lines may come first
+    (b"da", SSE_FIELDS, None),  # too few bytes to tell
+    (b"\n ", SSE_FIELDS, None),
+    (b"<html><body>oops", SSE_FIELDS, False),
+    (b'{"error": "no"}', SSE_FIELDS, False),  # a JSON error sent as a stream's 200
+    (b'{"model": "m"', NDJSON_HEADS, True),
+    (b"data: {}", NDJSON_HEADS, False),
+])
+def test_how_an_answers_first_bytes_read_as_a_stream(head, heads, start):
+    """The check the relay (before a candidate is chosen) and the direct path (before the
+    first content) both make."""
+    assert stream_start(head, heads) is start
+
+
+def test_an_answer_that_is_no_stream_is_told_by_its_start():
+    assert not_a_stream(b"\xef\xbb\xbf  <html>\n<body>oops") == \
+        "not an event stream: <html> <body>oops"
