@@ -1,4 +1,4 @@
-"""detour's answer, in the client's format, where mitmproxy would tell a provider's failure its own way.
+"""detour's answer, in the client's format, where mitmproxy would tell a provider's failure itself.
 
 On the direct path (direct.py) mitmproxy's own connection carries a call to its provider. When
 that connection fails (the connect, a timeout detour's watchdog ends, the provider breaking

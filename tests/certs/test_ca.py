@@ -117,7 +117,6 @@ def test_mitmproxy_loads_our_ca_and_signs_leaves_with_it(existing_confdir):
     assert all(after[name] == before[name] for name in before)
 
 
-
 def test_dhparam_is_mitmproxys_own_written_once_so_mitmproxy_writes_nothing(tmp_path):
     """With the CA and ensure_dhparam's file in place, a mitmproxy loading the confdir (each
     of `detour up --workers`'s) only reads: nothing is left for it to write while another
@@ -140,6 +139,7 @@ def test_an_existing_dhparam_file_is_left_as_it_is(tmp_path):
     path.write_bytes(b"the user's own parameters")
     assert ensure_dhparam(tmp_path) == path
     assert path.read_bytes() == b"the user's own parameters"
+
 
 def test_reuses_a_ca_that_mitmproxy_created_unchanged(tmp_path):
     from mitmproxy.certs import CertStore

@@ -180,8 +180,9 @@ def test_a_timeout_ends_the_call(proxy, fake_openai, model, stream, budget):
     fake_openai.enqueue(Stall(5))
     with proxy.client() as c:
         r = post(proxy, c, model=model, stream=stream)
-    # mitmproxy's connection to the provider was closed under it: detour answers, in the
-    # client's format (error_reply.py), not mitmproxy's HTML 502
+    # a stream: mitmproxy's connection to the provider was closed under it, and detour
+    # answers in the client's format (error_reply.py), not mitmproxy's HTML 502; a whole call:
+    # the forwarder's timeout, told the same way
     row = row_of_model(proxy, model)
     assert budget in row["error"] and row["status"] == 504
     assert r.status_code == 504, r.text
@@ -206,8 +207,9 @@ def test_a_stream_cut_midway_ends_with_an_error_event(proxy, fake_openai):
 
 
 def test_a_whole_answer_cut_midway_is_told_in_the_clients_format(proxy, fake_openai):
-    """A whole answer's connection closed after its head and half its body: the client has
-    nothing yet, and gets an error JSON of its format, not mitmproxy's HTML 502."""
+    """A whole answer's connection closed after its head and half its body (a whole call: the
+    forwarder's): the client gets an error JSON of its format, as a stream cut before its head
+    does on the direct path."""
     fake_openai.enqueue(CutAfter(2))
     with proxy.client() as c:
         r = post(proxy, c, model="claude-cut-whole", stream=False)

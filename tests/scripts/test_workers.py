@@ -178,7 +178,6 @@ async def test_a_worker_serves_the_supervisors_sockets_and_leaves_them_listening
             sock.close()
 
 
-
 def test_the_supervisor_makes_the_confdir_files_before_any_worker_starts(tmp_path):
     """A fresh confdir: the CA and the dhparam file are there, whole, when a worker starts
     (here one that only looks), so no worker's mitmproxy writes one while another reads it."""
@@ -192,6 +191,7 @@ def test_the_supervisor_makes_the_confdir_files_before_any_worker_starts(tmp_pat
     code = run_workers([sys.executable, "-c", looks, str(confdir), DEFAULT_DHPARAM.decode()], 1,
                        host="127.0.0.1", port=free_port(), out=out, confdir=confdir)
     assert code == 0, out.getvalue()
+
 
 def test_workers_refuse_web(tmp_path):
     result = CliRunner().invoke(cli, ["--home", str(tmp_path), "up", "--workers", "2", "--web"])
